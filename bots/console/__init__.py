@@ -1,0 +1,1 @@
+"""The terminal as a third platform: ``personae chat``."""

@@ -1,0 +1,137 @@
+"""A role-play chat in the terminal on the same Engine as the bots; tokens print as they stream."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import uuid
+from typing import AsyncIterator, Callable
+
+from bots.compose import App, open_app
+from bots.samples import ensure_samples
+from bots.settings import Settings
+from core.commands import Actor, Place
+from core.engine import ReplyStatus
+from core.events import ChatEvent, Platform
+
+HELP = "Commands: /characters, /use NAME, /mood, /reset, /help, /quit. Anything else is said to the character."
+
+
+class ConsoleChat:
+    """One person chatting in a terminal: reads lines, prints streamed replies and command results."""
+
+    def __init__(self, app: App, user: str, write: Callable[[str], None]) -> None:
+        self.app = app
+        self.user = user.strip() or "You"
+        # The person's id in storage: their name, made safe for keys.
+        self.user_id = re.sub(r"[^\w.-]", "_", self.user)[:64]
+        self.write = write
+        self.place = Place(Platform.CONSOLE, "console", f"console-{self.user_id}", private=True)
+        # Whoever sits at the terminal owns the service.
+        self.actor = Actor(Platform.CONSOLE, self.user_id, self.user, is_admin=True, is_owner=True)
+
+    async def use(self, name: str) -> bool:
+        outcome = await self.app.commands.use(self.actor, self.place, name)
+        self.write(outcome.message + "\n")
+        return outcome.ok
+
+    async def say(self, text: str) -> None:
+        event = ChatEvent(
+            platform=Platform.CONSOLE,
+            chat_id=self.place.chat_id,
+            channel_id=self.place.channel_id,
+            user_id=self.user_id,
+            display_name=self.user,
+            message_id=uuid.uuid4().hex,
+            text=text,
+            private=True,
+            addressed=True,
+        )
+        reply = self.app.engine.handle(event)
+        started = False
+        async for delta in reply:
+            if not started:
+                name = reply.character.name if reply.character else "…"
+                self.write(f"{name}: ")
+                started = True
+            self.write(delta)
+        if started:
+            self.write("\n")
+        elif reply.status is ReplyStatus.NO_CHARACTER:
+            self.write("Pick a character first: /characters, then /use NAME.\n")
+
+    async def command(self, line: str) -> bool:
+        """Run a /command; False when the person wants to leave."""
+        name, _, arg = line[1:].partition(" ")
+        arg = arg.strip()
+        commands = self.app.commands
+        if name in ("quit", "exit", "q"):
+            return False
+        if name == "help":
+            self.write(HELP + "\n")
+        elif name == "characters":
+            outcome = await commands.list_characters(self.actor)
+            for c in outcome.characters:
+                self.write(f"  {c.name}  ({c.profile.language}) {c.profile.world}\n")
+            if not outcome.characters:
+                self.write(outcome.message + "\n")
+        elif name == "use":
+            if not arg:
+                self.write("Usage: /use NAME\n")
+            else:
+                await self.use(arg)
+        elif name == "mood":
+            self.write((await commands.mood(self.actor, self.place)).message + "\n")
+        elif name == "reset":
+            self.write((await commands.reset(self.actor, self.place)).message + "\n")
+        else:
+            self.write(f"Unknown command /{name}. {HELP}\n")
+        return True
+
+    async def run(self, lines: AsyncIterator[str]) -> None:
+        self.write(HELP + "\n")
+        async for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not await self.command(line):
+                    break
+            else:
+                await self.say(line)
+
+
+async def stdin_lines(prompt: str = "> ") -> AsyncIterator[str]:
+    """Lines typed at the terminal, read in a thread so the event loop keeps running."""
+    while True:
+        try:
+            line = await asyncio.to_thread(_read, prompt)
+        except EOFError:
+            return
+        yield line
+
+
+def _read(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return input(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+async def run_console(settings: Settings, *, character: str | None, user: str) -> None:
+    if settings.llm_url is None:
+        _write("Starting the bundled model (SmolLM2-135M, a small demonstration model)...\n")
+    async with open_app(settings) as app:
+        await ensure_samples(app.store)
+        chat = ConsoleChat(app, user, _write)
+        if character:
+            await chat.use(character)
+        await chat.run(stdin_lines())

@@ -1,0 +1,258 @@
+"""Character Card V1/V2/V3 JSON: reading, validating, and our profile inside ``extensions.personae``.
+
+The whole card is kept as it came (unknown fields and foreign extensions included) so that export
+gives back what was imported; the BeyondDialogue profile is read from it on load.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Mapping
+
+from core.character import (
+    MAX_NAME_CHARS,
+    PROFILE_FIELDS,
+    CharacterProfile,
+    check_language,
+    check_mbti,
+    check_name,
+    check_text,
+    check_words,
+)
+from core.emotions import EMOTIONS, EmotionState, check_level
+from core.errors import InvalidInput
+
+EXTENSION_KEY = "personae"
+MAX_CARD_JSON_BYTES = 2_000_000
+MAX_FIELD_CHARS = 32_000
+MAX_SCENE_CHARS = 4_000
+SPEC_V2, SPEC_V3 = "chara_card_v2", "chara_card_v3"
+_V1_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
+_TEXT_FIELDS = _V1_FIELDS + ("creator_notes", "system_prompt", "post_history_instructions")
+
+
+def parse_card_json(raw: bytes | str) -> dict[str, Any]:
+    """Parse card JSON into a V2 or V3 card dict, or raise InvalidInput with the reason.
+
+    A V1 card (fields at top level, no ``spec``) is lifted into V2 form; its other top-level keys
+    are kept.
+    """
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_CARD_JSON_BYTES:
+            raise InvalidInput(
+                f"the card is {len(raw):,} bytes; the limit is {MAX_CARD_JSON_BYTES:,}"
+            )
+        try:
+            raw = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"the card is not valid UTF-8 (byte {exc.start})") from None
+    elif len(raw) > MAX_CARD_JSON_BYTES:
+        raise InvalidInput(f"the card is {len(raw):,} characters; the limit is {MAX_CARD_JSON_BYTES:,}")
+    if "\x00" in raw:
+        raise InvalidInput("the card contains a NUL byte")
+    try:
+        card = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"the card is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return normalise_card(card)
+
+
+def normalise_card(card: object) -> dict[str, Any]:
+    """Check a decoded card and return it in V2/V3 form (a deep copy)."""
+    if not isinstance(card, dict):
+        raise InvalidInput("the card must be a JSON object")
+    card = copy.deepcopy(card)
+    spec = card.get("spec")
+    if spec is None:
+        if "name" not in card:
+            raise InvalidInput("the card has no name (neither data.name nor a V1 name field)")
+        data = {k: card.pop(k) for k in list(card) if k in _V1_FIELDS}
+        card = {"spec": SPEC_V2, "spec_version": "2.0", "data": data, **card}
+    elif spec not in (SPEC_V2, SPEC_V3):
+        raise InvalidInput(f"unknown card spec {spec!r}; expected {SPEC_V2!r} or {SPEC_V3!r}")
+    data = card.get("data")
+    if not isinstance(data, dict):
+        raise InvalidInput("the card has no data object")
+    check_name(data.get("name"))
+    for key in _TEXT_FIELDS:
+        if key in data:
+            check_text(key, data[key], limit=MAX_FIELD_CHARS)
+    for key in ("alternate_greetings", "group_only_greetings", "tags"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise InvalidInput(f"{key} must be a list of strings")
+        for v in value or ():
+            check_text(key, v, limit=MAX_FIELD_CHARS)
+    extensions = data.setdefault("extensions", {})
+    if not isinstance(extensions, dict):
+        raise InvalidInput("extensions must be an object")
+    _reject_nul(card)
+    profile_from_card(card)  # validates our extension, if any
+    return card
+
+
+def _reject_nul(value: object) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput("the card contains a NUL byte")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _reject_nul(k)
+            _reject_nul(v)
+    elif isinstance(value, list):
+        for v in value:
+            _reject_nul(v)
+
+
+def profile_from_card(card: Mapping[str, Any]) -> CharacterProfile:
+    """Read the BeyondDialogue profile from a normalised card; absent fields are listed in ``missing``."""
+    data = card["data"]
+    ext = data.get("extensions", {}).get(EXTENSION_KEY) or {}
+    if not isinstance(ext, dict):
+        raise InvalidInput(f"extensions.{EXTENSION_KEY} must be an object")
+    missing = tuple(f for f in PROFILE_FIELDS if f not in ext)
+    language = check_language(ext.get("language", "en"))
+    name = check_name(data.get("name"))
+    personality = (data.get("personality") or "").strip()
+    description = (data.get("description") or "").strip()
+    if "world" in ext:
+        world = check_text("world", ext["world"], limit=MAX_NAME_CHARS * 4, required=True).strip()
+    else:
+        world = _first_sentence(description) or ("他们自己的世界" if language == "zh" else f"{name}'s own world")
+    traits = check_words("traits", ext["traits"]) if "traits" in ext else check_words(
+        "traits", personality[:400] or ("真实" if language == "zh" else "genuine")
+    )
+    style = check_words("style", ext["style"]) if "style" in ext else (
+        ("自然",) if language == "zh" else ("natural",)
+    )
+    mbti = check_mbti(ext["mbti"]) if "mbti" in ext else None
+    emotion = ext.get("emotion", {})
+    if not isinstance(emotion, dict):
+        raise InvalidInput("emotion must be an object of the six emotions, each 0-10")
+    scene = check_text("scenario", data.get("scenario"), limit=MAX_FIELD_CHARS).strip()
+    return CharacterProfile(
+        name=name,
+        world=world,
+        traits=traits,
+        mbti=mbti,
+        style=style,
+        language=language,
+        scene=scene,
+        emotion=EmotionState.from_mapping(emotion),
+        relationship=check_level("relationship", ext.get("relationship", 3)),
+        greeting=data.get("first_mes") or "",
+        missing=missing,
+    )
+
+
+def _first_sentence(text: str) -> str:
+    for stop in (". ", "。", "\n"):
+        if stop in text:
+            text = text.split(stop, 1)[0]
+    return text.strip()[:200]
+
+
+def is_public(card: Mapping[str, Any]) -> bool:
+    """Whether anyone may pick the character in a private chat (``extensions.personae.public``)."""
+    ext = card["data"].get("extensions", {}).get(EXTENSION_KEY) or {}
+    return bool(ext.get("public", True))
+
+
+def new_card(
+    *,
+    name: str,
+    world: str,
+    traits: list[str] | tuple[str, ...],
+    mbti: str,
+    style: list[str] | tuple[str, ...],
+    language: str = "en",
+    scene: str = "",
+    greeting: str = "",
+    description: str = "",
+    emotion: Mapping[str, object] | None = None,
+    relationship: int = 3,
+    public: bool = True,
+) -> dict[str, Any]:
+    """Build a V2 card for a character created from scratch."""
+    card = {
+        "spec": SPEC_V2,
+        "spec_version": "2.0",
+        "data": {
+            "name": name,
+            "description": description,
+            "personality": "",
+            "scenario": scene,
+            "first_mes": greeting,
+            "mes_example": "",
+            "creator_notes": "",
+            "system_prompt": "",
+            "post_history_instructions": "",
+            "alternate_greetings": [],
+            "tags": [],
+            "creator": "",
+            "character_version": "1",
+            "extensions": {
+                EXTENSION_KEY: {
+                    "world": world,
+                    "traits": list(traits),
+                    "mbti": mbti,
+                    "style": list(style),
+                    "language": language,
+                    "emotion": dict(EmotionState.from_mapping(emotion or {}).as_dict()),
+                    "relationship": relationship,
+                    "public": public,
+                }
+            },
+        },
+    }
+    return normalise_card(card)
+
+
+EDITABLE = {
+    "name": ("data", "name"),
+    "scene": ("data", "scenario"),
+    "greeting": ("data", "first_mes"),
+    "description": ("data", "description"),
+    "world": ("ext", "world"),
+    "traits": ("ext", "traits"),
+    "mbti": ("ext", "mbti"),
+    "style": ("ext", "style"),
+    "language": ("ext", "language"),
+    "emotion": ("ext", "emotion"),
+    "relationship": ("ext", "relationship"),
+    "public": ("ext", "public"),
+}
+
+
+def edit_card(card: Mapping[str, Any], changes: Mapping[str, object]) -> dict[str, Any]:
+    """Return a copy of ``card`` with profile fields changed; the result is validated whole."""
+    unknown = [k for k in changes if k not in EDITABLE]
+    if unknown:
+        raise InvalidInput(f"cannot edit {unknown[0]!r}; editable fields: {', '.join(EDITABLE)}")
+    new = copy.deepcopy(dict(card))
+    data = new["data"]
+    ext = data.setdefault("extensions", {}).setdefault(EXTENSION_KEY, {})
+    for key, value in changes.items():
+        where, field = EDITABLE[key]
+        if key in ("traits", "style") and isinstance(value, str):
+            value = list(check_words(key, value))
+        elif key == "emotion":
+            value = (EmotionState.parse(value) if isinstance(value, str) else EmotionState.from_mapping(value)).as_dict()  # type: ignore[arg-type]
+        elif key == "relationship":
+            value = check_level("relationship", value)
+        elif key == "mbti":
+            value = check_mbti(value)
+        elif key == "public":
+            value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        (data if where == "data" else ext)[field] = value
+    return normalise_card(new)
+
+
+def card_json(card: Mapping[str, Any]) -> str:
+    """The card as pretty JSON text, non-ASCII kept readable."""
+    return json.dumps(card, ensure_ascii=False, indent=2) + "\n"
+
+
+def emotion_keys_help() -> str:
+    return ", ".join(EMOTIONS)

@@ -1,0 +1,303 @@
+"""The command layer every adapter calls: characters, bindings, scene, mood, reset, forget.
+
+Adapters parse the platform's command and resolve who the actor is (admin of this chat, owner, or
+neither); this layer decides, changes state, and returns an ``Outcome`` for the adapter to render.
+A refused or invalid command changes nothing and says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from core import cards
+from core.character import Character, check_name
+from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
+from core.events import ConversationKey, PersonKey, Trigger
+from core.hot import HotState, person_prefixes
+from core.ports import Cache, Store
+from core.state import Binding, RelationshipState
+
+MAX_SCENE_CHARS = cards.MAX_SCENE_CHARS
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is asking, with the permissions the adapter resolved for this chat."""
+
+    platform: str
+    user_id: str
+    display_name: str
+    is_admin: bool = False
+    is_owner: bool = False
+
+    @property
+    def privileged(self) -> bool:
+        return self.is_admin or self.is_owner
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where the command was given."""
+
+    platform: str
+    chat_id: str
+    channel_id: str
+    private: bool = False
+    parent_channel_id: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a command did: ``ok`` and a short plain message, plus data the adapter may show."""
+
+    ok: bool
+    message: str
+    character: Character | None = None
+    characters: list[Character] = field(default_factory=list)
+    state: RelationshipState | None = None
+    binding: Binding | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def refused(message: str) -> Outcome:
+    return Outcome(False, message)
+
+
+ADMIN_ONLY = "Only an admin of this chat (or a bot owner) can do that."
+OWNER_ONLY_PRIVATE = "In a private chat only a bot owner can do that."
+
+
+class Commands:
+    """Platform-free implementations of the bot's commands."""
+
+    def __init__(self, store: Store, cache: Cache, hot: HotState) -> None:
+        self.store = store
+        self.cache = cache
+        self.hot = hot
+
+    # -- characters -------------------------------------------------------------------------
+
+    def _may_manage(self, actor: Actor, place: Place | None) -> str | None:
+        if place is not None and place.private:
+            return None if actor.is_owner else OWNER_ONLY_PRIVATE
+        return None if actor.privileged else ADMIN_ONLY
+
+    async def create_character(self, actor: Actor, place: Place | None, fields: Mapping[str, Any]) -> Outcome:
+        """Create a character from profile fields (name, world, traits, mbti, style, ...)."""
+        if (why := self._may_manage(actor, place)) is not None:
+            return refused(why)
+        known = {"name", "world", "traits", "mbti", "style", "language", "scene", "greeting", "description", "emotion", "relationship", "public"}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            return refused(f"Unknown field {unknown[0]!r}; fields: {', '.join(sorted(known))}.")
+        missing = [f for f in ("name", "world", "traits", "mbti", "style") if not fields.get(f)]
+        if missing:
+            return refused(f"Missing {', '.join(missing)}.")
+        try:
+            emotion = fields.get("emotion") or {}
+            if isinstance(emotion, str):
+                from core.emotions import EmotionState
+
+                emotion = EmotionState.parse(emotion).as_dict()
+            card = cards.new_card(
+                name=check_name(fields["name"]),
+                world=fields["world"],
+                traits=_words(fields["traits"]),
+                mbti=fields["mbti"],
+                style=_words(fields["style"]),
+                language=fields.get("language") or "en",
+                scene=fields.get("scene") or "",
+                greeting=fields.get("greeting") or "",
+                description=fields.get("description") or "",
+                emotion=emotion,
+                relationship=int(fields.get("relationship", 3)),
+                public=bool(fields.get("public", True)),
+            )
+            character = await self.store.characters.add(card)
+        except (InvalidInput, Conflict, ValueError) as exc:
+            return refused(_sentence(exc))
+        return Outcome(True, f"Created {character.name}.", character=character)
+
+    async def import_character(self, actor: Actor, place: Place | None, raw: bytes | str) -> Outcome:
+        """Import a Character Card (V1/V2/V3 JSON)."""
+        if (why := self._may_manage(actor, place)) is not None:
+            return refused(why)
+        try:
+            card = cards.parse_card_json(raw)
+            character = await self.store.characters.add(card)
+        except (InvalidInput, Conflict) as exc:
+            return refused(f"Could not import the card: {_sentence(exc)}")
+        note = ""
+        if character.profile.missing:
+            note = f" It has no {', '.join(character.profile.missing)} yet: an admin can add them with edit."
+        return Outcome(True, f"Imported {character.name}.{note}", character=character)
+
+    async def edit_character(self, actor: Actor, place: Place | None, name: str, changes: Mapping[str, Any]) -> Outcome:
+        if (why := self._may_manage(actor, place)) is not None:
+            return refused(why)
+        character = await self.store.characters.get_by_name(name)
+        if character is None:
+            return refused(f"There is no character called {name!r}.")
+        if not changes:
+            return refused("Say what to change, e.g. world=..., traits=a,b, mbti=INTJ.")
+        try:
+            card = cards.edit_card(character.card, changes)
+            updated = await self.store.characters.replace(character.id, card)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            return refused(_sentence(exc))
+        self.hot.forget_character(character.id)
+        return Outcome(True, f"Updated {updated.name}.", character=updated)
+
+    async def list_characters(self, actor: Actor) -> Outcome:
+        characters = await self.store.characters.list()
+        if not actor.privileged:
+            characters = [c for c in characters if c.public]
+        if not characters:
+            return Outcome(True, "There are no characters yet.", characters=[])
+        return Outcome(True, "Characters: " + ", ".join(c.name for c in characters), characters=characters)
+
+    async def show_character(self, actor: Actor, name: str) -> Outcome:
+        character = await self.store.characters.get_by_name(name)
+        if character is None or (not character.public and not actor.privileged):
+            return refused(f"There is no character called {name!r}.")
+        return Outcome(True, describe(character), character=character)
+
+    async def delete_character(self, actor: Actor, place: Place | None, name: str) -> Outcome:
+        if (why := self._may_manage(actor, place)) is not None:
+            return refused(why)
+        character = await self.store.characters.get_by_name(name)
+        if character is None:
+            return refused(f"There is no character called {name!r}.")
+        await self.store.characters.delete(character.id)
+        self.hot.forget_character(character.id)
+        # Cached bindings to it now point nowhere; the engine ignores them until they expire.
+        return Outcome(True, f"Deleted {character.name} and everything stored with it.", character=character)
+
+    # -- bindings and scene -----------------------------------------------------------------
+
+    async def bind(self, actor: Actor, place: Place, name: str, trigger: str = "all") -> Outcome:
+        """Assign a character to this channel or group chat."""
+        if place.private:
+            return refused("In a private chat, pick a character with /use instead.")
+        if not actor.privileged:
+            return refused(ADMIN_ONLY)
+        try:
+            mode = Trigger(trigger)
+        except ValueError:
+            return refused(f"Trigger must be 'all' or 'mention', not {trigger!r}.")
+        character = await self.store.characters.get_by_name(name)
+        if character is None:
+            return refused(f"There is no character called {name!r}.")
+        binding = Binding(place.platform, place.chat_id, place.channel_id, character.id, mode)
+        await self.store.bindings.put(binding)
+        await self.hot.forget_binding(place.platform, place.channel_id)
+        how = "every message" if mode is Trigger.ALL else "mentions and replies"
+        return Outcome(True, f"{character.name} now plays here and answers {how}.", character=character, binding=binding)
+
+    async def unbind(self, actor: Actor, place: Place) -> Outcome:
+        if not actor.privileged:
+            return refused(ADMIN_ONLY)
+        if not await self.store.bindings.delete(place.platform, place.channel_id):
+            return refused("No character is bound here.")
+        await self.hot.forget_binding(place.platform, place.channel_id)
+        return Outcome(True, "The character has left this channel.")
+
+    async def set_scene(self, actor: Actor, place: Place, text: str | None) -> Outcome:
+        """Set this channel's scene (empty text: back to the character's own scenario)."""
+        if not place.private and not actor.privileged:
+            return refused(ADMIN_ONLY)
+        binding = await self.store.bindings.get(place.platform, place.channel_id)
+        if binding is None:
+            return refused("No character is bound here.")
+        scene = (text or "").strip() or None
+        if scene is not None and (len(scene) > MAX_SCENE_CHARS or "\x00" in scene):
+            return refused(f"The scene must be plain text under {MAX_SCENE_CHARS:,} characters.")
+        new = Binding(binding.platform, binding.chat_id, binding.channel_id, binding.character_id, binding.trigger, scene, binding.private)
+        await self.store.bindings.put(new)
+        await self.hot.forget_binding(place.platform, place.channel_id)
+        return Outcome(True, "Scene set." if scene else "Scene reset to the character's own.", binding=new)
+
+    async def use(self, actor: Actor, place: Place, name: str) -> Outcome:
+        """In a private chat: talk to this character from now on."""
+        if not place.private:
+            return refused("/use works in private chats; in a group an admin binds a character with /bind.")
+        character = await self.store.characters.get_by_name(name)
+        if character is None or (not character.public and not actor.is_owner):
+            return refused(f"There is no character called {name!r}. See the list with /characters.")
+        binding = Binding(place.platform, place.chat_id, place.channel_id, character.id, Trigger.ALL, None, True)
+        await self.store.bindings.put(binding)
+        await self.hot.forget_binding(place.platform, place.channel_id)
+        greeting = f" {character.profile.greeting}" if character.profile.greeting else ""
+        return Outcome(True, f"You are now talking to {character.name}.{greeting}", character=character, binding=binding)
+
+    # -- a person's own data ----------------------------------------------------------------
+
+    async def _character_here(self, place: Place) -> Character | None:
+        channels = [place.channel_id] + ([place.parent_channel_id] if place.parent_channel_id else [])
+        for binding in await self.hot.bindings(place.platform, *channels):
+            if binding is not None:
+                return await self.hot.character(binding.character_id)
+        return None
+
+    async def mood(self, actor: Actor, place: Place) -> Outcome:
+        """The character's current emotions and intimacy toward the actor."""
+        character = await self._character_here(place)
+        if character is None:
+            return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
+        state = await self.hot.read_state(PersonKey(character.id, actor.platform, actor.user_id), character)
+        lines = [f"{name}: {'█' * value}{'·' * (10 - value)} {value}" for name, value in state.emotion.as_dict().items()]
+        lines.append(f"intimacy: {'█' * state.intimacy}{'·' * (10 - state.intimacy)} {state.intimacy}")
+        return Outcome(True, f"{character.name} toward {actor.display_name}:\n" + "\n".join(lines), character=character, state=state)
+
+    async def reset(self, actor: Actor, place: Place) -> Outcome:
+        """Forget this conversation's history (the character's feelings stay)."""
+        character = await self._character_here(place)
+        if character is None:
+            return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
+        conversation = ConversationKey(character.id, actor.platform, place.channel_id, actor.user_id)
+        deleted = await self.store.messages.delete_conversation(conversation)
+        await self.hot.forget_conversation(conversation)
+        return Outcome(True, f"Started over with {character.name} ({deleted} messages forgotten).", character=character, counts={"messages": deleted})
+
+    async def forget(self, actor: Actor) -> Outcome:
+        """Delete everything stored about the actor on this platform, for every character."""
+        counts = await self.store.forget_person(actor.platform, actor.user_id)
+        for prefix in person_prefixes(actor.platform, actor.user_id):
+            await self.cache.delete_prefix(prefix)
+        parts = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        return Outcome(True, f"Deleted everything stored about you: {parts or 'nothing was stored'}.", counts=counts)
+
+
+NO_CHARACTER_HERE = "No character plays in this channel."
+NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and /use."
+
+
+def describe(character: Character) -> str:
+    """A short human description of a character's profile."""
+    p = character.profile
+    lines = [
+        f"{p.name} ({'public' if character.public else 'private'}, {p.language})",
+        f"World: {p.world}",
+        f"Traits: {', '.join(p.traits)}",
+        f"MBTI: {p.mbti or 'not set'}",
+        f"Style: {', '.join(p.style)}",
+        f"Baseline: {p.emotion.render('en')}; intimacy {p.relationship}",
+    ]
+    if p.scene:
+        lines.append(f"Scene: {p.scene[:300]}{'…' if len(p.scene) > 300 else ''}")
+    if p.missing:
+        lines.append(f"Missing profile fields: {', '.join(p.missing)}")
+    return "\n".join(lines)
+
+
+def _words(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [w.strip() for w in value.split(",") if w.strip()]
+    return list(value)
+
+
+def _sentence(exc: PersonaeError | ValueError) -> str:
+    text = str(exc).strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."

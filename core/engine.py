@@ -1,0 +1,326 @@
+"""``Engine.handle``: one chat message in, a streamed in-character reply out, history and state kept."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import AsyncIterator, Awaitable, Callable
+
+from core.character import Character
+from core.errors import ModelError
+from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
+from core.hot import HotState, encode_history, encode_state, history_key, lock_key, state_key
+from core.ports import Cache, ChatModel, StateUpdater, Store
+from core.prompt import build_messages, estimate_tokens, render_system_prompt
+from core.state import Binding, Exchange
+
+log = logging.getLogger(__name__)
+
+NOTICE_UNAVAILABLE = "(The story pauses here: the model server is not answering. Please try again in a moment.)"
+NOTICE_CUT = " …(the reply was cut short: the model server stopped answering)"
+NOTICE_RATE = "(You are sending messages faster than I can answer. Please wait a minute.)"
+NOTICE_TOO_LONG = "(That message is too long for me: please keep it under {limit:,} characters.)"
+
+
+class ReplyStatus(StrEnum):
+    PENDING = "pending"
+    ANSWERED = "answered"  # a complete reply
+    PARTIAL = "partial"  # some text, then the model server failed; a notice ends it
+    FAILED = "failed"  # the model server failed before any text; the text is a notice
+    NOTICE = "notice"  # no model call: a rate-limit or message-too-long notice
+    RATE_LIMITED = "rate_limited"  # over the limit after the notice: silence
+    DUPLICATE = "duplicate"  # a redelivered message: no reply
+    IGNORED = "ignored"  # not for this bot (unbound channel, not addressed, empty)
+    NO_CHARACTER = "no_character"  # a private chat where the person has not picked a character
+    NOT_FOUND = "not_found"  # regenerate: there is no newest reply to replace
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Limits and model settings the engine applies to every turn."""
+
+    max_tokens: int = 96
+    temperature: float = 0.7
+    stop: tuple[str, ...] = ()
+    max_input_tokens: int = 3500
+    history_turns: int = 40
+    rate_limit_messages: int = 20
+    rate_limit_window_s: float = 60.0
+    dedupe_ttl_s: float = 86400.0
+    cache_ttl_s: float = 3600.0
+    turn_deadline_s: float = 90.0
+    max_message_chars: int = 4000
+
+
+class Reply:
+    """The answer to one event: iterate it for text deltas; afterwards ``status``, ``text`` and ids say what happened."""
+
+    def __init__(self, run: Callable[["Reply"], AsyncIterator[str]]) -> None:
+        self._run = run
+        self.status = ReplyStatus.PENDING
+        self.text = ""
+        self.character: Character | None = None
+        self.conversation: ConversationKey | None = None
+        self.user_message_id: int | None = None
+        self.reply_message_id: int | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._run(self)
+
+    async def collect(self) -> str:
+        """Run the turn to the end and return the whole text."""
+        async for _ in self:
+            pass
+        return self.text
+
+
+class NoStateChange:
+    """The state-update step that leaves emotion and intimacy where they are (the card's baselines)."""
+
+    async def after_exchange(self, exchange: Exchange) -> None:
+        return None
+
+
+class Engine:
+    """Decides whether to answer, keeps one person's turns in order, streams and stores replies."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: Cache,
+        model: ChatModel,
+        config: EngineConfig | None = None,
+        state_updater: StateUpdater | None = None,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.model = model
+        self.config = config or EngineConfig()
+        self.hot = HotState(store, cache, ttl_s=self.config.cache_ttl_s)
+        self.state_updater = state_updater or NoStateChange()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- public API -------------------------------------------------------------------------
+
+    def handle(self, event: ChatEvent) -> Reply:
+        """The reply to ``event``; nothing runs until it is iterated."""
+        return Reply(lambda reply: self._handle(event, reply))
+
+    def regenerate(self, conversation: ConversationKey, display_name: str, reply_message_id: int) -> Reply:
+        """A new reply in place of the newest one of ``conversation`` (which must be ``reply_message_id``)."""
+        return Reply(lambda reply: self._regenerate(conversation, display_name, reply_message_id, reply))
+
+    async def binding_for(self, event: ChatEvent) -> Binding | None:
+        """The binding that applies to the event's channel (a thread inherits its parent's)."""
+        channels = [event.channel_id] + ([event.parent_channel_id] if event.parent_channel_id else [])
+        for binding in await self.hot.bindings(event.platform, *channels):
+            if binding is not None:
+                return binding
+        return None
+
+    async def drain(self) -> None:
+        """Wait for state updates still running in the background (shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # -- one turn ---------------------------------------------------------------------------
+
+    async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
+        cfg = self.config
+        text = event.text.strip()
+        if not text:
+            reply.status = ReplyStatus.IGNORED
+            return
+        binding = await self.binding_for(event)
+        if binding is None:
+            reply.status = ReplyStatus.NO_CHARACTER if event.private else ReplyStatus.IGNORED
+            return
+        if binding.trigger is Trigger.MENTION and not (event.addressed or event.private):
+            reply.status = ReplyStatus.IGNORED
+            return
+        admission = await self.cache.admit(
+            f"e:{event.platform}:{event.channel_id}:{event.message_id}",
+            cfg.dedupe_ttl_s,
+            f"r:{event.platform}:{event.user_id}",
+            cfg.rate_limit_window_s,
+        )
+        if not admission.first:
+            reply.status = ReplyStatus.DUPLICATE
+            return
+        if admission.count > cfg.rate_limit_messages:
+            if admission.count == cfg.rate_limit_messages + 1:
+                reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_RATE
+                yield NOTICE_RATE
+            else:
+                reply.status = ReplyStatus.RATE_LIMITED
+            return
+        if not await self.store.events.mark_processed(event.platform, f"{event.channel_id}:{event.message_id}"):
+            reply.status = ReplyStatus.DUPLICATE
+            return
+        if len(text) > cfg.max_message_chars:
+            reply.status = ReplyStatus.NOTICE
+            reply.text = NOTICE_TOO_LONG.format(limit=cfg.max_message_chars)
+            yield reply.text
+            return
+        character = await self.hot.character(binding.character_id)
+        if character is None:
+            reply.status = ReplyStatus.IGNORED
+            return
+        reply.character = character
+        conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
+        reply.conversation = conversation
+        async for delta in self._turn(
+            reply, character, binding, conversation, event.display_name, text, event.message_id
+        ):
+            yield delta
+
+    async def _turn(
+        self,
+        reply: Reply,
+        character: Character,
+        binding: Binding,
+        conversation: ConversationKey,
+        display_name: str,
+        text: str,
+        platform_message_id: str | None,
+        replace: tuple[int, int] | None = None,
+    ) -> AsyncIterator[str]:
+        """Lock the conversation, stream the reply, store it; ``replace`` = (user id, reply id) to regenerate."""
+        cfg = self.config
+        person = PersonKey(character.id, conversation.platform, conversation.user_id)
+        s_key, h_key = state_key(person), history_key(conversation)
+        async with self.cache.hold(
+            lock_key(conversation), ttl=cfg.turn_deadline_s + 5, read=(s_key, h_key)
+        ) as held:
+            state, state_from_db = await self.hot.state(person, character, held.values[0])
+            if state_from_db:
+                held.stage(s_key, encode_state(state), cfg.cache_ttl_s)
+            history, _ = await self.hot.history(conversation, cfg.history_turns, held.values[1])
+            if replace is not None:
+                if len(history) < 2 or history[-1][0] != replace[1] or history[-2][0] != replace[0]:
+                    reply.status = ReplyStatus.NOT_FOUND
+                    return
+                history = history[:-2]
+            scene = binding.scene if binding.scene is not None else character.profile.scene
+            system = render_system_prompt(
+                character.profile,
+                chat_role=display_name,
+                scene=scene,
+                emotion=state.emotion,
+                relationship=state.intimacy,
+            )
+            user_tokens = await self.model.count_tokens(text)
+            messages = build_messages(
+                system,
+                [*HotState.turns(history)],
+                text,
+                budget=cfg.max_input_tokens - cfg.max_tokens,
+                count=estimate_tokens,
+            )
+            parts: list[str] = []
+            failure: ModelError | None = None
+            try:
+                async with asyncio.timeout(cfg.turn_deadline_s):
+                    async for delta in self.model.stream(
+                        messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop
+                    ):
+                        if delta:
+                            parts.append(delta)
+                            yield delta
+            except ModelError as exc:
+                failure = exc
+            except TimeoutError:
+                failure = ModelError(
+                    f"no complete reply within the {cfg.turn_deadline_s:g} s turn deadline", retryable=True
+                )
+            answer = "".join(parts).strip()
+            if failure is not None:
+                log.warning("model failure for %s: %s", conversation.cache_key(), failure)
+                notice = NOTICE_CUT if answer else NOTICE_UNAVAILABLE
+                reply.status = ReplyStatus.PARTIAL if answer else ReplyStatus.FAILED
+                yield notice
+                reply.text = "".join(parts) + notice
+            else:
+                reply.status = ReplyStatus.ANSWERED if answer else ReplyStatus.FAILED
+                reply.text = answer
+                if not answer:
+                    reply.text = NOTICE_UNAVAILABLE
+                    yield NOTICE_UNAVAILABLE
+            stored_reply = (answer, estimate_tokens(answer)) if answer else None
+            if replace is None:
+                user_id, reply_id = await self.store.messages.add_exchange(
+                    conversation, (text, user_tokens, platform_message_id), stored_reply
+                )
+                new = [(user_id, "user", text, user_tokens)]
+                if reply_id is not None:
+                    new.append((reply_id, "assistant", answer, stored_reply[1]))  # type: ignore[index]
+            else:
+                user_id, reply_id = replace
+                if stored_reply is None:
+                    # Keep the old reply when the new one failed.
+                    reply.reply_message_id = reply_id
+                    reply.user_message_id = user_id
+                    held.stage(h_key, None, cfg.cache_ttl_s)
+                    return
+                await self.store.messages.replace_reply(reply_id, *stored_reply)
+                new = [(user_id, "user", text, user_tokens), (reply_id, "assistant", answer, stored_reply[1])]
+            reply.user_message_id, reply.reply_message_id = user_id, reply_id
+            window = (history + new)[-cfg.history_turns :]
+            held.stage(h_key, encode_history(window), cfg.cache_ttl_s)
+        if reply_id is not None:
+            exchange = Exchange(
+                character_id=character.id,
+                platform=conversation.platform,
+                channel_id=conversation.channel_id,
+                user_id=conversation.user_id,
+                display_name=display_name,
+                scene=scene,
+                state_before=state,
+                history=tuple((role, content) for _, role, content, _ in history),
+                user_text=text,
+                reply_text=answer,
+                user_message_id=user_id,
+                reply_message_id=reply_id,
+                regenerated=replace is not None,
+            )
+            self._in_background(self.state_updater.after_exchange(exchange))
+
+    async def _regenerate(
+        self, conversation: ConversationKey, display_name: str, reply_message_id: int, reply: Reply
+    ) -> AsyncIterator[str]:
+        reply.conversation = conversation
+        character = await self.hot.character(conversation.character_id)
+        binding = await self._binding_of(conversation)
+        if character is None or binding is None:
+            reply.status = ReplyStatus.NOT_FOUND
+            return
+        reply.character = character
+        recent = await self.store.messages.recent(conversation, 2)
+        if len(recent) < 2 or recent[-1].id != reply_message_id or recent[-2].role != "user":
+            reply.status = ReplyStatus.NOT_FOUND
+            return
+        user = recent[-2]
+        async for delta in self._turn(
+            reply, character, binding, conversation, display_name, user.content, None, replace=(user.id, reply_message_id)
+        ):
+            yield delta
+
+    async def _binding_of(self, conversation: ConversationKey) -> Binding | None:
+        (binding,) = await self.hot.bindings(conversation.platform, conversation.channel_id)
+        if binding is not None and binding.character_id == conversation.character_id:
+            return binding
+        # The channel was rebound or is a thread of a bound channel: use the character's defaults.
+        return Binding(conversation.platform, "", conversation.channel_id, conversation.character_id)
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("state update failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

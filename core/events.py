@@ -1,0 +1,65 @@
+"""What happened on a platform, in platform-free terms, and the keys that identify conversations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Platform(StrEnum):
+    DISCORD = "discord"
+    TELEGRAM = "telegram"
+    CONSOLE = "console"
+
+
+class Trigger(StrEnum):
+    """When a bound character answers in a channel."""
+
+    ALL = "all"  # every message
+    MENTION = "mention"  # only when mentioned or replied to
+
+
+@dataclass(frozen=True, slots=True)
+class ChatEvent:
+    """One incoming chat message, as an adapter saw it.
+
+    ``chat_id`` is the Discord guild or Telegram chat; ``channel_id`` the Discord channel (a thread's
+    parent goes in ``parent_channel_id``) or, on Telegram, the chat again. ``addressed`` says the
+    bot was mentioned or replied to. ``message_id`` is the platform's id, used to drop redeliveries.
+    """
+
+    platform: Platform
+    chat_id: str
+    channel_id: str
+    user_id: str
+    display_name: str
+    message_id: str
+    text: str
+    private: bool = False
+    addressed: bool = False
+    parent_channel_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """The history the model sees: one person's thread with one character in one channel."""
+
+    character_id: int
+    platform: str
+    channel_id: str
+    user_id: str
+
+    def cache_key(self) -> str:
+        return f"{self.character_id}:{self.platform}:{self.channel_id}:{self.user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PersonKey:
+    """Whose state it is: one character's feelings toward one person on one platform."""
+
+    character_id: int
+    platform: str
+    user_id: str
+
+    def cache_key(self) -> str:
+        return f"{self.character_id}:{self.platform}:{self.user_id}"

@@ -1,0 +1,164 @@
+"""Hot copies of what a turn reads: bindings, characters, states and recent history.
+
+Reads go to the cache first and to the database on a miss (then fill the cache); the database stays
+the source of truth. Key names live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from core.character import Character
+from core.events import ConversationKey, PersonKey, Trigger
+from core.ports import Cache, Store
+from core.prompt import Turn
+from core.state import Binding, RelationshipState
+
+_UNBOUND = b"-"  # cached "no binding here", so unbound channels cost no database read
+
+
+def binding_key(platform: str, channel_id: str) -> str:
+    return f"b:{platform}:{channel_id}"
+
+
+def person_prefixes(platform: str, user_id: str) -> tuple[str, str]:
+    """Key prefixes of everything hot about one person (their keys start with the person)."""
+    return f"s:{platform}:{user_id}:", f"h:{platform}:{user_id}:"
+
+
+def state_key(person: PersonKey) -> str:
+    return f"s:{person.platform}:{person.user_id}:{person.character_id}"
+
+
+def history_key(conversation: ConversationKey) -> str:
+    c = conversation
+    return f"h:{c.platform}:{c.user_id}:{c.character_id}:{c.channel_id}"
+
+
+def lock_key(conversation: ConversationKey) -> str:
+    return f"l:{conversation.cache_key()}"
+
+
+def encode_binding(binding: Binding | None) -> bytes:
+    if binding is None:
+        return _UNBOUND
+    return json.dumps(
+        [binding.chat_id, binding.character_id, binding.trigger.value, binding.scene, binding.private]
+    ).encode()
+
+
+def decode_binding(platform: str, channel_id: str, raw: bytes) -> Binding | None:
+    if raw == _UNBOUND:
+        return None
+    chat_id, character_id, trigger, scene, private = json.loads(raw)
+    return Binding(platform, chat_id, channel_id, character_id, Trigger(trigger), scene, private)
+
+
+def encode_state(state: RelationshipState) -> bytes:
+    return json.dumps(state.to_json()).encode()
+
+
+def decode_state(person: PersonKey, raw: bytes) -> RelationshipState:
+    return RelationshipState.from_json(person.character_id, person.platform, person.user_id, json.loads(raw))
+
+
+
+
+def encode_history(entries: list[tuple[int, str, str, int]]) -> bytes:
+    return json.dumps(entries, ensure_ascii=False).encode()
+
+
+def decode_history(raw: bytes) -> list[tuple[int, str, str, int]]:
+    return [tuple(e) for e in json.loads(raw)]  # type: ignore[misc]
+
+
+class HotState:
+    """Cache-aside access to the records a turn needs, plus a short-lived local character cache."""
+
+    def __init__(self, store: Store, cache: Cache, *, ttl_s: float, character_ttl_s: float = 10.0) -> None:
+        self.store = store
+        self.cache = cache
+        self.ttl_s = ttl_s
+        self._character_ttl = character_ttl_s
+        self._characters: dict[int, tuple[float, Character]] = {}
+
+    async def bindings(self, platform: str, *channel_ids: str) -> list[Binding | None]:
+        """The bindings of several channels (a thread and its parent) in one cache round trip."""
+        keys = [binding_key(platform, c) for c in channel_ids]
+        raws = await self.cache.get_many(keys)
+        out: list[Binding | None] = []
+        fill: dict[str, bytes] = {}
+        for key, channel_id, raw in zip(keys, channel_ids, raws):
+            if raw is not None:
+                out.append(decode_binding(platform, channel_id, raw))
+                continue
+            binding = await self.store.bindings.get(platform, channel_id)
+            fill[key] = encode_binding(binding)
+            out.append(binding)
+        if fill:
+            await self.cache.set_many(fill, self.ttl_s)
+        return out
+
+    async def forget_binding(self, platform: str, channel_id: str) -> None:
+        await self.cache.delete(binding_key(platform, channel_id))
+
+    async def character(self, character_id: int) -> Character | None:
+        now = time.monotonic()
+        hit = self._characters.get(character_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        character = await self.store.characters.get(character_id)
+        if character is None:
+            self._characters.pop(character_id, None)
+        else:
+            if len(self._characters) > 1000:
+                self._characters.clear()
+            self._characters[character_id] = (now + self._character_ttl, character)
+        return character
+
+    def forget_character(self, character_id: int) -> None:
+        self._characters.pop(character_id, None)
+
+    async def state(self, person: PersonKey, character: Character, raw: bytes | None = None) -> tuple[RelationshipState, bool]:
+        """The person's state (created at the card's baselines on first contact); True if read from the database."""
+        if raw is not None:
+            return decode_state(person, raw), False
+        stored = await self.store.relationships.get_or_create(
+            RelationshipState(
+                character_id=person.character_id,
+                platform=person.platform,
+                user_id=person.user_id,
+                emotion=character.profile.emotion,
+                intimacy=character.profile.relationship,
+            )
+        )
+        return stored, True
+
+    async def read_state(self, person: PersonKey, character: Character) -> RelationshipState:
+        raw = (await self.cache.get_many([state_key(person)]))[0]
+        state, from_db = await self.state(person, character, raw)
+        if from_db:
+            await self.cache.set_many({state_key(person): encode_state(state)}, self.ttl_s)
+        return state
+
+    async def history(
+        self, conversation: ConversationKey, limit: int, raw: bytes | None = None
+    ) -> tuple[list[tuple[int, str, str, int]], bool]:
+        """Recent (id, role, content, tokens) entries oldest first; True if read from the database."""
+        if raw is not None:
+            return decode_history(raw), False
+        rows = await self.store.messages.recent(conversation, limit)
+        return [(m.id, m.role, m.content, m.tokens) for m in rows], True
+
+    async def forget_conversation(self, conversation: ConversationKey) -> None:
+        await self.cache.delete(history_key(conversation))
+
+    @staticmethod
+    def turns(entries: list[tuple[int, str, str, int]]) -> list[Turn]:
+        return [Turn(role, content, tokens) for _, role, content, tokens in entries]
+
+    @staticmethod
+    def dump(value: Any) -> bytes:
+        return json.dumps(value).encode()

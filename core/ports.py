@@ -1,0 +1,180 @@
+"""The interfaces core needs from the outside world: storage, cache, model server.
+
+``storage`` implements the repositories and caches; the model client lives in ``bots.llm``.
+A single composition root (``bots.compose``) wires them into an ``Engine``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, AsyncContextManager, AsyncIterator, Mapping, Protocol, Sequence
+
+from core.character import Character
+from core.events import ConversationKey, PersonKey
+from core.state import Binding, Exchange, RelationshipState, StateChange, StoredMessage
+
+
+class CharacterRepository(Protocol):
+    async def add(self, card: dict[str, Any]) -> Character:
+        """Store a new character from a normalised card; Conflict if the name is taken (any case)."""
+
+    async def get(self, character_id: int) -> Character | None: ...
+
+    async def get_by_name(self, name: str) -> Character | None:
+        """Find a character by name, ignoring case."""
+
+    async def list(self) -> list[Character]:
+        """All characters, ordered by name."""
+
+    async def replace(self, character_id: int, card: dict[str, Any]) -> Character:
+        """Store an edited card; NotFound if gone, Conflict if renamed onto another's name."""
+
+    async def delete(self, character_id: int) -> bool:
+        """Delete a character with its bindings, states, audit rows and messages."""
+
+
+class BindingRepository(Protocol):
+    async def get(self, platform: str, channel_id: str) -> Binding | None: ...
+
+    async def put(self, binding: Binding) -> None:
+        """Create or replace the binding of (platform, channel_id)."""
+
+    async def delete(self, platform: str, channel_id: str) -> bool: ...
+
+
+class RelationshipRepository(Protocol):
+    async def get(self, key: PersonKey) -> RelationshipState | None: ...
+
+    async def get_or_create(self, initial: RelationshipState) -> RelationshipState:
+        """The stored state, or ``initial`` inserted as version 0 when there is none (race-safe)."""
+
+    async def update(self, change: StateChange) -> bool:
+        """Write ``change.after`` and its audit row in one transaction.
+
+        Only succeeds if the stored version still equals ``change.before.version``;
+        ``change.after.version`` must be one more. Returns False when someone else wrote first.
+        """
+
+    async def changes(self, key: PersonKey, limit: int = 20) -> list[StateChange]:
+        """Audit rows for one person's state, newest first."""
+
+
+class MessageRepository(Protocol):
+    async def recent(self, conversation: ConversationKey, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` messages of a conversation, oldest first."""
+
+    async def add_exchange(
+        self,
+        conversation: ConversationKey,
+        user: tuple[str, int, str | None],
+        reply: tuple[str, int] | None,
+    ) -> tuple[int, int | None]:
+        """Store the user message (text, tokens, platform id) and the reply (text, tokens) at once.
+
+        Returns the new message ids (the reply's is None when there is no reply).
+        """
+
+    async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
+        """Replace the text of a stored reply (regenerate)."""
+
+    async def delete_conversation(self, conversation: ConversationKey) -> int: ...
+
+
+class EventRepository(Protocol):
+    async def mark_processed(self, platform: str, event_id: str) -> bool:
+        """Record a platform event; True the first time, False for a redelivery."""
+
+    async def prune(self, older_than: dt.datetime) -> int: ...
+
+
+class Store(Protocol):
+    """The database: the source of truth."""
+
+    characters: CharacterRepository
+    bindings: BindingRepository
+    relationships: RelationshipRepository
+    messages: MessageRepository
+    events: EventRepository
+
+    async def forget_person(self, platform: str, user_id: str) -> dict[str, int]:
+        """Delete a person's messages, states and audit rows for every character; counts per kind."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Admission:
+    """What the cache says about an incoming event: first delivery? how many in the rate window?"""
+
+    first: bool
+    count: int
+    values: list[bytes | None] = field(default_factory=list)
+
+
+class Held(Protocol):
+    """A locked conversation: the values read when the lock was taken, and writes to apply on release."""
+
+    values: list[bytes | None]
+
+    def stage(self, key: str, value: bytes | None, ttl: float) -> None:
+        """Write ``value`` (None deletes) when the lock is released, in the same round trip."""
+
+
+class Cache(Protocol):
+    """Hot copies, locks, dedupe keys and rate-limit counters. Losing it loses no data.
+
+    Implementations never raise for an outage: reads miss, writes are dropped, and a lock falls
+    back to a local one, so callers go to the database.
+    """
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: float) -> None: ...
+
+    async def delete(self, *keys: str) -> None: ...
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Delete every key that starts with ``prefix`` (used by /forget; not on the hot path)."""
+
+    async def admit(
+        self, dedupe_key: str, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
+    ) -> Admission:
+        """In one round trip: set ``dedupe_key`` if absent, count one hit in ``rate_key``'s window,
+        and read ``read``."""
+
+    def hold(self, lock_key: str, *, ttl: float, read: Sequence[str] = ()) -> AsyncContextManager[Held]:
+        """Lock ``lock_key`` (in arrival order within this process) and read ``read`` in one round
+        trip; staged writes go out with the release."""
+
+    async def close(self) -> None: ...
+
+
+class ChatModel(Protocol):
+    """A model server with the OpenAI-style chat API (TGI, vLLM, SGLang, llama.cpp)."""
+
+    def stream(
+        self, messages: Sequence[Mapping[str, str]], *, max_tokens: int, temperature: float, stop: Sequence[str] = ()
+    ) -> AsyncIterator[str]:
+        """Yield text deltas. Raises ModelError; retries before the first delta are the client's job."""
+
+    async def complete(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        json_schema: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A whole (non-streamed) answer, optionally constrained to a JSON schema where supported."""
+
+    async def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``: the server's tokenizer when it has one, else a conservative estimate."""
+
+    async def close(self) -> None: ...
+
+
+class StateUpdater(Protocol):
+    """The step that moves a person's emotions and intimacy after an exchange."""
+
+    async def after_exchange(self, exchange: Exchange) -> None: ...

@@ -1,0 +1,137 @@
+"""Everything that becomes text for the model: the BeyondDialogue system prompt and the chat turns.
+
+The templates themselves are constants in ``core.prompt_templates``. Each template is formatted
+exactly once with finished field values, so a ``{`` typed by a user or written in a card reaches the
+model as a ``{``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from core.character import CharacterProfile
+from core.emotions import EmotionState
+from core.prompt_templates import SYSTEM_PROMPT_EN, SYSTEM_PROMPT_ZH
+
+_MBTI_EN = {
+    "I": "Introverted (I)", "E": "Extraverted (E)", "N": "Intuitive (N)", "S": "Sensing (S)",
+    "T": "Thinking (T)", "F": "Feeling (F)", "J": "Judging (J)", "P": "Perceiving (P)",
+}
+_MBTI_ZH = {
+    "I": "内向型（I）", "E": "外向型（E）", "N": "直觉型（N）", "S": "实感型（S）",
+    "T": "思维型（T）", "F": "情感型（F）", "J": "判断型（J）", "P": "感知型（P）",
+}
+# A card without an MBTI type still fills the slot (an empty slot confuses the model).
+_NO_MBTI = {"en": "not specified", "zh": "未指定"}
+
+
+def expand_mbti(mbti: str | None, language: str = "en") -> str:
+    """``ENFJ`` -> ``Extraverted (E), Intuitive (N), Feeling (F), Judging (J)`` (or the Chinese form)."""
+    if not mbti:
+        return _NO_MBTI[language]
+    if language == "zh":
+        return "、".join(_MBTI_ZH[c] for c in mbti)
+    return ", ".join(_MBTI_EN[c] for c in mbti)
+
+
+def fill_placeholders(text: str, *, char: str, user: str) -> str:
+    """Replace the card convention's ``{{char}}`` and ``{{user}}`` (any case) with the names."""
+    if "{{" not in text:
+        return text
+    for token, value in (("{{char}}", char), ("{{user}}", user)):
+        text = text.replace(token, value).replace(token.upper(), value).replace(token.capitalize(), value)
+    return text
+
+
+def render_system_prompt(
+    profile: CharacterProfile,
+    *,
+    chat_role: str,
+    scene: str | None = None,
+    emotion: EmotionState | None = None,
+    relationship: int | None = None,
+) -> str:
+    """The BeyondDialogue system prompt for ``profile`` talking to ``chat_role``.
+
+    ``scene``, ``emotion`` and ``relationship`` default to the card's scene and baselines.
+    """
+    zh = profile.language == "zh"
+    emotion = emotion if emotion is not None else profile.emotion
+    relationship = relationship if relationship is not None else profile.relationship
+    scene_text = fill_placeholders(scene if scene is not None else profile.scene, char=profile.name, user=chat_role)
+    template = SYSTEM_PROMPT_ZH if zh else SYSTEM_PROMPT_EN
+    return template.format(
+        role_name=profile.name,
+        world=profile.world,
+        character=("，" if zh else ", ").join(profile.traits if zh else (t.lower() for t in profile.traits)),
+        personality=expand_mbti(profile.mbti, profile.language),
+        style=("、" if zh else ", ").join(profile.style if zh else (s.lower() for s in profile.style)),
+        scene=scene_text,
+        emotion=emotion.render(profile.language),
+        chat_role=chat_role,
+        relationship=str(relationship),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One utterance of a conversation's history, with its token count when known."""
+
+    role: str  # "user" or "assistant"
+    content: str
+    tokens: int = 0
+
+
+def alternate(turns: Sequence[Turn]) -> list[Turn]:
+    """Make turns strictly alternate user/assistant, starting with a user turn.
+
+    Consecutive turns of one role are merged (a reply that failed leaves two user turns in a row);
+    a leading assistant turn (a greeting) is kept only if it can be preceded by nothing, so it is
+    dropped here: chat templates reject a conversation that does not start with the user.
+    """
+    out: list[Turn] = []
+    for turn in turns:
+        if not turn.content:
+            continue
+        if out and out[-1].role == turn.role:
+            prev = out[-1]
+            out[-1] = Turn(turn.role, prev.content + "\n" + turn.content, prev.tokens + turn.tokens)
+        elif not out and turn.role != "user":
+            continue
+        else:
+            out.append(turn)
+    return out
+
+
+def build_messages(
+    system: str,
+    history: Sequence[Turn],
+    user_text: str,
+    *,
+    budget: int | None = None,
+    count: Callable[[str], int] | None = None,
+) -> list[dict[str, str]]:
+    """System message, then alternating history, then the new user text, within ``budget`` tokens.
+
+    Whole exchanges are dropped oldest first; the system message and the new text always stay.
+    """
+    turns = alternate([*history, Turn("user", user_text)])
+    if budget is not None and count is not None:
+        sizes = [t.tokens or count(t.content) for t in turns]
+        total = count(system) + sum(sizes)
+        start = 0
+        # Drop (user, assistant) pairs from the front so that user turns stay first.
+        while total > budget and start < len(turns) - 1:
+            step = 2 if start + 1 < len(turns) - 1 else 1
+            total -= sum(sizes[start : start + step])
+            start += step
+        turns = turns[start:]
+        if turns and turns[0].role != "user":
+            turns = turns[1:]
+    return [{"role": "system", "content": system}, *({"role": t.role, "content": t.content} for t in turns)]
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token count: one per three UTF-8 bytes (CJK: one per character), plus one."""
+    return len(text.encode("utf-8")) // 3 + 1

@@ -1,0 +1,100 @@
+"""Records the domain keeps: bindings, a person's relationship state, stored messages, audit rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from core.emotions import EmotionState
+from core.events import Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A character assigned to a channel (or a private chat: the person's chosen character)."""
+
+    platform: str
+    chat_id: str
+    channel_id: str
+    character_id: int
+    trigger: Trigger = Trigger.ALL
+    scene: str | None = None  # None: the character's default scene
+    private: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RelationshipState:
+    """One character's emotions and intimacy toward one person; ``version`` guards concurrent updates."""
+
+    character_id: int
+    platform: str
+    user_id: str
+    emotion: EmotionState
+    intimacy: int
+    version: int = 0
+    updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def to_json(self) -> dict:
+        return {
+            "emotion": self.emotion.as_dict(),
+            "intimacy": self.intimacy,
+            "version": self.version,
+            "updated_at": self.updated_at.timestamp(),
+        }
+
+    @classmethod
+    def from_json(cls, character_id: int, platform: str, user_id: str, data: dict) -> "RelationshipState":
+        return cls(
+            character_id=character_id,
+            platform=platform,
+            user_id=user_id,
+            emotion=EmotionState(**data["emotion"]),
+            intimacy=data["intimacy"],
+            version=data["version"],
+            updated_at=dt.datetime.fromtimestamp(data["updated_at"], dt.UTC),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message of a conversation as the database keeps it."""
+
+    id: int
+    role: str
+    content: str
+    tokens: int
+    created_at: dt.datetime
+    platform_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """An audit row: how a person's state changed, by which appraiser, after which message."""
+
+    character_id: int
+    platform: str
+    user_id: str
+    before: RelationshipState
+    after: RelationshipState
+    appraiser: str
+    message_id: int | None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A finished exchange, handed to the state-update step with all it needs to appraise it."""
+
+    character_id: int
+    platform: str
+    channel_id: str
+    user_id: str
+    display_name: str
+    scene: str
+    state_before: RelationshipState
+    history: tuple[tuple[str, str], ...]  # (role, content) of the turns before this exchange
+    user_text: str
+    reply_text: str
+    user_message_id: int
+    reply_message_id: int
+    regenerated: bool = False

@@ -1,0 +1,105 @@
+"""Bad card input gets one clear message; good cards keep every field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.cards import edit_card, normalise_card, parse_card_json, profile_from_card
+from core.emotions import EmotionState
+from core.errors import InvalidInput
+
+EXT = {
+    "world": "W",
+    "traits": ["calm"],
+    "mbti": "INTJ",
+    "style": ["dry"],
+    "language": "en",
+    "emotion": {"happiness": 5},
+    "relationship": 4,
+}
+
+
+def v2(**data) -> dict:
+    base = {"name": "Ann", "description": "", "extensions": {"personae": dict(EXT)}}
+    base.update(data)
+    return {"spec": "chara_card_v2", "spec_version": "2.0", "data": base}
+
+
+def with_ext(**changes) -> dict:
+    card = v2()
+    card["data"]["extensions"]["personae"].update(changes)
+    return card
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"not json at all", "the card is not JSON"),
+        (json.dumps({"spec": "chara_card_v9", "data": {"name": "A"}}), "unknown card spec 'chara_card_v9'"),
+        (json.dumps({"spec": "chara_card_v2", "data": {"description": "x"}}), "name is missing"),
+        (json.dumps({"description": "v1 card without a name"}), "the card has no name"),
+        (json.dumps(with_ext(mbti="XYZW")), "MBTI 'XYZW' is not a type"),
+        (json.dumps(with_ext(emotion={"happiness": 11})), "happiness must be from 0 to 10, not 11"),
+        (json.dumps(with_ext(emotion={"anger": -1})), "anger must be from 0 to 10, not -1"),
+        (json.dumps(with_ext(emotion={"joy": 3})), "unknown emotion 'joy'"),
+        (json.dumps(with_ext(relationship=12)), "relationship must be from 0 to 10"),
+        (json.dumps(with_ext(language="fr")), "language must be 'en' or 'zh'"),
+        (json.dumps(v2(description="d" * 1_000_000)), "description is 1,000,000 characters long"),
+        (json.dumps(v2(name="A\u0000B")), "NUL byte"),
+        (json.dumps(v2(creator_notes="x\u0000")), "NUL byte"),
+        (b"\xff\xfe{}", "not valid UTF-8"),
+        (json.dumps([1, 2]), "must be a JSON object"),
+        (json.dumps(v2(alternate_greetings="hi")), "alternate_greetings must be a list of strings"),
+    ],
+)
+def test_bad_cards_are_refused_with_a_clear_message(raw, message: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_card_json(raw)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_fields_and_foreign_extensions_survive() -> None:
+    card = v2(custom_field={"keep": [1, "two"]}, extensions={"personae": EXT, "depth_prompt": {"prompt": "x", "depth": 4}})
+    card["top_level_extra"] = "kept"
+    assert parse_card_json(json.dumps(card)) == card
+
+
+def test_v1_card_is_lifted_into_v2_with_extra_keys_kept() -> None:
+    card = parse_card_json(json.dumps({"name": "Old", "description": "d", "scenario": "s", "first_mes": "hi", "foo": 1}))
+    assert card["spec"] == "chara_card_v2"
+    assert card["data"]["name"] == "Old" and card["data"]["scenario"] == "s"
+    assert card["foo"] == 1
+    profile = profile_from_card(card)
+    assert set(profile.missing) == {"world", "traits", "mbti", "style", "language", "emotion", "relationship"}
+    assert profile.world and profile.traits and profile.style  # never an empty slot
+
+
+def test_v3_card_is_accepted() -> None:
+    card = v2()
+    card.update(spec="chara_card_v3", spec_version="3.0")
+    card["data"]["group_only_greetings"] = []
+    assert profile_from_card(parse_card_json(json.dumps(card))).mbti == "INTJ"
+
+
+def test_edit_changes_only_the_named_fields_and_validates() -> None:
+    card = normalise_card(v2(custom="x"))
+    edited = edit_card(card, {"mbti": "enfp", "traits": "bold, loud", "emotion": "anger=3"})
+    profile = profile_from_card(edited)
+    assert profile.mbti == "ENFP" and profile.traits == ("bold", "loud")
+    assert profile.emotion == EmotionState(anger=3)
+    assert edited["data"]["custom"] == "x"
+    with pytest.raises(InvalidInput):
+        edit_card(card, {"mbti": "ABCD"})
+    with pytest.raises(InvalidInput, match="cannot edit 'spec'"):
+        edit_card(card, {"spec": "x"})
+
+
+def test_emotion_line_parsing_names_unknown_emotions() -> None:
+    assert EmotionState.parse("happiness=1, sadness=8").as_dict()["sadness"] == 8
+    with pytest.raises(InvalidInput, match="unknown emotion 'joy'"):
+        EmotionState.parse("joy=2")
+    with pytest.raises(InvalidInput, match="expected name=value"):
+        EmotionState.parse("happiness")

@@ -1,0 +1,147 @@
+"""The rendered system prompt must be the BeyondDialogue template byte for byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.cards import parse_card_json, profile_from_card
+from core.emotions import EmotionState
+from core.prompt import Turn, build_messages, estimate_tokens, expand_mbti, render_system_prompt
+from core.prompt_templates import (
+    EMOTION_APPRAISAL_EN,
+    EMOTION_APPRAISAL_ZH,
+    RELATIONSHIP_APPRAISAL_EN,
+    RELATIONSHIP_APPRAISAL_ZH,
+    SYSTEM_PROMPT_EN,
+    SYSTEM_PROMPT_ZH,
+)
+from core.samples import sample_cards
+
+# Copies of the BeyondDialogue reference files (shared/reference/beyond_dialogue), kept with the
+# tests so a fresh clone can check itself; the test below also compares with shared/ when present.
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "beyond_dialogue"
+HAMLET_SCENE = (
+    "Inside the grand hall of Elsinore, lit by flickering torchlight, Hamlet paces anxiously as Elena "
+    "conjures an ethereal mirage of the Danish landscape. Regal tapestries and opulent furnishings surround "
+    "them, yet Hamlet's gaze is fixed on Elena's illusions. She gracefully weaves dissonance into the tapestry "
+    "of reality, prompting Hamlet to clutch his chest in a moment of existential crisis. The weight of unspoken "
+    "love and inner turmoil hangs in the air, thick with tension and anticipation."
+)
+
+
+def reference(name: str) -> str:
+    text = (GOLDEN / name).read_bytes().decode("utf-8")
+    if (SHARED / name).exists():
+        assert (SHARED / name).read_bytes().decode("utf-8") == text, f"tests/golden/{name} differs from shared/"
+    return text
+
+
+def sample(name: str) -> dict:
+    return parse_card_json(dict(sample_cards())[name])
+
+
+@pytest.mark.parametrize(
+    "constant, file",
+    [
+        (SYSTEM_PROMPT_EN, "system_prompt.en.txt"),
+        (SYSTEM_PROMPT_ZH, "system_prompt.zh.txt"),
+        (EMOTION_APPRAISAL_EN, "emotion_appraisal.en.txt"),
+        (EMOTION_APPRAISAL_ZH, "emotion_appraisal.zh.txt"),
+        (RELATIONSHIP_APPRAISAL_EN, "relationship_appraisal.en.txt"),
+        (RELATIONSHIP_APPRAISAL_ZH, "relationship_appraisal.zh.txt"),
+    ],
+)
+def test_templates_are_the_reference_files_byte_for_byte(constant: str, file: str) -> None:
+    assert constant.encode("utf-8") == reference(file).encode("utf-8")
+
+
+def test_hamlet_sample_renders_the_model_card_example_exactly() -> None:
+    expected = reference("system_prompt.en.txt").format(
+        role_name="Hamlet",
+        world="8th Century Danish Royalty",
+        character="extreme, strong, decisive",
+        personality="Extraverted (E), Intuitive (N), Feeling (F), Judging (J)",
+        style="indecisive, decisive, sentimental",
+        scene=HAMLET_SCENE,
+        emotion="happiness: 1, sadness: 8, disgust: 5, fear: 7, surprise: 6, anger: 4",
+        chat_role="Elena",
+        relationship=7,
+    )
+    profile = profile_from_card(sample("hamlet.json"))
+    assert render_system_prompt(profile, chat_role="Elena") == expected
+    assert "Your intimacy level with them is 7 (0-10" in expected
+
+
+def test_chinese_prompt_uses_chinese_joins_names_and_mbti() -> None:
+    profile = profile_from_card(sample("lin_daiyu.json"))
+    emotion = EmotionState(happiness=0, sadness=1, disgust=6, fear=2, surprise=1, anger=8)
+    expected = reference("system_prompt.zh.txt").format(
+        role_name="林黛玉",
+        world="清代贾府大观园",
+        character="敏感，聪慧，清高",
+        personality="内向型（I）、直觉型（N）、情感型（F）、感知型（P）",
+        style="含蓄、机敏、伤感",
+        scene=profile.scene.replace("{{user}}", "宝玉"),
+        emotion="快乐: 0, 悲伤: 1, 厌恶: 6, 恐惧: 2, 惊讶: 1, 愤怒: 8",
+        chat_role="宝玉",
+        relationship=9,
+    )
+    assert render_system_prompt(profile, chat_role="宝玉", emotion=emotion, relationship=9) == expected
+    assert "所处场景： \n" in expected  # the template's trailing space survives
+
+
+def test_braces_in_user_and_card_text_reach_the_model_literally() -> None:
+    profile = profile_from_card(sample("hamlet.json"))
+    text = render_system_prompt(profile, chat_role="{role_name} {0} }{", scene="A {scene} with {{user}} and {")
+    assert "reply with a brief sentence to {role_name} {0} }{." in text
+    assert "A {scene} with {role_name} {0} }{ and {\n" in text
+    messages = build_messages(text, [], "What is {role_name}? {{char}} {")
+    assert messages[-1] == {"role": "user", "content": "What is {role_name}? {{char}} {"}
+
+
+@pytest.mark.parametrize(
+    "code, en",
+    [
+        ("ENFJ", "Extraverted (E), Intuitive (N), Feeling (F), Judging (J)"),
+        ("ISTP", "Introverted (I), Sensing (S), Thinking (T), Perceiving (P)"),
+    ],
+)
+def test_mbti_expands_letter_by_letter(code: str, en: str) -> None:
+    assert expand_mbti(code, "en") == en
+
+
+def test_history_alternates_and_merges_consecutive_user_turns() -> None:
+    history = [Turn("assistant", "greeting"), Turn("user", "a"), Turn("user", "b"), Turn("assistant", "c")]
+    messages = build_messages("S", history, "d")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[1]["content"] == "a\nb"
+
+
+def test_budget_drops_oldest_exchanges_but_keeps_system_and_newest() -> None:
+    history = []
+    for i in range(20):
+        history += [Turn("user", f"question {i} " + "x" * 300), Turn("assistant", f"answer {i} " + "y" * 300)]
+    system = "S" * 600
+    messages = build_messages(system, history, "newest", budget=1000, count=estimate_tokens)
+    assert messages[0] == {"role": "system", "content": system}
+    assert messages[-1] == {"role": "user", "content": "newest"}
+    roles = [m["role"] for m in messages[1:]]
+    assert roles == ["user", "assistant"] * ((len(roles) - 1) // 2) + ["user"]
+    assert "answer 19" in messages[-2]["content"]
+    assert not any("question 0 " in m["content"] for m in messages)
+    assert sum(estimate_tokens(m["content"]) for m in messages) <= 1000
+
+
+def test_budget_smaller_than_the_system_prompt_still_sends_system_and_new_text() -> None:
+    messages = build_messages("S" * 3000, [Turn("user", "old"), Turn("assistant", "reply")], "new", budget=10, count=estimate_tokens)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[-1]["content"] == "new"
+
+
+def test_sample_cards_export_what_they_import() -> None:
+    for name, raw in sample_cards():
+        assert parse_card_json(raw) == json.loads(raw)
