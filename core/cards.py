@@ -55,7 +55,12 @@ def parse_card_json(raw: bytes | str) -> dict[str, Any]:
         card = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"the card is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    return normalise_card(card)
+    except RecursionError:
+        raise InvalidInput("the card is nested too deeply to read") from None
+    try:
+        return normalise_card(card)
+    except RecursionError:
+        raise InvalidInput("the card is nested too deeply to read") from None
 
 
 def normalise_card(card: object) -> dict[str, Any]:
