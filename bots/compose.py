@@ -65,7 +65,7 @@ def open_cache(settings: Settings) -> Cache:
     return RedisCache(settings.redis_url) if settings.redis_url else MemoryCache()
 
 
-def model_client(settings: Settings, base_url: str) -> ChatModel:
+def model_client(settings: Settings, base_url: str, *, concurrency: int | None = None) -> ChatModel:
     from bots.llm.client import ModelClient
 
     return ModelClient(
@@ -73,7 +73,7 @@ def model_client(settings: Settings, base_url: str) -> ChatModel:
         model=settings.llm_model,
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
         timeout_s=settings.llm_timeout_s,
-        concurrency=settings.llm_concurrency,
+        concurrency=concurrency or settings.llm_concurrency,
         retries=settings.llm_retries,
         layout=settings.prompt_layout,
     )
@@ -84,16 +84,18 @@ async def open_app(settings: Settings, *, model_url: str | None = None) -> Async
     """Build the App from settings; with no model URL, start the embedded model server first."""
     async with contextlib.AsyncExitStack() as stack:
         url = model_url or settings.llm_url
+        concurrency = None
         if url is None:
             from bots.llm.embedded import EmbeddedModelServer
 
             server = await stack.enter_async_context(EmbeddedModelServer())
             url = server.base_url
+            concurrency = 1  # llama.cpp's server answers one request at a time
         store = await open_store(settings)
         stack.push_async_callback(store.close)
         cache = open_cache(settings)
         stack.push_async_callback(cache.close)
-        model = model_client(settings, url)
+        model = model_client(settings, url, concurrency=concurrency)
         stack.push_async_callback(model.close)
         app = wire(settings, store, cache, model)
         stack.push_async_callback(app.engine.drain)

@@ -12,6 +12,7 @@ from core.character import Character
 from core.errors import ModelError
 from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
 from core.hot import HotState, encode_history, encode_state, history_key, lock_key, state_key
+from core.locks import KeyedLocks
 from core.ports import Cache, ChatModel, StateUpdater, Store
 from core.prompt import build_messages, estimate_tokens, render_system_prompt
 from core.state import Binding, Exchange
@@ -101,6 +102,8 @@ class Engine:
         self.hot = HotState(store, cache, ttl_s=self.config.cache_ttl_s)
         self.state_updater = state_updater or NoStateChange()
         self._background: set[asyncio.Task[None]] = set()
+        # One person's messages in one channel wait here in arrival order, before anything can reorder them.
+        self._arrivals = KeyedLocks()
 
     # -- public API -------------------------------------------------------------------------
 
@@ -128,6 +131,11 @@ class Engine:
     # -- one turn ---------------------------------------------------------------------------
 
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
+        async with self._arrivals.hold(f"{event.platform}:{event.channel_id}:{event.user_id}"):
+            async for delta in self._admit_and_answer(event, reply):
+                yield delta
+
+    async def _admit_and_answer(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
         cfg = self.config
         text = event.text.strip()
         if not text:

@@ -1,0 +1,290 @@
+"""``personae bench``: simulated people through the Engine against an instant model server, with figures.
+
+The model server is the TGI-protocol test double, run in its own process and answering instantly,
+so what is measured is personae itself: the engine, storage and cache round trips, and the client.
+The same number of requests is then sent as a bare loop of ``AsyncInferenceClient`` calls for scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Mapping, Sequence
+
+import httpx
+import psutil
+
+from bots.compose import model_client, open_cache, open_store, wire
+from bots.settings import Settings
+from core.cards import new_card
+from core.commands import Actor, Place
+from core.errors import PersonaeError
+from core.events import ChatEvent, Platform
+
+SERVER_MODULE = "bots.llm.tgi_double"
+REPLY = "(smiles) The rain has stopped, and the road home is clear at last."
+
+
+class TimedModel:
+    """Wraps the model client and adds up the time spent waiting on the model server."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.waiting = 0.0
+
+    async def stream(self, messages: Sequence[Mapping[str, str]], **kw: Any) -> AsyncIterator[str]:
+        start = time.perf_counter()
+        try:
+            async for delta in self.inner.stream(messages, **kw):
+                yield delta
+        finally:
+            self.waiting += time.perf_counter() - start
+
+    async def count_tokens(self, text: str) -> int:
+        start = time.perf_counter()
+        try:
+            return await self.inner.count_tokens(text)
+        finally:
+            self.waiting += time.perf_counter() - start
+
+    async def complete(self, *a: Any, **kw: Any) -> str:
+        return await self.inner.complete(*a, **kw)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@dataclass
+class Figures:
+    users: int
+    turns: int
+    turns_per_s: float = 0.0
+    bare_requests_per_s: float = 0.0
+    ratio_vs_bare_client: float = 0.0
+    overhead_p50_ms: float = 0.0
+    overhead_p99_ms: float = 0.0
+    turn_p50_ms: float = 0.0
+    turn_p99_ms: float = 0.0
+    db_round_trips_per_turn: float = 0.0
+    redis_round_trips_per_turn: float = 0.0
+    db_round_trips_first_turn: float = 0.0
+    redis_round_trips_first_turn: float = 0.0
+    peak_rss_mb: float = 0.0
+    database: str = ""
+    cache: str = ""
+    failed_turns: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def instant_model_server() -> AsyncIterator[str]:
+    """Start the TGI-protocol double in its own process; yield its base URL."""
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", SERVER_MODULE, "--port", str(port), "--chunks", "4",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            for _ in range(200):
+                if proc.returncode is not None:
+                    err = (await proc.stderr.read()).decode(errors="replace")[-500:] if proc.stderr else ""
+                    raise PersonaeError(f"the benchmark's model server exited: {err}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{url}/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise PersonaeError("the benchmark's model server did not start within 10 s")
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.wait_for(proc.wait(), 5)
+
+
+class RssSampler:
+    """Samples this process's resident memory every few milliseconds; keeps the peak."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process(os.getpid())
+        self.peak = self.process.memory_info().rss
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            await asyncio.sleep(0.05)
+
+    def __enter__(self) -> "RssSampler":
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _engine_pass(settings: Settings, url: str, users: int, turns: int, figures: Figures, say) -> None:
+    store = await open_store(settings)
+    cache = open_cache(settings)
+    model = TimedModel(model_client(settings, url))
+    app = wire(settings, store, cache, model)
+    name = f"bench-{uuid.uuid4().hex[:10]}"
+    channel = f"bench-{uuid.uuid4().hex[:10]}"
+    character = await store.characters.add(
+        new_card(name=name, world="a benchmark", traits=["steady"], mbti="ISTJ", style=["brief"], scene="A quiet room.")
+    )
+    owner = Actor(Platform.CONSOLE, "bench", "bench", is_owner=True)
+    place = Place(Platform.CONSOLE, "bench", channel)
+    outcome = await app.commands.bind(owner, place, name, "all")
+    assert outcome.ok, outcome.message
+    first_turn: list[tuple[int, int]] = []
+    hot: list[tuple[int, int]] = []
+    overheads: list[float] = []
+    totals: list[float] = []
+
+    async def person(i: int) -> None:
+        for t in range(turns):
+            event = ChatEvent(
+                Platform.CONSOLE, "bench", channel, f"user-{i}", f"User {i}", uuid.uuid4().hex,
+                f"Turn {t}: tell me about the weather, please.",
+            )
+            # Per-turn round trips and model time are read around this turn only.
+            db0, rd0 = store.round_trips, cache.round_trips
+            waited0 = model.waiting
+            start = time.perf_counter()
+            reply = app.engine.handle(event)
+            text = await reply.collect()
+            elapsed = time.perf_counter() - start
+            if reply.status.value != "answered" or not text:
+                figures.failed_turns += 1
+            totals.append(elapsed)
+            overheads.append(elapsed - (model.waiting - waited0))
+            (first_turn if t == 0 else hot).append((store.round_trips - db0, cache.round_trips - rd0))
+
+    try:
+        with RssSampler() as rss:
+            start = time.perf_counter()
+            await asyncio.gather(*(person(i) for i in range(users)))
+            wall = time.perf_counter() - start
+        figures.turns_per_s = users * turns / wall
+        figures.peak_rss_mb = rss.peak / 2**20
+        # Concurrent turns interleave, so per-turn counter deltas include neighbours' calls;
+        # totals over all turns divided by turns are exact.
+        say(f"engine: {users * turns} turns in {wall:.2f} s = {figures.turns_per_s:.0f} turns/s")
+        figures.overhead_p50_ms = _pct(overheads, 0.5) * 1000
+        figures.overhead_p99_ms = _pct(overheads, 0.99) * 1000
+        figures.turn_p50_ms = _pct(totals, 0.5) * 1000
+        figures.turn_p99_ms = _pct(totals, 0.99) * 1000
+    finally:
+        await store.characters.delete(character.id)
+        await app.engine.drain()
+        await model.close()
+        await cache.close()
+        await store.close()
+
+
+async def _round_trip_pass(settings: Settings, url: str, turns: int, figures: Figures) -> None:
+    """One person, turns in sequence: exact round trips per turn (first turn and hot path)."""
+    store = await open_store(settings)
+    cache = open_cache(settings)
+    model = model_client(settings, url)
+    app = wire(settings, store, cache, model)
+    name = f"bench-{uuid.uuid4().hex[:10]}"
+    channel = f"bench-{uuid.uuid4().hex[:10]}"
+    character = await store.characters.add(
+        new_card(name=name, world="a benchmark", traits=["steady"], mbti="ISTJ", style=["brief"])
+    )
+    await app.commands.bind(Actor(Platform.CONSOLE, "bench", "bench", is_owner=True), Place(Platform.CONSOLE, "bench", channel), name)
+    await app.engine.hot.bindings(Platform.CONSOLE, channel)  # the binding is hot, as in a busy channel
+    await app.engine.hot.character(character.id)
+    per_turn = []
+    try:
+        for t in range(max(turns, 3)):
+            db0, rd0 = store.round_trips, cache.round_trips
+            event = ChatEvent(Platform.CONSOLE, "bench", channel, "solo", "Solo", uuid.uuid4().hex, f"Turn {t}.")
+            await app.engine.handle(event).collect()
+            per_turn.append((store.round_trips - db0, cache.round_trips - rd0))
+        figures.db_round_trips_first_turn, figures.redis_round_trips_first_turn = per_turn[0]
+        hot = per_turn[1:]
+        figures.db_round_trips_per_turn = statistics.mean(d for d, _ in hot)
+        figures.redis_round_trips_per_turn = statistics.mean(r for _, r in hot)
+    finally:
+        await store.characters.delete(character.id)
+        await model.close()
+        await cache.close()
+        await store.close()
+
+
+async def _bare_pass(url: str, users: int, turns: int, settings: Settings) -> float:
+    from huggingface_hub import AsyncInferenceClient
+
+    client = AsyncInferenceClient(base_url=url, timeout=30)
+    messages = [{"role": "system", "content": "You are a character."}, {"role": "user", "content": "Tell me about the weather, please."}]
+
+    # The same number of requests as the engine pass, with the same cap on requests in flight.
+    remaining = users * turns
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            stream = await client.chat_completion(messages, model="tgi", stream=True, max_tokens=settings.max_tokens)
+            async for _chunk in stream:
+                pass
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(users, settings.llm_concurrency))))
+    rate = users * turns / (time.perf_counter() - start)
+    with contextlib.suppress(Exception):
+        await client.close()
+    return rate
+
+
+async def run_bench(settings: Settings, *, users: int, turns: int, as_json: bool) -> Figures:
+    """Run the benchmark and print its figures (a last JSON line with ``as_json``)."""
+    settings = settings.model_copy(update={"rate_limit_messages": 10**9})
+    say = (lambda s: print(s, file=sys.stderr)) if as_json else print
+    figures = Figures(users=users, turns=turns)
+    figures.database = settings.database_url.split("://", 1)[0]
+    figures.cache = "redis" if settings.redis_url else "in-process"
+    async with instant_model_server() as url:
+        await _round_trip_pass(settings, url, turns, figures)
+        say(
+            f"round trips per turn: database {figures.db_round_trips_per_turn:.2f} hot / {figures.db_round_trips_first_turn} first, "
+            f"cache {figures.redis_round_trips_per_turn:.2f} hot / {figures.redis_round_trips_first_turn} first"
+        )
+        await _engine_pass(settings, url, users, turns, figures, say)
+        say(f"engine overhead per turn: p50 {figures.overhead_p50_ms:.2f} ms, p99 {figures.overhead_p99_ms:.2f} ms")
+        figures.bare_requests_per_s = await _bare_pass(url, users, turns, settings)
+        figures.ratio_vs_bare_client = figures.turns_per_s / figures.bare_requests_per_s
+        say(f"bare client: {figures.bare_requests_per_s:.0f} requests/s; ratio {figures.ratio_vs_bare_client:.2f}")
+        say(f"peak RSS {figures.peak_rss_mb:.0f} MB; failed turns {figures.failed_turns}")
+    if as_json:
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.__dict__.items()}))
+    return figures

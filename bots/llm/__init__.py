@@ -1,0 +1,1 @@
+"""The model-server client (``client``) and the embedded default model server (``embedded``)."""

@@ -1,0 +1,774 @@
+"""A small server that speaks text-generation-inference's (TGI) wire protocol on 127.0.0.1.
+
+It shows what the real llama.cpp server cannot: 429s, errors inside a 200 stream, slow tokens,
+dropped connections. Tests, benchmarks and other test folders import it as ``tests.tgi_server`` (or ``bots.llm.tgi_double``);
+it does not import pytest.
+
+Inside an event loop (a test)::
+
+    async with TGIServer() as server:           # starts in a few milliseconds, free port
+        server.reply = "Hello there."           # or a callable(body) -> str
+        server.fail("429", times=2)             # the next two generation requests get 429
+        ... AsyncInferenceClient(base_url=server.base_url) ...
+        assert server.count("/v1/chat/completions") == 3
+        assert server.requests[-1].body["max_tokens"] == 64
+
+From synchronous code (a benchmark script)::
+
+    server = TGIServer(token_delay=0.02).start_in_thread()
+    ...
+    server.stop_thread()
+
+Standalone: ``python -m bots.llm.tgi_double --port 8080 --token-delay 0.02``.
+
+Wire format, as TGI 3.x sends it (see reference/tgi_protocol.md): SSE events ``data: {json}``
+separated by a blank line, ``data: [DONE]`` at the end; errors before the stream as HTTP status
+with ``{"error", "error_type"}``; errors after the stream started as an event inside the 200 stream:
+``{"error": {"message", "http_status_code"}}`` on ``/v1/chat/completions`` and
+``{"error", "error_type"}`` on ``/v1/completions`` and ``/generate_stream``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+DEFAULT_REPLY = "(smiles) The rain has stopped, and the road home is clear at last."
+MODEL_ID = "yuyouyu/Mistral-Nemo-BD-RP"
+
+# What each fail kind looks like, as TGI sends it.
+_HTTP_FAILS: dict[str, tuple[int, str, str]] = {
+    "429": (429, "Model is overloaded", "overloaded"),
+    "422": (422, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096", "validation"),
+    "424": (424, "Request failed during generation: CUDA out of memory", "generation"),
+    "500": (500, "Incomplete generation", "incomplete_generation"),
+    "503": (503, "unhealthy", "healthcheck"),
+}
+FAIL_KINDS = (*_HTTP_FAILS, "overloaded", "error_event", "drop", "truncate", "hang")
+
+_TOKEN_RE = re.compile(r"\s*\S+|\s+")
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers: Ctrl-C must still reach the test runner."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class _Dropped(Exception):
+    """Raised inside a response to make uvicorn cut the connection (fail kind ``drop``)."""
+
+
+@dataclass(slots=True)
+class Failure:
+    """One scripted failure for one generation request.
+
+    kind:
+      ``"429"``, ``"422"``, ``"424"``, ``"500"``, ``"503"``: that HTTP status with TGI's error body,
+        before any byte of a stream.
+      ``"overloaded"``: what real TGI does when ``--max-concurrent-requests`` is full: a 429 status
+        for a non-streamed request, an error event with ``http_status_code: 429`` as the first event
+        of a 200 stream otherwise.
+      ``"error_event"``: a 200 stream whose ``after``-th event is an error (``status``,
+        ``message``); non-streamed requests get ``status`` as an HTTP error.
+      ``"drop"``: the connection is cut after ``after`` chunks (0: after the headers).
+      ``"truncate"``: the 200 stream ends cleanly after ``after`` chunks, with no finish_reason and
+        no ``[DONE]`` (what llama-cpp-python's server does when generation fails mid-stream).
+      ``"hang"``: headers, ``after`` chunks, then nothing for ``hang_s`` seconds (timeouts).
+    """
+
+    kind: str
+    after: int = 0
+    status: int = 500
+    message: str | None = None
+    hang_s: float = 3600.0
+
+
+@dataclass(slots=True)
+class Recorded:
+    """One request the server received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    at: float = field(default_factory=time.monotonic)
+
+
+def split_tokens(text: str, chunks: int | None) -> list[str]:
+    """Split ``text`` into pseudo-tokens (a word with its leading space), or into ``chunks`` parts."""
+    words = _TOKEN_RE.findall(text) or [text]
+    if chunks is None or chunks <= 0 or chunks >= len(words):
+        if chunks and chunks > len(words):
+            # More chunks than words: split by characters.
+            size = max(1, -(-len(text) // chunks))
+            return [text[i : i + size] for i in range(0, len(text), size)] or [text]
+        return words
+    per = -(-len(words) // chunks)
+    return ["".join(words[i : i + per]) for i in range(0, len(words), per)]
+
+
+class TGIServer:
+    """A fake TGI on 127.0.0.1. Behaviour is set through attributes, :meth:`script` and :meth:`fail`.
+
+    Attributes (change them at any time; they apply to the next request):
+      reply: the text of every answer, or a callable taking the request body and returning it.
+      chunks: split the reply into this many stream events (None: one event per word).
+      token_delay: seconds to wait before each stream event (0: instant).
+      first_token_delay: extra seconds before the first event.
+      tgi: False makes the server look like a plain OpenAI-style server (no /info, /tokenize).
+      max_concurrent_requests: like TGI's flag: requests past it are refused ("overloaded").
+      api_key: when set, generation routes need ``Authorization: Bearer <key>`` (bare 401).
+    Records: ``requests`` (every request, in order), ``count(path)``, ``max_in_flight``.
+    """
+
+    def __init__(
+        self,
+        *,
+        reply: str | Callable[[Mapping[str, Any]], str] = DEFAULT_REPLY,
+        chunks: int | None = None,
+        token_delay: float = 0.0,
+        first_token_delay: float = 0.0,
+        tgi: bool = True,
+        model_id: str = MODEL_ID,
+        max_input_tokens: int = 4096,
+        max_total_tokens: int = 4608,
+        max_concurrent_requests: int = 128,
+        max_stop_sequences: int = 4,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self._defaults = dict(
+            reply=reply,
+            chunks=chunks,
+            token_delay=token_delay,
+            first_token_delay=first_token_delay,
+            tgi=tgi,
+            max_concurrent_requests=max_concurrent_requests,
+            api_key=api_key,
+        )
+        self.reply = reply
+        self.chunks = chunks
+        self.token_delay = token_delay
+        self.first_token_delay = first_token_delay
+        self.tgi = tgi
+        self.max_concurrent_requests = max_concurrent_requests
+        self.api_key = api_key
+        self.model_id = model_id
+        self.max_input_tokens = max_input_tokens
+        self.max_total_tokens = max_total_tokens
+        self.max_stop_sequences = max_stop_sequences
+        self.host = host
+        self.port = port
+        self.requests: list[Recorded] = []
+        self.failures: deque[Failure] = deque()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.healthy = True
+        self._counts: Counter[str] = Counter()
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/completions", self._completions, methods=["POST"]),
+                Route("/generate_stream", self._generate_stream, methods=["POST"]),
+                Route("/tokenize", self._tokenize, methods=["POST"]),
+                Route("/info", self._info, methods=["GET"]),
+                Route("/health", self._health, methods=["GET"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+            ]
+        )
+
+    # ---- control -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def script(
+        self,
+        *,
+        reply: str | Callable[[Mapping[str, Any]], str] | None = None,
+        chunks: int | None = None,
+        token_delay: float | None = None,
+        first_token_delay: float | None = None,
+        instant: bool = False,
+        fails: list[Failure] | None = None,
+    ) -> "TGIServer":
+        """Set several behaviours at once; ``instant=True`` removes every delay."""
+        if reply is not None:
+            self.reply = reply
+        if chunks is not None:
+            self.chunks = chunks
+        if token_delay is not None:
+            self.token_delay = token_delay
+        if first_token_delay is not None:
+            self.first_token_delay = first_token_delay
+        if instant:
+            self.token_delay = self.first_token_delay = 0.0
+        for failure in fails or ():
+            self.failures.append(failure)
+        return self
+
+    def fail(
+        self,
+        kind: str,
+        *,
+        times: int = 1,
+        after: int = 0,
+        status: int | None = None,
+        message: str | None = None,
+        hang_s: float = 3600.0,
+    ) -> "TGIServer":
+        """Make the next ``times`` generation requests fail as ``kind`` (see :class:`Failure`)."""
+        if kind not in FAIL_KINDS:
+            raise ValueError(f"unknown fail kind {kind!r}; one of {', '.join(FAIL_KINDS)}")
+        if status is None:
+            status = 429 if kind == "overloaded" else 500
+        for _ in range(times):
+            self.failures.append(Failure(kind, after=after, status=status, message=message, hang_s=hang_s))
+        return self
+
+    def reset(self) -> None:
+        """Forget recorded requests and pending failures; restore the constructor's behaviour."""
+        for name, value in self._defaults.items():
+            setattr(self, name, value)
+        self.requests.clear()
+        self.failures.clear()
+        self._counts.clear()
+        self.max_in_flight = 0
+        self.healthy = True
+
+    def count(self, path: str | None = None) -> int:
+        """Requests received on ``path`` (all paths when None)."""
+        return self._counts[path] if path is not None else sum(self._counts.values())
+
+    def bodies(self, path: str = "/v1/chat/completions") -> list[Any]:
+        return [r.body for r in self.requests if r.path == path]
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> "TGIServer":
+        """Start serving in the running event loop; returns once the socket accepts connections."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="critical",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            backlog=1024,
+        )
+        self._server = _QuietServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="tgi-fake")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what went wrong
+                raise RuntimeError("the fake TGI server stopped during startup")
+            await asyncio.sleep(0.001)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        self._server.force_exit = True
+        try:
+            await asyncio.wait_for(self._task, timeout=5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        self._server = self._task = None
+
+    async def __aenter__(self) -> "TGIServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self, timeout: float = 10.0) -> "TGIServer":
+        """Serve from a daemon thread with its own event loop (for synchronous callers)."""
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._thread_loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                errors.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_until_complete(self._task)  # type: ignore[arg-type]
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="tgi-fake", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise RuntimeError(f"the fake TGI server did not start within {timeout} s")
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop_thread(self, timeout: float = 10.0) -> None:
+        if self._thread is None or self._server is None:
+            return
+        self._server.should_exit = True
+        self._server.force_exit = True
+        self._thread.join(timeout)
+        self._thread = None
+        self._server = self._task = None
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    async def _record(self, request: Request) -> Any:
+        raw = await request.body()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        self.requests.append(Recorded(request.method, request.url.path, dict(request.headers), body))
+        self._counts[request.url.path] += 1
+        return body
+
+    def _unauthorised(self, request: Request) -> Response | None:
+        if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return Response(status_code=401)
+        return None
+
+    def _reply_text(self, body: Mapping[str, Any]) -> str:
+        return self.reply(body) if callable(self.reply) else self.reply
+
+    def _enter(self) -> bool:
+        """Count one generation request in flight; False if over ``max_concurrent_requests``."""
+        if self.in_flight >= self.max_concurrent_requests:
+            return False
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return True
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+
+    @staticmethod
+    def _error(status: int, message: str, error_type: str) -> JSONResponse:
+        return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+
+    def _validate(self, body: Any, *, chat: bool) -> JSONResponse | None:
+        """The checks TGI does before it starts (a subset): a 422 like TGI's, or None."""
+        if not isinstance(body, dict):
+            return self._error(422, "Failed to deserialize the JSON body into the target type", "validation")
+        if chat and not body.get("messages"):
+            return self._error(422, "Failed to deserialize the JSON body: missing field `messages`", "validation")
+        if not chat and not isinstance(body.get("prompt"), (str, list)):
+            return self._error(422, "Failed to deserialize the JSON body: missing field `prompt`", "validation")
+        stop = body.get("stop") or []
+        if len(stop) > self.max_stop_sequences:
+            return self._error(
+                422,
+                f"Input validation error: `stop` supports up to {self.max_stop_sequences} stop sequences. "
+                f"Given: {len(stop)}",
+                "validation",
+            )
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            return self._error(422, "Input validation error: `max_new_tokens` must be strictly positive", "validation")
+        temperature = body.get("temperature")
+        if temperature is not None and temperature < 0:
+            return self._error(422, "Input validation error: `temperature` must be >= 0", "validation")
+        if chat and body.get("response_format") and body.get("tools"):
+            return self._error(422, "Grammar and tools are mutually exclusive", "grammar and tools")
+        return None
+
+    def _stream(
+        self,
+        events: list[dict[str, Any]],
+        failure: Failure | None,
+        error_event: Callable[[int, str], dict[str, Any]],
+        *,
+        done: bool = True,
+    ) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                if failure is not None and failure.kind == "overloaded":
+                    yield _sse(error_event(429, failure.message or "Model is overloaded"))
+                    if done:
+                        yield b"data: [DONE]\n\n"
+                    return
+                if self.first_token_delay:
+                    await asyncio.sleep(self.first_token_delay)
+                for index, event in enumerate(events):
+                    if failure is not None and index == failure.after:
+                        if failure.kind == "error_event":
+                            yield _sse(error_event(failure.status, failure.message or "Request failed during generation"))
+                            if done:
+                                yield b"data: [DONE]\n\n"
+                            return
+                        if failure.kind == "drop":
+                            raise _Dropped()
+                        if failure.kind == "truncate":
+                            return
+                        if failure.kind == "hang":
+                            await asyncio.sleep(failure.hang_s)
+                    if self.token_delay:
+                        await asyncio.sleep(self.token_delay)
+                    yield _sse(event)
+                if failure is not None and failure.after >= len(events):
+                    if failure.kind == "error_event":
+                        yield _sse(error_event(failure.status, failure.message or "Incomplete generation"))
+                    elif failure.kind == "drop":
+                        raise _Dropped()
+                    elif failure.kind == "truncate":
+                        return
+                if done:
+                    yield b"data: [DONE]\n\n"
+            finally:
+                self._leave()
+
+        headers = {"X-Accel-Buffering": "no", "x-compute-type": "fake", "Cache-Control": "no-cache"}
+        return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+    def _http_failure(self, failure: Failure, *, stream: bool) -> Response | None:
+        """The HTTP error response for ``failure`` if it is one that precedes any stream."""
+        if failure.kind in _HTTP_FAILS:
+            status, message, error_type = _HTTP_FAILS[failure.kind]
+            return self._error(status, failure.message or message, error_type)
+        if failure.kind == "overloaded" and not stream:
+            return self._error(429, failure.message or "Model is overloaded", "overloaded")
+        if failure.kind == "error_event" and not stream:
+            return self._error(failure.status, failure.message or "Request failed during generation", "generation")
+        return None
+
+    def _next_failure(self) -> Failure | None:
+        return self.failures.popleft() if self.failures else None
+
+    # ---- routes --------------------------------------------------------------------------
+
+    async def _chat(self, request: Request) -> Response:
+        body = await self._record(request)
+        if (denied := self._unauthorised(request)) is not None:
+            return denied
+        if (invalid := self._validate(body, chat=True)) is not None:
+            return invalid
+        stream = bool(body.get("stream"))
+        failure = self._next_failure()
+        if failure is None and not self._enter():
+            failure = Failure("overloaded")
+            if not stream:
+                return self._http_failure(failure, stream=False)  # type: ignore[return-value]
+            self.in_flight += 1  # balanced by _leave() in the stream
+        elif failure is not None:
+            if (response := self._http_failure(failure, stream=stream)) is not None:
+                return response
+            self._enter_forced()
+        text = self._reply_text(body)
+        created = int(time.time())
+        fingerprint = "3.3.6-fake"
+        if not stream:
+            try:
+                if failure is not None and failure.kind == "drop":
+                    return _DropResponse()
+                if failure is not None and failure.kind == "hang":
+                    await asyncio.sleep(failure.hang_s)
+                if self.first_token_delay or self.token_delay:
+                    await asyncio.sleep(self.first_token_delay + self.token_delay * len(split_tokens(text, self.chunks)))
+            finally:
+                self._leave()
+            return JSONResponse(
+                {
+                    "object": "chat.completion",
+                    "id": "",
+                    "created": created,
+                    "model": self.model_id,
+                    "system_fingerprint": fingerprint,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": _usage(body, text),
+                }
+            )
+        parts = split_tokens(text, self.chunks)
+        events = []
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            events.append(
+                {
+                    "object": "chat.completion.chunk",
+                    "id": "",
+                    "created": created,
+                    "model": self.model_id,
+                    "system_fingerprint": fingerprint,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": part},
+                            "logprobs": None,
+                            "finish_reason": "stop" if last else None,
+                        }
+                    ],
+                    "usage": None,
+                }
+            )
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(
+                {
+                    "object": "chat.completion.chunk",
+                    "id": "",
+                    "created": created,
+                    "model": self.model_id,
+                    "system_fingerprint": fingerprint,
+                    "choices": [],
+                    "usage": _usage(body, text),
+                }
+            )
+
+        def error_event(status: int, message: str) -> dict[str, Any]:
+            return {"error": {"message": message, "http_status_code": status}}
+
+        return self._stream(events, failure, error_event)
+
+    async def _completions(self, request: Request) -> Response:
+        body = await self._record(request)
+        if (denied := self._unauthorised(request)) is not None:
+            return denied
+        if (invalid := self._validate(body, chat=False)) is not None:
+            return invalid
+        stream = bool(body.get("stream"))
+        failure = self._next_failure()
+        if failure is None and not self._enter():
+            failure = Failure("overloaded")
+            if not stream:
+                return self._http_failure(failure, stream=False)  # type: ignore[return-value]
+            self.in_flight += 1
+        elif failure is not None:
+            if (response := self._http_failure(failure, stream=stream)) is not None:
+                return response
+            self._enter_forced()
+        text = self._reply_text(body)
+        created = int(time.time())
+        if not stream:
+            try:
+                if failure is not None and failure.kind == "drop":
+                    return _DropResponse()
+                if failure is not None and failure.kind == "hang":
+                    await asyncio.sleep(failure.hang_s)
+            finally:
+                self._leave()
+            return JSONResponse(
+                {
+                    "object": "text_completion",
+                    "id": "",
+                    "created": created,
+                    "model": self.model_id,
+                    "system_fingerprint": "3.3.6-fake",
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+                    "usage": _usage(body, text),
+                }
+            )
+        parts = split_tokens(text, self.chunks)
+        events = []
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            choice = {"index": 0, "text": part, "logprobs": None, "finish_reason": "stop" if last else ""}
+            event: dict[str, Any] = {
+                "id": "",
+                "created": created,
+                "model": self.model_id,
+                "system_fingerprint": "3.3.6-fake",
+                "choices": [choice],
+            }
+            if last:
+                event["usage"] = _usage(body, text)
+            events.append(event)
+
+        def error_event(status: int, message: str) -> dict[str, Any]:
+            return {"error": message, "error_type": _ERROR_TYPES.get(status, "generation")}
+
+        return self._stream(events, failure, error_event)
+
+    async def _generate_stream(self, request: Request) -> Response:
+        body = await self._record(request)
+        if (denied := self._unauthorised(request)) is not None:
+            return denied
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
+            return self._error(422, "Failed to deserialize the JSON body: missing field `inputs`", "validation")
+        failure = self._next_failure()
+        if failure is None and not self._enter():
+            failure = Failure("overloaded")
+            self.in_flight += 1
+        elif failure is not None:
+            if (response := self._http_failure(failure, stream=True)) is not None:
+                return response
+            self._enter_forced()
+        text = self._reply_text(body)
+        parts = split_tokens(text, self.chunks)
+        events = []
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            events.append(
+                {
+                    "index": i + 1,
+                    "token": {"id": 1000 + i, "text": part, "logprob": -0.1, "special": False},
+                    "top_tokens": None,
+                    "generated_text": text if last else None,
+                    "details": None,
+                }
+            )
+
+        def error_event(status: int, message: str) -> dict[str, Any]:
+            return {"error": message, "error_type": _ERROR_TYPES.get(status, "generation")}
+
+        return self._stream(events, failure, error_event, done=False)
+
+    def _enter_forced(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    async def _tokenize(self, request: Request) -> Response:
+        body = await self._record(request)
+        if not self.tgi:
+            return Response("Not Found", status_code=404)
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
+            return self._error(422, "Failed to deserialize the JSON body: missing field `inputs`", "validation")
+        text = body["inputs"]
+        tokens, pos = [], 0
+        for i, piece in enumerate(split_tokens(text, None) if text else []):
+            tokens.append({"id": 1000 + i, "text": piece, "start": pos, "stop": pos + len(piece)})
+            pos += len(piece)
+        return JSONResponse(tokens)
+
+    async def _info(self, request: Request) -> Response:
+        await self._record(request)
+        if not self.tgi:
+            return Response("Not Found", status_code=404)
+        return JSONResponse(
+            {
+                "model_id": self.model_id,
+                "model_sha": None,
+                "model_pipeline_tag": "text-generation",
+                "max_concurrent_requests": self.max_concurrent_requests,
+                "max_best_of": 2,
+                "max_stop_sequences": self.max_stop_sequences,
+                "max_input_tokens": self.max_input_tokens,
+                "max_total_tokens": self.max_total_tokens,
+                "validation_workers": 2,
+                "max_client_batch_size": 4,
+                "router": "text-generation-router",
+                "version": "3.3.6",
+                "sha": None,
+                "docker_label": None,
+            }
+        )
+
+    async def _health(self, request: Request) -> Response:
+        await self._record(request)
+        if not self.healthy:
+            return self._error(503, "unhealthy", "healthcheck")
+        return Response(status_code=200)
+
+    async def _models(self, request: Request) -> Response:
+        await self._record(request)
+        return JSONResponse(
+            {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": 0, "owned_by": self.model_id}]}
+        )
+
+    async def _metrics(self, request: Request) -> Response:
+        await self._record(request)
+        return Response(f"tgi_request_count {self.count()}\n", media_type="text/plain")
+
+
+_ERROR_TYPES = {429: "overloaded", 422: "validation", 424: "generation", 500: "incomplete_generation"}
+
+
+class _DropResponse(Response):
+    """Send the headers of a 200 with a body length, then cut the connection."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200, media_type="application/json")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+            }
+        )
+        raise _Dropped()
+
+
+def _sse(payload: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _usage(body: Mapping[str, Any], text: str) -> dict[str, int]:
+    prompt = body.get("prompt") or " ".join(str(m.get("content", "")) for m in body.get("messages") or ())
+    prompt_tokens = len(split_tokens(str(prompt), None)) if prompt else 0
+    completion = len(split_tokens(text, None))
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A fake TGI server on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--chunks", type=int, default=None)
+    parser.add_argument("--max-concurrent-requests", type=int, default=128)
+    parser.add_argument("--reply", default=DEFAULT_REPLY)
+    args = parser.parse_args(argv)
+    server = TGIServer(
+        port=args.port,
+        reply=args.reply,
+        token_delay=args.token_delay,
+        chunks=args.chunks,
+        max_concurrent_requests=args.max_concurrent_requests,
+    )
+
+    async def run() -> None:
+        await server.start()
+        print(f"fake TGI listening on {server.base_url}", flush=True)
+        assert server._task is not None
+        await server._task
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

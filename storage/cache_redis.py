@@ -1,0 +1,300 @@
+"""``core.ports.Cache`` on Redis: one pipeline per call, and never an exception when Redis is away."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.backoff import NoBackoff
+from redis.asyncio.retry import Retry
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from core.ports import Admission
+from storage.held import StagedWrites
+from core.locks import KeyedLocks
+
+log = logging.getLogger(__name__)
+
+# Delete the lock only if it is still ours: it may have expired and been taken by someone else.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_RELEASE_SHA = hashlib.sha1(_RELEASE.encode()).hexdigest()
+# Writes dropped during an outage are remembered (up to this many keys) and deleted once Redis is back.
+_MAX_DIRTY = 10_000
+_GLOB = re.compile(r"([*?\[\]\\])")
+_OUTAGE = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisCache:
+    """Hot copies, locks, dedupe keys and rate counters in Redis, every key starting with ``prefix``."""
+
+    # A failed call means an outage: it is logged once, and calls fall back (reads miss, writes are
+    # dropped, locks are local only) without trying Redis for ``retry_after`` seconds, then try again.
+    # round_trips counts the pipelines sent (a single command goes as a pipeline of one).
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "personae:",
+        *,
+        connect_timeout: float = 0.5,
+        read_timeout: float = 1.0,
+        retry_after: float = 1.0,
+        lock_wait: float | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.round_trips = 0
+        # The URL without its password, for log lines.
+        self._where = re.sub(r"//[^@/]*@", "//", url)
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=read_timeout,
+            socket_keepalive=True,
+            # No retries: the default (10 with backoff) would stall every call for seconds in an outage.
+            # A pooled connection the server closed is noticed and replaced when it is checked out.
+            retry=Retry(NoBackoff(), 0),
+            # While maintenance notifications are on ("auto" counts as on), the pool skips its check
+            # for connections the server closed, and a Redis restart would look like an outage.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            # No health_check_interval: its PINGs would add round trips to the hot path.
+            decode_responses=False,
+        )
+        self._retry_after = retry_after
+        self._lock_wait = lock_wait
+        self._locks = KeyedLocks()
+        self._down_until = 0.0
+        self._outage = False
+        self._script_loaded = False
+        self._dirty: set[str] = set()
+        self._dirty_overflow = False
+        self._dirty_prefixes: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    @property
+    def available(self) -> bool:
+        """False while an outage is being waited out."""
+        return not self._outage
+
+    @property
+    def locks_in_use(self) -> int:
+        return len(self._locks)
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def _send(self, build: Callable[[Pipeline], None], *, writes: Sequence[str] = ()) -> list[Any] | None:
+        """Send one pipeline and return its results, or None if Redis is unavailable (``writes`` then go stale)."""
+        if time.monotonic() < self._down_until:
+            self._remember(writes)
+            return None
+        pipe = self._redis.pipeline(transaction=False)
+        # Keys whose writes an outage dropped may hold old values: delete them in the same round trip.
+        stale = list(self._dirty)
+        self._dirty.clear()
+        if stale:
+            pipe.delete(*stale)
+        build(pipe)
+        self.round_trips += 1
+        try:
+            results = await pipe.execute(raise_on_error=False)
+            for result in results:
+                if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
+                    raise result
+        except _OUTAGE as exc:
+            self._remember(stale)
+            self._remember(writes)
+            self._failed(exc)
+            return None
+        self._succeeded()
+        return results[1:] if stale else results
+
+    def _remember(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        if len(self._dirty) + len(keys) > _MAX_DIRTY:
+            if not self._dirty_overflow:
+                self._dirty_overflow = True
+                log.warning("too many cache writes lost to the Redis outage to track; some copies may be stale until they expire")
+            return
+        self._dirty.update(keys)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self._retry_after
+        if not self._outage:
+            self._outage = True
+            log.warning(
+                "Redis (%s) is unavailable (%s: %s); carrying on without it, with local locks, until it is back",
+                self._where,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _succeeded(self) -> None:
+        if self._outage:
+            self._outage = False
+            self._dirty_overflow = False
+            log.warning("Redis is reachable again")
+            if self._dirty_prefixes:
+                task = asyncio.get_running_loop().create_task(self._delete_dirty_prefixes())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _delete_dirty_prefixes(self) -> None:
+        for prefix in list(self._dirty_prefixes):
+            self._dirty_prefixes.discard(prefix)
+            await self.delete_prefix(prefix)
+
+    # -- Cache -------------------------------------------------------------------------------------
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        results = await self._send(lambda p: p.mget([self._key(k) for k in keys]))
+        return list(results[0]) if results else [None] * len(keys)
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: float) -> None:
+        if not items:
+            return
+        keys = [self._key(k) for k in items]
+
+        def build(p: Pipeline) -> None:
+            for key, value in zip(keys, items.values()):
+                p.set(key, value, px=_ms(ttl))
+
+        await self._send(build, writes=keys)
+
+    async def delete(self, *keys: str) -> None:
+        if not keys:
+            return
+        full = [self._key(k) for k in keys]
+        await self._send(lambda p: p.delete(*full), writes=full)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """SCAN for the keys and UNLINK them in batches; remembered and done later if Redis is away."""
+        pattern = _GLOB.sub(r"\\\1", self._key(prefix)) + "*"
+        cursor: int | bytes = 0
+        while True:
+            results = await self._send(lambda p: p.scan(cursor, match=pattern, count=1000))
+            if results is None:
+                self._dirty_prefixes.add(prefix)
+                return
+            cursor, keys = results[0]
+            if keys and await self._send(lambda p: p.unlink(*keys)) is None:
+                self._dirty_prefixes.add(prefix)
+                return
+            if int(cursor) == 0:
+                return
+
+    async def admit(
+        self, dedupe_key: str, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
+    ) -> Admission:
+        rate = self._key(rate_key)
+
+        def build(p: Pipeline) -> None:
+            p.set(self._key(dedupe_key), b"1", nx=True, px=_ms(dedupe_ttl))
+            p.incr(rate)
+            # NX: the window starts at the first hit and is not pushed back by later ones.
+            p.pexpire(rate, _ms(rate_window), nx=True)
+            if read:
+                p.mget([self._key(k) for k in read])
+
+        results = await self._send(build)
+        if results is None:
+            # The database decides on duplicates, and nobody is rate-limited while Redis is away.
+            return Admission(first=True, count=0, values=[None] * len(read))
+        return Admission(first=bool(results[0]), count=int(results[1]), values=list(results[3]) if read else [])
+
+    @asynccontextmanager
+    async def hold(self, lock_key: str, *, ttl: float, read: Sequence[str] = ()) -> AsyncIterator[StagedWrites]:
+        """A local lock (arrival order in this process), then the Redis lock and the reads in one pipeline."""
+        # Waits at most lock_wait (default ttl) in all, then goes ahead without the lock. After an
+        # exception in the block, staged keys are deleted instead of written: the database may not match.
+        wait = ttl if self._lock_wait is None else self._lock_wait
+        deadline = time.monotonic() + wait
+        async with self._locks.hold(lock_key, timeout=wait) as locked:
+            if not locked:
+                log.warning("lock %r still held in this process after %.1fs; going ahead without it", lock_key, wait)
+            key = self._key(lock_key)
+            token = secrets.token_hex(16)
+            owned, values = await self._acquire(key, token, ttl, [self._key(k) for k in read], deadline)
+            held = StagedWrites(values)
+            completed = False
+            try:
+                yield held
+                completed = True
+            finally:
+                await self._release(key, token if owned else None, held.writes, completed)
+
+    async def _acquire(
+        self, key: str, token: str, ttl: float, reads: list[str], deadline: float
+    ) -> tuple[bool, list[bytes | None]]:
+        """Take the Redis lock and read in one pipeline, retrying with backoff until ``deadline``."""
+        delay = 0.005
+        while True:
+            load_script = not self._script_loaded
+
+            def build(p: Pipeline) -> None:
+                p.set(key, token, nx=True, px=_ms(ttl))
+                if reads:
+                    p.mget(reads)
+                if load_script:
+                    # Rides along with the first lock so that releases can use EVALSHA from then on.
+                    p.script_load(_RELEASE)
+
+            results = await self._send(build)
+            if results is None:
+                return False, [None] * len(reads)
+            if load_script:
+                self._script_loaded = True
+            values = list(results[1]) if reads else []
+            if results[0]:
+                return True, values
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("Redis lock %r still held elsewhere; going ahead without it", key)
+                return False, values
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.1)
+
+    async def _release(
+        self, key: str, token: str | None, writes: dict[str, tuple[bytes | None, float]], completed: bool
+    ) -> None:
+        """Send the staged writes and the lock's compare-and-delete in one pipeline."""
+        if not writes and token is None:
+            return
+        staged = [(self._key(k), value, ttl) for k, (value, ttl) in writes.items()]
+
+        def build(p: Pipeline) -> None:
+            for full, value, ttl in staged:
+                if value is None or not completed:
+                    p.delete(full)
+                else:
+                    p.set(full, value, px=_ms(ttl))
+            if token is not None:
+                p.evalsha(_RELEASE_SHA, 1, key, token)
+
+        results = await self._send(build, writes=[full for full, _, _ in staged])
+        if results is not None and token is not None and isinstance(results[-1], NoScriptError):
+            # Redis restarted (or its scripts were flushed): EVAL runs the script and caches it again.
+            await self._send(lambda p: p.eval(_RELEASE, 1, key, token))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._redis.aclose()

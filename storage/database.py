@@ -1,0 +1,227 @@
+"""The async engine, the round-trip counter, and ``SqlStore``: the database behind ``core.ports.Store``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from core.errors import InvalidInput
+from storage.errors import DatabaseUnavailable, SchemaNotReady
+from storage.repositories import (
+    SqlBindingRepository,
+    SqlCharacterRepository,
+    SqlEventRepository,
+    SqlMessageRepository,
+    SqlRelationshipRepository,
+)
+from storage.sql import Db
+from storage.tables import messages, relationship_states, state_changes
+
+UPGRADE_HINT = "run `personae db upgrade`"
+# Cards keep their non-ASCII text readable in the database.
+_json_dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+
+
+def database_url(url: str | sa.URL) -> sa.URL:
+    """Parse a database URL and put in the async driver personae ships (asyncpg or aiosqlite)."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise InvalidInput(
+            f"{url!r} is not a database URL; use postgresql://user@host/db or sqlite:///path/to/file.db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise InvalidInput(f"unsupported database {backend!r}: personae works with PostgreSQL or SQLite")
+
+
+def is_memory(url: str | sa.URL) -> bool:
+    """Whether ``url`` is an in-memory SQLite database (gone when its engine closes)."""
+    url = sa.make_url(url)
+    return url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+    )
+
+
+def safe_url(url: str | sa.URL) -> str:
+    """A URL fit for messages and logs: the password hidden."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable URL>"
+
+
+def create_engine(url: str | sa.URL, *, sqlite_foreign_keys: bool = True, **options: Any) -> AsyncEngine:
+    """An async engine tuned for personae: WAL and foreign keys on SQLite, a bounded pool on PostgreSQL."""
+    url = database_url(url)
+    options.setdefault("json_serializer", _json_dumps)
+    if url.get_backend_name() == "sqlite":
+        path = url.database
+        if is_memory(url):
+            # One connection, kept for the engine's life: it *is* the database. Callers queue for it.
+            options.setdefault("poolclass", AsyncAdaptedQueuePool)
+            options.setdefault("pool_size", 1)
+            options.setdefault("max_overflow", 0)
+            options.setdefault("pool_recycle", -1)
+        elif not path.startswith("file:"):
+            # Once at start-up, before any connection: a blocking mkdir is harmless here.
+            try:
+                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(f"cannot create the folder for the SQLite database {path}: {exc}") from exc
+        # Writers wait for each other (busy timeout) instead of failing with "database is locked".
+        options.setdefault("connect_args", {"timeout": 30})
+        engine = create_async_engine(url, **options)
+        event.listen(engine.sync_engine, "connect", functools.partial(_sqlite_pragmas, foreign_keys=sqlite_foreign_keys))
+        return engine
+    if "poolclass" not in options:
+        options.setdefault("pool_size", 10)
+        options.setdefault("max_overflow", 10)
+    # No pool_pre_ping: it would add a round trip to every checkout; a dead connection fails its statement.
+    options.setdefault("pool_pre_ping", False)
+    options.setdefault(
+        "connect_args",
+        {
+            "timeout": 10,
+            # JIT compilation only slows down personae's short indexed queries.
+            "server_settings": {"application_name": "personae", "jit": "off"},
+        },
+    )
+    return create_async_engine(url, **options)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, foreign_keys: bool) -> None:
+    cursor = dbapi_connection.cursor()
+    # SQLite enforces foreign keys (and so ON DELETE CASCADE) only when asked, per connection.
+    cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+    # WAL lets readers go on while one connection writes; NORMAL sync is safe with WAL.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class RoundTripCounter:
+    """Counts what an engine sends the database: statements, and BEGIN/COMMIT/ROLLBACK outside autocommit."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.count = 0
+        self._target = engine.sync_engine
+        self._listeners = (
+            ("before_cursor_execute", self._statement),
+            ("begin", self._transaction),
+            ("commit", self._transaction),
+            ("rollback", self._transaction),
+        )
+        for name, listener in self._listeners:
+            event.listen(self._target, name, listener)
+
+    def _statement(self, *_args: Any) -> None:
+        self.count += 1
+
+    def _transaction(self, conn: sa.Connection) -> None:
+        # On an autocommit connection SQLAlchemy still fires these events, but nothing goes out.
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            self.count += 1
+
+    def remove(self) -> None:
+        for name, listener in self._listeners:
+            if event.contains(self._target, name, listener):
+                event.remove(self._target, name, listener)
+
+
+class SqlStore:
+    """``core.ports.Store`` on PostgreSQL or SQLite; ``round_trips`` counts what went to the database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._counter = RoundTripCounter(engine)
+        db = Db.of(engine)
+        self._db = db
+        self.characters = SqlCharacterRepository(db)
+        self.bindings = SqlBindingRepository(db)
+        self.relationships = SqlRelationshipRepository(db)
+        self.messages = SqlMessageRepository(db)
+        self.events = SqlEventRepository(db)
+
+    @classmethod
+    async def open(cls, url: str | sa.URL, *, check_schema: bool = True, **engine_options: Any) -> "SqlStore":
+        """Connect to ``url`` and check the schema; DatabaseUnavailable or SchemaNotReady say what is wrong."""
+        store = cls(create_engine(url, **engine_options))
+        try:
+            if is_memory(store.engine.url):
+                # Nobody can have migrated a database that exists only inside this engine.
+                from storage.migrate import upgrade_engine
+
+                await upgrade_engine(store.engine)
+            await store.check(schema=check_schema)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    @property
+    def round_trips(self) -> int:
+        return self._counter.count
+
+    async def check(self, *, schema: bool = True) -> None:
+        """Raise DatabaseUnavailable if the database cannot be reached, SchemaNotReady if it is not migrated."""
+        from storage import migrate
+
+        where = safe_url(self.engine.url)
+        try:
+            async with self.engine.connect() as conn:
+                revision = await conn.run_sync(migrate.current_revision)
+        except (OSError, asyncio.TimeoutError, sa.exc.DBAPIError) as exc:
+            raise DatabaseUnavailable(f"cannot reach the database at {where}: {_reason(exc)}") from exc
+        if not schema:
+            return
+        known = await migrate.revisions()
+        if revision is None:
+            raise SchemaNotReady(f"the database at {where} has no personae tables yet; {UPGRADE_HINT}")
+        if revision not in known:
+            raise SchemaNotReady(
+                f"the database at {where} has schema revision {revision}, which this version of personae "
+                "does not know: it was made by a newer personae; upgrade personae"
+            )
+        if revision != known[0]:
+            raise SchemaNotReady(
+                f"the database at {where} has schema revision {revision}, this version of personae "
+                f"needs {known[0]}; {UPGRADE_HINT}"
+            )
+
+    async def forget_person(self, platform: str, user_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        async with self._db.begin() as conn:
+            for kind, table in (("messages", messages), ("states", relationship_states), ("changes", state_changes)):
+                statement = sa.delete(table).where(table.c.platform == platform, table.c.user_id == user_id)
+                counts[kind] = (await conn.execute(statement)).rowcount
+        return counts
+
+    async def close(self) -> None:
+        self._counter.remove()
+        await self.engine.dispose()
+
+
+async def open_store(url: str | sa.URL, **engine_options: Any) -> SqlStore:
+    """``SqlStore.open``: the database at ``url``, checked to be reachable and migrated."""
+    return await SqlStore.open(url, **engine_options)
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful line of a connection error."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if isinstance(cause, ConnectionRefusedError) or "Connect call failed" in text:
+        return f"connection refused ({text}); is the server running?"
+    return text

@@ -1,0 +1,16 @@
+"""``core.ports.Held``: what a cache lock read on entry, and the writes it sends on release."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class StagedWrites:
+    """Values read when the lock was taken; ``stage`` queues writes (the last per key wins) for the release."""
+
+    values: list[bytes | None]
+    writes: dict[str, tuple[bytes | None, float]] = field(default_factory=dict)
+
+    def stage(self, key: str, value: bytes | None, ttl: float) -> None:
+        self.writes[key] = (value, ttl)

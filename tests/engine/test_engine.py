@@ -1,0 +1,219 @@
+"""Engine.handle against real storage and the TGI-protocol test server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from core.engine import NOTICE_RATE, NOTICE_UNAVAILABLE, ReplyStatus
+from core.events import ConversationKey, Platform
+from tests.engine.conftest import build_world
+
+
+async def stored(world, user: str = "u1"):
+    character = await world.app.store.characters.get_by_name(world.character_name)
+    conversation = ConversationKey(character.id, Platform.DISCORD, world.channel, user)
+    return [(m.role, m.content) for m in await world.app.store.messages.recent(conversation, 100)]
+
+
+async def test_a_bound_channel_gets_a_streamed_reply_that_is_stored(world) -> None:
+    world.tgi.script(reply="(sighs) Very well, Elena. Speak.", chunks=5)
+    reply, deltas = await world.say("Dost thou see the paths unseen?")
+    assert reply.status is ReplyStatus.ANSWERED
+    assert len(deltas) >= 3
+    assert "".join(deltas) == "(sighs) Very well, Elena. Speak."
+    assert await stored(world) == [("user", "Dost thou see the paths unseen?"), ("assistant", "(sighs) Very well, Elena. Speak.")]
+    body = world.tgi.bodies()[-1]
+    assert body["model"] == "tgi" and body["stream"] is True and body["max_tokens"] > 0
+    assert body["messages"][0]["role"] == "system"
+    assert "Hamlet" in body["messages"][0]["content"] and "Your intimacy level with them is 7" in body["messages"][0]["content"]
+    assert body["messages"][-1] == {"role": "user", "content": "Dost thou see the paths unseen?"}
+
+
+async def test_history_is_sent_on_the_next_turn_and_survives_a_new_engine(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi)
+    tgi.script(reply="First answer.")
+    await world.say("first question")
+    # A second app on the same database, with a cold cache for its conversation.
+    await world.app.engine.hot.forget_conversation(
+        ConversationKey((await store.characters.get_by_name(world.character_name)).id, Platform.DISCORD, world.channel, "u1")
+    )
+    again = await build_world(store, cache, tgi)
+    again.channel, again.chat, again.character_name = world.channel, world.chat, world.character_name
+    tgi.script(reply="Second answer.")
+    await again.say("second question")
+    messages = tgi.bodies()[-1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert [m["content"] for m in messages[1:]] == ["first question", "First answer.", "second question"]
+
+
+async def test_a_brace_in_user_text_reaches_the_model_literally(world) -> None:
+    await world.say("What is {role_name}? {0} {{char}} {")
+    assert world.tgi.bodies()[-1]["messages"][-1]["content"] == "What is {role_name}? {0} {{char}} {"
+
+
+async def test_unbound_channel_and_unaddressed_mention_mode_are_ignored(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi, trigger="mention")
+    reply, deltas = await world.say("just talking among ourselves")
+    assert reply.status is ReplyStatus.IGNORED and deltas == []
+    reply, deltas = await world.say("hey @bot", addressed=True)
+    assert reply.status is ReplyStatus.ANSWERED
+    reply, deltas = await world.say("hello?", channel_id="some-other-channel")
+    assert reply.status is ReplyStatus.IGNORED
+    reply, _ = await world.say("hi", channel_id="dm-1", private=True)
+    assert reply.status is ReplyStatus.NO_CHARACTER
+    assert world.tgi.count("/v1/chat/completions") == 1
+
+
+async def test_a_thread_inherits_its_parent_channels_binding(world) -> None:
+    reply, _ = await world.say("in a thread", channel_id="thread-1", parent_channel_id=world.channel)
+    assert reply.status is ReplyStatus.ANSWERED
+
+
+async def test_two_concurrent_deliveries_of_one_message_get_one_reply(world) -> None:
+    world.tgi.script(token_delay=0.01)
+    results = await asyncio.gather(*(world.say("once", message_id="m-dup") for _ in range(2)))
+    statuses = sorted(r.status.value for r, _ in results)
+    assert statuses == ["answered", "duplicate"]
+    assert world.tgi.count("/v1/chat/completions") == 1
+    assert await stored(world) == [("user", "once"), ("assistant", world.tgi.reply)]
+
+
+async def test_a_redelivery_after_the_cache_forgot_is_still_dropped(world) -> None:
+    await world.say("hello", message_id="m-1")
+    await world.app.cache.delete(f"e:discord:{world.channel}:m-1")
+    reply, deltas = await world.say("hello", message_id="m-1")
+    assert reply.status is ReplyStatus.DUPLICATE and deltas == []
+
+
+async def test_one_persons_messages_are_answered_in_order_while_others_run_concurrently(world) -> None:
+    world.tgi.script(reply=lambda body: "re: " + body["messages"][-1]["content"], token_delay=0.02, chunks=4)
+    tasks = [asyncio.create_task(world.say(f"message {i}")) for i in range(4)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(world.say("other person", user="u2", name="Tom"))]
+    await asyncio.gather(*tasks)
+    assert await stored(world) == [r for i in range(4) for r in (("user", f"message {i}"), ("assistant", f"re: message {i}"))]
+    # The other person did not wait for the first one's queue.
+    assert world.tgi.max_in_flight >= 2
+
+
+async def test_rate_limit_gives_one_notice_then_silence_and_spares_others(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi, rate_limit_messages=3)
+    statuses = [(await world.say(f"m{i}"))[0].status for i in range(6)]
+    assert statuses[:3] == [ReplyStatus.ANSWERED] * 3
+    assert statuses[3] is ReplyStatus.NOTICE
+    assert statuses[4:] == [ReplyStatus.RATE_LIMITED] * 2
+    reply, deltas = await world.say("m3-again")
+    assert deltas == []
+    reply, _ = await world.say("hi", user="u2")
+    assert reply.status is ReplyStatus.ANSWERED
+    assert tgi.count("/v1/chat/completions") == 4
+
+
+async def test_the_notice_text_is_what_the_person_sees_when_rate_limited(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi, rate_limit_messages=1)
+    await world.say("a")
+    reply, deltas = await world.say("b")
+    assert deltas == [NOTICE_RATE]
+
+
+async def test_token_budget_keeps_the_system_message_and_the_newest_turns(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi, max_input_tokens=700, max_tokens=50)
+    tgi.script(reply="A short answer.")
+    for i in range(12):
+        await world.say(f"question {i} " + "words " * 60)
+    messages = tgi.bodies()[-1]["messages"]
+    assert messages[0]["role"] == "system"
+    assert messages[-1]["content"].startswith("question 11 ")
+    roles = [m["role"] for m in messages[1:]]
+    assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+    assert not any(m["content"].startswith("question 0 ") for m in messages)
+    assert len(messages) < 1 + 2 * 12
+
+
+async def test_model_overloaded_is_retried_before_any_text(world) -> None:
+    world.tgi.fail("429", times=2)
+    reply, deltas = await world.say("are you there?")
+    assert reply.status is ReplyStatus.ANSWERED
+    assert world.tgi.count("/v1/chat/completions") == 3
+
+
+async def test_validation_error_is_not_retried_and_the_user_message_is_kept(world) -> None:
+    world.tgi.fail("422", times=1)
+    reply, deltas = await world.say("too long for the model")
+    assert reply.status is ReplyStatus.FAILED
+    assert deltas == [NOTICE_UNAVAILABLE]
+    assert world.tgi.count("/v1/chat/completions") == 1
+    assert await stored(world) == [("user", "too long for the model")]
+
+
+async def test_5xx_until_retries_run_out_gives_the_notice(world) -> None:
+    world.tgi.fail("503", times=10)
+    reply, deltas = await world.say("hello")
+    assert reply.status is ReplyStatus.FAILED and deltas == [NOTICE_UNAVAILABLE]
+    assert world.tgi.count("/v1/chat/completions") == 3  # first try + 2 retries
+
+
+async def test_an_error_event_mid_stream_ends_the_shown_text_with_a_notice(world) -> None:
+    world.tgi.script(reply="One two three four five six.", chunks=6)
+    world.tgi.fail("error_event", times=1, after=2)
+    reply, deltas = await world.say("go on")
+    assert reply.status is ReplyStatus.PARTIAL
+    assert "cut short" in deltas[-1]
+    assert world.tgi.count("/v1/chat/completions") == 1
+    (user, assistant) = await stored(world)
+    assert user == ("user", "go on") and assistant[0] == "assistant" and assistant[1].startswith("One")
+
+
+async def test_a_refused_connection_gives_the_notice_and_keeps_the_message(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi)
+    from bots.llm.client import ModelClient
+
+    world.app.engine.model = ModelClient("http://127.0.0.1:1", timeout_s=1.0, concurrency=2, retries=1)
+    reply, deltas = await world.say("anyone?")
+    assert reply.status is ReplyStatus.FAILED and deltas == [NOTICE_UNAVAILABLE]
+    assert await stored(world) == [("user", "anyone?")]
+
+
+async def test_slow_tokens_past_the_turn_deadline_end_with_a_notice(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi, turn_deadline_s=0.5)
+    tgi.script(reply="slow slow slow slow slow slow slow slow", chunks=8, token_delay=0.2)
+    reply, deltas = await world.say("quick!")
+    assert reply.status is ReplyStatus.PARTIAL
+    assert "cut short" in deltas[-1]
+
+
+async def test_an_oversized_message_gets_a_notice_and_nothing_is_stored(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi, max_message_chars=100)
+    reply, deltas = await world.say("x" * 101)
+    assert reply.status is ReplyStatus.NOTICE and "too long" in deltas[0]
+    assert await stored(world) == []
+    assert tgi.count("/v1/chat/completions") == 0
+
+
+async def test_regenerate_replaces_the_newest_reply(world) -> None:
+    world.tgi.script(reply="Old answer.")
+    reply, _ = await world.say("question")
+    world.tgi.script(reply="New answer.")
+    again = world.app.engine.regenerate(reply.conversation, "Elena", reply.reply_message_id)
+    assert await again.collect() == "New answer."
+    assert again.status is ReplyStatus.ANSWERED and again.reply_message_id == reply.reply_message_id
+    assert await stored(world) == [("user", "question"), ("assistant", "New answer.")]
+    assert world.tgi.bodies()[-1]["messages"][-1] == {"role": "user", "content": "question"}
+    stale = world.app.engine.regenerate(reply.conversation, "Elena", reply.reply_message_id + 999)
+    assert await stale.collect() == "" and stale.status is ReplyStatus.NOT_FOUND
+
+
+async def test_state_update_step_gets_the_whole_exchange(world) -> None:
+    seen = []
+
+    class Recorder:
+        async def after_exchange(self, exchange):
+            seen.append(exchange)
+
+    world.app.engine.state_updater = Recorder()
+    reply, _ = await world.say("hello there")
+    await world.app.engine.drain()
+    (exchange,) = seen
+    assert exchange.user_text == "hello there" and exchange.reply_text == world.tgi.reply
+    assert exchange.reply_message_id == reply.reply_message_id and exchange.display_name == "Elena"
+    assert exchange.state_before.intimacy == 7 and exchange.scene == "Elsinore at night."

@@ -1,0 +1,21 @@
+"""Fixtures for the storage tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TEST_REDIS_URL
+from tests.storage.helpers import TcpProxy
+
+
+@pytest.fixture
+async def redis_proxy(redis_prefix: str):
+    """A TcpProxy in front of the test Redis."""
+    from redis.asyncio.connection import parse_url
+
+    options = parse_url(TEST_REDIS_URL)
+    proxy = TcpProxy(options.get("host", "127.0.0.1"), options.get("port", 6379))
+    await proxy.start()
+    yield proxy
+    if proxy._server is not None:
+        await proxy.stop()

@@ -1,0 +1,32 @@
+"""MemoryCache specifics: memory stays bounded by sweeping expired entries and capping the size."""
+
+from __future__ import annotations
+
+import asyncio
+
+from storage.cache import MemoryCache, open_cache
+from storage.cache_redis import RedisCache
+
+
+async def test_expired_entries_are_swept_even_if_never_read_again() -> None:
+    cache = MemoryCache(sweep_every=0.05)
+    await cache.set_many({f"k{i}": b"x" for i in range(1000)}, ttl=0.05)
+    await cache.admit("e", 0.05, "r", 0.05)
+    await asyncio.sleep(0.1)
+    await cache.set_many({"fresh": b"y"}, ttl=60)
+    assert len(cache) == 1
+
+
+async def test_the_oldest_writes_go_first_past_the_size_cap() -> None:
+    cache = MemoryCache(max_entries=100)
+    for i in range(1000):
+        await cache.set_many({f"k{i}": b"x"}, ttl=60)
+    assert len(cache) <= 100
+    assert await cache.get_many(["k999", "k0"]) == [b"x", None]
+
+
+async def test_open_cache_picks_redis_for_a_url_and_memory_otherwise() -> None:
+    assert isinstance(open_cache(None), MemoryCache)
+    redis_cache = open_cache("redis://127.0.0.1:1/0")
+    assert isinstance(redis_cache, RedisCache) and redis_cache.prefix == "personae:"
+    await redis_cache.close()

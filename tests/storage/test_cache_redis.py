@@ -1,0 +1,218 @@
+"""RedisCache specifics: one pipeline per call, a lock shared between processes, and outages that never raise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+import pytest
+
+from storage.cache import RedisCache
+from tests.conftest import TEST_REDIS_URL
+from tests.storage.helpers import TcpProxy
+
+
+@pytest.fixture
+async def prefix(redis_prefix: str) -> str:
+    return f"{redis_prefix}{secrets.token_hex(4)}:"
+
+
+@pytest.fixture
+async def redis_cache(prefix: str):
+    cache = RedisCache(TEST_REDIS_URL, prefix)
+    yield cache
+    await cache.close()
+
+
+async def test_admit_and_each_side_of_hold_are_one_pipeline(redis_cache: RedisCache) -> None:
+    async with redis_cache.hold("warm-up", ttl=5):
+        pass  # the first lock also registers the release script
+    counted = redis_cache.round_trips
+    await redis_cache.admit("e:1", 60, "rate:1", 60, read=["a", "b"])
+    assert redis_cache.round_trips - counted == 1
+
+    counted = redis_cache.round_trips
+    async with redis_cache.hold("conv:1", ttl=5, read=["a", "b"]) as held:
+        assert redis_cache.round_trips - counted == 1
+        held.stage("a", b"1", 60)
+        held.stage("b", None, 60)
+    assert redis_cache.round_trips - counted == 2
+
+    counted = redis_cache.round_trips
+    await redis_cache.get_many(["a", "b"])
+    await redis_cache.set_many({"a": b"2", "c": b"3"}, 60)
+    assert redis_cache.round_trips - counted == 2
+
+
+async def test_every_key_carries_the_prefix(redis_cache: RedisCache, prefix: str) -> None:
+    await redis_cache.set_many({"k": b"v"}, 60)
+    await redis_cache.admit("d", 60, "r", 60)
+    raw = redis_cache._redis
+    assert await raw.mget([f"{prefix}k", f"{prefix}d", f"{prefix}r"]) == [b"v", b"1", b"1"]
+    assert await raw.get("k") is None
+
+
+async def test_two_processes_take_turns_on_one_lock(prefix: str) -> None:
+    a, b = RedisCache(TEST_REDIS_URL, prefix), RedisCache(TEST_REDIS_URL, prefix)
+    try:
+        events: list[str] = []
+        a_inside = asyncio.Event()
+
+        async def in_a() -> None:
+            async with a.hold("conv", ttl=10) as held:
+                a_inside.set()
+                events.append("a in")
+                await asyncio.sleep(0.1)
+                held.stage("history", b"from a", 60)
+                events.append("a out")
+
+        async def in_b() -> None:
+            await a_inside.wait()
+            async with b.hold("conv", ttl=10, read=["history"]) as held:
+                events.append(f"b in, saw {held.values[0]!r}")
+
+        await asyncio.gather(in_a(), in_b())
+        assert events == ["a in", "a out", "b in, saw b'from a'"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_expired_lock_is_taken_over_and_the_late_owner_does_not_delete_it(prefix: str) -> None:
+    a, b = RedisCache(TEST_REDIS_URL, prefix), RedisCache(TEST_REDIS_URL, prefix)
+    try:
+        b_inside = asyncio.Event()
+        a_done = asyncio.Event()
+
+        async def slow_a() -> None:
+            async with a.hold("conv", ttl=0.1):
+                await b_inside.wait()  # a outlives its lock's ttl
+            a_done.set()
+
+        async def b_after_expiry() -> bool:
+            async with b.hold("conv", ttl=10):
+                b_inside.set()
+                await a_done.wait()
+                # a's release ran while b held the lock: b's lock must still be there.
+                return (await a._redis.get(f"{prefix}conv")) is not None
+
+        task_a = asyncio.create_task(slow_a())
+        await asyncio.sleep(0.02)
+        assert await b_after_expiry()
+        await task_a
+        assert await a._redis.get(f"{prefix}conv") is None
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_release_script_is_reloaded_after_redis_forgets_it(redis_cache: RedisCache, prefix: str) -> None:
+    async with redis_cache.hold("conv", ttl=10):
+        pass
+    await redis_cache._redis.script_flush()
+    async with redis_cache.hold("conv", ttl=10) as held:
+        held.stage("k", b"v", 60)
+    assert await redis_cache._redis.get(f"{prefix}conv") is None
+    assert await redis_cache.get_many(["k"]) == [b"v"]
+
+
+async def test_no_redis_at_all_means_misses_first_admissions_and_local_locks(caplog) -> None:
+    cache = RedisCache("redis://127.0.0.1:1/0", "nowhere:", retry_after=0)
+    caplog.set_level(logging.WARNING, logger="storage.cache_redis")
+    try:
+        await cache.set_many({"a": b"1"}, 60)
+        assert await cache.get_many(["a", "b"]) == [None, None]
+        await cache.delete("a")
+        await cache.delete_prefix("")
+        for _ in range(3):
+            admission = await cache.admit("e", 60, "r", 60, read=["x", "y"])
+            assert (admission.first, admission.count, admission.values) == (True, 0, [None, None])
+
+        order: list[int] = []
+
+        async def turn(i: int) -> None:
+            async with cache.hold("conv", ttl=10, read=["h"]) as held:
+                assert held.values == [None]
+                held.stage("h", b"dropped", 60)
+                await asyncio.sleep(0.01)
+                order.append(i)
+
+        tasks = []
+        for i in range(3):
+            tasks.append(asyncio.create_task(turn(i)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        assert order == [0, 1, 2]
+        assert not cache.available
+    finally:
+        await cache.close()
+    # One warning for the outage, not one per call.
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+
+
+async def test_an_outage_mid_use_falls_back_and_recovery_clears_what_went_stale(redis_proxy: TcpProxy, prefix: str, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="storage.cache_redis")
+    cache = RedisCache(f"redis://127.0.0.1:{redis_proxy.port}/0", prefix, retry_after=0.05)
+    direct = RedisCache(TEST_REDIS_URL, prefix)
+    try:
+        await cache.set_many({"history": b"v1", "state": b"s1"}, 60)
+        assert await cache.get_many(["history"]) == [b"v1"]
+
+        await redis_proxy.stop()  # Redis goes away between two calls
+        assert await cache.get_many(["history", "state"]) == [None, None]
+        assert (await cache.admit("e", 60, "r", 60, read=["history"])).values == [None]
+        async with cache.hold("conv", ttl=10, read=["history"]) as held:
+            assert held.values == [None]
+            held.stage("history", b"v2", 60)  # dropped: Redis still holds v1
+        await cache.set_many({"state": b"s2"}, 60)  # dropped too
+        assert await direct.get_many(["history", "state"]) == [b"v1", b"s1"]
+
+        await redis_proxy.start()  # Redis is back
+        await asyncio.sleep(0.1)
+        # The first call after the outage deletes the copies whose updates were lost.
+        assert await cache.get_many(["history", "state"]) == [None, None]
+        await cache.set_many({"history": b"v3"}, 60)
+        assert await cache.get_many(["history"]) == [b"v3"]
+        assert cache.available
+    finally:
+        await cache.close()
+        await direct.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "unavailable" in m]) == 1
+    assert any("reachable again" in m for m in messages)
+
+
+async def test_a_prefix_deletion_lost_to_an_outage_is_done_when_redis_returns(redis_proxy: TcpProxy, prefix: str) -> None:
+    cache = RedisCache(f"redis://127.0.0.1:{redis_proxy.port}/0", prefix, retry_after=0.05)
+    direct = RedisCache(TEST_REDIS_URL, prefix)
+    try:
+        await cache.set_many({"person:1:a": b"1", "person:2:a": b"2"}, 60)
+        await redis_proxy.stop()
+        await cache.delete_prefix("person:1:")  # /forget while Redis is away
+        await redis_proxy.start()
+        await asyncio.sleep(0.1)
+        await cache.get_many(["anything"])  # the first successful call notices the recovery
+        for _ in range(50):
+            if await direct.get_many(["person:1:a"]) == [None]:
+                break
+            await asyncio.sleep(0.02)
+        assert await direct.get_many(["person:1:a", "person:2:a"]) == [None, b"2"]
+    finally:
+        await cache.close()
+        await direct.close()
+
+
+async def test_a_redis_restart_between_calls_is_not_an_outage(redis_proxy: TcpProxy, prefix: str, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="storage.cache_redis")
+    cache = RedisCache(f"redis://127.0.0.1:{redis_proxy.port}/0", prefix)
+    try:
+        await cache.set_many({"k": b"v"}, 60)
+        await redis_proxy.stop()  # every pooled connection is cut
+        await redis_proxy.start()
+        await asyncio.sleep(0.05)
+        assert await cache.get_many(["k"]) == [b"v"]  # a dead pooled connection is replaced, not reported
+        assert cache.available
+    finally:
+        await cache.close()
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()]

@@ -1,0 +1,72 @@
+"""Messages: exchanges stored together, recent history oldest first, replies replaced, conversations reset."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import NotFound
+from tests.storage.helpers import card, conversation
+
+
+async def test_add_exchange_returns_both_ids_in_order(store) -> None:
+    hamlet = await store.characters.add(card())
+    user_id, reply_id = await store.messages.add_exchange(conversation(hamlet.id), ("To be?", 3, "m-1"), ("Or not.", 2))
+    assert isinstance(user_id, int) and isinstance(reply_id, int) and user_id < reply_id
+
+    [user, reply] = await store.messages.recent(conversation(hamlet.id), 10)
+    assert (user.id, user.role, user.content, user.tokens, user.platform_message_id) == (user_id, "user", "To be?", 3, "m-1")
+    assert (reply.id, reply.role, reply.content, reply.tokens, reply.platform_message_id) == (reply_id, "assistant", "Or not.", 2, None)
+    assert user.created_at.tzinfo is not None
+
+
+async def test_an_exchange_without_a_reply_stores_the_user_message_only(store) -> None:
+    hamlet = await store.characters.add(card())
+    user_id, reply_id = await store.messages.add_exchange(conversation(hamlet.id), ("Hello?", 1, None), None)
+    assert reply_id is None
+    assert [m.id for m in await store.messages.recent(conversation(hamlet.id), 10)] == [user_id]
+
+
+async def test_recent_returns_the_newest_messages_oldest_first(store) -> None:
+    hamlet = await store.characters.add(card())
+    here = conversation(hamlet.id)
+    for i in range(5):
+        await store.messages.add_exchange(here, (f"q{i}", 1, f"m{i}"), (f"a{i}", 1))
+    assert [m.content for m in await store.messages.recent(here, 4)] == ["q3", "a3", "q4", "a4"]
+    assert len(await store.messages.recent(here, 100)) == 10
+    assert await store.messages.recent(here, 0) == []
+
+
+async def test_conversations_are_kept_apart_by_person_channel_and_character(store) -> None:
+    hamlet = await store.characters.add(card("Hamlet"))
+    ophelia = await store.characters.add(card("Ophelia"))
+    keys = [conversation(hamlet.id), conversation(hamlet.id, "u2"), conversation(hamlet.id, channel_id="c2"), conversation(ophelia.id)]
+    for i, key in enumerate(keys):
+        await store.messages.add_exchange(key, (f"to {i}", 1, None), (f"from {i}", 1))
+    for i, key in enumerate(keys):
+        assert [m.content for m in await store.messages.recent(key, 10)] == [f"to {i}", f"from {i}"]
+
+
+async def test_replace_reply_changes_a_reply_but_not_a_user_message(store) -> None:
+    hamlet = await store.characters.add(card())
+    user_id, reply_id = await store.messages.add_exchange(conversation(hamlet.id), ("q", 1, None), ("a", 1))
+    assert await store.messages.replace_reply(reply_id, "a better answer", 3)
+    assert not await store.messages.replace_reply(user_id, "hijack", 1)
+    assert not await store.messages.replace_reply(reply_id + 100, "nothing", 1)
+    [user, reply] = await store.messages.recent(conversation(hamlet.id), 10)
+    assert (user.content, reply.content, reply.tokens) == ("q", "a better answer", 3)
+
+
+async def test_delete_conversation_counts_what_it_deleted_and_spares_the_rest(store) -> None:
+    hamlet = await store.characters.add(card())
+    await store.messages.add_exchange(conversation(hamlet.id), ("q", 1, None), ("a", 1))
+    await store.messages.add_exchange(conversation(hamlet.id), ("q", 1, None), None)
+    await store.messages.add_exchange(conversation(hamlet.id, "u2"), ("q", 1, None), ("a", 1))
+    assert await store.messages.delete_conversation(conversation(hamlet.id)) == 3
+    assert await store.messages.recent(conversation(hamlet.id), 10) == []
+    assert len(await store.messages.recent(conversation(hamlet.id, "u2"), 10)) == 2
+    assert await store.messages.delete_conversation(conversation(hamlet.id)) == 0
+
+
+async def test_an_exchange_for_a_deleted_character_is_not_found(store) -> None:
+    with pytest.raises(NotFound):
+        await store.messages.add_exchange(conversation(777), ("q", 1, None), ("a", 1))

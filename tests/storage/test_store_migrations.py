@@ -1,0 +1,107 @@
+"""Migrations: upgrade, downgrade and upgrade again on both databases; clear errors for an unready database."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.pool import NullPool
+
+from storage import migrate
+from storage.database import SqlStore, create_engine
+from storage.errors import DatabaseUnavailable, SchemaNotReady
+from storage.tables import TABLES, metadata
+from tests.conftest import throwaway_postgres
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def empty_url(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[str]:
+    """A database with nothing in it, of its own (not the session's shared one)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh' / 'personae.db'}"
+        return
+    async with throwaway_postgres() as url:
+        yield url
+
+
+async def table_names(url: str) -> set[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_then_downgrade_to_base_then_upgrade_again(empty_url: str) -> None:
+    head = await migrate.head()
+    assert await migrate.current(empty_url) is None
+
+    await migrate.upgrade(empty_url)
+    assert await migrate.current(empty_url) == head
+    assert set(TABLES) <= await table_names(empty_url)
+
+    await migrate.downgrade(empty_url, "base")
+    assert await migrate.current(empty_url) is None
+    assert not set(TABLES) & await table_names(empty_url)
+
+    await migrate.upgrade(empty_url)
+    assert await migrate.current(empty_url) == head
+    assert set(TABLES) <= await table_names(empty_url)
+
+
+async def test_the_migrated_schema_matches_the_table_definitions(empty_url: str) -> None:
+    await migrate.upgrade(empty_url)
+    engine = create_engine(empty_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            differences = await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert differences == []
+
+
+async def test_upgrading_twice_changes_nothing(empty_url: str) -> None:
+    await migrate.upgrade(empty_url)
+    await migrate.upgrade(empty_url)
+    assert await migrate.current(empty_url) == await migrate.head()
+
+
+async def test_opening_an_unmigrated_database_says_to_run_the_upgrade(empty_url: str) -> None:
+    with pytest.raises(SchemaNotReady, match="run `personae db upgrade`"):
+        await SqlStore.open(empty_url)
+
+
+async def test_opening_an_older_schema_says_to_run_the_upgrade(empty_url: str, monkeypatch) -> None:
+    await migrate.upgrade(empty_url)
+
+    async def newer() -> list[str]:
+        return ["0002", "0001"]
+
+    monkeypatch.setattr(migrate, "revisions", newer)
+    with pytest.raises(SchemaNotReady, match="needs 0002; run `personae db upgrade`"):
+        await SqlStore.open(empty_url)
+
+
+async def test_an_unreachable_postgres_is_a_clear_error_not_a_traceback() -> None:
+    with pytest.raises(DatabaseUnavailable, match=r"cannot reach the database at postgresql\+asyncpg://nobody:\*\*\*@127.0.0.1:1/x"):
+        await SqlStore.open("postgresql://nobody:secret@127.0.0.1:1/x")
+
+
+async def test_a_sqlite_file_that_cannot_be_made_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DatabaseUnavailable, match="SQLite database"):
+        await SqlStore.open(f"sqlite:///{tmp_path / 'file' / 'personae.db'}")
+
+
+async def test_an_in_memory_sqlite_database_is_migrated_when_opened() -> None:
+    store = await SqlStore.open("sqlite+aiosqlite://")
+    try:
+        assert await store.characters.list() == []
+    finally:
+        await store.close()

@@ -1,0 +1,44 @@
+"""Round trips on the hot path, as the counter the benchmark reads sees them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.storage.helpers import card, change, conversation, state
+
+
+async def delta(store, work) -> int:
+    before = store.round_trips
+    await work()
+    return store.round_trips - before
+
+
+async def test_mark_processed_and_add_exchange_are_one_round_trip_each(store) -> None:
+    hamlet = await store.characters.add(card())
+    here = conversation(hamlet.id)
+    for i in range(3):
+        assert await delta(store, lambda: store.events.mark_processed("discord", f"e{i}")) == 1
+        assert await delta(store, lambda: store.events.mark_processed("discord", f"e{i}")) == 1
+        assert await delta(store, lambda: store.messages.add_exchange(here, ("q", 1, None), ("a", 1))) == 1
+        assert await delta(store, lambda: store.messages.add_exchange(here, ("q", 1, None), None)) == 1
+
+
+async def test_reads_are_one_round_trip(store) -> None:
+    hamlet = await store.characters.add(card())
+    assert await delta(store, lambda: store.characters.get(hamlet.id)) == 1
+    assert await delta(store, lambda: store.messages.recent(conversation(hamlet.id), 10)) == 1
+    assert await delta(store, lambda: store.bindings.get("discord", "c1")) == 1
+
+
+async def test_a_state_update_with_its_audit_is_one_round_trip_on_postgresql(store) -> None:
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no data-modifying WITH; it uses a transaction")
+    hamlet = await store.characters.add(card())
+    before = await store.relationships.get_or_create(state(hamlet.id))
+    assert await delta(store, lambda: store.relationships.update(change(before, happiness=2))) == 1
+    assert await delta(store, lambda: store.relationships.update(change(before, happiness=3))) == 1
+
+
+async def test_a_transaction_counts_its_begin_and_commit(store) -> None:
+    # forget_person: BEGIN, three DELETEs, COMMIT.
+    assert await delta(store, lambda: store.forget_person("discord", "nobody")) == 5
