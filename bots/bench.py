@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import socket
@@ -33,12 +34,21 @@ SERVER_MODULE = "bots.llm.tgi_double"
 REPLY = "(smiles) The rain has stopped, and the road home is clear at last."
 
 
+# The time the current turn spent waiting on the model server (each simulated person is a task).
+_model_time: contextvars.ContextVar[list[float]] = contextvars.ContextVar("model_time")
+
+
 class TimedModel:
-    """Wraps the model client and adds up the time spent waiting on the model server."""
+    """Wraps the model client and adds the time spent waiting on the model server to the turn's tally."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.waiting = 0.0
+
+    @staticmethod
+    def _add(seconds: float) -> None:
+        cell = _model_time.get(None)
+        if cell is not None:
+            cell[0] += seconds
 
     async def stream(self, messages: Sequence[Mapping[str, str]], **kw: Any) -> AsyncIterator[str]:
         start = time.perf_counter()
@@ -46,14 +56,14 @@ class TimedModel:
             async for delta in self.inner.stream(messages, **kw):
                 yield delta
         finally:
-            self.waiting += time.perf_counter() - start
+            self._add(time.perf_counter() - start)
 
     async def count_tokens(self, text: str) -> int:
         start = time.perf_counter()
         try:
             return await self.inner.count_tokens(text)
         finally:
-            self.waiting += time.perf_counter() - start
+            self._add(time.perf_counter() - start)
 
     async def complete(self, *a: Any, **kw: Any) -> str:
         return await self.inner.complete(*a, **kw)
@@ -163,8 +173,6 @@ async def _engine_pass(settings: Settings, url: str, users: int, turns: int, fig
     place = Place(Platform.CONSOLE, "bench", channel)
     outcome = await app.commands.bind(owner, place, name, "all")
     assert outcome.ok, outcome.message
-    first_turn: list[tuple[int, int]] = []
-    hot: list[tuple[int, int]] = []
     overheads: list[float] = []
     totals: list[float] = []
 
@@ -174,9 +182,8 @@ async def _engine_pass(settings: Settings, url: str, users: int, turns: int, fig
                 Platform.CONSOLE, "bench", channel, f"user-{i}", f"User {i}", uuid.uuid4().hex,
                 f"Turn {t}: tell me about the weather, please.",
             )
-            # Per-turn round trips and model time are read around this turn only.
-            db0, rd0 = store.round_trips, cache.round_trips
-            waited0 = model.waiting
+            waited = [0.0]
+            _model_time.set(waited)
             start = time.perf_counter()
             reply = app.engine.handle(event)
             text = await reply.collect()
@@ -184,8 +191,7 @@ async def _engine_pass(settings: Settings, url: str, users: int, turns: int, fig
             if reply.status.value != "answered" or not text:
                 figures.failed_turns += 1
             totals.append(elapsed)
-            overheads.append(elapsed - (model.waiting - waited0))
-            (first_turn if t == 0 else hot).append((store.round_trips - db0, cache.round_trips - rd0))
+            overheads.append(elapsed - waited[0])
 
     try:
         with RssSampler() as rss:
@@ -194,8 +200,6 @@ async def _engine_pass(settings: Settings, url: str, users: int, turns: int, fig
             wall = time.perf_counter() - start
         figures.turns_per_s = users * turns / wall
         figures.peak_rss_mb = rss.peak / 2**20
-        # Concurrent turns interleave, so per-turn counter deltas include neighbours' calls;
-        # totals over all turns divided by turns are exact.
         say(f"engine: {users * turns} turns in {wall:.2f} s = {figures.turns_per_s:.0f} turns/s")
         figures.overhead_p50_ms = _pct(overheads, 0.5) * 1000
         figures.overhead_p99_ms = _pct(overheads, 0.99) * 1000

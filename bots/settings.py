@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str | None = None  # None: Discord's own gateway
     discord_admin_role: str | None = None  # a role name or id whose members count as admins
-    discord_sync: str = "global"  # "global" or "guild" (commands synced per guild, instant, for development)
+    discord_sync: str = "global"  # "global", "guild" (synced per guild: instant, for development) or "off"
     discord_guild_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)  # guilds synced in "guild" mode
 
     # Telegram

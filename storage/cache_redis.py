@@ -53,13 +53,18 @@ class RedisCache:
         read_timeout: float = 1.0,
         retry_after: float = 1.0,
         lock_wait: float | None = None,
+        max_connections: int = 64,
     ) -> None:
         self.prefix = prefix
         self.round_trips = 0
         # The URL without its password, for log lines.
         self._where = re.sub(r"//[^@/]*@", "//", url)
-        self._redis = aioredis.Redis.from_url(
+        # Past max_connections, callers wait for a free connection instead of failing: a burst of
+        # turns is not an outage. The client owns the pool and closes it.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=read_timeout + connect_timeout,
             socket_connect_timeout=connect_timeout,
             socket_timeout=read_timeout,
             socket_keepalive=True,
@@ -72,6 +77,7 @@ class RedisCache:
             # No health_check_interval: its PINGs would add round trips to the hot path.
             decode_responses=False,
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._retry_after = retry_after
         self._lock_wait = lock_wait
         self._locks = KeyedLocks()

@@ -7,7 +7,6 @@ from typing import AsyncIterator
 import pytest_asyncio
 
 from bots.llm.client import ModelClient
-from tests.llama_fixture import llama_server  # noqa: F401  (the shared llama.cpp server)
 from tests.tgi_server import TGIServer
 
 

@@ -1,0 +1,363 @@
+"""The Discord client: messages to the Engine, replies streamed back as a send and paced edits.
+
+One ``PersonaeClient`` per process. ``run_discord(app)`` points discord.py at the configured API
+and gateway, logs in and runs until cancelled. Every handled message ends with the client event
+``turn_finished(message, reply)`` (``reply`` is None when no reply was asked of the Engine), which
+tests and metrics can wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, TypeVar
+
+import discord
+import yarl
+
+from bots.compose import App
+from bots.discord.chat import (
+    ATTACHMENT_NOTE,
+    GONE,
+    MESSAGE_LIMIT,
+    NO_MENTIONS,
+    RegenerateButton,
+    chat_event,
+    regenerate_view,
+)
+from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
+from bots.streaming import EditBudget, StreamedMessage
+from core.engine import Reply, ReplyStatus
+from core.errors import PersonaeError
+from core.events import ChatEvent, ConversationKey, Trigger
+
+log = logging.getLogger(__name__)
+
+EDITS_PER_CHANNEL = (5, 5.0)  # at most 5 sends or edits per 5 s in one channel
+EDIT_INTERVAL_S = 1.0  # at most one edit per second for one message while it streams
+_REMEMBERED = 10_000  # replies whose messages are remembered (regenerate, button removal)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class DiscordTokenRejected(PersonaeError):
+    """Discord answered 401 to the configured token."""
+
+
+def point_library_at(api_base: str, gateway_url: str | None) -> None:
+    """Send discord.py's REST calls (webhooks and interactions included) and gateway to other servers."""
+    discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+def intents(*, message_content: bool = True) -> discord.Intents:
+    """Guilds, guild messages, DMs and (privileged) message content; nothing else."""
+    wanted = discord.Intents.none()
+    wanted.guilds = True
+    wanted.guild_messages = True
+    wanted.dm_messages = True
+    wanted.message_content = message_content
+    return wanted
+
+
+class PersonaeClient(discord.Client):
+    """Answers messages with the bound character's streamed reply; serves the slash commands."""
+
+    def __init__(self, app: App, *, message_content: bool = True, guild_ready_timeout: float = 2.0) -> None:
+        # A text-only bot: no warnings about missing voice libraries.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+        super().__init__(
+            intents=intents(message_content=message_content),
+            allowed_mentions=NO_MENTIONS,
+            chunk_guilds_at_startup=False,
+            guild_ready_timeout=guild_ready_timeout,
+        )
+        self.app = app
+        self.guild_ready_timeout = guild_ready_timeout
+        self.tree = CommandTree(self)
+        for command in build_commands():
+            self.tree.add_command(command)
+        self._budgets: dict[int, EditBudget] = {}
+        # conversation -> (reply id, ids of the messages showing it): the newest reply with a button
+        self._offers: dict[str, tuple[int, list[int]]] = {}
+        self._told_about_attachments: dict[str, None] = {}
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(RegenerateButton)
+        try:
+            await sync_commands(self.tree, self.app.settings)
+        except discord.HTTPException as exc:
+            log.error("could not sync the slash commands with Discord (%s); the old ones stay", exc)
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s (%s), in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    # -- chat ---------------------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        reply: Reply | None = None
+        try:
+            assert self.user is not None
+            event = chat_event(message, self.user)
+            if event is not None:
+                reply = self.app.engine.handle(event)
+                await self.answer(message, event, reply)
+        except Exception:
+            log.exception("failed to answer message %s in channel %s", message.id, message.channel.id)
+        finally:
+            self.dispatch("turn_finished", message, reply)
+
+    async def answer(self, message: discord.Message, event: ChatEvent, reply: Reply) -> None:
+        """Show the Engine's reply to ``message``: typing until the first text, then a send and paced edits."""
+        channel = message.channel
+        first_text, finished = asyncio.Event(), asyncio.Event()
+        typing = None
+        if await self._may_answer(event):
+            typing = asyncio.create_task(_typing_until(channel, first_text))
+        reference = message.to_reference(fail_if_not_exists=False)
+
+        def button() -> discord.ui.View | None:
+            # Known once the Engine's iteration ended: the stored reply's id goes into the button.
+            if finished.is_set() and reply.conversation is not None and reply.reply_message_id is not None:
+                return regenerate_view(reply.conversation, reply.reply_message_id)
+            return None
+
+        try:
+            shown, has_button = await self._stream(
+                self._deltas(reply, message, first_text, finished),
+                channel,
+                send_first=lambda text, **kw: channel.send(text, reference=reference, **kw),
+                button=button,
+            )
+        finally:
+            first_text.set()
+            if typing is not None:
+                await typing
+        if reply.status is ReplyStatus.NO_CHARACTER:
+            await message.reply(await no_character_hint(self.app, event), allowed_mentions=NO_MENTIONS)
+        elif reply.reply_message_id is not None and reply.conversation is not None and shown.handles:
+            old_button = self._button_of(reply.conversation)
+            await self._move_button(
+                reply.conversation, reply.reply_message_id, shown.handles, channel,
+                has_button=has_button, old_button=old_button,
+            )
+
+    async def _may_answer(self, event: ChatEvent) -> bool:
+        """Whether the Engine will probably answer (then typing is shown); the Engine still decides."""
+        binding = await self.app.engine.binding_for(event)
+        return binding is not None and (binding.trigger is Trigger.ALL or event.addressed or event.private)
+
+    async def _deltas(
+        self, reply: Reply, message: discord.Message, first_text: asyncio.Event, finished: asyncio.Event
+    ) -> AsyncIterator[str]:
+        """The reply's deltas; once per conversation, a note that attachments were not read."""
+        async for delta in reply:
+            first_text.set()
+            yield delta
+        finished.set()
+        if first_text.is_set() and message.attachments and reply.conversation is not None:
+            key = reply.conversation.cache_key()
+            if key not in self._told_about_attachments:
+                _remember(self._told_about_attachments, key, None)
+                yield ATTACHMENT_NOTE
+
+    async def _stream(
+        self,
+        deltas: AsyncIterable[str],
+        channel: discord.abc.Messageable,
+        *,
+        send_first: Callable[..., Awaitable[discord.Message]],
+        reuse: list[discord.PartialMessage] | None = None,
+        button: Callable[[], discord.ui.View | None] = lambda: None,
+    ) -> tuple[StreamedMessage[discord.Message | discord.PartialMessage], int | None]:
+        """Render ``deltas``: ``reuse``'d messages are edited first, then ``send_first``, then plain sends.
+
+        When the reply is complete and fits in one message, the last write also carries ``button()``
+        (one edit fewer). Returns the rendering and the id of the message that got the button.
+        """
+        reuse = list(reuse or ())
+        sent = 0
+        has_button: int | None = None
+
+        def extras() -> dict[str, Any]:
+            view = button() if len(shown.text) <= MESSAGE_LIMIT else None
+            return {"allowed_mentions": NO_MENTIONS} if view is None else {"allowed_mentions": NO_MENTIONS, "view": view}
+
+        async def send(text: str) -> discord.Message | discord.PartialMessage:
+            nonlocal sent, has_button
+            sent += 1
+            kw = extras()
+            if reuse:
+                target: discord.Message | discord.PartialMessage = reuse.pop(0)
+                await target.edit(content=text, **kw)
+            elif sent == 1:
+                target = await send_first(text, **kw)
+            else:
+                target = await channel.send(text, **kw)
+            if "view" in kw:
+                has_button = target.id
+            return target
+
+        async def edit(target: discord.Message | discord.PartialMessage, text: str) -> None:
+            nonlocal has_button
+            kw = extras()
+            await target.edit(content=text, **kw)
+            if "view" in kw:
+                has_button = target.id
+
+        shown: StreamedMessage[discord.Message | discord.PartialMessage] = StreamedMessage(
+            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, budget=self.budget_for(channel)
+        )
+        await shown.run(deltas)
+        return shown, has_button
+
+    def budget_for(self, channel: discord.abc.Messageable) -> EditBudget:
+        """The edit budget of one channel, shared by every reply shown in it."""
+        channel_id = channel.id  # type: ignore[attr-defined]
+        budget = self._budgets.get(channel_id)
+        if budget is None:
+            if len(self._budgets) > _REMEMBERED:
+                self._budgets.clear()  # losing old windows only risks a 429, which discord.py absorbs
+            budget = self._budgets[channel_id] = EditBudget(*EDITS_PER_CHANNEL)
+        return budget
+
+    # -- regenerate ---------------------------------------------------------------------------
+
+    async def _move_button(
+        self,
+        conversation: ConversationKey,
+        reply_id: int,
+        handles: list[discord.Message | discord.PartialMessage],
+        channel: discord.abc.Messageable,
+        *,
+        has_button: int | None,
+        old_button: int | None,
+    ) -> None:
+        """Put the Regenerate button under the reply's last message and take it off ``old_button``."""
+        _remember(self._offers, conversation.cache_key(), (reply_id, [h.id for h in handles]))
+        budget = self.budget_for(channel)
+        last = handles[-1]
+        if last.id != has_button:
+            await budget.take()
+            await last.edit(view=regenerate_view(conversation, reply_id))
+        if old_button is not None and old_button != last.id:
+            try:
+                await budget.take()
+                await channel.get_partial_message(old_button).edit(view=None)  # type: ignore[attr-defined]
+            except discord.HTTPException as exc:  # deleted meanwhile: nothing to remove
+                log.debug("could not remove an old regenerate button: %s", exc)
+
+    def _button_of(self, conversation: ConversationKey) -> int | None:
+        """The message that carries the conversation's button, as far as this process knows."""
+        offer = self._offers.get(conversation.cache_key())
+        return offer[1][-1] if offer is not None else None
+
+    async def regenerate(self, interaction: discord.Interaction, conversation: ConversationKey, reply_id: int) -> None:
+        """The author pressed Regenerate: stream a new reply into the messages that showed the old one."""
+        await interaction.response.defer()
+        reply = self.app.engine.regenerate(conversation, interaction.user.display_name, reply_id)
+        try:
+            await self._regenerate(interaction, conversation, reply_id, reply)
+        except Exception:
+            log.exception("regenerating reply %s failed", reply_id)
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.followup.send(FAILED, ephemeral=True)
+        finally:
+            self.dispatch("regenerate_finished", interaction, reply)
+
+    async def _regenerate(
+        self, interaction: discord.Interaction, conversation: ConversationKey, reply_id: int, reply: Reply
+    ) -> None:
+        pressed = interaction.message
+        assert pressed is not None
+        deltas = aiter(reply)
+        first = await anext(deltas, None)
+        # A delta that arrives once the status is final is a notice, not new text: keep the old reply.
+        if first is None or reply.status in (ReplyStatus.FAILED, ReplyStatus.NOTICE):
+            async for _ in deltas:
+                pass
+            if reply.status is ReplyStatus.NOT_FOUND:
+                await pressed.edit(view=None)
+                await interaction.followup.send(GONE, ephemeral=True)
+            elif reply.text:
+                await interaction.followup.send(reply.text, ephemeral=True)
+            return
+        channel = pressed.channel
+        offer = self._offers.get(conversation.cache_key())
+        ids = offer[1] if offer is not None and offer[0] == reply_id else [pressed.id]
+        old = [pressed if i == pressed.id else channel.get_partial_message(i) for i in ids]  # type: ignore[union-attr]
+        shown, _ = await self._stream(_chain(first, deltas), channel, send_first=channel.send, reuse=old)
+        stale = old[len(shown.handles) :]
+        for message in stale:
+            try:
+                await message.delete()
+            except discord.HTTPException as exc:
+                log.debug("could not delete a stale reply message: %s", exc)
+        if reply.reply_message_id is not None and shown.handles:
+            kept = None if any(m.id == pressed.id for m in stale) else pressed.id
+            await self._move_button(
+                conversation, reply.reply_message_id, shown.handles, channel, has_button=kept, old_button=kept
+            )
+
+
+async def _typing_until(channel: discord.abc.Messageable, first_text: asyncio.Event) -> None:
+    """Show "typing…" until the first text of the reply arrives (Discord shows it for 10 s per call)."""
+    try:
+        async with channel.typing():
+            await first_text.wait()
+    except discord.HTTPException as exc:
+        log.debug("typing indicator failed: %s", exc)
+
+
+async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for delta in rest:
+        yield delta
+
+
+def _remember(store: dict[K, V], key: K, value: V) -> None:
+    """Insert into a dict kept to the newest ``_REMEMBERED`` entries."""
+    store.pop(key, None)
+    store[key] = value
+    if len(store) > _REMEMBERED:
+        del store[next(iter(store))]
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+async def run_discord(app: App, *, client: PersonaeClient | None = None) -> None:
+    """Run the Discord adapter until cancelled, then close the connection.
+
+    Raises ``DiscordTokenRejected`` (one line, no secret in it) when Discord refuses the token. When
+    the message content intent is not enabled for the application, it reconnects without it (the
+    bot then only sees mentions, replies to it, and DMs).
+    """
+    settings = app.settings
+    if settings.discord_token is None:
+        raise DiscordTokenRejected("PERSONAE_DISCORD_TOKEN is not set")
+    token = settings.discord_token.get_secret_value()
+    point_library_at(settings.discord_api_base, settings.discord_gateway_url)
+    client = client or PersonaeClient(app)
+    try:
+        await _run(client, token)
+    except discord.PrivilegedIntentsRequired:
+        log.warning(
+            "Discord refused the message content intent: enable it for this bot in the developer portal "
+            "(Bot > Privileged Gateway Intents). Until then the bot only sees mentions, replies to it and DMs."
+        )
+        await _run(PersonaeClient(app, message_content=False, guild_ready_timeout=client.guild_ready_timeout), token)
+
+
+async def _run(client: PersonaeClient, token: str) -> None:
+    async with client:
+        try:
+            await client.start(token)
+        except discord.LoginFailure:
+            raise DiscordTokenRejected(
+                "PERSONAE_DISCORD_TOKEN is set but Discord rejected it (401): copy the token again from the "
+                "developer portal (Bot > Reset Token)"
+            ) from None

@@ -1,0 +1,227 @@
+"""The one place the Telegram application is assembled, started and stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+from telegram import BotCommand, Update
+from telegram.constants import ChatType
+from telegram.error import Forbidden, InvalidToken, TelegramError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from bots.compose import App
+from bots.settings import Settings
+from bots.telegram.arguments import COMMANDS
+from bots.telegram.handlers import FORGET, USE, Handlers
+from bots.telegram.replies import REGENERATE, Replies
+from bots.telegram.updates import OrderedUpdates
+from core import cards
+from core.errors import PersonaeError
+
+log = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+
+
+class TelegramStartError(PersonaeError):
+    """The Telegram adapter cannot start (token rejected, Bot API unreachable, bad webhook settings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Pacing and timing of the adapter. The defaults follow Telegram's limits; tests shorten some."""
+
+    edit_interval: float = 1.0  # seconds between edits of one streamed message
+    draft_interval: float = 1.0  # seconds between drafts in one private chat
+    group_messages_per_minute: int = 20  # sends and edits per group chat
+    poll_timeout: int = 30  # seconds one getUpdates may wait for updates
+    request_timeout: float = 15.0  # connect/read/write timeout of one Bot API call
+    rate_limit_retries: int = 2  # retries of a call Telegram answers with "retry after"
+    admin_ttl: float = 60.0  # how long a getChatMember answer is trusted
+    max_card_bytes: int = cards.MAX_CARD_JSON_BYTES
+
+
+def build_application(app: App, tuning: Tuning | None = None) -> Application:
+    """The python-telegram-bot Application for ``app``'s token and Bot API address, handlers registered."""
+    tuning = tuning or Tuning()
+    settings = app.settings
+    if settings.telegram_token is None:
+        raise TelegramStartError("PERSONAE_TELEGRAM_TOKEN is not set.")
+    hide_token(settings.telegram_token.get_secret_value())
+    application = (
+        ApplicationBuilder()
+        .token(settings.telegram_token.get_secret_value())
+        .base_url(settings.telegram_api_base)
+        .base_file_url(settings.telegram_file_base)
+        .concurrent_updates(OrderedUpdates(256))
+        .rate_limiter(AIORateLimiter(max_retries=tuning.rate_limit_retries))
+        .connect_timeout(tuning.request_timeout)
+        .read_timeout(tuning.request_timeout)
+        .write_timeout(tuning.request_timeout)
+        .pool_timeout(tuning.request_timeout)
+        .get_updates_read_timeout(tuning.request_timeout)
+        .build()
+    )
+    replies = Replies(
+        application.bot,
+        edit_interval=tuning.edit_interval,
+        draft_interval=tuning.draft_interval,
+        group_per_minute=tuning.group_messages_per_minute,
+    )
+    register(application, Handlers(app, replies, admin_ttl=tuning.admin_ttl, max_card_bytes=tuning.max_card_bytes))
+    return application
+
+
+class RedactToken(logging.Filter):
+    """Replaces the bot token with ``<token>`` in log records (Bot API URLs carry it)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token and self.token in message:
+            record.msg, record.args = message.replace(self.token, "<token>"), None
+        return True
+
+
+# The loggers that print Bot API URLs: httpx (each request, at INFO) and PTB's Bot (its URL, at DEBUG).
+_URL_LOGGERS = ("httpx", "telegram.Bot", "telegram.ext.ExtBot")
+
+
+def hide_token(token: str) -> None:
+    """Keep the token out of every log line that would show a Bot API URL, whatever the log level."""
+    for name in _URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactToken) and f.token == token for f in logger.filters):
+            logger.addFilter(RedactToken(token))
+
+
+def register(application: Application, h: Handlers) -> None:
+    """Every handler, in the order they are tried."""
+    new = filters.UpdateType.MESSAGE  # edits of old messages are not answered again
+    commands = {
+        "start": h.on_start,
+        "help": h.on_help,
+        "characters": h.on_characters,
+        "use": h.on_use,
+        "mood": h.on_mood,
+        "reset": h.on_reset,
+        "forget": h.on_forget,
+        "bind": h.on_bind,
+        "unbind": h.on_unbind,
+        "scene": h.on_scene,
+        "character": h.on_character,
+    }
+    for name, callback in commands.items():
+        application.add_handler(CommandHandler(name, callback, filters=new))
+    card_caption = filters.CaptionRegex(r"^/character(@\w+)?\s+import\b")
+    application.add_handler(MessageHandler(new & filters.Document.ALL & card_caption, h.on_card_document))
+    application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, h.on_message))
+    application.add_handler(MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, h.on_unknown_command))
+    application.add_handler(CallbackQueryHandler(h.on_use_button, pattern=rf"^{USE}:"))
+    application.add_handler(CallbackQueryHandler(h.on_regenerate_button, pattern=rf"^{REGENERATE}:"))
+    application.add_handler(CallbackQueryHandler(h.on_forget_button, pattern=rf"^{FORGET}:"))
+    application.add_error_handler(on_error)
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Log a failed update; tell a private chat, briefly, that it did not work."""
+    if isinstance(context.error, Forbidden):
+        log.info("Telegram refused to deliver to a chat (the bot was blocked or removed): %s", context.error)
+        return
+    log.error("handling a Telegram update failed: %r", context.error, exc_info=context.error)
+    if isinstance(update, Update) and update.effective_chat and update.effective_chat.type == ChatType.PRIVATE:
+        with contextlib.suppress(TelegramError):
+            await context.bot.send_message(update.effective_chat.id, "Something went wrong on my side. Please try again.")
+
+
+async def announce_commands(application: Application) -> None:
+    """Register the command list Telegram shows in its menu (setMyCommands)."""
+    await application.bot.set_my_commands([BotCommand(name, about) for name, about in COMMANDS])
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The secret Telegram must send with every webhook request; a fresh random one if none is set."""
+    if settings.telegram_webhook_secret is None:
+        return secrets.token_urlsafe(32)
+    secret = settings.telegram_webhook_secret.get_secret_value()
+    if not _SECRET.match(secret):
+        raise TelegramStartError("PERSONAE_TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -.")
+    return secret
+
+
+@contextlib.asynccontextmanager
+async def serving(application: Application, settings: Settings, tuning: Tuning | None = None) -> AsyncIterator[Application]:
+    """Log in, start taking updates (webhook if configured, else long polling), and stop cleanly on exit."""
+    tuning = tuning or Tuning()
+    token = settings.telegram_token.get_secret_value() if settings.telegram_token else ""
+    secret = webhook_secret(settings) if settings.telegram_webhook_url else None
+    try:
+        await application.initialize()
+    except InvalidToken:
+        # PTB's own message quotes the token: never let it reach a log.
+        await application.bot.shutdown()
+        raise TelegramStartError(
+            "PERSONAE_TELEGRAM_TOKEN is set but Telegram rejected it (401 Unauthorized): "
+            "check the token with @BotFather."
+        ) from None
+    except TelegramError as exc:
+        await application.bot.shutdown()
+        reason = exc.message.replace(token, "<token>") if token else exc.message
+        raise TelegramStartError(
+            f"Telegram could not be reached at {settings.telegram_api_base} ({reason})."
+        ) from None
+    try:
+        await announce_commands(application)
+        await application.start()
+        try:
+            assert application.updater is not None
+            if settings.telegram_webhook_url:
+                url = settings.telegram_webhook_url
+                await application.updater.start_webhook(
+                    listen=settings.telegram_webhook_listen,
+                    port=settings.telegram_webhook_port,
+                    url_path=urlsplit(url).path.lstrip("/"),
+                    webhook_url=url,
+                    secret_token=secret,
+                    allowed_updates=ALLOWED_UPDATES,
+                )
+                log.info("Telegram bot @%s is taking updates by webhook at %s", application.bot.username, url)
+            else:
+                await application.updater.start_polling(timeout=tuning.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+                log.info("Telegram bot @%s is taking updates by long polling", application.bot.username)
+            yield application
+        finally:
+            if application.updater is not None and application.updater.running:
+                await application.updater.stop()
+            if application.running:
+                await application.stop()
+    finally:
+        await application.shutdown()
+
+
+async def run_telegram(app: App, tuning: Tuning | None = None) -> None:
+    """Run the Telegram bot until cancelled; raises TelegramStartError (one plain line) if it cannot start."""
+    tuning = tuning or Tuning()
+    application = build_application(app, tuning)
+    async with serving(application, app.settings, tuning):
+        await asyncio.Event().wait()

@@ -1,0 +1,346 @@
+"""The bot's update handlers: each turns one kind of update into a call on the engine or the command layer.
+
+Handlers resolve who is asking (``Actor``: group admin via ``getChatMember``, owner via settings)
+and where (``Place``); every permission decision is then made by ``core.commands``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update
+from telegram.constants import ChatType
+from telegram.error import BadRequest, TelegramError
+from telegram.ext import ContextTypes
+
+from bots.compose import App
+from bots.telegram.admins import ChatAdmins
+from bots.telegram.arguments import HELP, after_command, parse_bind, parse_edit, parse_fields, split_word
+from bots.telegram.replies import Replies, parse_regenerate_data, prepend
+from core.cards import MAX_CARD_JSON_BYTES
+from core.commands import Actor, Outcome, Place
+from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
+from core.errors import InvalidInput
+from core.events import ChatEvent, Platform
+
+log = logging.getLogger(__name__)
+
+Context = ContextTypes.DEFAULT_TYPE
+PLATFORM = Platform.TELEGRAM.value
+USE = "use"
+FORGET = "forget"
+MAX_BUTTONS = 30
+PICK_FIRST = "Pick a character first: tap one below, or type /use NAME."
+
+
+class Handlers:
+    """Handlers for one bot; they share the engine, the reply renderer and the admin cache."""
+
+    def __init__(self, app: App, replies: Replies, *, admin_ttl: float = 60.0, max_card_bytes: int = MAX_CARD_JSON_BYTES) -> None:
+        self.app = app
+        self.commands = app.commands
+        self.replies = replies
+        self.admins = ChatAdmins(admin_ttl)
+        self.max_card_bytes = max_card_bytes
+
+    # -- who and where ---------------------------------------------------------------------
+
+    @staticmethod
+    def place(update: Update) -> Place:
+        chat = update.effective_chat
+        assert chat is not None
+        return Place(PLATFORM, str(chat.id), str(chat.id), private=chat.type == ChatType.PRIVATE)
+
+    async def actor(self, update: Update, context: Context, *, check_admin: bool = False) -> Actor:
+        """Who is asking; with ``check_admin`` in a group, whether they administer it."""
+        user, chat, message = update.effective_user, update.effective_chat, update.effective_message
+        assert user is not None and chat is not None
+        owner = self.app.is_owner(PLATFORM, str(user.id))
+        admin = False
+        if chat.type != ChatType.PRIVATE:
+            if message is not None and message.sender_chat is not None and message.sender_chat.id == chat.id:
+                admin = True  # an anonymous admin writing as the group itself
+            elif check_admin and not owner:
+                admin = await self.admins.is_admin(context.bot, chat.id, user.id)
+        return Actor(PLATFORM, str(user.id), user.full_name, is_admin=admin, is_owner=owner)
+
+    # -- conversation ----------------------------------------------------------------------
+
+    async def on_message(self, update: Update, context: Context) -> None:
+        """A text message: the bound (or chosen) character may answer it."""
+        message = update.effective_message
+        if message is None or message.from_user is None or not message.text:
+            return
+        private = message.chat.type == ChatType.PRIVATE
+        event = ChatEvent(
+            platform=Platform.TELEGRAM,
+            chat_id=str(message.chat.id),
+            channel_id=str(message.chat.id),
+            user_id=str(message.from_user.id),
+            display_name=message.from_user.full_name,
+            message_id=str(message.message_id),
+            text=_strip_mentions(message, context.bot.username),
+            private=private,
+            addressed=private or self._addresses_bot(message, context),
+        )
+        reply = self.app.engine.handle(event)
+        await self.replies.answer(
+            reply,
+            message.chat.id,
+            message.chat.type,
+            reply_to=None if private else message.message_id,
+            thread_id=message.message_thread_id if message.is_topic_message else None,
+        )
+        if reply.status is ReplyStatus.NO_CHARACTER:
+            await self._offer_characters(update, context, PICK_FIRST)
+
+    @staticmethod
+    def _addresses_bot(message: Message, context: Context) -> bool:
+        bot = context.bot
+        replied = message.reply_to_message
+        if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
+            if not replied.forum_topic_created:  # in forums every message "replies" to the topic's start
+                return True
+        username = (bot.username or "").lower()
+        for entity, text in message.parse_entities([MessageEntity.MENTION, MessageEntity.TEXT_MENTION]).items():
+            if entity.type == MessageEntity.MENTION and text[1:].lower() == username:
+                return True
+            if entity.type == MessageEntity.TEXT_MENTION and entity.user is not None and entity.user.id == bot.id:
+                return True
+        return False
+
+    # -- buttons ---------------------------------------------------------------------------
+
+    async def on_use_button(self, update: Update, context: Context) -> None:
+        """A character button (``use:<id>``): pick that character in this private chat."""
+        query = update.callback_query
+        assert query is not None and query.data is not None
+        try:
+            character = await self.app.engine.hot.character(int(query.data.split(":", 1)[1]))
+        except ValueError:
+            character = None
+        if character is None or query.message is None:
+            await query.answer("That character is no longer here.", show_alert=True)
+            return
+        outcome = await self.commands.use(await self.actor(update, context), self.place(update), character.name)
+        await query.answer(outcome.message[:200] if not outcome.ok else f"Now talking to {character.name}.")
+        await context.bot.send_message(query.message.chat.id, outcome.message)
+
+    async def on_regenerate_button(self, update: Update, context: Context) -> None:
+        """The regenerate button: only the reply's author may press it; the new reply replaces the old."""
+        query = update.callback_query
+        assert query is not None and query.data is not None and query.from_user is not None
+        if query.message is None:
+            await query.answer()
+            return
+        chat = query.message.chat
+        parsed = parse_regenerate_data(query.data, chat.id)
+        if parsed is None:
+            await query.answer("This button no longer works.", show_alert=True)
+            return
+        reply_id, conversation = parsed
+        if str(query.from_user.id) != conversation.user_id:
+            await query.answer("Only the person this reply answered can regenerate it.", show_alert=True)
+            return
+        reply = self.app.engine.regenerate(conversation, query.from_user.full_name, reply_id)
+        deltas = aiter(reply)
+        first = await anext(deltas, None)
+        # Answered once the outcome is known; a slow model may make the query too old to answer.
+        with contextlib.suppress(BadRequest):
+            if first is None or first == NOTICE_UNAVAILABLE:
+                async for _ in deltas:
+                    pass
+                if reply.status is ReplyStatus.NOT_FOUND:
+                    await query.answer("Only the newest reply can be regenerated.", show_alert=True)
+                else:
+                    await query.answer(NOTICE_UNAVAILABLE[:200], show_alert=True)
+                return
+            await query.answer()
+        await self.replies.replace(
+            reply, prepend(first, deltas), chat.id, chat.type, reply_message_id=reply_id, shown_in=query.message.message_id
+        )
+
+    async def on_forget_button(self, update: Update, context: Context) -> None:
+        """The confirmation of /forget (``forget:<user id>``): only that person may press it."""
+        query = update.callback_query
+        assert query is not None and query.data is not None and query.from_user is not None
+        if query.data != f"{FORGET}:{query.from_user.id}":
+            await query.answer("This button is for someone else.", show_alert=True)
+            return
+        outcome = await self.commands.forget(await self.actor(update, context))
+        await query.answer()
+        if query.message is not None:
+            try:
+                await query.edit_message_text(outcome.message)
+            except TelegramError:
+                await context.bot.send_message(query.message.chat.id, outcome.message)
+
+    # -- commands everyone uses ------------------------------------------------------------
+
+    async def on_start(self, update: Update, context: Context) -> None:
+        """/start: a greeting and, in a private chat, the characters to pick from."""
+        message = update.effective_message
+        assert message is not None
+        if message.chat.type != ChatType.PRIVATE:
+            await self._say(update, HELP)
+            return
+        await self._offer_characters(update, context, "Hello! I play characters. Pick one to talk to (/help lists everything I can do):")
+
+    async def on_help(self, update: Update, context: Context) -> None:
+        await self._say(update, HELP)
+
+    async def on_characters(self, update: Update, context: Context) -> None:
+        """/characters: the list (buttons to pick one in a private chat)."""
+        message = update.effective_message
+        assert message is not None
+        if message.chat.type == ChatType.PRIVATE:
+            await self._offer_characters(update, context, "Pick a character:")
+        else:
+            await self._say(update, (await self.commands.list_characters(await self.actor(update, context, check_admin=True))).message)
+
+    async def on_use(self, update: Update, context: Context) -> None:
+        name = after_command(_text(update))
+        if not name:
+            await self._say(update, "Say which character: /use NAME (see /characters).")
+            return
+        await self._say(update, await self.commands.use(await self.actor(update, context), self.place(update), name))
+
+    async def on_mood(self, update: Update, context: Context) -> None:
+        await self._say(update, await self.commands.mood(await self.actor(update, context), self.place(update)))
+
+    async def on_reset(self, update: Update, context: Context) -> None:
+        await self._say(update, await self.commands.reset(await self.actor(update, context), self.place(update)))
+
+    async def on_forget(self, update: Update, context: Context) -> None:
+        """/forget asks for a confirmation first: it cannot be undone."""
+        user, message = update.effective_user, update.effective_message
+        assert user is not None and message is not None
+        button = InlineKeyboardButton("Yes, delete everything about me", callback_data=f"{FORGET}:{user.id}")
+        await message.reply_text(
+            "This deletes your conversations and every character's feelings about you, here and everywhere on Telegram. Sure?",
+            reply_markup=InlineKeyboardMarkup([[button]]),
+        )
+
+    # -- admin commands --------------------------------------------------------------------
+
+    async def on_bind(self, update: Update, context: Context) -> None:
+        name, trigger = parse_bind(after_command(_text(update)))
+        if not name:
+            await self._say(update, "Say which character: /bind NAME [mention|all].")
+            return
+        actor = await self.actor(update, context, check_admin=True)
+        await self._say(update, await self.commands.bind(actor, self.place(update), name, trigger))
+
+    async def on_unbind(self, update: Update, context: Context) -> None:
+        actor = await self.actor(update, context, check_admin=True)
+        await self._say(update, await self.commands.unbind(actor, self.place(update)))
+
+    async def on_scene(self, update: Update, context: Context) -> None:
+        actor = await self.actor(update, context, check_admin=True)
+        await self._say(update, await self.commands.set_scene(actor, self.place(update), after_command(_text(update))))
+
+    async def on_character(self, update: Update, context: Context) -> None:
+        """/character create|import|edit|list|show|delete ..."""
+        sub, rest = split_word(after_command(_text(update)))
+        actor = await self.actor(update, context, check_admin=True)
+        place = self.place(update)
+        try:
+            if sub == "create":
+                outcome = await self.commands.create_character(actor, place, parse_fields(rest))
+            elif sub == "edit":
+                name, changes = parse_edit(rest)
+                outcome = await self.commands.edit_character(actor, place, name, changes)
+            elif sub == "list":
+                outcome = await self.commands.list_characters(actor)
+            elif sub == "show":
+                outcome = await self.commands.show_character(actor, rest)
+            elif sub == "delete":
+                outcome = await self.commands.delete_character(actor, place, rest)
+            elif sub == "import":
+                outcome = await self._import(update, context, actor, place, rest)
+            else:
+                outcome = Outcome(False, "Use /character create, import, edit, list, show or delete (see /help).")
+        except InvalidInput as exc:
+            outcome = Outcome(False, f"{str(exc)[:1].upper()}{str(exc)[1:]}. See /help for the syntax.")
+        await self._say(update, outcome)
+
+    async def on_card_document(self, update: Update, context: Context) -> None:
+        """A JSON card sent as a file with the caption ``/character import``."""
+        message = update.effective_message
+        addressee = re.match(r"/character@(\w+)", (message.caption or "") if message else "")
+        if addressee and addressee.group(1).lower() != (context.bot.username or "").lower():
+            return  # a card for another bot in the same group
+        actor = await self.actor(update, context, check_admin=True)
+        await self._say(update, await self._import(update, context, actor, self.place(update), ""))
+
+    async def _import(self, update: Update, context: Context, actor: Actor, place: Place, inline: str) -> Outcome:
+        message = update.effective_message
+        assert message is not None
+        document = message.document or (message.reply_to_message.document if message.reply_to_message else None)
+        if document is None:
+            if inline.startswith("{"):
+                return await self.commands.import_character(actor, place, inline)
+            return Outcome(False, "Send the card as a JSON file with the caption /character import, or reply to one with it.")
+        limit = self.max_card_bytes
+        if document.file_size is not None and document.file_size > limit:
+            return Outcome(False, f"That file is {document.file_size:,} bytes; a card may be at most {limit:,}.")
+        try:
+            file = await context.bot.get_file(document.file_id)
+            if file.file_size is not None and file.file_size > limit:
+                return Outcome(False, f"That file is {file.file_size:,} bytes; a card may be at most {limit:,}.")
+            raw = bytes(await file.download_as_bytearray())
+        except TelegramError as exc:
+            log.warning("could not download a card file: %s", exc)
+            return Outcome(False, "I could not download that file from Telegram. Please try again.")
+        if len(raw) > limit:
+            return Outcome(False, f"That file is {len(raw):,} bytes; a card may be at most {limit:,}.")
+        return await self.commands.import_character(actor, place, raw)
+
+    async def on_unknown_command(self, update: Update, context: Context) -> None:
+        await self._say(update, "I do not know that command. /help lists what I can do.")
+
+    # -- output ----------------------------------------------------------------------------
+
+    async def _say(self, update: Update, what: Outcome | str) -> None:
+        message = update.effective_message
+        if message is None:
+            return
+        text = what if isinstance(what, str) else what.message
+        await message.reply_text(text[:4096], do_quote=message.chat.type != ChatType.PRIVATE)
+
+    async def _offer_characters(self, update: Update, context: Context, intro: str) -> None:
+        message = update.effective_message
+        assert message is not None
+        characters = (await self.commands.list_characters(await self.actor(update, context))).characters
+        if not characters:
+            await message.reply_text(f"{intro}\nThere are no characters yet.")
+            return
+        rows = [[InlineKeyboardButton(c.name, callback_data=f"{USE}:{c.id}")] for c in characters[:MAX_BUTTONS]]
+        more = f"\n({len(characters) - MAX_BUTTONS} more: /use NAME)" if len(characters) > MAX_BUTTONS else ""
+        await message.reply_text(intro + more, reply_markup=InlineKeyboardMarkup(rows))
+
+
+def _text(update: Update) -> str:
+    message = update.effective_message
+    return (message.text or message.caption or "") if message else ""
+
+
+def _strip_mentions(message: Message, username: str | None) -> str:
+    """The message text without @-mentions of this bot (the rest is what the person said)."""
+    text = message.text or ""
+    if not username:
+        return text
+    spans = [
+        (entity.offset, entity.length)
+        for entity, mention in message.parse_entities([MessageEntity.MENTION]).items()
+        if mention[1:].lower() == username.lower()
+    ]
+    if not spans:
+        return text
+    # Entity offsets count UTF-16 code units; cut in that space so emoji before a mention are safe.
+    units = text.encode("utf-16-le")
+    for offset, length in sorted(spans, reverse=True):
+        units = units[: offset * 2] + units[(offset + length) * 2 :]
+    return units.decode("utf-16-le").strip()

@@ -1,0 +1,94 @@
+"""How updates are taken in: many chats at once, one person's updates in a chat in order, redeliveries dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any, Awaitable, Generic, Hashable, TypeVar
+
+from telegram import Update
+from telegram.ext import BaseUpdateProcessor
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Recent(Generic[K, V]):
+    """A bounded mapping that forgets its oldest entries first (in-process memory of recent things)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def first_time(self, key: K) -> bool:
+        """Remember ``key``; True if it was not remembered already."""
+        if key in self._items:
+            return False
+        self.put(key, None)  # type: ignore[arg-type]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def order_key(update: object) -> tuple[int, int] | None:
+    """Updates with the same key are handled one after another: the same person in the same chat."""
+    if not isinstance(update, Update):
+        return None
+    chat, user = update.effective_chat, update.effective_user
+    if chat is None and user is None:
+        return None
+    return (chat.id if chat else 0, user.id if user else 0)
+
+
+class OrderedUpdates(BaseUpdateProcessor):
+    """Runs updates concurrently, except that one person's updates in one chat keep their order.
+
+    Also drops an update whose ``update_id`` was seen recently: Telegram redelivers webhook updates
+    it thinks failed, and a restarted poller may fetch the last batch again. The Engine drops
+    redelivered messages too; this catches commands and button presses as well.
+    """
+
+    def __init__(self, max_concurrent_updates: int = 256, remember: int = 10_000) -> None:
+        super().__init__(max_concurrent_updates)
+        self.seen: Recent[int, None] = Recent(remember)
+        self._queues: dict[tuple[int, int], tuple[asyncio.Lock, list[int]]] = {}
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        if isinstance(update, Update) and not self.seen.first_time(update.update_id):
+            log.info("dropped update %s: already handled", update.update_id)
+            close = getattr(coroutine, "close", None)
+            if close is not None:
+                close()
+            return
+        key = order_key(update)
+        if key is None:
+            await coroutine
+            return
+        lock, users = self._queues.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:  # asyncio.Lock wakes waiters in arrival order
+                await coroutine
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._queues[key]
+
+    async def initialize(self) -> None:
+        """Nothing to set up."""
+
+    async def shutdown(self) -> None:
+        """Nothing to release."""

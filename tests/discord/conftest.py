@@ -1,0 +1,166 @@
+"""The real discord.py client against the fake Discord, with the TGI-protocol fake as the model.
+
+The adapter does not depend on the storage backend (storage and engine tests cover every backend),
+so these tests run on SQLite and the in-process cache only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import discord
+import pytest
+
+from bots.compose import App, wire
+from bots.discord import PersonaeClient, run_discord
+from bots.llm.client import ModelClient
+from bots.settings import Settings
+from core.cards import new_card
+from core.commands import Actor, Place
+from core.engine import Reply
+from core.events import Platform
+from tests.discord.fake_discord import GUILD_ID, OWNER, TOKEN, FakeDiscord
+from tests.tgi_server import TGIServer
+
+CHARACTER = "Hamlet"
+
+
+@pytest.fixture
+def database_backend(sqlite_store):
+    """Overrides the shared fixture: SQLite only here."""
+    return sqlite_store
+
+
+@pytest.fixture
+def cache_backend() -> None:
+    """Overrides the shared fixture: the in-process cache only here."""
+    return None
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord() as server:
+        yield server
+
+
+@pytest.fixture
+async def tgi() -> AsyncIterator[TGIServer]:
+    async with TGIServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def restore_discord_endpoints() -> Any:
+    """``run_discord`` points discord.py's class attributes at the fake; put Discord's back afterwards."""
+    base, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    yield
+    discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = base, gateway
+
+
+def discord_settings(fake: FakeDiscord, tgi: TGIServer, **overrides: Any) -> Settings:
+    fields: dict[str, Any] = dict(
+        _env_file=None,
+        discord_token=TOKEN,
+        discord_api_base=fake.api_base,
+        discord_gateway_url=fake.gateway_url,
+        discord_admin_role="Game Master",
+        discord_sync="guild",
+        discord_guild_ids=[str(GUILD_ID)],
+        owner_ids=[str(OWNER)],
+        llm_url=tgi.base_url,
+        llm_retries=1,
+        llm_timeout_s=5.0,
+        turn_deadline_s=20.0,
+        rate_limit_messages=1000,
+    )
+    fields.update(overrides)
+    return Settings(**fields)
+
+
+def build_app(store: Any, cache: Any, settings: Settings) -> App:
+    assert settings.llm_url is not None
+    model = ModelClient(settings.llm_url, timeout_s=settings.llm_timeout_s, concurrency=8, retries=settings.llm_retries, retry_base_s=0.01)
+    return wire(settings, store, cache, model)
+
+
+@dataclass
+class Bot:
+    """A running PersonaeClient connected to the fake, with helpers that wait for the bot to finish."""
+
+    app: App
+    client: PersonaeClient
+    fake: FakeDiscord
+    tgi: TGIServer
+
+    async def say(self, channel: int, author: int, content: str, **kw: Any) -> tuple[dict[str, Any], Reply | None]:
+        """Post a message and wait until the bot has handled it; returns the payload and the Engine's reply."""
+        payload = self.fake.message_payload(channel, author, content, **kw)
+        return payload, await self.deliver(payload)
+
+    async def deliver(self, payload: dict[str, Any]) -> Reply | None:
+        """Dispatch a MESSAGE_CREATE (again, for a redelivery) and wait for the bot's turn to finish."""
+        self.fake.messages.setdefault(int(payload["id"]), payload)
+        done = self.client.wait_for("turn_finished", check=lambda m, _: m.id == int(payload["id"]), timeout=30)
+        await self.fake.dispatch("MESSAGE_CREATE", payload)
+        _, reply = await done
+        return reply
+
+    async def bind(self, channel: int, *, trigger: str = "all", character: str = CHARACTER) -> None:
+        await bind(self.app, channel, trigger=trigger, character=character)
+
+
+async def start_bot(app: App, fake: FakeDiscord, tgi: TGIServer) -> tuple[Bot, asyncio.Task[None]]:
+    client = PersonaeClient(app, guild_ready_timeout=0.1)
+    task = asyncio.create_task(run_discord(app, client=client))
+    await fake.wait_for(lambda: client.is_ready() or task.done(), timeout=10, what="the client to be ready")
+    if task.done():
+        task.result()
+    return Bot(app, client, fake, tgi), task
+
+
+async def stop_bot(app: App, task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await app.engine.drain()
+    await app.model.close()
+
+
+async def add_character(store: Any) -> None:
+    await store.characters.add(
+        new_card(
+            name=CHARACTER,
+            world="8th Century Danish Royalty",
+            traits=["extreme", "strong", "decisive"],
+            mbti="ENFJ",
+            style=["indecisive", "decisive", "sentimental"],
+            scene="Elsinore at night.",
+            greeting="Who's there?",
+        )
+    )
+
+
+async def bind(app: App, channel: int, *, trigger: str = "all", character: str = CHARACTER) -> None:
+    """Bind through the command layer, as an admin (the /bind command itself is tested separately)."""
+    admin = Actor(Platform.DISCORD, "setup", "Setup", is_admin=True)
+    outcome = await app.commands.bind(admin, Place(Platform.DISCORD, str(GUILD_ID), str(channel)), character, trigger)
+    assert outcome.ok, outcome.message
+
+
+@pytest.fixture
+async def bot(store: Any, cache: Any, fake: FakeDiscord, tgi: TGIServer) -> AsyncIterator[Bot]:
+    app = build_app(store, cache, discord_settings(fake, tgi))
+    await add_character(store)
+    running, task = await start_bot(app, fake, tgi)
+    yield running
+    await stop_bot(app, task)
+
+
+@pytest.fixture
+def discord_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog

@@ -1,0 +1,221 @@
+"""Messages in channels, threads and DMs, answered with streamed replies by the real discord.py client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bots.discord.chat import ATTACHMENT_NOTE
+from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
+from tests.discord.fake_discord import ALICE, BOB, BOT_ID, DM, LOBBY, OTHER_BOT, OWNER, ROLEPLAY, TAVERN, THREAD
+
+LINE = "Speak, for the night is long and the ghosts of Elsinore are restless tonight, my friend."
+
+
+def content_edits(fake, channel: int) -> list:
+    return [c for c in fake.edits(channel) if "content" in c.body]
+
+
+async def test_a_message_in_a_bound_channel_gets_a_streamed_reply_to_it(bot):
+    await bot.bind(ROLEPLAY)
+    bot.tgi.script(reply=LINE, token_delay=0.12)  # about 2 s of streaming: a send, then edits
+
+    payload, reply = await bot.say(ROLEPLAY, ALICE, "Who goes there?")
+
+    assert reply is not None and reply.status is ReplyStatus.ANSWERED
+    posts = bot.fake.posted(ROLEPLAY)
+    assert len(posts) == 1
+    first = posts[0].body
+    assert first["message_reference"]["message_id"] == int(payload["id"])
+    assert first["allowed_mentions"]["parse"] == []
+    assert LINE.startswith(first["content"]) and first["content"] != LINE  # the first text, not the whole
+    edits = content_edits(bot.fake, ROLEPLAY)
+    assert edits, "the reply should grow by edits"
+    assert all(e.body["allowed_mentions"]["parse"] == [] for e in edits)
+    assert edits[-1].body["content"] == LINE
+    (shown,) = bot.fake.bot_messages(ROLEPLAY)
+    assert shown["content"] == LINE
+    typing = bot.fake.requests("POST", f"/channels/{ROLEPLAY}/typing")
+    assert typing and typing[0].at <= posts[0].at
+
+
+async def test_the_person_is_not_pinged_and_the_model_cannot_ping_anyone(bot):
+    await bot.bind(ROLEPLAY)
+    bot.tgi.script(reply="@everyone look, <@900000000000000102> is here!")
+
+    await bot.say(ROLEPLAY, ALICE, "Call everyone")
+
+    (post,) = bot.fake.posted(ROLEPLAY)
+    assert post.body["allowed_mentions"] == {"parse": []}
+
+
+async def test_an_unbound_channel_gets_nothing(bot):
+    _, reply = await bot.say(LOBBY, ALICE, "Is anyone here?")
+
+    assert reply is not None and reply.status is ReplyStatus.IGNORED
+    assert bot.fake.requests(path=rf"/channels/{LOBBY}/.*") == []
+    assert bot.tgi.count("/v1/chat/completions") == 0
+
+
+async def test_mention_mode_answers_mentions_and_replies_only(bot):
+    await bot.bind(TAVERN, trigger="mention")
+
+    _, ignored = await bot.say(TAVERN, ALICE, "Just talking among ourselves.")
+    assert ignored is not None and ignored.status is ReplyStatus.IGNORED
+    assert bot.fake.posted(TAVERN) == []
+
+    _, mentioned = await bot.say(TAVERN, ALICE, f"<@{BOT_ID}> what news?", mentions=[BOT_ID])
+    assert mentioned is not None and mentioned.status is ReplyStatus.ANSWERED
+    assert len(bot.fake.posted(TAVERN)) == 1
+    assert bot.tgi.bodies()[-1]["messages"][-1]["content"] == "what news?"  # the mention itself is not sent
+
+    (bot_message,) = bot.fake.bot_messages(TAVERN)
+    _, replied = await bot.say(TAVERN, BOB, "And what then?", reply_to=int(bot_message["id"]))
+    assert replied is not None and replied.status is ReplyStatus.ANSWERED
+    assert len(bot.fake.posted(TAVERN)) == 2
+
+
+async def test_messages_from_bots_are_ignored(bot):
+    await bot.bind(ROLEPLAY)
+
+    _, from_bot = await bot.say(ROLEPLAY, OTHER_BOT, "beep boop")
+    _, from_itself = await bot.say(ROLEPLAY, BOT_ID, "an echo of myself")
+
+    assert from_bot is None and from_itself is None
+    assert bot.fake.posted(ROLEPLAY) == []
+
+
+async def test_system_and_empty_messages_are_ignored(bot):
+    await bot.bind(ROLEPLAY)
+
+    _, pinned = await bot.say(ROLEPLAY, ALICE, "", type=6)  # "pinned a message"
+    _, empty = await bot.say(ROLEPLAY, ALICE, "   ")
+
+    assert pinned is None and empty is None
+    assert bot.fake.posted(ROLEPLAY) == []
+
+
+async def test_a_thread_inherits_its_parents_binding(bot):
+    await bot.bind(ROLEPLAY)
+
+    _, reply = await bot.say(THREAD, ALICE, "Let us talk apart from the others.")
+
+    assert reply is not None and reply.status is ReplyStatus.ANSWERED
+    assert len(bot.fake.posted(THREAD)) == 1
+    assert bot.fake.posted(ROLEPLAY) == []
+    assert reply.conversation is not None and reply.conversation.channel_id == str(THREAD)
+
+
+async def test_a_dm_without_a_character_gets_a_hint_and_after_use_a_reply(bot):
+    _, before = await bot.say(DM, ALICE, "Hello?")
+    assert before is not None and before.status is ReplyStatus.NO_CHARACTER
+    (hint,) = bot.fake.posted(DM)
+    assert "/use" in hint.body["content"] and "Hamlet" in hint.body["content"]
+
+    chosen = await bot.fake.slash("use", {"character": "hamlet"}, channel=DM)
+    assert "You are now talking to Hamlet" in await bot.fake.answer_to(chosen)
+
+    _, after = await bot.say(DM, ALICE, "Good evening, my lord.")
+    assert after is not None and after.status is ReplyStatus.ANSWERED
+    assert bot.fake.posted(DM)[-1].body["content"] == bot.tgi.reply
+
+
+async def test_a_long_reply_continues_in_new_messages_of_at_most_2000_characters(bot):
+    await bot.bind(ROLEPLAY)
+    sentence = "The time is out of joint; O cursed spite, that ever I was born to set it right. "
+    text = (sentence * 70)[:5000].strip()
+    bot.tgi.script(reply=text, chunks=40)
+
+    payload, reply = await bot.say(ROLEPLAY, ALICE, "Tell me everything.")
+
+    assert reply is not None and reply.status is ReplyStatus.ANSWERED
+    messages = bot.fake.bot_messages(ROLEPLAY)
+    assert len(messages) == 3
+    assert all(len(m["content"]) <= 2000 for m in messages)
+    assert " ".join(m["content"] for m in messages).split() == text.split()
+    posts = bot.fake.posted(ROLEPLAY)
+    assert posts[0].body["message_reference"]["message_id"] == int(payload["id"])
+    assert all("message_reference" not in p.body for p in posts[1:])
+    assert [bool(m["components"]) for m in messages] == [False, False, True]  # the button under the last
+
+
+async def test_edits_never_exceed_five_per_five_seconds_in_a_channel(bot):
+    await bot.bind(ROLEPLAY)
+    bot.tgi.script(reply=LINE, token_delay=0.12)  # each reply streams for about 2 s
+
+    await asyncio.gather(
+        bot.say(ROLEPLAY, ALICE, "First question"),
+        bot.say(ROLEPLAY, BOB, "Second question"),
+        bot.say(ROLEPLAY, OWNER, "Third question"),
+    )
+
+    writes = sorted(c.at for c in bot.fake.calls if c.method in ("POST", "PATCH") and c.path.startswith(f"/channels/{ROLEPLAY}/messages"))
+    assert len(writes) > 5  # enough traffic that the budget had to hold some back
+    # The budget is kept when a request is sent; arrival adds a little network jitter.
+    for i, start in enumerate(writes):
+        in_window = [t for t in writes[i:] if t < start + 5.0 - 0.05]
+        assert len(in_window) <= 5, f"{len(in_window)} writes within 5 s starting at write {i}"
+    assert sorted(m["content"] for m in bot.fake.bot_messages(ROLEPLAY)) == [LINE] * 3
+
+
+async def test_the_same_message_delivered_twice_is_answered_once(bot):
+    await bot.bind(ROLEPLAY)
+
+    payload, first = await bot.say(ROLEPLAY, ALICE, "Once, only once.")
+    again = await bot.deliver(payload)
+
+    assert first is not None and first.status is ReplyStatus.ANSWERED
+    assert again is not None and again.status is ReplyStatus.DUPLICATE
+    assert len(bot.fake.posted(ROLEPLAY)) == 1
+
+
+async def test_a_rate_limited_edit_is_retried_and_the_whole_reply_arrives(bot):
+    await bot.bind(ROLEPLAY)
+    bot.tgi.script(reply=LINE, token_delay=0.08)
+    bot.fake.fail("PATCH", rf"/channels/{ROLEPLAY}/messages/\d+", retry_after=0.3)
+
+    await bot.say(ROLEPLAY, ALICE, "Slowly now.")
+
+    assert bot.fake.faults[0].times == 0, "the 429 was served"
+    (shown,) = bot.fake.bot_messages(ROLEPLAY)
+    assert shown["content"] == LINE
+
+
+async def test_the_model_server_down_gives_a_short_notice(bot):
+    await bot.bind(ROLEPLAY)
+    bot.tgi.fail("503", times=10)
+
+    _, reply = await bot.say(ROLEPLAY, ALICE, "Are you there?")
+
+    assert reply is not None and reply.status is ReplyStatus.FAILED
+    (shown,) = bot.fake.bot_messages(ROLEPLAY)
+    assert shown["content"] == NOTICE_UNAVAILABLE
+    assert shown["components"] == []  # nothing stored, nothing to regenerate
+    assert bot.client.is_ready() and not bot.client.is_closed()
+
+
+async def test_attachments_are_not_read_and_the_reply_says_so_once(bot):
+    await bot.bind(ROLEPLAY)
+    picture = {"id": "1", "filename": "map.png", "size": 10, "url": bot.fake.add_file("map.png", b"x"), "proxy_url": "x"}
+
+    await bot.say(ROLEPLAY, ALICE, "Look at this map.", attachments=[picture])
+    await bot.say(ROLEPLAY, ALICE, "And this one.", attachments=[picture])
+
+    first, second = sorted(bot.fake.bot_messages(ROLEPLAY), key=lambda m: int(m["id"]))
+    assert first["content"] == bot.tgi.reply + ATTACHMENT_NOTE
+    assert second["content"] == bot.tgi.reply
+    assert bot.fake.downloads == []
+
+
+async def test_a_failing_handler_is_logged_and_the_client_keeps_running(bot, discord_logs, monkeypatch):
+    await bot.bind(ROLEPLAY)
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("the database fell over")
+
+    monkeypatch.setattr(bot.app.engine, "binding_for", broken)
+    _, reply = await bot.say(ROLEPLAY, ALICE, "Hello?")
+    monkeypatch.undo()
+    _, after = await bot.say(ROLEPLAY, ALICE, "Hello again?")
+
+    assert "failed to answer message" in discord_logs.text
+    assert after is not None and after.status is ReplyStatus.ANSWERED

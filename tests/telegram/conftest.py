@@ -1,0 +1,116 @@
+"""The real python-telegram-bot against a fake Bot API, with real storage and the TGI-protocol model fake."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import pytest
+from telegram.ext import Application
+
+from bots.compose import App, model_client, wire
+from bots.settings import Settings
+from bots.telegram import Tuning, build_application, serving
+from core.character import Character
+from core.commands import Actor, Place
+from tests.telegram.fake_telegram import FakeTelegram
+from tests.tgi_server import TGIServer
+
+OWNER_ID = 1
+# Telegram's pacing, shortened so that a streamed reply takes a fraction of a second.
+FAST = Tuning(edit_interval=0.2, draft_interval=0.2, poll_timeout=1, request_timeout=5.0)
+
+
+@pytest.fixture(params=["sqlite"])
+def database_backend(request: pytest.FixtureRequest):
+    """The adapter's tests run on SQLite; a test may ask for every backend with indirect parametrisation."""
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture(params=["memory"])
+def cache_backend(request: pytest.FixtureRequest) -> str | None:
+    """The in-process cache; a test may ask for Redis too with indirect parametrisation."""
+    return request.getfixturevalue("redis_prefix") if request.param == "redis" else None
+
+
+@pytest.fixture
+async def tgi() -> AsyncIterator[TGIServer]:
+    async with TGIServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as server:
+        yield server
+
+
+def make_settings(tg: FakeTelegram, model_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        database_url="sqlite+aiosqlite://",  # unused: the store fixture is passed in
+        llm_url=model_url,
+        llm_retries=0,
+        llm_timeout_s=5.0,
+        turn_deadline_s=10.0,
+        rate_limit_messages=1000,
+        telegram_token=tg.token,
+        telegram_api_base=tg.base_url,
+        telegram_file_base=tg.file_base_url,
+        owner_ids=[f"telegram:{OWNER_ID}"],
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class Harness:
+    """A running bot: the App behind it, the PTB Application, the fake Bot API and the fake model."""
+
+    app: App
+    application: Application
+    tg: FakeTelegram
+    tgi: TGIServer
+
+    async def idle(self, timeout: float = 10.0) -> None:
+        """Wait until every update sent so far has been fetched and handled."""
+        polling = self.app.settings.telegram_webhook_url is None
+        await self.tg.wait_for(lambda: self.tg.pending == 0 and (self.tg.holding or not polling), timeout, "the bot to fetch every update")
+        await asyncio.wait_for(self.application.update_queue.join(), timeout)
+        await self.app.engine.drain()
+
+    async def add_character(self, name: str = "Hamlet", *, public: bool = True, greeting: str = "") -> Character:
+        owner = Actor("telegram", str(OWNER_ID), "Owner", is_owner=True)
+        fields = dict(name=name, world="Elsinore", traits="brooding,witty", mbti="INFP", style="poetic", public=public, greeting=greeting)
+        outcome = await self.app.commands.create_character(owner, None, fields)
+        assert outcome.ok and outcome.character is not None, outcome.message
+        return outcome.character
+
+    async def bind(self, chat_id: int, name: str, trigger: str = "mention") -> None:
+        owner = Actor("telegram", str(OWNER_ID), "Owner", is_owner=True)
+        outcome = await self.app.commands.bind(owner, Place("telegram", str(chat_id), str(chat_id)), name, trigger)
+        assert outcome.ok, outcome.message
+
+
+@contextlib.asynccontextmanager
+async def running_bot(store, cache, tg: FakeTelegram, tgi: TGIServer, *, tuning: Tuning = FAST,
+                      model_url: str | None = None, **settings: Any) -> AsyncIterator[Harness]:
+    """Build the App with ``wire`` and serve the Telegram adapter until the block ends."""
+    config = make_settings(tg, model_url or tgi.base_url, **settings)
+    model = model_client(config, config.llm_url)  # type: ignore[arg-type]
+    app = wire(config, store, cache, model)
+    application = build_application(app, tuning)
+    try:
+        async with serving(application, config, tuning):
+            yield Harness(app, application, tg, tgi)
+    finally:
+        await app.engine.drain()
+        await model.close()
+
+
+@pytest.fixture
+async def bot(store, cache, tg: FakeTelegram, tgi: TGIServer) -> AsyncIterator[Harness]:
+    """The bot polling the fake Bot API, with the default settings of these tests."""
+    async with running_bot(store, cache, tg, tgi) as harness:
+        yield harness

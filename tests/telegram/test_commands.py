@@ -1,0 +1,100 @@
+"""Bot commands: characters managed by admins, a person's own mood, reset and forget, help."""
+
+from __future__ import annotations
+
+from bots.telegram.arguments import HELP
+from core.commands import ADMIN_ONLY, OWNER_ONLY_PRIVATE
+from tests.telegram.conftest import OWNER_ID, Harness
+
+GROUP = -100456
+
+
+async def test_a_group_admin_manages_characters(bot: Harness) -> None:
+    tg = bot.tg
+    group, ada = tg.group(GROUP), tg.user(51, "Ada")
+    tg.members[(GROUP, 51)] = "administrator"
+    script = [
+        ("/character create name=Ophelia; world=Denmark; traits=gentle,devoted; mbti=isfp; style=soft,hesitant; public=no",
+         "Created Ophelia."),
+        ("/character edit Ophelia mbti=INFP; greeting=My lord?", "Updated Ophelia."),
+        ("/character list", "Characters: Ophelia"),
+        ("/character show Ophelia", "Ophelia (private, en)\nWorld: Denmark\nTraits: gentle, devoted\nMBTI: INFP"),
+        ("/bind Ophelia all", "Ophelia now plays here and answers every message."),
+        ("/unbind", "The character has left this channel."),
+        ("/character delete Ophelia", "Deleted Ophelia and everything stored with it."),
+    ]
+    for command, expected in script:
+        tg.say(group, ada, command)
+        await bot.idle()
+        assert tg.texts(GROUP)[-1].startswith(expected), (command, tg.texts(GROUP)[-1])
+    assert await bot.app.store.characters.get_by_name("Ophelia") is None
+
+
+async def test_character_commands_explain_their_syntax(bot: Harness) -> None:
+    tg = bot.tg
+    owner = tg.user(OWNER_ID, "Olga")
+    chat = tg.private(owner)
+    for command, expected in [
+        ("/character create name=Ophelia; world Denmark", "Expected field=value"),
+        ("/character create name=Ophelia", "Missing world, traits, mbti, style."),
+        ("/character launch", "Use /character create, import, edit, list, show or delete"),
+        ("/character import", "Send the card as a JSON file"),
+    ]:
+        tg.say(chat, owner, command)
+        await bot.idle()
+        assert tg.texts(chat["id"])[-1].startswith(expected), (command, tg.texts(chat["id"])[-1])
+
+
+async def test_admin_commands_are_refused_to_others(bot: Harness) -> None:
+    tg = bot.tg
+    await bot.add_character("Hamlet")
+    await bot.bind(GROUP, "Hamlet")
+    group, mia = tg.group(GROUP), tg.user(52, "Mia")
+    for command in ("/unbind", "/scene A storm.", "/character delete Hamlet"):
+        tg.say(group, mia, command)
+    await bot.idle()
+    assert tg.texts(GROUP) == [ADMIN_ONLY] * 3
+    assert await bot.app.store.bindings.get("telegram", str(GROUP)) is not None
+    mia_private = tg.private(mia)
+    tg.say(mia_private, mia, "/character create name=X; world=Y; traits=a; mbti=INTJ; style=b")
+    await bot.idle()
+    assert tg.texts(mia_private["id"]) == [OWNER_ONLY_PRIVATE]
+
+
+async def test_mood_reset_and_forget(bot: Harness) -> None:
+    tg = bot.tg
+    await bot.add_character("Hamlet")
+    ann = tg.user(53, "Ann")
+    chat = tg.private(ann)
+    for text in ("/use Hamlet", "Hello.", "/mood", "/reset"):
+        tg.say(chat, ann, text)
+        await bot.idle()
+    texts = tg.texts(chat["id"])
+    assert texts[2].startswith("Hamlet toward Ann:\nhappiness:")
+    assert texts[3] == "Started over with Hamlet (2 messages forgotten)."
+
+    tg.say(chat, ann, "/forget")
+    await bot.idle()
+    confirm = tg.bot_messages(chat["id"])[-1]
+    (row,) = confirm["reply_markup"]["inline_keyboard"]
+    tg.press(tg.user(54, "Bob"), chat["id"], confirm["message_id"], row[0]["callback_data"])
+    await bot.idle()
+    assert tg.calls_of("answerCallbackQuery")[-1].params["show_alert"] is True
+    tg.press(ann, chat["id"], confirm["message_id"], row[0]["callback_data"])
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1].startswith("Deleted everything stored about you")
+
+
+async def test_help_and_unknown_commands(bot: Harness) -> None:
+    tg = bot.tg
+    ann = tg.user(55, "Ann")
+    chat = tg.private(ann)
+    tg.say(chat, ann, "/help")
+    tg.say(chat, ann, "/dance")
+    await bot.idle()
+    assert tg.texts(chat["id"]) == [HELP, "I do not know that command. /help lists what I can do."]
+    group = tg.group(GROUP)
+    tg.say(group, ann, "/dance")
+    tg.say(group, ann, "/help@some_other_bot")
+    await bot.idle()
+    assert tg.texts(GROUP) == [], "a group hears no complaints about other bots' commands"
