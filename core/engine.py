@@ -14,7 +14,7 @@ from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
 from core.hot import HotState, encode_history, encode_state, history_key, lock_key, state_key
 from core.locks import KeyedLocks
 from core.ports import Cache, ChatModel, StateUpdater, Store
-from core.prompt import build_messages, estimate_tokens, render_system_prompt
+from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
 from core.state import Binding, Exchange
 
 log = logging.getLogger(__name__)
@@ -219,14 +219,7 @@ class Engine:
                 emotion=state.emotion,
                 relationship=state.intimacy,
             )
-            user_tokens = await self.model.count_tokens(text)
-            messages = build_messages(
-                system,
-                [*HotState.turns(history)],
-                text,
-                budget=cfg.max_input_tokens - cfg.max_tokens,
-                count=estimate_tokens,
-            )
+            messages, user_tokens = await self._fit(system, HotState.turns(history), text)
             parts: list[str] = []
             failure: ModelError | None = None
             try:
@@ -294,6 +287,24 @@ class Engine:
                 regenerated=replace is not None,
             )
             self._in_background(self.state_updater.after_exchange(exchange))
+
+    async def _fit(self, system: str, history: list[Turn], text: str) -> tuple[list[dict[str, str]], int]:
+        """The messages for the model within the input budget, and the new text's token count.
+
+        The estimate over-counts, so when it fits nothing is asked of the model server; only a
+        prompt near the budget is counted exactly (``/tokenize`` on TGI).
+        """
+        budget = self.config.max_input_tokens - self.config.max_tokens
+        user_tokens = estimate_tokens(text)
+        estimated = estimate_tokens(system) + user_tokens + sum(t.tokens or estimate_tokens(t.content) for t in history)
+        if estimated <= budget:
+            return build_messages(system, history, text), user_tokens
+        exact = dict(zip((system, text), await asyncio.gather(self.model.count_tokens(system), self.model.count_tokens(text))))
+        user_tokens = exact[text]
+        messages = build_messages(
+            system, history, text, budget=budget, count=lambda s: exact[s] if s in exact else estimate_tokens(s)
+        )
+        return messages, user_tokens
 
     async def _regenerate(
         self, conversation: ConversationKey, display_name: str, reply_message_id: int, reply: Reply

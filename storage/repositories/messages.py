@@ -67,10 +67,12 @@ class SqlMessageRepository:
         rows = [{**common, "role": "user", "content": text, "tokens": tokens, "platform_message_id": platform_message_id}]
         if reply is not None:
             rows.append({**common, "role": "assistant", "content": reply[0], "tokens": reply[1], "platform_message_id": None})
-        statement = sa.insert(t).values(rows).returning(t.c.id, t.c.role)
+        # Rows go as parameters (SQLAlchemy's "insertmanyvalues": still one INSERT ... VALUES (...), (...)),
+        # so the compiled statement is cached instead of built anew for every turn.
+        statement = sa.insert(t).returning(t.c.id, t.c.role, sort_by_parameter_order=True)
         try:
             async with self._db.connect() as conn:
-                returned = (await conn.execute(statement)).all()
+                returned = (await conn.execute(statement, rows)).all()
         except IntegrityError:
             raise NotFound(f"character {conversation.character_id} does not exist (was it deleted?)") from None
         # RETURNING order is not promised for multi-row VALUES; the role tells the rows apart.
