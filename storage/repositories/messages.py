@@ -69,9 +69,10 @@ class SqlMessageRepository:
             rows.append({**common, "role": "assistant", "content": reply[0], "tokens": reply[1], "platform_message_id": None})
         # Rows go as parameters (SQLAlchemy's "insertmanyvalues": still one INSERT ... VALUES (...), (...)),
         # so the compiled statement is cached instead of built anew for every turn.
+        # On SQLite that may become one INSERT per row, so there both go in a transaction.
         statement = sa.insert(t).returning(t.c.id, t.c.role, sort_by_parameter_order=True)
         try:
-            async with self._db.connect() as conn:
+            async with self._db.connect() if self._db.postgres else self._db.begin() as conn:
                 returned = (await conn.execute(statement, rows)).all()
         except IntegrityError:
             raise NotFound(f"character {conversation.character_id} does not exist (was it deleted?)") from None

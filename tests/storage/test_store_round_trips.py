@@ -14,6 +14,8 @@ async def delta(store, work) -> int:
 
 
 async def test_mark_processed_and_add_exchange_are_one_round_trip_each(store) -> None:
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs in-process: it stores an exchange in a transaction, round trips cost nothing")
     hamlet = await store.characters.add(card())
     here = conversation(hamlet.id)
     for i in range(3):
