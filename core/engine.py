@@ -148,6 +148,11 @@ class Engine:
         if binding.trigger is Trigger.MENTION and not (event.addressed or event.private):
             reply.status = ReplyStatus.IGNORED
             return
+        if len(text) > cfg.max_message_chars:
+            reply.status = ReplyStatus.NOTICE
+            reply.text = NOTICE_TOO_LONG.format(limit=cfg.max_message_chars)
+            yield reply.text
+            return
         admission = await self.cache.admit(
             f"e:{event.platform}:{event.channel_id}:{event.message_id}",
             cfg.dedupe_ttl_s,
@@ -164,14 +169,6 @@ class Engine:
             else:
                 reply.status = ReplyStatus.RATE_LIMITED
             return
-        if not await self.store.events.mark_processed(event.platform, f"{event.channel_id}:{event.message_id}"):
-            reply.status = ReplyStatus.DUPLICATE
-            return
-        if len(text) > cfg.max_message_chars:
-            reply.status = ReplyStatus.NOTICE
-            reply.text = NOTICE_TOO_LONG.format(limit=cfg.max_message_chars)
-            yield reply.text
-            return
         character = await self.hot.character(binding.character_id)
         if character is None:
             reply.status = ReplyStatus.IGNORED
@@ -179,10 +176,19 @@ class Engine:
         reply.character = character
         conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
         reply.conversation = conversation
-        async for delta in self._turn(
-            reply, character, binding, conversation, event.display_name, text, event.message_id
-        ):
-            yield delta
+        # The database has the last word on redeliveries (the cache may have lost its key); its answer
+        # is awaited before the model is asked, and meanwhile the conversation is locked and read.
+        first_delivery = asyncio.ensure_future(
+            self.store.events.mark_processed(event.platform, f"{event.channel_id}:{event.message_id}")
+        )
+        try:
+            async for delta in self._turn(
+                reply, character, binding, conversation, event.display_name, text, event.message_id, first_delivery
+            ):
+                yield delta
+        finally:
+            if not first_delivery.done():
+                first_delivery.cancel()
 
     async def _turn(
         self,
@@ -193,6 +199,7 @@ class Engine:
         display_name: str,
         text: str,
         platform_message_id: str | None,
+        first_delivery: Awaitable[bool] | None = None,
         replace: tuple[int, int] | None = None,
     ) -> AsyncIterator[str]:
         """Lock the conversation, stream the reply, store it; ``replace`` = (user id, reply id) to regenerate."""
@@ -206,6 +213,9 @@ class Engine:
             if state_from_db:
                 held.stage(s_key, encode_state(state), cfg.cache_ttl_s)
             history, _ = await self.hot.history(conversation, cfg.history_turns, held.values[1])
+            if first_delivery is not None and not await first_delivery:
+                reply.status = ReplyStatus.DUPLICATE
+                return
             if replace is not None:
                 if len(history) < 2 or history[-1][0] != replace[1] or history[-2][0] != replace[0]:
                     reply.status = ReplyStatus.NOT_FOUND
@@ -322,7 +332,7 @@ class Engine:
             return
         user = recent[-2]
         async for delta in self._turn(
-            reply, character, binding, conversation, display_name, user.content, None, replace=(user.id, reply_message_id)
+            reply, character, binding, conversation, display_name, user.content, None, None, replace=(user.id, reply_message_id)
         ):
             yield delta
 

@@ -77,15 +77,33 @@ def decode_history(raw: bytes) -> list[tuple[int, str, str, int]]:
 class HotState:
     """Cache-aside access to the records a turn needs, plus a short-lived local character cache."""
 
-    def __init__(self, store: Store, cache: Cache, *, ttl_s: float, character_ttl_s: float = 10.0) -> None:
+    def __init__(
+        self, store: Store, cache: Cache, *, ttl_s: float, character_ttl_s: float = 10.0, binding_ttl_s: float = 5.0
+    ) -> None:
         self.store = store
         self.cache = cache
         self.ttl_s = ttl_s
         self._character_ttl = character_ttl_s
         self._characters: dict[int, tuple[float, Character]] = {}
+        # Bindings change rarely and are read on every message, bound or not: a few seconds of
+        # local copy spare the cache a round trip (another process sees a change within that time).
+        self._binding_ttl = binding_ttl_s
+        self._bindings: dict[tuple[str, str], tuple[float, Binding | None]] = {}
 
     async def bindings(self, platform: str, *channel_ids: str) -> list[Binding | None]:
-        """The bindings of several channels (a thread and its parent) in one cache round trip."""
+        """The bindings of several channels (a thread and its parent): local copy, then cache, then database."""
+        now = time.monotonic()
+        local = [self._bindings.get((platform, c)) for c in channel_ids]
+        if all(hit is not None and hit[0] > now for hit in local):
+            return [hit[1] for hit in local]  # type: ignore[index]
+        found = await self._shared_bindings(platform, channel_ids)
+        if len(self._bindings) > 10_000:
+            self._bindings.clear()
+        for channel_id, binding in zip(channel_ids, found):
+            self._bindings[(platform, channel_id)] = (now + self._binding_ttl, binding)
+        return found
+
+    async def _shared_bindings(self, platform: str, channel_ids: tuple[str, ...]) -> list[Binding | None]:
         keys = [binding_key(platform, c) for c in channel_ids]
         raws = await self.cache.get_many(keys)
         out: list[Binding | None] = []
@@ -102,6 +120,7 @@ class HotState:
         return out
 
     async def forget_binding(self, platform: str, channel_id: str) -> None:
+        self._bindings.pop((platform, channel_id), None)
         await self.cache.delete(binding_key(platform, channel_id))
 
     async def character(self, character_id: int) -> Character | None:

@@ -129,6 +129,10 @@ class RoundTripCounter:
     def _statement(self, *_args: Any) -> None:
         self.count += 1
 
+    def driver_call(self) -> None:
+        """A statement sent with the driver directly (``Db.pg_fetch``)."""
+        self.count += 1
+
     def _transaction(self, conn: sa.Connection) -> None:
         # On an autocommit connection SQLAlchemy still fires these events, but nothing goes out.
         if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
@@ -146,7 +150,7 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._counter = RoundTripCounter(engine)
-        db = Db.of(engine)
+        db = Db.of(engine, self._counter.driver_call)
         self._db = db
         self.characters = SqlCharacterRepository(db)
         self.bindings = SqlBindingRepository(db)

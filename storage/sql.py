@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,10 +21,12 @@ class Db:
 
     engine: AsyncEngine
     autocommit: AsyncEngine
+    # Called once per statement sent with the driver itself, which SQLAlchemy's events do not see.
+    on_driver_call: Callable[[], None] = field(default=lambda: None)
 
     @classmethod
-    def of(cls, engine: AsyncEngine) -> "Db":
-        return cls(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
+    def of(cls, engine: AsyncEngine, on_driver_call: Callable[[], None] | None = None) -> "Db":
+        return cls(engine, engine.execution_options(isolation_level="AUTOCOMMIT"), on_driver_call or (lambda: None))
 
     @property
     def postgres(self) -> bool:
@@ -32,6 +35,17 @@ class Db:
     def insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
         """An INSERT that knows ON CONFLICT on either backend."""
         return (postgresql.insert if self.postgres else sqlite.insert)(table)
+
+    async def pg_fetch(self, sql: str, *args: Any) -> list[Any]:
+        """One PostgreSQL statement sent with asyncpg itself, on a pooled autocommit connection.
+
+        For the chat hot path only: SQLAlchemy's work per statement costs about as much CPU as the
+        round trip itself. Raises asyncpg's own errors.
+        """
+        async with self.autocommit.connect() as conn:
+            raw = await conn.get_raw_connection()
+            self.on_driver_call()
+            return await raw.driver_connection.fetch(sql, *args)
 
     def connect(self) -> AsyncConnection:
         """A connection for one statement, which is its own transaction."""

@@ -10,6 +10,13 @@ from storage.sql import Db, utcnow
 from storage.tables import processed_events as t
 
 
+# The hot-path statement, sent with the driver itself on PostgreSQL (see Db.pg_fetch).
+_MARK_PG = (
+    "INSERT INTO processed_events (platform, event_id, created_at) VALUES ($1, $2, $3) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
+
+
 class SqlEventRepository:
     """``core.ports.EventRepository`` on the ``processed_events`` table."""
 
@@ -17,6 +24,9 @@ class SqlEventRepository:
         self._db = db
 
     async def mark_processed(self, platform: str, event_id: str) -> bool:
+        if self._db.postgres:
+            rows = await self._db.pg_fetch(_MARK_PG, platform, event_id, utcnow())
+            return bool(rows)
         # Hot path: one INSERT ... ON CONFLICT DO NOTHING RETURNING on an autocommit connection is one
         # round trip; a row comes back only for the first delivery, also when two race.
         statement = (

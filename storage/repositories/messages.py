@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -21,6 +24,18 @@ def _in(conversation: ConversationKey):
         t.c.channel_id == conversation.channel_id,
         t.c.user_id == conversation.user_id,
     )
+
+
+# The hot-path statements, sent with the driver itself on PostgreSQL (see Db.pg_fetch): one
+# multi-row INSERT is one round trip and atomic.
+_INSERT_PG = (
+    "INSERT INTO messages (character_id, platform, channel_id, user_id, created_at, "
+    "role, content, tokens, platform_message_id) VALUES "
+)
+_USER_ONLY_PG = _INSERT_PG + "($1, $2, $3, $4, $5, 'user', $6, $7, $8) RETURNING id, role"
+_EXCHANGE_PG = _INSERT_PG + (
+    "($1, $2, $3, $4, $5, 'user', $6, $7, $8), ($1, $2, $3, $4, $5, 'assistant', $9, $10, NULL) RETURNING id, role"
+)
 
 
 class SqlMessageRepository:
@@ -64,6 +79,8 @@ class SqlMessageRepository:
             "created_at": now,
         }
         text, tokens, platform_message_id = user
+        if self._db.postgres:
+            return await self._add_exchange_pg(conversation, user, reply, now)
         rows = [{**common, "role": "user", "content": text, "tokens": tokens, "platform_message_id": platform_message_id}]
         if reply is not None:
             rows.append({**common, "role": "assistant", "content": reply[0], "tokens": reply[1], "platform_message_id": None})
@@ -78,6 +95,19 @@ class SqlMessageRepository:
             raise NotFound(f"character {conversation.character_id} does not exist (was it deleted?)") from None
         # RETURNING order is not promised for multi-row VALUES; the role tells the rows apart.
         ids = {row.role: row.id for row in returned}
+        return ids["user"], ids.get("assistant")
+
+    async def _add_exchange_pg(
+        self, c: ConversationKey, user: tuple[str, int, str | None], reply: tuple[str, int] | None, now: dt.datetime
+    ) -> tuple[int, int | None]:
+        args: list[object] = [c.character_id, c.platform, c.channel_id, c.user_id, now, *user]
+        if reply is not None:
+            args += reply
+        try:
+            rows = await self._db.pg_fetch(_EXCHANGE_PG if reply is not None else _USER_ONLY_PG, *args)
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
+        ids = {row["role"]: row["id"] for row in rows}
         return ids["user"], ids.get("assistant")
 
     async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
