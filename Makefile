@@ -17,12 +17,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 chat: $(STAMP)
+	@$(VENV)/bin/personae db upgrade >/dev/null
 	$(VENV)/bin/personae chat --character Hamlet
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Figures for docs/performance.md: PERSONAE_DATABASE_URL / PERSONAE_REDIS_URL choose the backends.
 bench: $(STAMP)
+	@$(VENV)/bin/personae db upgrade >/dev/null
 	$(VENV)/bin/personae bench --users 200 --turns 5
 
 clean:

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import typer
 
-from core.errors import PersonaeError
+from core.errors import InvalidInput, PersonaeError
 
 T = TypeVar("T")
 
@@ -102,7 +102,7 @@ async def _with_commands(work: Callable[[Any], Awaitable[T]]) -> T:
     cache = open_cache(s)
     try:
         await ensure_samples(store)
-        commands = Commands(store, cache, HotState(store, cache, ttl_s=s.cache_ttl_s))
+        commands = Commands(store, cache, HotState(store, cache, ttl_s=s.cache_ttl_s), max_card_bytes=s.max_card_bytes)
         return await work(commands)
     finally:
         await cache.close()
@@ -122,25 +122,41 @@ def _outcome(outcome) -> None:
     typer.echo(outcome.message)
 
 
-@characters_app.command("import")
-def characters_import(file: Path = typer.Argument(..., help="A Character Card (V1/V2/V3 JSON).")) -> None:
-    """Import a character card and print the imported name."""
-    from core.cards import MAX_CARD_JSON_BYTES
-
+def _read_card_bytes(file: Path, limit: int) -> bytes:
+    """A card file's bytes; its size is checked before it is read."""
     try:
-        if file.stat().st_size > MAX_CARD_JSON_BYTES:
-            fail(f"{file} is {file.stat().st_size:,} bytes; the limit is {MAX_CARD_JSON_BYTES:,}")
-        raw = file.read_bytes()
+        size = file.stat().st_size
+        if size > limit:
+            fail(f"{file} is {size:,} bytes; the limit is {limit:,} (PERSONAE_MAX_CARD_BYTES)")
+        if not file.is_file():
+            fail(f"{file} is not a file")
+        return file.read_bytes()
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}")
+    raise AssertionError("unreachable")
+
+
+def _missing_note(missing: tuple[str, ...]) -> str:
+    return f"note: this card has no {', '.join(missing)}: the prompt uses fallbacks"
+
+
+@characters_app.command("import")
+def characters_import(file: Path = typer.Argument(..., help="A Character Card: PNG, CharX (.charx) or JSON (V1/V2/V3).")) -> None:
+    """Import a character card (and the avatar a PNG or CharX carries); print the imported name."""
+    raw = _read_card_bytes(file, settings().max_card_bytes)
 
     async def work(commands):
-        outcome = await commands.import_character(_cli_actor(), None, raw)
+        outcome = await commands.import_character(_cli_actor(), None, raw, file.name)
         if not outcome.ok:
             fail(outcome.message)
-        typer.echo(outcome.character.name)
-        if outcome.character.profile.missing:
-            typer.echo(f"note: missing profile fields: {', '.join(outcome.character.profile.missing)}", err=True)
+        character = outcome.character
+        typer.echo(character.name)
+        if character.profile.missing:
+            typer.echo(
+                f"{_missing_note(character.profile.missing)}; fill them with "
+                f"`personae characters edit` or `personae characters derive {character.name!r}`",
+                err=True,
+            )
 
     run(lambda: _with_commands(work))
 
@@ -175,25 +191,38 @@ async def _async_outcome(awaitable) -> None:
 @characters_app.command("export")
 def characters_export(
     name: str,
-    format: str = typer.Option("json", "--format", help="json"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of stdout."),
+    format: str = typer.Option("json", "--format", "-f", help="json, png (the card inside the avatar image) or charx."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here (needed for png and charx; json goes to stdout without it)."),
 ) -> None:
-    """Export a character's card (unknown fields and extensions kept)."""
-    from core.cards import card_json
+    """Export a character's card (unknown fields and extensions kept), with its avatar for png and charx."""
+    from core.card_files import EXPORT_FORMATS, avatar_png, export_card
 
-    if format != "json":
-        fail(f"unknown format {format!r}; supported: json")
+    fmt = format.strip().lower()
+    if fmt not in EXPORT_FORMATS:
+        fail(f"unknown format {format!r}; supported: {', '.join(EXPORT_FORMATS)}")
+    if fmt != "json" and output is None:
+        fail(f"a {fmt.upper()} file is binary: give a file to write it to with -o FILE")
 
     async def work(commands):
         outcome = await commands.show_character(_cli_actor(), name)
         if not outcome.ok:
             fail(outcome.message)
-        text = card_json(outcome.character.card)
+        avatar = None
+        if fmt != "json":
+            stored = await commands.character_avatar(outcome.character)
+            if stored is not None:
+                avatar = avatar_png(stored[0])
+                if avatar is None:
+                    typer.echo(f"note: the stored avatar ({stored[1]}) cannot be read as an image; the placeholder is used", err=True)
+        data = export_card(outcome.character.card, avatar, fmt)
         if output is None:
-            sys.stdout.write(text)
-        else:
-            output.write_text(text, encoding="utf-8")
-            typer.echo(f"wrote {output}", err=True)
+            sys.stdout.write(data.decode("utf-8"))
+            return
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror}")
+        typer.echo(f"wrote {output}", err=True)
 
     run(lambda: _with_commands(work))
 
@@ -210,6 +239,53 @@ def characters_edit(name: str, changes: list[str] = typer.Argument(..., help="fi
     run(lambda: _with_commands(lambda c: _async_outcome(c.edit_character(_cli_actor(), None, name, parsed))))
 
 
+@characters_app.command("derive")
+def characters_derive(
+    name: str,
+    accept: bool = typer.Option(False, "--accept", help="Write the proposal without asking."),
+) -> None:
+    """Ask the model to propose the world, traits, MBTI and style a card lacks, from its description and dialogue."""
+    from bots.compose import open_model
+    from core import derive
+
+    s = settings()
+
+    async def look(commands):
+        outcome = await commands.show_character(_cli_actor(), name)
+        if not outcome.ok:
+            fail(outcome.message)
+        return outcome.character
+
+    character = run(lambda: _with_commands(look))
+    wanted = [f for f in derive.DERIVED_FIELDS if f in character.profile.missing]
+    if not wanted:
+        typer.echo(f"{character.name} already has a world, traits, MBTI and style; change them with `personae characters edit`.")
+        return
+
+    async def ask():
+        async with open_model(s) as model:
+            try:
+                return await derive.propose_profile(model, character.card)
+            except InvalidInput as exc:
+                fail(f"the model's proposal is not usable ({exc}); nothing was written")
+
+    proposal = run(ask)
+    try:
+        changes = derive.changes_to_apply(character.card, proposal)
+    except InvalidInput as exc:
+        fail(f"the model's proposal is not usable ({exc}); nothing was written")
+    typer.echo(f"Proposed for {character.name}:")
+    typer.echo(derive.describe_proposal(changes))
+    if not accept:
+        if not sys.stdin.isatty():
+            typer.echo("not written: run again with --accept to write it", err=True)
+            return
+        if not typer.confirm("Write these fields?", default=False):
+            typer.echo("not written", err=True)
+            return
+    run(lambda: _with_commands(lambda c: _async_outcome(c.edit_character(_cli_actor(), None, character.name, changes))))
+
+
 @characters_app.command("delete")
 def characters_delete(name: str) -> None:
     """Delete a character and everything stored with it."""
@@ -221,7 +297,7 @@ def characters_delete(name: str) -> None:
 
 @app.command("prompt")
 def prompt(
-    card_file: Path = typer.Argument(..., help="A character card JSON file."),
+    card_file: Path = typer.Argument(..., help="A character card: PNG, CharX or JSON."),
     user: str = typer.Option(..., "--user", help="The name of the person the character talks to."),
     scene: Optional[str] = typer.Option(None, "--scene", help="The scene (default: the card's scenario)."),
     emotion: Optional[str] = typer.Option(None, "--emotion", help="e.g. happiness=1,sadness=8,disgust=5,fear=7,surprise=6,anger=4"),
@@ -231,12 +307,14 @@ def prompt(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {\"messages\": [...]}."),
 ) -> None:
     """Print exactly the chat messages that would go to the model server (no database or model needed)."""
-    from core.cards import parse_card_json, profile_from_card
+    from core.card_files import MAX_FILE_BYTES, read_card_file
+    from core.cards import profile_from_card
     from core.emotions import EmotionState, check_level
     from core.prompt import Turn, alternate, render_system_prompt
 
+    raw = _read_card_bytes(card_file, MAX_FILE_BYTES)
     try:
-        profile = profile_from_card(parse_card_json(card_file.read_bytes()))
+        profile = profile_from_card(read_card_file(raw, card_file.name).card)
         state = EmotionState.parse(emotion) if emotion is not None else None
         level = check_level("relationship", relationship) if relationship is not None else None
         system = render_system_prompt(profile, chat_role=user, scene=scene, emotion=state, relationship=level)
@@ -250,6 +328,8 @@ def prompt(
         fail(f"cannot read {exc.filename}: {exc.strerror}")
     except PersonaeError as exc:
         fail(str(exc))
+    if profile.missing:
+        typer.echo(_missing_note(profile.missing), err=True)
     messages = [{"role": "system", "content": system}] + [{"role": t.role, "content": t.content} for t in turns]
     if as_json:
         typer.echo(json.dumps({"messages": messages}, ensure_ascii=False))
@@ -274,6 +354,65 @@ def _read_history(path: Path):
             raise InvalidInput(f"{path}: item {i} must be {{\"role\": \"user\"|\"assistant\", \"content\": text}}")
         turns.append(Turn(item["role"], item["content"]))
     return turns
+
+
+# -- a person's state -------------------------------------------------------------------------
+
+
+@app.command("state")
+def state(
+    character: str = typer.Argument(..., help="The character's name."),
+    user: str = typer.Option(..., "--user", help="Whose: PLATFORM:ID, e.g. discord:123456789 or telegram:42."),
+    changes: int = typer.Option(10, "--changes", min=0, help="How many recent changes to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show a character's emotions and intimacy toward one person (now, as stored, and the baseline) and the recent changes."""
+    from bots.compose import dynamics, open_store
+    from core.events import PersonKey, Platform
+
+    platform, sep, user_id = user.partition(":")
+    platform, user_id = platform.strip().lower(), user_id.strip()
+    if not sep or not user_id or platform not in {p.value for p in Platform}:
+        fail(f"--user must be PLATFORM:ID with PLATFORM one of {', '.join(p.value for p in Platform)} (e.g. discord:123456789), not {user!r}")
+    s = settings()
+
+    async def work() -> None:
+        store = await open_store(s)
+        try:
+            found = await store.characters.get_by_name(character)
+            if found is None:
+                fail(f"there is no character called {character!r}")
+            key = PersonKey(found.id, platform, user_id)
+            stored = await store.relationships.get(key)
+            if stored is None:
+                fail(f"{found.name} has no state toward {platform}:{user_id}: they have not talked (or it was forgotten)")
+            rows = await store.relationships.changes(key, limit=changes)
+        finally:
+            await store.close()
+        now = dynamics(s).as_of_now(stored, found.profile.emotion)
+        levels = lambda st: {**st.emotion.as_dict(), "intimacy": st.intimacy}  # noqa: E731
+        baseline = {**found.profile.emotion.as_dict(), "intimacy": found.profile.relationship}
+        if as_json:
+            typer.echo(json.dumps({
+                "character": found.name, "platform": platform, "user_id": user_id, "version": stored.version,
+                "updated_at": stored.updated_at.isoformat(), "now": levels(now), "stored": levels(stored), "baseline": baseline,
+                "changes": [
+                    {"version": r.after.version, "appraiser": r.appraiser, "message_id": r.message_id, "reason": r.reason,
+                     "before": levels(r.before), "after": levels(r.after)}
+                    for r in rows
+                ],
+            }, ensure_ascii=False))
+            return
+        typer.echo(f"{found.name} toward {platform}:{user_id} (version {stored.version}, written {stored.updated_at:%Y-%m-%d %H:%M} UTC)")
+        typer.echo(f"{'':10} {'now':>4} {'stored':>7} {'baseline':>9}")
+        for name, value in levels(now).items():
+            typer.echo(f"{name:10} {value:>4} {levels(stored)[name]:>7} {baseline[name]:>9}  {'█' * value}{'·' * (10 - value)}")
+        if rows:
+            typer.echo("Recent changes, newest first:")
+        for r in rows:
+            typer.echo(f"  v{r.after.version} {r.appraiser} (message {r.message_id}): {r.reason}")
+
+    run(work)
 
 
 # -- chat, bots, benchmark --------------------------------------------------------------------

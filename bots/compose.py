@@ -9,8 +9,10 @@ from typing import AsyncIterator
 
 from bots.settings import Settings
 from core.commands import Commands
-from core.engine import Engine, EngineConfig
-from core.ports import Cache, ChatModel, Store
+from core.dynamics import Dynamics
+from core.engine import Engine, EngineConfig, NoStateChange
+from core.feelings import Feelings
+from core.ports import Appraiser, Cache, ChatModel, StateUpdater, Store
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,56 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
-def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel) -> App:
-    """Assemble an App from already-built parts (tests use this with their own parts)."""
+def dynamics(settings: Settings) -> Dynamics:
+    return Dynamics(
+        weight=settings.appraisal_weight,
+        max_emotion_step=settings.max_emotion_step,
+        max_intimacy_step=settings.max_intimacy_step,
+        half_life_s=settings.emotion_half_life_s,
+    )
+
+
+def appraiser_kind(settings: Settings) -> str:
+    """``model``, ``lexicon`` or ``none``: PERSONAE_APPRAISER, else the model when a real model server is configured."""
+    if settings.appraiser != "auto":
+        return settings.appraiser
+    return "model" if settings.llm_url else "lexicon"
+
+
+def model_appraiser(settings: Settings, model: ChatModel) -> Appraiser:
+    from core.appraisal import ModelAppraiser
+
+    return ModelAppraiser(
+        model,
+        window=settings.appraisal_window,
+        max_tokens=settings.appraisal_max_tokens,
+        temperature=settings.appraisal_temperature,
+    )
+
+
+def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, appraiser: Appraiser | None = None) -> App:
+    """Assemble an App from already-built parts (tests use this with their own parts).
+
+    Without an ``appraiser``: none when PERSONAE_APPRAISER=none, the model appraiser on ``model``
+    when it is ``model``, else the lexicon appraiser (``open_app`` passes the model appraiser with
+    its own client when a model server is configured).
+    """
     engine = Engine(store, cache, model, engine_config(settings))
-    return App(settings, store, cache, model, engine, Commands(store, cache, engine.hot))
+    if appraiser is None and settings.appraiser == "model":
+        appraiser = model_appraiser(settings, model)
+    elif appraiser is None and settings.appraiser != "none":
+        from bots.lexicon import LexiconAppraiser
+
+        appraiser = LexiconAppraiser()
+    updater: StateUpdater = NoStateChange()
+    if appraiser is not None:
+        updater = Feelings(
+            store, cache, engine.hot, appraiser, dynamics(settings),
+            cache_ttl_s=settings.cache_ttl_s, lock_ttl_s=settings.turn_deadline_s + 5,
+        )
+    engine.state_updater = updater
+    commands = Commands(store, cache, engine.hot, max_card_bytes=settings.max_card_bytes, feelings=updater)
+    return App(settings, store, cache, model, engine, commands)
 
 
 async def open_store(settings: Settings) -> Store:
@@ -80,8 +128,8 @@ def model_client(settings: Settings, base_url: str, *, concurrency: int | None =
 
 
 @contextlib.asynccontextmanager
-async def open_app(settings: Settings, *, model_url: str | None = None) -> AsyncIterator[App]:
-    """Build the App from settings; with no model URL, start the embedded model server first."""
+async def open_model(settings: Settings, *, model_url: str | None = None) -> AsyncIterator[ChatModel]:
+    """The model client for ``PERSONAE_LLM_URL`` (or ``model_url``); with neither, the embedded model server, started here."""
     async with contextlib.AsyncExitStack() as stack:
         url = model_url or settings.llm_url
         concurrency = None
@@ -91,12 +139,45 @@ async def open_app(settings: Settings, *, model_url: str | None = None) -> Async
             server = await stack.enter_async_context(EmbeddedModelServer())
             url = server.base_url
             concurrency = 1  # llama.cpp's server answers one request at a time
+        model = model_client(settings, url, concurrency=concurrency)
+        stack.push_async_callback(model.close)
+        yield model
+
+
+@contextlib.asynccontextmanager
+async def open_appraiser(settings: Settings, model_url: str | None) -> AsyncIterator[Appraiser | None]:
+    """The appraiser the settings ask for; the model appraiser gets a client of its own (its own URL
+    if PERSONAE_APPRAISER_URL is set, its own cap on requests in flight), closed on exit."""
+    kind = appraiser_kind(settings)
+    if kind == "none":
+        yield None
+    elif kind == "model":
+        url = settings.appraiser_url or model_url or settings.llm_url
+        if url is None:
+            raise ValueError("PERSONAE_APPRAISER=model needs a model server: set PERSONAE_LLM_URL or PERSONAE_APPRAISER_URL")
+        client = model_client(settings, url, concurrency=settings.appraiser_concurrency)
+        try:
+            yield model_appraiser(settings, client)
+        finally:
+            await client.close()
+    else:
+        from bots.lexicon import LexiconAppraiser
+
+        lexicon = LexiconAppraiser()
+        await lexicon.load()
+        yield lexicon
+
+
+@contextlib.asynccontextmanager
+async def open_app(settings: Settings, *, model_url: str | None = None) -> AsyncIterator[App]:
+    """Build the App from settings; with no model URL, start the embedded model server first."""
+    async with contextlib.AsyncExitStack() as stack:
+        model = await stack.enter_async_context(open_model(settings, model_url=model_url))
         store = await open_store(settings)
         stack.push_async_callback(store.close)
         cache = open_cache(settings)
         stack.push_async_callback(cache.close)
-        model = model_client(settings, url, concurrency=concurrency)
-        stack.push_async_callback(model.close)
-        app = wire(settings, store, cache, model)
+        appraiser = await stack.enter_async_context(open_appraiser(settings, model_url))
+        app = wire(settings, store, cache, model, appraiser=appraiser)
         stack.push_async_callback(app.engine.drain)
         yield app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     cache_ttl_s: float = 3600.0
     max_message_chars: int = 4000
 
+    # Character cards
+    max_card_bytes: int = Field(default=20_000_000, gt=0)  # the largest card file (PNG, CharX, JSON) imported
+
+    # Feelings: how emotions and intimacy move
+    appraiser: Literal["auto", "lexicon", "model", "none"] = "auto"  # auto: model if LLM_URL is set, else lexicon
+    appraiser_url: str | None = None  # the model appraiser's own server (default: LLM_URL)
+    appraiser_concurrency: int = Field(default=8, ge=1)  # model appraisals in flight at most
+    appraisal_window: int = Field(default=3, ge=1)  # exchanges the model appraiser reads
+    appraisal_max_tokens: int = Field(default=256, ge=16)
+    appraisal_temperature: float = Field(default=0.2, gt=0)
+    appraisal_weight: float = Field(default=0.5, gt=0, le=1)  # how far one appraisal pulls the state
+    max_emotion_step: int = Field(default=2, ge=0)  # largest change of one emotion per turn
+    max_intimacy_step: int = Field(default=1, ge=0)  # largest change of intimacy per turn
+    emotion_half_life_s: float = Field(default=6 * 3600.0, gt=0)  # idle emotions drift halfway back to the baseline
+
     @field_validator("owner_ids", "discord_guild_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
@@ -71,7 +86,7 @@ class Settings(BaseSettings):
             return [str(value)]
         return value
 
-    @field_validator("redis_url", "llm_url", "llm_model", "discord_gateway_url", "telegram_webhook_url", mode="before")
+    @field_validator("redis_url", "llm_url", "llm_model", "discord_gateway_url", "telegram_webhook_url", "appraiser_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

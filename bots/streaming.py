@@ -5,11 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import AsyncIterable, Awaitable, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
 from core.text import split_point
 
+if TYPE_CHECKING:
+    from core.engine import Reply
+
 H = TypeVar("H")  # a platform's handle of a sent message
+
+
+async def greeting_first(reply: "Reply", send: Callable[[str], Awaitable[object]]) -> AsyncIterator[str]:
+    """The reply's deltas; on first contact the character's greeting is sent on its own before them."""
+    async for delta in reply:
+        if reply.greeting is not None:
+            greeting, reply.greeting = reply.greeting, None
+            await send(greeting)
+        yield delta
 
 
 class EditBudget:

@@ -37,15 +37,18 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from core.cards import MAX_CARD_JSON_BYTES, SPEC_V2, SPEC_V3, normalise_card, parse_card_json
+from core.cards import MAX_CARD_JSON_BYTES, SPEC_V2, SPEC_V3, card_json, normalise_card, parse_card_json
 from core.errors import InvalidInput
 
 __all__ = [
     "CardFile",
+    "EXPORT_FORMATS",
     "MAX_CHARX_ENTRIES",
     "MAX_CHARX_UNCOMPRESSED_BYTES",
     "MAX_FILE_BYTES",
     "V3_ONLY_FIELDS",
+    "avatar_png",
+    "export_card",
     "placeholder_png",
     "read_card_file",
     "to_v2",
@@ -435,6 +438,46 @@ def to_v2(card: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --- writing ------------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("json", "png", "charx")
+
+
+def export_card(card: Mapping[str, Any], avatar: bytes | None, fmt: str) -> bytes:
+    """The card as a file's bytes: ``json`` (pretty UTF-8), ``png`` (``write_png_card``) or ``charx``.
+
+    For PNG and CharX the avatar goes through ``avatar_png``: an image that is not a PNG is
+    converted, and a character without one gets the placeholder.
+    """
+    if fmt == "json":
+        return card_json(card).encode("utf-8")  # the card exactly as stored
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}; supported: {', '.join(EXPORT_FORMATS)}")
+    png = avatar_png(avatar) if avatar is not None else None
+    return write_png_card(card, png) if fmt == "png" else write_charx(card, png)
+
+
+def avatar_png(image: bytes) -> bytes | None:
+    """``image`` as a sound PNG: itself when it is one, else converted with Pillow; None when neither works."""
+    if image.startswith(PNG_SIGNATURE):
+        try:
+            _png_chunks(image, "the avatar")
+            return image
+        except InvalidInput:
+            pass  # a damaged PNG: Pillow may still read it
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with Image.open(io.BytesIO(image)) as picture:
+            picture.load()
+            if picture.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+                picture = picture.convert("RGBA")
+            out = io.BytesIO()
+            picture.save(out, format="PNG")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return out.getvalue()
 
 
 def write_png_card(card: Mapping[str, Any], avatar_png: bytes | None) -> bytes:

@@ -112,3 +112,8 @@ class Character:
     @property
     def name(self) -> str:
         return self.profile.name
+
+    @property
+    def examples(self) -> str:
+        """The card's example dialogue (``mes_example``), empty when it has none."""
+        return self.card["data"].get("mes_example") or ""

@@ -11,14 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from core import cards
+from core.card_dialogue import pick_greeting
+from core.card_files import MAX_FILE_BYTES, read_card_file
 from core.character import Character, check_name
 from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
 from core.events import ConversationKey, PersonKey, Trigger
 from core.hot import HotState, person_prefixes
-from core.ports import Cache, Store
+from core.prompt import estimate_tokens
+from core.ports import Cache, StateUpdater, Store
 from core.state import Binding, RelationshipState
 
 MAX_SCENE_CHARS = cards.MAX_SCENE_CHARS
+MOOD_COURSE = 20  # state changes /mood shows the course of
+AVATAR_EXT_CHARS = 8  # what the store keeps of an avatar's file extension
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,8 @@ class Outcome:
     state: RelationshipState | None = None
     binding: Binding | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    greeting: str | None = None  # /use on first contact: the character's opening line
+    course: list[RelationshipState] = field(default_factory=list)  # /mood: the recent states, oldest first, ending now
 
 
 def refused(message: str) -> Outcome:
@@ -71,10 +78,14 @@ OWNER_ONLY_PRIVATE = "In a private chat only a bot owner can do that."
 class Commands:
     """Platform-free implementations of the bot's commands."""
 
-    def __init__(self, store: Store, cache: Cache, hot: HotState) -> None:
+    def __init__(
+        self, store: Store, cache: Cache, hot: HotState, *, max_card_bytes: int = MAX_FILE_BYTES, feelings: StateUpdater | None = None
+    ) -> None:
         self.store = store
         self.cache = cache
         self.hot = hot
+        self.feelings = feelings  # reads a state as of now (drift); None: as stored
+        self.max_card_bytes = max_card_bytes  # the largest card file (PNG, CharX or JSON) accepted
 
     # -- characters -------------------------------------------------------------------------
 
@@ -119,13 +130,23 @@ class Commands:
             return refused(_sentence(exc))
         return Outcome(True, f"Created {character.name}.", character=character)
 
-    async def import_character(self, actor: Actor, place: Place | None, raw: bytes | str) -> Outcome:
-        """Import a Character Card (V1/V2/V3 JSON)."""
+    async def import_character(
+        self, actor: Actor, place: Place | None, raw: bytes | str, filename: str | None = None
+    ) -> Outcome:
+        """Import a Character Card file: PNG (``ccv3`` or ``chara`` chunk), CharX, or V1/V2/V3 JSON.
+
+        The format is told from the bytes (``filename`` only makes errors clearer); the image of a
+        PNG, or a CharX file's main icon, is kept as the character's avatar.
+        """
         if (why := self._may_manage(actor, place)) is not None:
             return refused(why)
+        data = raw.encode("utf-8") if isinstance(raw, str) else raw
         try:
-            card = cards.parse_card_json(raw)
-            character = await self.store.characters.add(card)
+            found = read_card_file(data, filename, max_bytes=self.max_card_bytes)
+            avatar, ext = found.avatar, found.avatar_ext
+            if avatar is not None and (ext is None or len(ext) > AVATAR_EXT_CHARS):
+                ext = "bin"  # an icon of a kind we do not know: kept, shown where a platform takes it
+            character = await self.store.characters.add(found.card, avatar, ext if avatar is not None else None)
         except (InvalidInput, Conflict) as exc:
             return refused(f"Could not import the card: {_sentence(exc)}")
         note = ""
@@ -162,6 +183,13 @@ class Commands:
         if character is None or (not character.public and not actor.privileged):
             return refused(f"There is no character called {name!r}.")
         return Outcome(True, describe(character), character=character)
+
+    async def character_avatar(self, character: Character) -> tuple[bytes, str] | None:
+        """The avatar image of a character the caller already may see, and its extension; None if it has none.
+
+        Read from the database on each call: it is for showing a character, not for the chat path.
+        """
+        return await self.store.characters.avatar(character.id)
 
     async def delete_character(self, actor: Actor, place: Place | None, name: str) -> Outcome:
         if (why := self._may_manage(actor, place)) is not None:
@@ -228,8 +256,15 @@ class Commands:
         binding = Binding(place.platform, place.chat_id, place.channel_id, character.id, Trigger.ALL, None, True)
         await self.store.bindings.put(binding)
         await self.hot.forget_binding(place.platform, place.channel_id)
-        greeting = f" {character.profile.greeting}" if character.profile.greeting else ""
-        return Outcome(True, f"You are now talking to {character.name}.{greeting}", character=character, binding=binding)
+        message = f"You are now talking to {character.name}."
+        # First contact: the greeting opens the conversation and is its first stored turn.
+        conversation = ConversationKey(character.id, place.platform, place.channel_id, actor.user_id)
+        greeting = pick_greeting(character, actor.display_name)
+        if greeting and not await self.store.messages.recent(conversation, 1):
+            await self.store.messages.add_greeting(conversation, greeting, estimate_tokens(greeting))
+            await self.hot.forget_conversation(conversation)
+            message += f"\n\n{character.name}: {greeting}"
+        return Outcome(True, message, character=character, binding=binding, greeting=greeting or None)
 
     # -- a person's own data ----------------------------------------------------------------
 
@@ -241,14 +276,22 @@ class Commands:
         return None
 
     async def mood(self, actor: Actor, place: Place) -> Outcome:
-        """The character's current emotions and intimacy toward the actor."""
+        """The character's current emotions and intimacy toward the actor, and their recent course."""
         character = await self._character_here(place)
         if character is None:
             return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
-        state = await self.hot.read_state(PersonKey(character.id, actor.platform, actor.user_id), character)
+        person = PersonKey(character.id, actor.platform, actor.user_id)
+        state = await self.hot.read_state(person, character)
+        if self.feelings is not None:
+            state = self.feelings.as_of_now(state, character)
+        changes = await self.store.relationships.changes(person, limit=MOOD_COURSE)  # newest first
+        course = ([changes[-1].before] if changes else []) + [c.after for c in reversed(changes)]
+        if not course or (course[-1].emotion, course[-1].intimacy) != (state.emotion, state.intimacy):
+            course.append(state)
         lines = [f"{name}: {'█' * value}{'·' * (10 - value)} {value}" for name, value in state.emotion.as_dict().items()]
         lines.append(f"intimacy: {'█' * state.intimacy}{'·' * (10 - state.intimacy)} {state.intimacy}")
-        return Outcome(True, f"{character.name} toward {actor.display_name}:\n" + "\n".join(lines), character=character, state=state)
+        message = f"{character.name} toward {actor.display_name}:\n" + "\n".join(lines)
+        return Outcome(True, message, character=character, state=state, course=course)
 
     async def reset(self, actor: Actor, place: Place) -> Outcome:
         """Forget this conversation's history (the character's feelings stay)."""

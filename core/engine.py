@@ -14,8 +14,9 @@ from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
 from core.hot import HotState, encode_history, encode_state, history_key, lock_key, state_key
 from core.locks import KeyedLocks
 from core.ports import Cache, ChatModel, StateUpdater, Store
+from core.card_dialogue import parse_examples, pick_greeting
 from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
-from core.state import Binding, Exchange
+from core.state import Binding, Exchange, RelationshipState
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class Reply:
         self.conversation: ConversationKey | None = None
         self.user_message_id: int | None = None
         self.reply_message_id: int | None = None
+        # Set before the first delta on first contact: the character's greeting, shown before the reply.
+        self.greeting: str | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._run(self)
@@ -82,6 +85,9 @@ class NoStateChange:
 
     async def after_exchange(self, exchange: Exchange) -> None:
         return None
+
+    def as_of_now(self, state: RelationshipState, character: Character) -> RelationshipState:
+        return state
 
 
 class Engine:
@@ -212,6 +218,7 @@ class Engine:
             state, state_from_db = await self.hot.state(person, character, held.values[0])
             if state_from_db:
                 held.stage(s_key, encode_state(state), cfg.cache_ttl_s)
+            state = self.state_updater.as_of_now(state, character)  # idle emotions drift back toward the baseline
             history, _ = await self.hot.history(conversation, cfg.history_turns, held.values[1])
             if first_delivery is not None and not await first_delivery:
                 reply.status = ReplyStatus.DUPLICATE
@@ -221,6 +228,12 @@ class Engine:
                     reply.status = ReplyStatus.NOT_FOUND
                     return
                 history = history[:-2]
+            elif not history and (greeting := pick_greeting(character, display_name)):
+                # First contact: the character's greeting opens the conversation.
+                tokens = estimate_tokens(greeting)
+                greeting_id = await self.store.messages.add_greeting(conversation, greeting, tokens)
+                history = [(greeting_id, "assistant", greeting, tokens)]
+                reply.greeting = greeting
             scene = binding.scene if binding.scene is not None else character.profile.scene
             system = render_system_prompt(
                 character.profile,
@@ -229,7 +242,8 @@ class Engine:
                 emotion=state.emotion,
                 relationship=state.intimacy,
             )
-            messages, user_tokens = await self._fit(system, HotState.turns(history), text)
+            examples = parse_examples(character.examples, char=character.name, user=display_name) if character.examples else []
+            messages, user_tokens = await self._fit(system, examples, HotState.turns(history), text)
             parts: list[str] = []
             failure: ModelError | None = None
             try:
@@ -298,7 +312,9 @@ class Engine:
             )
             self._in_background(self.state_updater.after_exchange(exchange))
 
-    async def _fit(self, system: str, history: list[Turn], text: str) -> tuple[list[dict[str, str]], int]:
+    async def _fit(
+        self, system: str, examples: list[Turn], history: list[Turn], text: str
+    ) -> tuple[list[dict[str, str]], int]:
         """The messages for the model within the input budget, and the new text's token count.
 
         The estimate over-counts, so when it fits nothing is asked of the model server; only a
@@ -306,13 +322,16 @@ class Engine:
         """
         budget = self.config.max_input_tokens - self.config.max_tokens
         user_tokens = estimate_tokens(text)
-        estimated = estimate_tokens(system) + user_tokens + sum(t.tokens or estimate_tokens(t.content) for t in history)
+        estimated = estimate_tokens(system) + user_tokens + sum(
+            t.tokens or estimate_tokens(t.content) for t in (*examples, *history)
+        )
         if estimated <= budget:
-            return build_messages(system, history, text), user_tokens
+            return build_messages(system, history, text, examples=examples), user_tokens
         exact = dict(zip((system, text), await asyncio.gather(self.model.count_tokens(system), self.model.count_tokens(text))))
         user_tokens = exact[text]
         messages = build_messages(
-            system, history, text, budget=budget, count=lambda s: exact[s] if s in exact else estimate_tokens(s)
+            system, history, text, examples=examples, budget=budget,
+            count=lambda s: exact[s] if s in exact else estimate_tokens(s),
         )
         return messages, user_tokens
 

@@ -12,14 +12,16 @@ from typing import Any, AsyncContextManager, AsyncIterator, Mapping, Protocol, S
 
 from core.character import Character
 from core.events import ConversationKey, PersonKey
-from core.state import Binding, Exchange, RelationshipState, StateChange, StoredMessage
+from core.state import Appraisal, Binding, Exchange, RelationshipState, StateChange, StoredMessage
 
 
 class CharacterRepository(Protocol):
-    async def add(self, card: dict[str, Any]) -> Character:
-        """Store a new character from a normalised card; Conflict if the name is taken (any case)."""
+    async def add(self, card: dict[str, Any], avatar: bytes | None = None, avatar_ext: str | None = None) -> Character:
+        """Store a new character from a normalised card, with its avatar image (and its file
+        extension, e.g. ``png``) if it has one; Conflict if the name is taken (any case)."""
 
-    async def get(self, character_id: int) -> Character | None: ...
+    async def get(self, character_id: int) -> Character | None:
+        """The character without its avatar (this is on the chat path; see ``avatar``)."""
 
     async def get_by_name(self, name: str) -> Character | None:
         """Find a character by name, ignoring case."""
@@ -27,8 +29,14 @@ class CharacterRepository(Protocol):
     async def list(self) -> list[Character]:
         """All characters, ordered by name."""
 
-    async def replace(self, character_id: int, card: dict[str, Any]) -> Character:
-        """Store an edited card; NotFound if gone, Conflict if renamed onto another's name."""
+    async def replace(
+        self, character_id: int, card: dict[str, Any], avatar: bytes | None = None, avatar_ext: str | None = None
+    ) -> Character:
+        """Store an edited card (and a new avatar, if given; else the stored one stays);
+        NotFound if gone, Conflict if renamed onto another's name."""
+
+    async def avatar(self, character_id: int) -> tuple[bytes, str] | None:
+        """The avatar image and its extension, or None when the character has none (or is gone)."""
 
     async def delete(self, character_id: int) -> bool:
         """Delete a character with its bindings, states, audit rows and messages."""
@@ -74,6 +82,9 @@ class MessageRepository(Protocol):
 
         Returns the new message ids (the reply's is None when there is no reply).
         """
+
+    async def add_greeting(self, conversation: ConversationKey, content: str, tokens: int) -> int:
+        """Store the character's greeting as the conversation's first assistant turn; returns its id."""
 
     async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
         """Replace the text of a stored reply (regenerate)."""
@@ -174,7 +185,22 @@ class ChatModel(Protocol):
     async def close(self) -> None: ...
 
 
+class Appraiser(Protocol):
+    """Reads the emotions a character shows, and its intimacy with the person, from an exchange."""
+
+    name: str  # written to the audit rows ("lexicon", "model")
+
+    async def appraise(self, exchange: Exchange, character: Character) -> Appraisal | None:
+        """What the exchange shows (None or an empty Appraisal: nothing to go on). Never raises for
+        a bad answer from a model: that is logged and reads as None."""
+
+
 class StateUpdater(Protocol):
     """The step that moves a person's emotions and intimacy after an exchange."""
 
-    async def after_exchange(self, exchange: Exchange) -> None: ...
+    async def after_exchange(self, exchange: Exchange) -> None:
+        """Appraise a delivered exchange and write the new state (a regenerated reply first undoes
+        what the reply it replaced did)."""
+
+    def as_of_now(self, state: RelationshipState, character: Character) -> RelationshipState:
+        """The stored state as it reads now (emotions drift back toward the baseline while idle)."""

@@ -12,7 +12,14 @@ from typing import Callable, Sequence
 
 from core.character import CharacterProfile
 from core.emotions import EmotionState
-from core.prompt_templates import SYSTEM_PROMPT_EN, SYSTEM_PROMPT_ZH
+from core.prompt_templates import (
+    EMOTION_APPRAISAL_EN,
+    EMOTION_APPRAISAL_ZH,
+    RELATIONSHIP_APPRAISAL_EN,
+    RELATIONSHIP_APPRAISAL_ZH,
+    SYSTEM_PROMPT_EN,
+    SYSTEM_PROMPT_ZH,
+)
 
 _MBTI_EN = {
     "I": "Introverted (I)", "E": "Extraverted (E)", "N": "Intuitive (N)", "S": "Sensing (S)",
@@ -64,14 +71,56 @@ def render_system_prompt(
     return template.format(
         role_name=profile.name,
         world=profile.world,
-        character=("，" if zh else ", ").join(profile.traits if zh else (t.lower() for t in profile.traits)),
+        character=traits_text(profile),
         personality=expand_mbti(profile.mbti, profile.language),
-        style=("、" if zh else ", ").join(profile.style if zh else (s.lower() for s in profile.style)),
+        style=style_text(profile),
         scene=scene_text,
         emotion=emotion.render(profile.language),
         chat_role=chat_role,
         relationship=str(relationship),
     )
+
+
+def traits_text(profile: CharacterProfile) -> str:
+    """Traits as the training data writes them: English lower-cased joined with ``, ``; Chinese with ``，``."""
+    return "，".join(profile.traits) if profile.language == "zh" else ", ".join(t.lower() for t in profile.traits)
+
+
+def style_text(profile: CharacterProfile) -> str:
+    """Speaking style: English lower-cased joined with ``, ``; Chinese joined with ``、``."""
+    return "、".join(profile.style) if profile.language == "zh" else ", ".join(s.lower() for s in profile.style)
+
+
+def render_emotion_appraisal(profile: CharacterProfile, *, scene: str, dialogues: str) -> str:
+    """The alignment task that rates the six emotions ``profile`` shows in ``dialogues``."""
+    template = EMOTION_APPRAISAL_ZH if profile.language == "zh" else EMOTION_APPRAISAL_EN
+    return template.format(
+        role_name=profile.name,
+        character=traits_text(profile),
+        MBTI=expand_mbti(profile.mbti, profile.language),
+        style=style_text(profile),
+        scene=scene,
+        dialogues=dialogues,
+    )
+
+
+def render_relationship_appraisal(profile: CharacterProfile, *, target_name: str, scene: str, dialogues: str) -> str:
+    """The alignment task that rates the intimacy between ``profile`` and ``target_name``."""
+    template = RELATIONSHIP_APPRAISAL_ZH if profile.language == "zh" else RELATIONSHIP_APPRAISAL_EN
+    return template.format(
+        role_name=profile.name,
+        target_name=target_name,
+        character=traits_text(profile),
+        MBTI=expand_mbti(profile.mbti, profile.language),
+        style=style_text(profile),
+        scene=scene,
+        dialogues=dialogues,
+    )
+
+
+def dialogue_lines(lines: Sequence[tuple[str, str]]) -> str:
+    """``Name: text`` per utterance, joined with newlines (the appraisal prompts' dialogue field)."""
+    return "\n".join(f"{name}: {text}" for name, text in lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +158,22 @@ def build_messages(
     history: Sequence[Turn],
     user_text: str,
     *,
+    examples: Sequence[Turn] = (),
     budget: int | None = None,
     count: Callable[[str], int] | None = None,
 ) -> list[dict[str, str]]:
-    """System message, then alternating history, then the new user text, within ``budget`` tokens.
+    """System message, example dialogue, alternating history, then the new text, within ``budget`` tokens.
 
-    Whole exchanges are dropped oldest first; the system message and the new text always stay.
+    Over the budget the example dialogue goes first, then whole exchanges oldest first; the
+    system message and the new text always stay.
     """
     turns = alternate([*history, Turn("user", user_text)])
+    leading = list(examples)
     if budget is not None and count is not None:
         sizes = [t.tokens or count(t.content) for t in turns]
         total = count(system) + sum(sizes)
+        if leading and total + sum(count(t.content) for t in leading) > budget:
+            leading = []
         start = 0
         # Drop (user, assistant) pairs from the front so that user turns stay first.
         while total > budget and start < len(turns) - 1:
@@ -129,7 +183,10 @@ def build_messages(
         turns = turns[start:]
         if turns and turns[0].role != "user":
             turns = turns[1:]
-    return [{"role": "system", "content": system}, *({"role": t.role, "content": t.content} for t in turns)]
+    return [
+        {"role": "system", "content": system},
+        *({"role": t.role, "content": t.content} for t in [*leading, *turns]),
+    ]
 
 
 def estimate_tokens(text: str) -> int:

@@ -98,3 +98,21 @@ class Exchange:
     user_message_id: int
     reply_message_id: int
     regenerated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Appraisal:
+    """What an appraiser read from an exchange: emotion levels (0-10) and intimacy it has evidence for.
+
+    ``emotion`` may name only some of the six emotions (English names); ``intimacy`` is None when
+    the exchange said nothing about it. ``reason`` is a short account for the audit trail.
+    """
+
+    appraiser: str
+    emotion: dict[str, int] = field(default_factory=dict)
+    intimacy: int | None = None
+    reason: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not self.emotion and self.intimacy is None

@@ -58,6 +58,9 @@ characters = sa.Table(
     sa.Column("name_key", sa.Text, nullable=False),
     # Plain JSON (text) rather than JSONB: it keeps the card's key order, so export gives back the import.
     sa.Column("card", sa.JSON, nullable=False),
+    # The image the card came with; read only when it is shown or exported, never on the chat path.
+    sa.Column("avatar", sa.LargeBinary, nullable=True),
+    sa.Column("avatar_ext", sa.String(8), nullable=True),  # "png", "jpg", "webp", ...
     _created(),
     sa.Column("updated_at", UtcDateTime(), nullable=False, server_default=NOW),
     sa.UniqueConstraint("name_key"),

@@ -53,6 +53,8 @@ class ConsoleChat:
         async for delta in reply:
             if not started:
                 name = reply.character.name if reply.character else "…"
+                if reply.greeting:
+                    self.write(f"{name}: {reply.greeting}\n")
                 self.write(f"{name}: ")
                 started = True
             self.write(delta)

@@ -27,7 +27,7 @@ from bots.discord.chat import (
     regenerate_view,
 )
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
-from bots.streaming import EditBudget, StreamedMessage
+from bots.streaming import EditBudget, StreamedMessage, greeting_first
 from core.engine import Reply, ReplyStatus
 from core.errors import PersonaeError
 from core.events import ChatEvent, ConversationKey, Trigger
@@ -153,8 +153,8 @@ class PersonaeClient(discord.Client):
     async def _deltas(
         self, reply: Reply, message: discord.Message, first_text: asyncio.Event, finished: asyncio.Event
     ) -> AsyncIterator[str]:
-        """The reply's deltas; once per conversation, a note that attachments were not read."""
-        async for delta in reply:
+        """The reply's deltas (after the greeting, on first contact); once per conversation, a note that attachments were not read."""
+        async for delta in greeting_first(reply, lambda text: message.channel.send(text, allowed_mentions=NO_MENTIONS)):
             first_text.set()
             yield delta
         finished.set()

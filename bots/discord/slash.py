@@ -4,10 +4,18 @@ Every decision (who may bind, who may create characters) is made in ``core.comma
 ``Actor`` resolved here for each call: admin = Manage Server (or Administrator) in the interaction's
 resolved permissions, or the configured admin role; owner = an id in ``owner_ids``. The
 ``default_permissions`` set on some commands only hides them from others in Discord's menu.
+
+A character's avatar is shown on ``/character show`` (the image as the thumbnail of an embed).
+Chat replies deliberately stay the bot's own messages rather than going through a channel webhook
+under the character's name and avatar: a webhook message cannot reply to the person's message,
+a reply to it does not count as addressing the bot (its author is the webhook, not the bot), it is
+edited through the webhook's routes rather than the channel's (which streaming, the Regenerate
+button and its removal all use), and DMs have no webhooks at all.
 """
 
 # No `from __future__ import annotations`: discord.py reads the parameter annotations below at runtime.
 
+import io
 import logging
 from typing import TYPE_CHECKING, Literal, Optional
 
@@ -16,7 +24,6 @@ from discord import app_commands
 
 from bots.compose import App
 from bots.settings import Settings
-from core.cards import MAX_CARD_JSON_BYTES
 from core.commands import Actor, Outcome, Place
 from core.events import ChatEvent, Platform
 from core.text import split_message
@@ -27,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPLY_LIMIT = 2000
+AVATAR_KINDS = ("png", "jpg", "jpeg", "gif", "webp")  # images Discord shows in an embed
+AVATAR_UPLOAD_BYTES = 8 * 1024 * 1024  # under every server's upload limit
 FAILED = "Something went wrong on my side; the details are in the bot's log."
 Level = app_commands.Range[int, 0, 10]
 
@@ -151,21 +160,25 @@ class CharacterCommands(app_commands.Group, name="character", description="Creat
         app = app_of(interaction)
         await finish(interaction, await app.commands.create_character(actor_of(interaction), place_of(interaction), fields))
 
-    @app_commands.command(name="import", description="Import a character card (JSON file, V1/V2/V3) (admins).")
-    @app_commands.describe(card="the card's .json file")
+    @app_commands.command(name="import", description="Import a character card: PNG, CharX or JSON (V1/V2/V3) (admins).")
+    @app_commands.describe(card="the card file (.png, .charx or .json)")
     async def import_(self, interaction: discord.Interaction, card: discord.Attachment) -> None:
         await begin(interaction)
-        if card.size > MAX_CARD_JSON_BYTES:
-            return await finish(interaction, f"That file is too big for a card ({card.size:,} bytes).")
-        if (card.filename or "").lower().endswith((".png", ".charx")):
-            return await finish(interaction, "Only JSON cards can be imported here: export the card as JSON.")
+        app = app_of(interaction)
         actor, place = actor_of(interaction), place_of(interaction)
         if not actor.privileged:
             # Don't download files for people who may not import: the command layer refuses them
             # before it reads the card, so an empty card gets the same answer.
-            return await finish(interaction, await app_of(interaction).commands.import_character(actor, place, b""))
-        raw = await card.read()
-        await finish(interaction, await app_of(interaction).commands.import_character(actor, place, raw))
+            return await finish(interaction, await app.commands.import_character(actor, place, b""))
+        limit = app.commands.max_card_bytes
+        if card.size > limit:
+            return await finish(interaction, f"That file is {card.size:,} bytes; a card may be at most {limit:,}.")
+        try:
+            raw = await card.read()
+        except discord.HTTPException as exc:
+            log.warning("could not download a card attachment: %s", exc)
+            return await finish(interaction, "I could not download that file from Discord. Please try again.")
+        await finish(interaction, await app.commands.import_character(actor, place, raw, card.filename))
 
     @app_commands.command(name="edit", description="Change a character's profile (admins).")
     @app_commands.autocomplete(name=character_names)
@@ -203,7 +216,23 @@ class CharacterCommands(app_commands.Group, name="character", description="Creat
     @app_commands.describe(name="the character to show")
     async def show(self, interaction: discord.Interaction, name: str) -> None:
         await begin(interaction)
-        await finish(interaction, await app_of(interaction).commands.show_character(actor_of(interaction), name))
+        commands = app_of(interaction).commands
+        outcome = await commands.show_character(actor_of(interaction), name)
+        avatar = await commands.character_avatar(outcome.character) if outcome.ok and outcome.character else None
+        if avatar is None or avatar[1] not in AVATAR_KINDS or len(avatar[0]) > AVATAR_UPLOAD_BYTES:
+            return await finish(interaction, outcome)
+        # The avatar rides along as an attachment, shown as the thumbnail of a small embed.
+        image, ext = avatar
+        filename = f"avatar.{ext}"
+        embed = discord.Embed(title=outcome.character.name).set_thumbnail(url=f"attachment://{filename}")
+        try:
+            await interaction.followup.send(
+                outcome.message[:REPLY_LIMIT], embed=embed, file=discord.File(io.BytesIO(image), filename=filename),
+                ephemeral=True, allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.HTTPException as exc:  # e.g. over this server's upload limit: the text alone
+            log.info("could not attach the avatar of %s: %s", outcome.character.name, exc)
+            await finish(interaction, outcome)
 
     @app_commands.command(name="delete", description="Delete a character and everything stored with it (admins).")
     @app_commands.autocomplete(name=character_names)
@@ -249,8 +278,24 @@ async def use(interaction: discord.Interaction, character: str) -> None:
 
 
 async def mood(interaction: discord.Interaction) -> None:
+    """The mood as text with its picture (bars and their recent course) attached."""
+    import io
+
+    from bots.mood_picture import mood_png
+
     await begin(interaction)
-    await finish(interaction, await app_of(interaction).commands.mood(actor_of(interaction), place_of(interaction)))
+    outcome = await app_of(interaction).commands.mood(actor_of(interaction), place_of(interaction))
+    try:
+        picture = await mood_png(outcome)
+    except Exception:  # noqa: BLE001 - the text alone still answers
+        log.exception("could not draw the mood picture")
+        picture = None
+    if picture is None:
+        return await finish(interaction, outcome)
+    await interaction.followup.send(
+        outcome.message[:REPLY_LIMIT], file=discord.File(io.BytesIO(picture), filename="mood.png"),
+        ephemeral=True, allowed_mentions=discord.AllowedMentions.none(),
+    )
 
 
 async def reset(interaction: discord.Interaction) -> None:

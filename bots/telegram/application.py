@@ -31,7 +31,6 @@ from bots.telegram.arguments import COMMANDS
 from bots.telegram.handlers import FORGET, USE, Handlers
 from bots.telegram.replies import REGENERATE, Replies
 from bots.telegram.updates import OrderedUpdates
-from core import cards
 from core.errors import PersonaeError
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,6 @@ class Tuning:
     request_timeout: float = 15.0  # connect/read/write timeout of one Bot API call
     rate_limit_retries: int = 2  # retries of a call Telegram answers with "retry after"
     admin_ttl: float = 60.0  # how long a getChatMember answer is trusted
-    max_card_bytes: int = cards.MAX_CARD_JSON_BYTES
 
 
 def build_application(app: App, tuning: Tuning | None = None) -> Application:
@@ -85,7 +83,7 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         draft_interval=tuning.draft_interval,
         group_per_minute=tuning.group_messages_per_minute,
     )
-    register(application, Handlers(app, replies, admin_ttl=tuning.admin_ttl, max_card_bytes=tuning.max_card_bytes))
+    register(application, Handlers(app, replies, admin_ttl=tuning.admin_ttl))
     return application
 
 

@@ -33,7 +33,7 @@ Group admins, and bot owners anywhere
    optional: language=en|zh; scene=…; greeting=…; description=…; emotion=happiness=3,sadness=2; relationship=3; public=yes|no
    (fields are separated by ";" or new lines)
 /character edit NAME field=value; field=value
-/character import – as the caption of a JSON card file, in reply to one, or followed by the JSON itself
+/character import – as the caption of a card file (PNG, CharX or JSON), in reply to one, or followed by the JSON itself
 
 In private chats only bot owners create, import, edit or delete characters."""
 

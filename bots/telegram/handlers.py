@@ -2,6 +2,10 @@
 
 Handlers resolve who is asking (``Actor``: group admin via ``getChatMember``, owner via settings)
 and where (``Place``); every permission decision is then made by ``core.commands``.
+
+A character's avatar comes as a photo, with the answer as its caption, when a person picks the
+character (``/use``, or its button) and on ``/character show``; the ``/characters`` list stays
+text and buttons (one photo per character would flood the chat).
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from typing import Awaitable, Callable
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, MessageEntity, Update
 from telegram.constants import ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
@@ -19,7 +24,6 @@ from bots.compose import App
 from bots.telegram.admins import ChatAdmins
 from bots.telegram.arguments import HELP, after_command, parse_bind, parse_edit, parse_fields, split_word
 from bots.telegram.replies import Replies, parse_regenerate_data, prepend
-from core.cards import MAX_CARD_JSON_BYTES
 from core.commands import Actor, Outcome, Place
 from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
 from core.errors import InvalidInput
@@ -33,17 +37,19 @@ USE = "use"
 FORGET = "forget"
 MAX_BUTTONS = 30
 PICK_FIRST = "Pick a character first: tap one below, or type /use NAME."
+PHOTO_KINDS = ("png", "jpg", "jpeg", "webp")  # avatars sent as a photo; others are not shown
+PHOTO_BYTES = 10 * 1024 * 1024  # Telegram's limit for an uploaded photo
+CAPTION_LIMIT = 1024  # characters in a photo's caption
 
 
 class Handlers:
     """Handlers for one bot; they share the engine, the reply renderer and the admin cache."""
 
-    def __init__(self, app: App, replies: Replies, *, admin_ttl: float = 60.0, max_card_bytes: int = MAX_CARD_JSON_BYTES) -> None:
+    def __init__(self, app: App, replies: Replies, *, admin_ttl: float = 60.0) -> None:
         self.app = app
         self.commands = app.commands
         self.replies = replies
         self.admins = ChatAdmins(admin_ttl)
-        self.max_card_bytes = max_card_bytes
 
     # -- who and where ---------------------------------------------------------------------
 
@@ -126,7 +132,9 @@ class Handlers:
             return
         outcome = await self.commands.use(await self.actor(update, context), self.place(update), character.name)
         await query.answer(outcome.message[:200] if not outcome.ok else f"Now talking to {character.name}.")
-        await context.bot.send_message(query.message.chat.id, outcome.message)
+        chat_id = query.message.chat.id
+        if not await self._with_avatar(outcome, lambda photo, caption: context.bot.send_photo(chat_id, photo, caption=caption)):
+            await context.bot.send_message(chat_id, outcome.message)
 
     async def on_regenerate_button(self, update: Update, context: Context) -> None:
         """The regenerate button: only the reply's author may press it; the new reply replaces the old."""
@@ -205,10 +213,26 @@ class Handlers:
         if not name:
             await self._say(update, "Say which character: /use NAME (see /characters).")
             return
-        await self._say(update, await self.commands.use(await self.actor(update, context), self.place(update), name))
+        await self._say(update, await self.commands.use(await self.actor(update, context), self.place(update), name), avatar=True)
 
     async def on_mood(self, update: Update, context: Context) -> None:
-        await self._say(update, await self.commands.mood(await self.actor(update, context), self.place(update)))
+        """/mood: a picture of the character's feelings toward the person (bars and their recent
+        course), with the text as its caption."""
+        from bots.mood_picture import mood_png
+
+        outcome = await self.commands.mood(await self.actor(update, context), self.place(update))
+        message = update.effective_message
+        try:
+            picture = await mood_png(outcome)
+        except Exception:  # noqa: BLE001 - the text alone still answers
+            log.exception("could not draw the mood picture")
+            picture = None
+        if picture is None or message is None or len(outcome.message) > 1024:
+            await self._say(update, outcome)
+            return
+        await message.reply_photo(
+            picture, filename="mood.png", caption=outcome.message, do_quote=message.chat.type != ChatType.PRIVATE
+        )
 
     async def on_reset(self, update: Update, context: Context) -> None:
         await self._say(update, await self.commands.reset(await self.actor(update, context), self.place(update)))
@@ -264,10 +288,10 @@ class Handlers:
                 outcome = Outcome(False, "Use /character create, import, edit, list, show or delete (see /help).")
         except InvalidInput as exc:
             outcome = Outcome(False, f"{str(exc)[:1].upper()}{str(exc)[1:]}. See /help for the syntax.")
-        await self._say(update, outcome)
+        await self._say(update, outcome, avatar=sub == "show")
 
     async def on_card_document(self, update: Update, context: Context) -> None:
-        """A JSON card sent as a file with the caption ``/character import``."""
+        """A card file (PNG, CharX or JSON) sent with the caption ``/character import``."""
         message = update.effective_message
         addressee = re.match(r"/character@(\w+)", (message.caption or "") if message else "")
         if addressee and addressee.group(1).lower() != (context.bot.username or "").lower():
@@ -282,8 +306,13 @@ class Handlers:
         if document is None:
             if inline.startswith("{"):
                 return await self.commands.import_character(actor, place, inline)
-            return Outcome(False, "Send the card as a JSON file with the caption /character import, or reply to one with it.")
-        limit = self.max_card_bytes
+            return Outcome(
+                False, "Send the card as a file (PNG, CharX or JSON) with the caption /character import, or reply to one with it."
+            )
+        if not actor.privileged:
+            # Refused before the file is read: don't download files for people who may not import.
+            return await self.commands.import_character(actor, place, b"")
+        limit = self.commands.max_card_bytes
         if document.file_size is not None and document.file_size > limit:
             return Outcome(False, f"That file is {document.file_size:,} bytes; a card may be at most {limit:,}.")
         try:
@@ -296,19 +325,44 @@ class Handlers:
             return Outcome(False, "I could not download that file from Telegram. Please try again.")
         if len(raw) > limit:
             return Outcome(False, f"That file is {len(raw):,} bytes; a card may be at most {limit:,}.")
-        return await self.commands.import_character(actor, place, raw)
+        return await self.commands.import_character(actor, place, raw, document.file_name)
 
     async def on_unknown_command(self, update: Update, context: Context) -> None:
         await self._say(update, "I do not know that command. /help lists what I can do.")
 
     # -- output ----------------------------------------------------------------------------
 
-    async def _say(self, update: Update, what: Outcome | str) -> None:
+    async def _say(self, update: Update, what: Outcome | str, *, avatar: bool = False) -> None:
+        """Answer the message; with ``avatar``, a successful outcome about a character comes with its picture."""
         message = update.effective_message
         if message is None:
             return
+        quote = message.chat.type != ChatType.PRIVATE
+        if avatar and isinstance(what, Outcome):
+            sent = await self._with_avatar(what, lambda photo, caption: message.reply_photo(photo, caption=caption, do_quote=quote))
+            if sent:
+                return
         text = what if isinstance(what, str) else what.message
-        await message.reply_text(text[:4096], do_quote=message.chat.type != ChatType.PRIVATE)
+        await message.reply_text(text[:4096], do_quote=quote)
+
+    async def _with_avatar(self, outcome: Outcome, send_photo: Callable[[InputFile, str], Awaitable[object]]) -> bool:
+        """Send the outcome's character's avatar through ``send_photo`` with the outcome's text as its caption
+        (a long text follows as a message). False, with nothing sent, when there is no avatar Telegram can show."""
+        if not outcome.ok or outcome.character is None:
+            return False
+        avatar = await self.commands.character_avatar(outcome.character)
+        if avatar is None or avatar[1] not in PHOTO_KINDS or len(avatar[0]) > PHOTO_BYTES:
+            return False
+        text = outcome.message
+        caption = text if len(text) <= CAPTION_LIMIT else outcome.character.name
+        try:
+            sent = await send_photo(InputFile(avatar[0], filename=f"avatar.{avatar[1]}"), caption)
+        except BadRequest as exc:  # an image Telegram will not take as a photo: the text alone
+            log.info("Telegram refused the avatar of %s as a photo: %s", outcome.character.name, exc)
+            return False
+        if caption != text and isinstance(sent, Message):
+            await sent.reply_text(text[:4096], do_quote=False)
+        return True
 
     async def _offer_characters(self, update: Update, context: Context, intro: str) -> None:
         message = update.effective_message

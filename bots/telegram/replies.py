@@ -14,7 +14,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParam
 from telegram.constants import ChatType, MessageLimit
 from telegram.error import BadRequest, TelegramError
 
-from bots.streaming import EditBudget, StreamedMessage
+from bots.streaming import EditBudget, StreamedMessage, greeting_first
 from bots.telegram.drafts import DraftStream
 from bots.telegram.updates import Recent
 from core.engine import Reply
@@ -84,7 +84,7 @@ class Replies:
 
     async def answer(self, reply: Reply, chat_id: int, chat_type: str, *, reply_to: int | None = None, thread_id: int | None = None) -> list[int]:
         """Stream ``reply`` into the chat; returns the ids of the messages it ended up in."""
-        deltas = aiter(reply)
+        deltas = greeting_first(reply, lambda text: self.bot.send_message(chat_id, text, message_thread_id=thread_id))
         if chat_type == ChatType.PRIVATE and self.drafts_available:
             ids = await self._through_drafts(reply, deltas, chat_id)
         else:

@@ -110,6 +110,18 @@ class SqlMessageRepository:
         ids = {row["role"]: row["id"] for row in rows}
         return ids["user"], ids.get("assistant")
 
+    async def add_greeting(self, conversation: ConversationKey, content: str, tokens: int) -> int:
+        c = conversation
+        statement = sa.insert(t).values(
+            character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
+            role="assistant", content=content, tokens=tokens, platform_message_id=None, created_at=utcnow(),
+        ).returning(t.c.id)
+        try:
+            async with self._db.connect() as conn:
+                return (await conn.execute(statement)).scalar_one()
+        except IntegrityError:
+            raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
+
     async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
         statement = (
             sa.update(t)

@@ -145,3 +145,16 @@ def test_budget_smaller_than_the_system_prompt_still_sends_system_and_new_text()
 def test_sample_cards_export_what_they_import() -> None:
     for name, raw in sample_cards():
         assert parse_card_json(raw) == json.loads(raw)
+
+
+def test_example_dialogue_blocks_become_alternating_turns() -> None:
+    from core.card_dialogue import parse_examples
+
+    text = "<START>\n{{user}}: Hi {{char}}!\n{{char}}: Hello, {{user}}.\nMore of my line.\n<START>\n{{char}}: Lonely opener.\n{{user}}: ok\n{{char}}: Bye."
+    turns = parse_examples(text, char="Mira", user="Tom")
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "Hi Mira!"),
+        ("assistant", "Hello, Tom.\nMore of my line."),
+        ("user", "ok"),
+        ("assistant", "Bye."),
+    ]

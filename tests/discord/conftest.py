@@ -130,7 +130,8 @@ async def stop_bot(app: App, task: asyncio.Task[None]) -> None:
     await app.model.close()
 
 
-async def add_character(store: Any) -> None:
+async def add_character(store: Any, *, greeting: str = "") -> None:
+    # No greeting by default, so that the scenarios count only the reply's messages.
     await store.characters.add(
         new_card(
             name=CHARACTER,
@@ -139,7 +140,7 @@ async def add_character(store: Any) -> None:
             mbti="ENFJ",
             style=["indecisive", "decisive", "sentimental"],
             scene="Elsinore at night.",
-            greeting="Who's there?",
+            greeting=greeting,
         )
     )
 

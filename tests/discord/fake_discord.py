@@ -74,6 +74,7 @@ class Call:
     body: Any
     query: dict[str, str]
     at: float = field(default_factory=time.monotonic)
+    files: dict[str, bytes] = field(default_factory=dict)  # uploaded with the request: file name -> bytes
 
 
 @dataclass(slots=True)
@@ -345,7 +346,7 @@ class FakeDiscord:
             url = self.add_file(f"{attachment_id}-{filename}", data)
             resolved.setdefault("attachments", {})[attachment_id] = {
                 "id": attachment_id, "filename": filename, "size": len(data), "url": url, "proxy_url": url,
-                "content_type": "application/json",
+                "content_type": "image/png" if filename.endswith(".png") else "application/json",
             }
             opts.append({"name": option, "type": 11, "value": attachment_id})
         if sub:
@@ -449,13 +450,16 @@ class FakeDiscord:
         path = "/" + request.match_info["path"]
         raw = await request.read()
         body: Any = None
+        files: dict[str, bytes] = {}
         if raw:
             if request.content_type == "application/json":
                 body = json.loads(raw)
-            else:  # multipart: discord.py puts the JSON in a payload_json field
-                match = re.search(rb'name="payload_json"\r\n(?:[^\r\n]*\r\n)*\r\n(.*?)\r\n--', raw, re.S)
+            else:  # multipart: discord.py puts the JSON in a payload_json field, files in files[n]
+                match = re.search(rb'name="payload_json"\r\n(?:[^\r\n]+\r\n)*\r\n(.*?)\r\n--', raw, re.S)
                 body = json.loads(match.group(1)) if match else raw.decode("utf-8", "replace")
-        self.calls.append(Call(request.method, path, body, dict(request.query)))
+                boundary = re.search(r'boundary="?([^";]+)"?', request.headers.get("Content-Type", ""))
+                files = _uploaded_files(raw, boundary.group(1) if boundary else "")
+        self.calls.append(Call(request.method, path, body, dict(request.query), files=files))
         is_webhook = path.startswith(("/webhooks/", "/interactions/"))
         if not is_webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             return _json({"message": "401: Unauthorized", "code": 0}, status=401)
@@ -554,6 +558,19 @@ class FakeDiscord:
                 message[key] = body[key] if body[key] is not None else ([] if key != "content" else "")
         message["edited_timestamp"] = _now()
         return message
+
+
+def _uploaded_files(raw: bytes, boundary: str) -> dict[str, bytes]:
+    """The files of a multipart body, by file name."""
+    files: dict[str, bytes] = {}
+    if not boundary:
+        return files
+    for part in raw.split(b"--" + boundary.encode())[1:]:
+        head, sep, data = part.partition(b"\r\n\r\n")
+        name = re.search(rb'filename="([^"]*)"', head)
+        if sep and name:
+            files[name.group(1).decode()] = data[:-2] if data.endswith(b"\r\n") else data
+    return files
 
 
 def _option(name: str, value: Any) -> dict[str, Any]:

@@ -219,3 +219,22 @@ async def test_a_failing_handler_is_logged_and_the_client_keeps_running(bot, dis
 
     assert "failed to answer message" in discord_logs.text
     assert after is not None and after.status is ReplyStatus.ANSWERED
+
+
+async def test_first_contact_shows_the_characters_greeting_before_the_reply(bot):
+    character = await bot.app.store.characters.get_by_name("Hamlet")
+    from core.cards import edit_card
+
+    await bot.app.store.characters.replace(character.id, edit_card(character.card, {"greeting": "(starts) Who's there, {{user}}?"}))
+    bot.app.engine.hot.forget_character(character.id)
+    await bot.bind(ROLEPLAY)
+    bot.tgi.script(reply=LINE)
+
+    await bot.say(ROLEPLAY, ALICE, "Only a friend.")
+    await bot.say(ROLEPLAY, ALICE, "May I sit?")
+
+    posts = bot.fake.posted(ROLEPLAY)
+    assert posts[0].body["content"].startswith("(starts) Who's there, ")
+    assert "message_reference" not in posts[0].body or posts[0].body.get("message_reference") is None
+    assert posts[0].body["allowed_mentions"]["parse"] == []
+    assert len(posts) == 3  # the greeting once, then one reply per message

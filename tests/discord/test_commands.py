@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 from bots.discord.slash import FAILED
+from core.card_files import placeholder_png
 from core.commands import ADMIN_ONLY
+from tests.card_builders import png_card
 from tests.discord.fake_discord import (
     ADMINISTRATOR,
     ALICE,
@@ -153,6 +155,9 @@ async def test_mood_reset_and_forget_are_for_everyone(bot):
 
     mood = await bot.fake.slash("mood", user=ALICE, channel=THREAD)  # a thread: the parent's character
     assert (await bot.fake.answer_to(mood)).startswith("Hamlet toward Alice:")
+    (answer,) = bot.fake.followups(mood)  # with the picture attached
+    assert answer.body["attachments"][0]["filename"] == "mood.png"
+    assert answer.files["mood.png"].startswith(b"\x89PNG\r\n\x1a\n")
 
     reset = await bot.fake.slash("reset", user=ALICE)
     assert await bot.fake.answer_to(reset) == "Started over with Hamlet (2 messages forgotten)."
@@ -200,3 +205,50 @@ async def test_a_failing_command_is_logged_and_answered_briefly(bot, discord_log
 
     assert await bot.fake.answer_to(sent) == FAILED
     assert "slash command /mood failed" in discord_logs.text and "the database fell over" in discord_logs.text
+
+
+async def test_an_admin_imports_a_png_card_and_show_presents_its_avatar(bot):
+    png = png_card()
+    sent = await bot.fake.slash(
+        "character import", user=BOB, permissions=MANAGE_GUILD, attachments={"card": ("ophelia.png", png)}
+    )
+
+    answer = await bot.fake.answer_to(sent)
+    assert answer.startswith("Imported Ophelia. It has no world, traits, mbti, style")
+    imported = await bot.app.store.characters.get_by_name("Ophelia")
+    assert imported.card["data"]["extensions"]["some_other_app"] == {"keep": True}
+    assert await bot.app.store.characters.avatar(imported.id) == (png, "png")
+
+    shown = await bot.fake.slash("character show", {"name": "Ophelia"}, user=ALICE)
+    assert (await bot.fake.answer_to(shown)).startswith("Ophelia (public, en)")
+    (followup,) = bot.fake.followups(shown)
+    assert followup.body["flags"] & 64
+    (embed,) = followup.body["embeds"]
+    assert embed["title"] == "Ophelia" and embed["thumbnail"]["url"] == "attachment://avatar.png"
+    assert followup.files == {"avatar.png": png}
+
+
+async def test_show_without_an_avatar_is_plain_text(bot):
+    shown = await bot.fake.slash("character show", {"name": "Hamlet"}, user=ALICE)
+
+    assert (await bot.fake.answer_to(shown)).startswith("Hamlet (public, en)")
+    (followup,) = bot.fake.followups(shown)
+    assert not followup.body.get("embeds") and followup.files == {}
+
+
+async def test_a_bad_png_card_is_refused_in_one_line_and_nothing_is_stored(bot):
+    sent = await bot.fake.slash("character import", user=OWNER, attachments={"card": ("nobody.png", placeholder_png("Nobody"))})
+
+    assert await bot.fake.answer_to(sent) == (
+        "Could not import the card: The PNG has no character card in it (no 'chara' or 'ccv3' text chunk)."
+    )
+    assert [c.name for c in await bot.app.store.characters.list()] == ["Hamlet"]
+
+
+async def test_an_attachment_over_the_limit_is_refused_without_downloading_it(bot):
+    bot.app.commands.max_card_bytes = 1000
+    sent = await bot.fake.slash("character import", user=OWNER, attachments={"card": ("ophelia.png", png_card())})
+
+    assert (await bot.fake.answer_to(sent)).endswith("a card may be at most 1,000.")
+    assert bot.fake.downloads == []
+    assert await bot.app.store.characters.get_by_name("Ophelia") is None

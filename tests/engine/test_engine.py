@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from core.engine import NOTICE_RATE, NOTICE_UNAVAILABLE, ReplyStatus
+from core.engine import NOTICE_RATE, NOTICE_UNAVAILABLE, NoStateChange, ReplyStatus
 from core.events import ConversationKey, Platform
 from tests.engine.conftest import build_world
 
@@ -206,7 +206,7 @@ async def test_regenerate_replaces_the_newest_reply(world) -> None:
 async def test_state_update_step_gets_the_whole_exchange(world) -> None:
     seen = []
 
-    class Recorder:
+    class Recorder(NoStateChange):
         async def after_exchange(self, exchange):
             seen.append(exchange)
 
@@ -217,3 +217,41 @@ async def test_state_update_step_gets_the_whole_exchange(world) -> None:
     assert exchange.user_text == "hello there" and exchange.reply_text == world.tgi.reply
     assert exchange.reply_message_id == reply.reply_message_id and exchange.display_name == "Elena"
     assert exchange.state_before.intimacy == 7 and exchange.scene == "Elsinore at night."
+
+
+async def test_first_contact_stores_and_shows_the_greeting_once(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi)
+    character = await store.characters.get_by_name(world.character_name)
+    from core.cards import edit_card
+
+    card = edit_card(character.card, {"greeting": "(bows) Welcome, {{user}}. I am {{char}}."})
+    card["data"]["alternate_greetings"] = []
+    await store.characters.replace(character.id, card)
+    world.app.engine.hot.forget_character(character.id)
+    reply, _ = await world.say("hello", name="Elena")
+    assert reply.greeting == f"(bows) Welcome, Elena. I am {world.character_name}."
+    again, _ = await world.say("and again")
+    assert again.greeting is None
+    assert [role for role, _ in await stored(world)] == ["assistant", "user", "assistant", "user", "assistant"]
+    # The model never sees a leading assistant turn (chat templates reject it).
+    assert [m["role"] for m in tgi.bodies()[-1]["messages"]] == ["system", "user", "assistant", "user"]
+
+
+async def test_example_dialogue_leads_the_prompt_and_goes_before_history(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi, max_input_tokens=700, max_tokens=50)
+    character = await store.characters.get_by_name(world.character_name)
+    card = dict(character.card)
+    card["data"] = dict(card["data"], mes_example="<START>\n{{user}}: Who are you?\n{{char}}: (sighs) {{char}}, prince of nothing.")
+    await store.characters.replace(character.id, card)
+    world.app.engine.hot.forget_character(character.id)
+    await world.say("first")
+    messages = tgi.bodies()[-1]["messages"]
+    assert messages[1:3] == [
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": f"(sighs) {world.character_name}, prince of nothing."},
+    ]
+    for i in range(6):
+        await world.say(f"question {i} " + "words " * 60)
+    messages = tgi.bodies()[-1]["messages"]
+    assert not any(m["content"] == "Who are you?" for m in messages)  # examples dropped first
+    assert messages[-1]["content"].startswith("question 5 ")

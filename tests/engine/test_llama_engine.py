@@ -40,7 +40,8 @@ async def test_a_turn_streams_text_is_stored_and_history_survives_a_restart(tmp_
 
     app = await open_app(url, llama_server.base_url)
     try:
-        assert (await app.commands.use(actor, place, "Hamlet")).ok
+        used = await app.commands.use(actor, place, "Hamlet")
+        assert used.ok and used.greeting and used.greeting in used.message
         reply = app.engine.handle(event("Good evening, my lord."))
         deltas = [d async for d in reply]
         assert reply.status is ReplyStatus.ANSWERED
@@ -54,12 +55,16 @@ async def test_a_turn_streams_text_is_stored_and_history_survives_a_restart(tmp_
     app = await open_app(url, llama_server.base_url)
     try:
         stored = await app.store.messages.recent(conversation, 10)
-        assert [(m.role, m.content) for m in stored] == [("user", "Good evening, my lord."), ("assistant", first_reply)]
+        assert [(m.role, m.content) for m in stored] == [
+            ("assistant", used.greeting),
+            ("user", "Good evening, my lord."),
+            ("assistant", first_reply),
+        ]
         reply = app.engine.handle(event("What troubles you tonight?"))
         assert (await reply.collect()).strip()
         assert reply.status is ReplyStatus.ANSWERED
         stored = await app.store.messages.recent(ConversationKey(conversation.character_id, "console", "console-elena", "elena"), 10)
-        assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
-        assert stored[2].content == "What troubles you tonight?"
+        assert [m.role for m in stored] == ["assistant", "user", "assistant", "user", "assistant"]
+        assert stored[3].content == "What troubles you tonight?"
     finally:
         await close(app)

@@ -131,3 +131,54 @@ async def test_delete_removes_the_character_with_its_bindings_states_audit_and_m
     assert (await store.bindings.get("discord", f"chan-{ophelia.id}")) is not None
     assert len(await store.messages.recent(conversation(ophelia.id), 10)) == 2
     assert await store.messages.recent(conversation(hamlet.id), 10) == []
+
+
+AVATAR = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # binary, with every byte value and NULs
+
+
+async def test_an_avatar_is_stored_with_the_character_and_read_back_byte_for_byte(store) -> None:
+    hamlet = await store.characters.add(card("Hamlet"), AVATAR, "png")
+    ophelia = await store.characters.add(card("Ophelia"))
+
+    assert await store.characters.avatar(hamlet.id) == (AVATAR, "png")
+    assert await store.characters.avatar(ophelia.id) is None
+    assert await store.characters.avatar(hamlet.id + 1000) is None
+
+
+async def test_replace_keeps_the_avatar_unless_a_new_one_is_given(store) -> None:
+    hamlet = await store.characters.add(card("Hamlet"), AVATAR, "png")
+
+    await store.characters.replace(hamlet.id, card("Hamlet", scene="Elsinore."))
+    assert await store.characters.avatar(hamlet.id) == (AVATAR, "png")
+
+    await store.characters.replace(hamlet.id, card("Hamlet"), b"\xff\xd8\xff new", "jpg")
+    assert await store.characters.avatar(hamlet.id) == (b"\xff\xd8\xff new", "jpg")
+
+
+@pytest.mark.parametrize("avatar, ext", [(b"", "png"), (b"x", "toolongext"), (b"x", "p/g"), (b"x", None), (None, "png")])
+async def test_a_bad_avatar_is_refused_and_nothing_is_written(store, avatar, ext) -> None:
+    with pytest.raises(InvalidInput):
+        await store.characters.add(card("Hamlet"), avatar, ext)
+    assert await count(store, characters) == 0
+
+
+async def test_the_chat_path_reads_never_select_the_avatar(store) -> None:
+    hamlet = await store.characters.add(card("Hamlet"), AVATAR, "png")
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    target = store.engine.sync_engine
+    sa.event.listen(target, "before_cursor_execute", record)
+    try:
+        assert (await store.characters.get(hamlet.id)).name == "Hamlet"
+        assert (await store.characters.get_by_name("hamlet")).name == "Hamlet"
+        assert [c.name for c in await store.characters.list()] == ["Hamlet"]
+        await store.characters.avatar(hamlet.id)
+    finally:
+        sa.event.remove(target, "before_cursor_execute", record)
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 4
+    assert not any("avatar" in s for s in selects[:3]), selects[:3]
+    assert "avatar" in selects[3]

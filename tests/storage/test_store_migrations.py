@@ -80,12 +80,58 @@ async def test_opening_an_unmigrated_database_says_to_run_the_upgrade(empty_url:
 async def test_opening_an_older_schema_says_to_run_the_upgrade(empty_url: str, monkeypatch) -> None:
     await migrate.upgrade(empty_url)
 
+    known = await migrate.revisions()
+
     async def newer() -> list[str]:
-        return ["0002", "0001"]
+        return ["9999", *known]
 
     monkeypatch.setattr(migrate, "revisions", newer)
-    with pytest.raises(SchemaNotReady, match="needs 0002; run `personae db upgrade`"):
+    with pytest.raises(SchemaNotReady, match="needs 9999; run `personae db upgrade`"):
         await SqlStore.open(empty_url)
+
+
+async def column_names(url: str, table: str) -> set[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return {c["name"] for c in await conn.run_sync(lambda c: sa.inspect(c).get_columns(table))}
+    finally:
+        await engine.dispose()
+
+
+async def test_the_avatar_columns_come_and_go_with_0002_and_the_characters_stay(empty_url: str) -> None:
+    await migrate.upgrade(empty_url, "0001")
+    assert not {"avatar", "avatar_ext"} & await column_names(empty_url, "characters")
+    engine = create_engine(empty_url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("INSERT INTO characters (id, name, name_key, card) VALUES (7, 'Hamlet', 'hamlet', :card)"),
+                {"card": '{"spec": "chara_card_v2", "data": {"name": "Hamlet"}}'},
+            )
+            await conn.execute(
+                sa.text("INSERT INTO bindings (platform, chat_id, channel_id, character_id, trigger, private) "
+                        "VALUES ('discord', 'g', 'c', 7, 'all', false)")
+            )
+
+        await migrate.upgrade(empty_url, "0002")
+        assert {"avatar", "avatar_ext"} <= await column_names(empty_url, "characters")
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE characters SET avatar = :a, avatar_ext = 'png' WHERE id = 7"), {"a": b"\x89PNG"})
+
+        await migrate.downgrade(empty_url, "0001")
+        assert not {"avatar", "avatar_ext"} & await column_names(empty_url, "characters")
+        async with engine.connect() as conn:
+            # The table was rebuilt on SQLite: its rows stay, and so do the rows that point at them.
+            assert (await conn.execute(sa.text("SELECT name FROM characters WHERE id = 7"))).scalar_one() == "Hamlet"
+            assert (await conn.execute(sa.text("SELECT count(*) FROM bindings WHERE character_id = 7"))).scalar_one() == 1
+
+        await migrate.upgrade(empty_url)
+        assert await migrate.current(empty_url) == await migrate.head()
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT avatar FROM characters WHERE id = 7"))).scalar_one() is None
+    finally:
+        await engine.dispose()
 
 
 async def test_an_unreachable_postgres_is_a_clear_error_not_a_traceback() -> None:

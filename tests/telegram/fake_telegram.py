@@ -179,8 +179,9 @@ class FakeTelegram:
                       file_name: str = "card.json", caption: str | None = None) -> dict[str, Any]:
         file_id = f"file-{len(self.files) + 1}"
         self.files[file_id] = content
+        mime = "image/png" if file_name.endswith(".png") else "application/json"
         document = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_name": file_name,
-                    "mime_type": "application/json", "file_size": len(content)}
+                    "mime_type": mime, "file_size": len(content)}
         return self.push({"message": self.message(chat, sender, document=document, caption=caption)})
 
     def press(self, sender: dict[str, Any], chat_id: int, message_id: int, data: str) -> dict[str, Any]:
@@ -249,7 +250,12 @@ class FakeTelegram:
         form = await request.post()
         for key, value in form.items():
             if not isinstance(value, str):
-                value = value.file.read().decode()  # an uploaded field
+                data = value.file.read()  # an uploaded field: text, or a file's bytes (a photo)
+                try:
+                    value = data.decode()
+                except UnicodeDecodeError:
+                    params[key] = data
+                    continue
             if key in _RAW:
                 params[key] = value
                 continue
@@ -325,6 +331,34 @@ class FakeTelegram:
             message["reply_to_message"] = {k: v for k, v in self.messages[(chat_id, reply_to)].items() if k != "reply_to_message"}
         self.messages[(chat_id, message["message_id"])] = message
         return message
+
+    def _m_sendPhoto(self, p: dict[str, Any]) -> Any:
+        """A photo upload (bytes) or a file_id sent before; the caption may be at most 1,024 characters."""
+        chat_id, photo = p["chat_id"], p.get("photo")
+        if isinstance(photo, bytes):
+            file_id = f"photo-{len(self.files) + 1}"
+            self.files[file_id] = photo
+        elif isinstance(photo, str) and photo in self.files:
+            file_id = photo
+        else:
+            return _error(400, "Bad Request: wrong file identifier/HTTP URL specified")
+        caption = str(p.get("caption", ""))
+        if len(caption) > 1024:
+            return _error(400, "Bad Request: message caption is too long")
+        chat = self.chats.get(chat_id) or {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"}
+        sizes = [{"file_id": file_id, "file_unique_id": f"u{file_id}", "width": 400, "height": 600, "file_size": len(self.files[file_id])}]
+        message = {"message_id": self._new_id(chat_id), "date": int(time.time()), "chat": chat, "from": self.me, "photo": sizes}
+        if caption:
+            message["caption"] = caption
+        self.messages[(chat_id, message["message_id"])] = message
+        return message
+
+    def photos(self, chat_id: int) -> list[tuple[bytes, str]]:
+        """The photos the bot sent to a chat (bytes, caption), oldest first."""
+        return [
+            (self.files[m["photo"][-1]["file_id"]], m.get("caption", ""))
+            for m in self.bot_messages(chat_id) if "photo" in m
+        ]
 
     def _m_sendMessageDraft(self, p: dict[str, Any]) -> Any:
         if self.refuse_drafts:

@@ -38,7 +38,7 @@ async def test_character_commands_explain_their_syntax(bot: Harness) -> None:
         ("/character create name=Ophelia; world Denmark", "Expected field=value"),
         ("/character create name=Ophelia", "Missing world, traits, mbti, style."),
         ("/character launch", "Use /character create, import, edit, list, show or delete"),
-        ("/character import", "Send the card as a JSON file"),
+        ("/character import", "Send the card as a file (PNG, CharX or JSON)"),
     ]:
         tg.say(chat, owner, command)
         await bot.idle()
@@ -70,7 +70,8 @@ async def test_mood_reset_and_forget(bot: Harness) -> None:
         tg.say(chat, ann, text)
         await bot.idle()
     texts = tg.texts(chat["id"])
-    assert texts[2].startswith("Hamlet toward Ann:\nhappiness:")
+    ((picture, caption),) = tg.photos(chat["id"])  # /mood: the picture, with the text as its caption
+    assert caption.startswith("Hamlet toward Ann:\nhappiness:") and picture.startswith(b"\x89PNG\r\n\x1a\n")
     assert texts[3] == "Started over with Hamlet (2 messages forgotten)."
 
     tg.say(chat, ann, "/forget")

@@ -119,4 +119,4 @@ async def test_one_persons_messages_are_answered_in_order(bot: Harness) -> None:
     await bot.idle()
     assert [b["messages"][-1]["content"] for b in tgi.bodies()] == sent
     assert tg.texts(chat["id"])[1:] == [f"answer to {text}" for text in sent]
-    assert tg.texts(chat["id"])[0].startswith("Hamlet toward Ann")
+    assert tg.photos(chat["id"])[0][1].startswith("Hamlet toward Ann")  # /mood: a picture with its caption

@@ -45,7 +45,7 @@ async def test_start_lists_public_characters_and_a_button_picks_one(bot: Harness
     tg.press(ann, chat["id"], greeting["message_id"], hamlet["callback_data"])
     await bot.idle()
     assert len(tg.calls_of("answerCallbackQuery")) == 1
-    assert tg.texts(chat["id"])[-1] == "You are now talking to Hamlet. Who's there?"
+    assert tg.texts(chat["id"])[-1] == "You are now talking to Hamlet.\n\nHamlet: Who's there?"
 
     tg.say(chat, ann, "Good evening, my lord.")
     await bot.idle()
@@ -190,11 +190,11 @@ async def test_in_a_private_chat_only_an_owner_may_import(bot: Harness) -> None:
     assert (await bot.app.store.characters.get_by_name("Yorick")) is None
 
 
-async def test_a_card_file_over_the_limit_is_not_downloaded(bot: Harness) -> None:
-    tg = bot.tg
-    owner = tg.user(OWNER_ID, "Olga")
-    chat = tg.private(owner)
-    tg.send_document(chat, owner, b" " * (3 * 1024 * 1024), caption="/character import")
-    await bot.idle()
-    assert "a card may be at most" in tg.texts(chat["id"])[-1]
-    assert not tg.calls_of("getFile") and not tg.calls_of("downloadFile")
+async def test_a_card_file_over_the_limit_is_not_downloaded(store, cache, tg, tgi) -> None:
+    async with running_bot(store, cache, tg, tgi, max_card_bytes=2 * 1024 * 1024) as bot:
+        owner = tg.user(OWNER_ID, "Olga")
+        chat = tg.private(owner)
+        tg.send_document(chat, owner, b" " * (3 * 1024 * 1024), caption="/character import")
+        await bot.idle()
+        assert tg.texts(chat["id"])[-1] == "That file is 3,145,728 bytes; a card may be at most 2,097,152."
+        assert not tg.calls_of("getFile") and not tg.calls_of("downloadFile")

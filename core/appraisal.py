@@ -1,0 +1,170 @@
+"""The model appraiser: BD-RP's own alignment tasks rate the emotions a character shows and its
+intimacy with the person, over the last few exchanges.
+
+Mistral-Nemo-BD-RP was trained on these two tasks (system message "You are a helpful assistant.",
+the appraisal template as the user message, an answer that ends in a JSON object). On TGI the answer
+is constrained to the JSON object by guided generation; elsewhere the last JSON object of the
+answer is read. An answer that does not parse, lacks a score or has one off the 0-10 scale changes
+nothing and is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Mapping
+
+from core.character import Character, CharacterProfile
+from core.emotions import EMOTIONS, EMOTIONS_ZH, SCALE_MAX, SCALE_MIN
+from core.errors import ModelError
+from core.ports import ChatModel
+from core.prompt import dialogue_lines, fill_placeholders, render_emotion_appraisal, render_relationship_appraisal
+from core.state import Appraisal, Exchange
+
+log = logging.getLogger(__name__)
+
+APPRAISAL_SYSTEM = "You are a helpful assistant."
+RELATIONSHIP_KEY = "relationship"
+
+
+def emotion_keys(language: str) -> list[str]:
+    """The answer's keys, in the template's order: English names, or the Chinese ones for zh."""
+    return [EMOTIONS_ZH[e] for e in EMOTIONS] if language == "zh" else list(EMOTIONS)
+
+
+def _level_schema() -> dict[str, Any]:
+    return {"type": "integer", "minimum": SCALE_MIN, "maximum": SCALE_MAX}
+
+
+def emotion_schema(language: str) -> dict[str, Any]:
+    """The guided-JSON schema of the emotion answer (TGI wants ``properties`` at the top)."""
+    keys = emotion_keys(language)
+    return {"type": "object", "properties": {k: _level_schema() for k in keys}, "required": keys}
+
+
+def relationship_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {RELATIONSHIP_KEY: _level_schema()}, "required": [RELATIONSHIP_KEY]}
+
+
+def last_json_object(text: str) -> dict[str, Any] | None:
+    """The last ``{...}`` in ``text`` that parses as a JSON object, or None."""
+    decoder = json.JSONDecoder()
+    at = text.rfind("{")
+    while at != -1:
+        try:
+            value, _ = decoder.raw_decode(text, at)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+        at = text.rfind("{", 0, at)
+    return None
+
+
+class BadAnswer(ValueError):
+    """A model answer that cannot be used; the message says why."""
+
+
+def _level(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadAnswer(f"{name} is {value!r}, not a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise BadAnswer(f"{name} is {value!r}, not a whole number")
+        value = int(value)
+    if not SCALE_MIN <= value <= SCALE_MAX:
+        raise BadAnswer(f"{name} is {value}, outside 0-10")
+    return value
+
+
+def read_emotions(answer: str, language: str) -> dict[str, int]:
+    """The six levels from an emotion answer (keys in the character's language, or English)."""
+    found = last_json_object(answer)
+    if found is None:
+        raise BadAnswer("has no JSON object")
+    levels: dict[str, int] = {}
+    for name, key in zip(EMOTIONS, emotion_keys(language)):
+        value = found.get(key, found.get(name))
+        if value is None:
+            raise BadAnswer(f"has no score for {key}")
+        levels[name] = _level(key, value)
+    return levels
+
+
+def read_relationship(answer: str) -> int:
+    found = last_json_object(answer)
+    if found is None:
+        raise BadAnswer("has no JSON object")
+    if RELATIONSHIP_KEY not in found:
+        raise BadAnswer("has no relationship score")
+    return _level(RELATIONSHIP_KEY, found[RELATIONSHIP_KEY])
+
+
+def recent_dialogue(exchange: Exchange, profile: CharacterProfile, window: int) -> str:
+    """The last ``window`` exchanges as ``Name: text`` lines (the person's display name, the character's name)."""
+    turns = [*exchange.history, ("user", exchange.user_text), ("assistant", exchange.reply_text)]
+    names = {"user": exchange.display_name, "assistant": profile.name}
+    return dialogue_lines([(names[role], text) for role, text in turns[-2 * window :] if text])
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class ModelAppraiser:
+    """``core.ports.Appraiser`` that asks the model the two BeyondDialogue alignment questions."""
+
+    name = "model"
+
+    def __init__(self, model: ChatModel, *, window: int = 3, max_tokens: int = 256, temperature: float = 0.2) -> None:
+        if window < 1:
+            raise ValueError("the appraisal window must be at least one exchange")
+        self.model = model
+        self.window = window
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+
+    def prompts(self, exchange: Exchange, character: Character) -> tuple[str, str]:
+        """The emotion and relationship prompts for ``exchange``, exactly as the model was trained on them."""
+        profile = character.profile
+        scene = fill_placeholders(exchange.scene, char=profile.name, user=exchange.display_name)
+        dialogues = recent_dialogue(exchange, profile, self.window)
+        return (
+            render_emotion_appraisal(profile, scene=scene, dialogues=dialogues),
+            render_relationship_appraisal(profile, target_name=exchange.display_name, scene=scene, dialogues=dialogues),
+        )
+
+    async def appraise(self, exchange: Exchange, character: Character) -> Appraisal | None:
+        language = character.profile.language
+        emotion_prompt, relationship_prompt = self.prompts(exchange, character)
+        emotion_answer, relationship_answer = await asyncio.gather(
+            self._ask(emotion_prompt, emotion_schema(language)),
+            self._ask(relationship_prompt, relationship_schema()),
+        )
+        where = f"reply {exchange.reply_message_id}"
+        emotion: dict[str, int] = {}
+        intimacy: int | None = None
+        if emotion_answer is not None:
+            try:
+                emotion = read_emotions(emotion_answer, language)
+            except BadAnswer as exc:
+                log.warning("model appraisal of %s: the emotion answer %s; emotions unchanged: %r", where, exc, _clip(emotion_answer))
+        if relationship_answer is not None:
+            try:
+                intimacy = read_relationship(relationship_answer)
+            except BadAnswer as exc:
+                log.warning("model appraisal of %s: the relationship answer %s; intimacy unchanged: %r", where, exc, _clip(relationship_answer))
+        if not emotion and intimacy is None:
+            return None
+        read = [f"{k} {v}" for k, v in emotion.items()] + ([f"intimacy {intimacy}"] if intimacy is not None else [])
+        return Appraisal(self.name, emotion, intimacy, "model read " + ", ".join(read))
+
+    async def _ask(self, prompt: str, schema: Mapping[str, Any]) -> str | None:
+        messages = [{"role": "system", "content": APPRAISAL_SYSTEM}, {"role": "user", "content": prompt}]
+        try:
+            return await self.model.complete(messages, max_tokens=self.max_tokens, temperature=self.temperature, json_schema=schema)
+        except ModelError as exc:
+            log.warning("model appraisal failed: %s; nothing changed", exc)
+            return None
