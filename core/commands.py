@@ -16,7 +16,7 @@ from core.card_files import MAX_FILE_BYTES, read_card_file
 from core.character import Character, check_name
 from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
 from core.events import ConversationKey, PersonKey, Trigger
-from core.hot import HotState, person_prefixes
+from core.hot import HotState, person_prefixes, rate_key
 from core.prompt import estimate_tokens
 from core.ports import Cache, StateUpdater, Store
 from core.state import Binding, RelationshipState
@@ -308,6 +308,7 @@ class Commands:
         counts = await self.store.forget_person(actor.platform, actor.user_id)
         for prefix in person_prefixes(actor.platform, actor.user_id):
             await self.cache.delete_prefix(prefix)
+        await self.cache.delete(rate_key(actor.platform, actor.user_id))
         parts = ", ".join(f"{n} {kind}" for kind, n in counts.items())
         return Outcome(True, f"Deleted everything stored about you: {parts or 'nothing was stored'}.", counts=counts)
 

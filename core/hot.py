@@ -28,6 +28,10 @@ def person_prefixes(platform: str, user_id: str) -> tuple[str, str]:
     return f"s:{platform}:{user_id}:", f"h:{platform}:{user_id}:"
 
 
+def rate_key(platform: str, user_id: str) -> str:
+    return f"r:{platform}:{user_id}"
+
+
 def state_key(person: PersonKey) -> str:
     return f"s:{person.platform}:{person.user_id}:{person.character_id}"
 

@@ -204,9 +204,7 @@ async def test_forget_leaves_no_row_and_no_cache_key_for_that_person(store, cach
         assert outcome.ok and outcome.counts == {"messages": 8, "states": 2, "changes": 4}
         assert "8 messages" in outcome.message
         assert await rows_of(store, "u1") == {"messages": 0, "relationship_states": 0, "state_changes": 0}
-        # Only the rate-limit counter (a number that expires within its window) still names the person.
-        left = [k for k in await redis_keys(cache) if re.search(r"(^|:)u1(:|$)", k)]
-        assert [k for k in left if not k.startswith("r:")] == []
+        assert [k for k in await redis_keys(cache) if re.search(r"(^|:)u1(:|$)", k)] == []
         assert (await rows_of(store, "u2"))["state_changes"] == 4
     finally:
         await close(world)
