@@ -46,6 +46,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         cache_ttl_s=settings.cache_ttl_s,
         turn_deadline_s=settings.turn_deadline_s,
         max_message_chars=settings.max_message_chars,
+        max_concurrent_turns=settings.max_concurrent_turns,
     )
 
 

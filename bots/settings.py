@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     dedupe_ttl_s: float = 86400.0
     cache_ttl_s: float = 3600.0
     max_message_chars: int = 4000
+    max_concurrent_turns: int = 128  # turns answered at once; a burst beyond waits in arrival order
 
     # Character cards
     max_card_bytes: int = Field(default=20_000_000, gt=0)  # the largest card file (PNG, CharX, JSON) imported

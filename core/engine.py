@@ -54,6 +54,9 @@ class EngineConfig:
     cache_ttl_s: float = 3600.0
     turn_deadline_s: float = 90.0
     max_message_chars: int = 4000
+    # Turns being answered at once; the rest wait in arrival order before touching storage, so a
+    # burst of messages queues here instead of exhausting the database pool.
+    max_concurrent_turns: int = 128
 
 
 class Reply:
@@ -110,6 +113,7 @@ class Engine:
         self._background: set[asyncio.Task[None]] = set()
         # One person's messages in one channel wait here in arrival order, before anything can reorder them.
         self._arrivals = KeyedLocks()
+        self._turns = asyncio.Semaphore(self.config.max_concurrent_turns)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -154,6 +158,12 @@ class Engine:
         if binding.trigger is Trigger.MENTION and not (event.addressed or event.private):
             reply.status = ReplyStatus.IGNORED
             return
+        async with self._turns:
+            async for delta in self._answer(event, binding, text, reply):
+                yield delta
+
+    async def _answer(self, event: ChatEvent, binding: Binding, text: str, reply: Reply) -> AsyncIterator[str]:
+        cfg = self.config
         if len(text) > cfg.max_message_chars:
             reply.status = ReplyStatus.NOTICE
             reply.text = NOTICE_TOO_LONG.format(limit=cfg.max_message_chars)
