@@ -18,7 +18,7 @@ install: $(STAMP)
 
 chat: $(STAMP)
 	@$(VENV)/bin/personae db upgrade >/dev/null
-	$(VENV)/bin/personae chat --character Hamlet
+	$(VENV)/bin/personae chat --character Hamlet --user Elena
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -13,7 +13,8 @@ from bots.samples import ensure_samples
 from bots.settings import Settings
 from core.commands import Actor, Place
 from core.engine import ReplyStatus
-from core.events import ChatEvent, Platform
+from core.character import Character
+from core.events import ChatEvent, ConversationKey, Platform
 
 HELP = "Commands: /characters, /use NAME, /mood, /reset, /help, /quit. Anything else is said to the character."
 
@@ -34,7 +35,19 @@ class ConsoleChat:
     async def use(self, name: str) -> bool:
         outcome = await self.app.commands.use(self.actor, self.place, name)
         self.write(outcome.message + "\n")
+        if outcome.ok and outcome.character is not None and outcome.greeting is None:
+            await self.recap(outcome.character)
         return outcome.ok
+
+    async def recap(self, character: Character, turns: int = 4) -> None:
+        """Where the story stopped last time: the newest few turns of the stored conversation."""
+        conversation = ConversationKey(character.id, Platform.CONSOLE, self.place.channel_id, self.user_id)
+        recent = await self.app.store.messages.recent(conversation, turns)
+        if recent:
+            self.write("(where you left off)\n")
+        for message in recent:
+            who = character.name if message.role == "assistant" else self.user
+            self.write(f"{who}: {message.content}\n")
 
     async def say(self, text: str) -> None:
         event = ChatEvent(

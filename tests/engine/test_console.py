@@ -1,0 +1,60 @@
+"""`personae chat`: the terminal on the same Engine, driven line by line."""
+
+from __future__ import annotations
+
+from bots.console.chat import ConsoleChat
+from tests.engine.conftest import build_world
+
+
+async def lines(*items: str):
+    for item in items:
+        yield item
+
+
+async def run_console(app, *items: str, user: str = "Elena") -> str:
+    out: list[str] = []
+    chat = ConsoleChat(app, user, out.append)
+    await chat.run(lines(*items))
+    return "".join(out)
+
+
+async def test_a_conversation_streams_commands_work_and_quit_ends_it(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi)
+    tgi.script(reply="(bows) Good evening.", chunks=3)
+    try:
+        text = await run_console(
+            world.app,
+            "hello before picking",
+            "/characters",
+            f"/use {world.character_name}",
+            "Good evening, my lord.",
+            "/mood",
+            "/frobnicate",
+            "/reset",
+            "/quit",
+            "never read",
+        )
+    finally:
+        await world.app.engine.drain()
+        await world.app.model.close()
+    assert "Pick a character first" in text
+    assert world.character_name in text
+    assert f"You are now talking to {world.character_name}." in text
+    assert f"{world.character_name}: (bows) Good evening.\n" in text
+    assert "intimacy" in text and "Hamlet" in text
+    assert "Unknown command /frobnicate" in text
+    assert "Started over" in text and "2 messages forgotten" in text
+    assert tgi.count("/v1/chat/completions") == 1  # "never read" after /quit was not sent
+
+
+async def test_coming_back_shows_where_the_story_stopped(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi)
+    tgi.script(reply="Speak, then.")
+    try:
+        await run_console(world.app, f"/use {world.character_name}", "May I sit?", "/quit")
+        text = await run_console(world.app, f"/use {world.character_name}", "/quit")
+    finally:
+        await world.app.engine.drain()
+        await world.app.model.close()
+    assert "(where you left off)\nElena: May I sit?\n" in text
+    assert f"{world.character_name}: Speak, then.\n" in text
