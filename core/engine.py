@@ -11,7 +11,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from core.character import Character
 from core.errors import ModelError
 from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
-from core.hot import HotState, encode_history, encode_state, history_key, lock_key, rate_key, state_key
+from core.hot import HotState, dedupe_key, encode_history, encode_state, history_key, lock_key, rate_key, state_key
 from core.locks import KeyedLocks
 from core.ports import Cache, ChatModel, StateUpdater, Store
 from core.card_dialogue import parse_examples, pick_greeting
@@ -146,7 +146,6 @@ class Engine:
                 yield delta
 
     async def _admit_and_answer(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
-        cfg = self.config
         text = event.text.strip()
         if not text:
             reply.status = ReplyStatus.IGNORED
@@ -170,7 +169,7 @@ class Engine:
             yield reply.text
             return
         admission = await self.cache.admit(
-            f"e:{event.platform}:{event.channel_id}:{event.message_id}",
+            dedupe_key(event.platform, event.channel_id, event.message_id),
             cfg.dedupe_ttl_s,
             rate_key(event.platform, event.user_id),
             cfg.rate_limit_window_s,
