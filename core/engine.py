@@ -13,7 +13,7 @@ from core.errors import ModelError
 from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
 from core.hot import HotState, dedupe_key, encode_history, encode_state, history_key, lock_key, rate_key, state_key
 from core.locks import KeyedLocks
-from core.ports import Cache, ChatModel, StateUpdater, Store
+from core.ports import AdmitRequest, Cache, ChatModel, StateUpdater, Store
 from core.card_dialogue import parse_examples, pick_greeting
 from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
 from core.state import Binding, Exchange, RelationshipState
@@ -168,22 +168,6 @@ class Engine:
             reply.text = NOTICE_TOO_LONG.format(limit=cfg.max_message_chars)
             yield reply.text
             return
-        admission = await self.cache.admit(
-            dedupe_key(event.platform, event.channel_id, event.message_id),
-            cfg.dedupe_ttl_s,
-            rate_key(event.platform, event.user_id),
-            cfg.rate_limit_window_s,
-        )
-        if not admission.first:
-            reply.status = ReplyStatus.DUPLICATE
-            return
-        if admission.count > cfg.rate_limit_messages:
-            if admission.count == cfg.rate_limit_messages + 1:
-                reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_RATE
-                yield NOTICE_RATE
-            else:
-                reply.status = ReplyStatus.RATE_LIMITED
-            return
         character = await self.hot.character(binding.character_id)
         if character is None:
             reply.status = ReplyStatus.IGNORED
@@ -191,14 +175,21 @@ class Engine:
         reply.character = character
         conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
         reply.conversation = conversation
-        # The database has the last word on redeliveries (the cache may have lost its key); its answer
-        # is awaited before the model is asked, and meanwhile the conversation is locked and read.
+        # The cache admits the event (dedupe key, rate count) in the same round trip that locks the
+        # conversation. The database has the last word on redeliveries (the cache may have lost its
+        # key): its answer is awaited before the model is asked, and meanwhile the lock is taken.
+        admit = AdmitRequest(
+            dedupe_key(event.platform, event.channel_id, event.message_id),
+            cfg.dedupe_ttl_s,
+            rate_key(event.platform, event.user_id),
+            cfg.rate_limit_window_s,
+        )
         first_delivery = asyncio.ensure_future(
             self.store.events.mark_processed(event.platform, f"{event.channel_id}:{event.message_id}")
         )
         try:
             async for delta in self._turn(
-                reply, character, binding, conversation, event.display_name, text, event.message_id, first_delivery
+                reply, character, binding, conversation, event.display_name, text, event.message_id, first_delivery, admit
             ):
                 yield delta
         finally:
@@ -215,6 +206,7 @@ class Engine:
         text: str,
         platform_message_id: str | None,
         first_delivery: Awaitable[bool] | None = None,
+        admit: AdmitRequest | None = None,
         replace: tuple[int, int] | None = None,
     ) -> AsyncIterator[str]:
         """Lock the conversation, stream the reply, store it; ``replace`` = (user id, reply id) to regenerate."""
@@ -222,8 +214,19 @@ class Engine:
         person = PersonKey(character.id, conversation.platform, conversation.user_id)
         s_key, h_key = state_key(person), history_key(conversation)
         async with self.cache.hold(
-            lock_key(conversation), ttl=cfg.turn_deadline_s + 5, read=(s_key, h_key)
+            lock_key(conversation), ttl=cfg.turn_deadline_s + 5, read=(s_key, h_key), admit=admit
         ) as held:
+            if held.admission is not None:
+                if not held.admission.first:
+                    reply.status = ReplyStatus.DUPLICATE
+                    return
+                if held.admission.count > cfg.rate_limit_messages:
+                    if held.admission.count == cfg.rate_limit_messages + 1:
+                        reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_RATE
+                        yield NOTICE_RATE
+                    else:
+                        reply.status = ReplyStatus.RATE_LIMITED
+                    return
             state, state_from_db = await self.hot.state(person, character, held.values[0])
             if state_from_db:
                 held.stage(s_key, encode_state(state), cfg.cache_ttl_s)
@@ -360,7 +363,7 @@ class Engine:
             return
         user = recent[-2]
         async for delta in self._turn(
-            reply, character, binding, conversation, display_name, user.content, None, None, replace=(user.id, reply_message_id)
+            reply, character, binding, conversation, display_name, user.content, None, None, None, replace=(user.id, reply_message_id)
         ):
             yield delta
 

@@ -123,10 +123,21 @@ class Admission:
     values: list[bytes | None] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    """What ``Cache.admit`` does, asked of ``Cache.hold`` so that it rides in the same round trip."""
+
+    dedupe_key: str
+    dedupe_ttl: float
+    rate_key: str
+    rate_window: float
+
+
 class Held(Protocol):
     """A locked conversation: the values read when the lock was taken, and writes to apply on release."""
 
     values: list[bytes | None]
+    admission: Admission | None  # set when the lock was asked to admit an event too
 
     def stage(self, key: str, value: bytes | None, ttl: float) -> None:
         """Write ``value`` (None deletes) when the lock is released, in the same round trip."""
@@ -154,9 +165,12 @@ class Cache(Protocol):
         """In one round trip: set ``dedupe_key`` if absent, count one hit in ``rate_key``'s window,
         and read ``read``."""
 
-    def hold(self, lock_key: str, *, ttl: float, read: Sequence[str] = ()) -> AsyncContextManager[Held]:
+    def hold(
+        self, lock_key: str, *, ttl: float, read: Sequence[str] = (), admit: AdmitRequest | None = None
+    ) -> AsyncContextManager[Held]:
         """Lock ``lock_key`` (in arrival order within this process) and read ``read`` in one round
-        trip; staged writes go out with the release."""
+        trip; with ``admit``, the event's dedupe key and rate count go in that round trip too
+        (``Held.admission``). Staged writes go out with the release."""
 
     async def close(self) -> None: ...
 

@@ -7,7 +7,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Mapping, Sequence
 
-from core.ports import Admission
+from core.ports import Admission, AdmitRequest
 from storage.held import StagedWrites
 from core.locks import KeyedLocks
 
@@ -88,6 +88,14 @@ class MemoryCache:
     ) -> Admission:
         self.round_trips += 1
         now = time.monotonic()
+        admission = self._admit(AdmitRequest(dedupe_key, dedupe_ttl, rate_key, rate_window), now)
+        admission.values = [self._get(k, now) for k in read]
+        return admission
+
+    def _admit(self, request: AdmitRequest, now: float) -> Admission:
+        dedupe_key, dedupe_ttl, rate_key, rate_window = (
+            request.dedupe_key, request.dedupe_ttl, request.rate_key, request.rate_window,
+        )
         first = self._get(dedupe_key, now) is None
         if first:
             self._set(dedupe_key, b"1", now + dedupe_ttl)
@@ -99,10 +107,12 @@ class MemoryCache:
         # Counters are kept as decimal bytes, as Redis INCR keeps them.
         self._data[rate_key] = (str(count).encode(), expires)
         self._tidy(now)
-        return Admission(first=first, count=count, values=[self._get(k, now) for k in read])
+        return Admission(first=first, count=count)
 
     @asynccontextmanager
-    async def hold(self, lock_key: str, *, ttl: float, read: Sequence[str] = ()) -> AsyncIterator[StagedWrites]:
+    async def hold(
+        self, lock_key: str, *, ttl: float, read: Sequence[str] = (), admit: AdmitRequest | None = None
+    ) -> AsyncIterator[StagedWrites]:
         """Lock ``lock_key`` within this process; waits at most ``lock_wait`` (default ``ttl``), then goes ahead."""
         wait = ttl if self._lock_wait is None else self._lock_wait
         async with self._locks.hold(lock_key, timeout=wait) as locked:
@@ -111,6 +121,8 @@ class MemoryCache:
             self.round_trips += 1
             now = time.monotonic()
             held = StagedWrites([self._get(k, now) for k in read])
+            if admit is not None:
+                held.admission = self._admit(admit, now)
             completed = False
             try:
                 yield held

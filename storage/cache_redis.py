@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from core.ports import Admission
+from core.ports import Admission, AdmitRequest
 from storage.held import StagedWrites
 from core.locks import KeyedLocks
 
@@ -209,13 +209,10 @@ class RedisCache:
     async def admit(
         self, dedupe_key: str, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
     ) -> Admission:
-        rate = self._key(rate_key)
+        request = AdmitRequest(dedupe_key, dedupe_ttl, rate_key, rate_window)
 
         def build(p: Pipeline) -> None:
-            p.set(self._key(dedupe_key), b"1", nx=True, px=_ms(dedupe_ttl))
-            p.incr(rate)
-            # NX: the window starts at the first hit and is not pushed back by later ones.
-            p.pexpire(rate, _ms(rate_window), nx=True)
+            self._build_admit(p, request)
             if read:
                 p.mget([self._key(k) for k in read])
 
@@ -225,8 +222,18 @@ class RedisCache:
             return Admission(first=True, count=0, values=[None] * len(read))
         return Admission(first=bool(results[0]), count=int(results[1]), values=list(results[3]) if read else [])
 
+    def _build_admit(self, p: Pipeline, request: AdmitRequest) -> None:
+        """Three commands: the dedupe key if absent, one more hit in the rate window, the window's expiry."""
+        rate = self._key(request.rate_key)
+        p.set(self._key(request.dedupe_key), b"1", nx=True, px=_ms(request.dedupe_ttl))
+        p.incr(rate)
+        # NX: the window starts at the first hit and is not pushed back by later ones.
+        p.pexpire(rate, _ms(request.rate_window), nx=True)
+
     @asynccontextmanager
-    async def hold(self, lock_key: str, *, ttl: float, read: Sequence[str] = ()) -> AsyncIterator[StagedWrites]:
+    async def hold(
+        self, lock_key: str, *, ttl: float, read: Sequence[str] = (), admit: AdmitRequest | None = None
+    ) -> AsyncIterator[StagedWrites]:
         """A local lock (arrival order in this process), then the Redis lock and the reads in one pipeline."""
         # Waits at most lock_wait (default ttl) in all, then goes ahead without the lock. After an
         # exception in the block, staged keys are deleted instead of written: the database may not match.
@@ -237,8 +244,8 @@ class RedisCache:
                 log.warning("lock %r still held in this process after %.1fs; going ahead without it", lock_key, wait)
             key = self._key(lock_key)
             token = secrets.token_hex(16)
-            owned, values = await self._acquire(key, token, ttl, [self._key(k) for k in read], deadline)
-            held = StagedWrites(values)
+            owned, values, admission = await self._acquire(key, token, ttl, [self._key(k) for k in read], deadline, admit)
+            held = StagedWrites(values, admission=admission)
             completed = False
             try:
                 yield held
@@ -247,14 +254,21 @@ class RedisCache:
                 await self._release(key, token if owned else None, held.writes, completed)
 
     async def _acquire(
-        self, key: str, token: str, ttl: float, reads: list[str], deadline: float
-    ) -> tuple[bool, list[bytes | None]]:
-        """Take the Redis lock and read in one pipeline, retrying with backoff until ``deadline``."""
+        self, key: str, token: str, ttl: float, reads: list[str], deadline: float, admit: AdmitRequest | None = None
+    ) -> tuple[bool, list[bytes | None], Admission | None]:
+        """Take the Redis lock and read in one pipeline, retrying with backoff until ``deadline``.
+
+        ``admit`` rides along with the first attempt only (an event is admitted once).
+        """
         delay = 0.005
+        admission: Admission | None = None
         while True:
             load_script = not self._script_loaded
+            admitting = admit if admission is None else None
 
             def build(p: Pipeline) -> None:
+                if admitting is not None:
+                    self._build_admit(p, admitting)
                 p.set(key, token, nx=True, px=_ms(ttl))
                 if reads:
                     p.mget(reads)
@@ -264,16 +278,21 @@ class RedisCache:
 
             results = await self._send(build)
             if results is None:
-                return False, [None] * len(reads)
+                if admit is not None and admission is None:
+                    admission = Admission(first=True, count=0)  # the database decides; nobody is limited
+                return False, [None] * len(reads), admission
             if load_script:
                 self._script_loaded = True
+            if admitting is not None:
+                admission = Admission(first=bool(results[0]), count=int(results[1]))
+                results = results[3:]
             values = list(results[1]) if reads else []
             if results[0]:
-                return True, values
+                return True, values, admission
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 log.warning("Redis lock %r still held elsewhere; going ahead without it", key)
-                return False, values
+                return False, values, admission
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.1)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.ports import Admission
+
 
 @dataclass(slots=True)
 class StagedWrites:
@@ -11,6 +13,7 @@ class StagedWrites:
 
     values: list[bytes | None]
     writes: dict[str, tuple[bytes | None, float]] = field(default_factory=dict)
+    admission: Admission | None = None
 
     def stage(self, key: str, value: bytes | None, ttl: float) -> None:
         self.writes[key] = (value, ttl)

@@ -152,3 +152,17 @@ async def test_round_trips_are_counted(cache) -> None:
     await cache.get_many(["a"])
     await cache.admit("e", 60, "r", 60, read=["a"])
     assert cache.round_trips - before == 2
+
+
+async def test_hold_admits_the_event_in_the_same_round_trip_as_the_lock(cache) -> None:
+    from core.ports import AdmitRequest
+
+    request = AdmitRequest("e:discord:c:m1", 60, "r:discord:u1", 60)
+    before = cache.round_trips
+    async with cache.hold("l:conv", ttl=5, read=("k",), admit=request) as held:
+        assert held.admission.first and held.admission.count == 1
+        assert cache.round_trips - before == 1
+    async with cache.hold("l:conv", ttl=5, admit=request) as held:
+        assert not held.admission.first and held.admission.count == 2
+    async with cache.hold("l:conv", ttl=5) as held:
+        assert held.admission is None
