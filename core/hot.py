@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from core.character import Character
 from core.events import ConversationKey, PersonKey, Trigger
@@ -185,7 +184,3 @@ class HotState:
     @staticmethod
     def turns(entries: list[tuple[int, str, str, int]]) -> list[Turn]:
         return [Turn(role, content, tokens) for _, role, content, tokens in entries]
-
-    @staticmethod
-    def dump(value: Any) -> bytes:
-        return json.dumps(value).encode()
