@@ -94,6 +94,8 @@ def create_engine(url: str | sa.URL, *, sqlite_foreign_keys: bool = True, **opti
         "connect_args",
         {
             "timeout": 10,
+            # No statement of personae's runs for long: one that hangs is an error, not a stuck turn.
+            "command_timeout": 30,
             # JIT compilation only slows down personae's short indexed queries.
             "server_settings": {"application_name": "personae", "jit": "off"},
         },
