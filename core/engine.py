@@ -89,6 +89,9 @@ class NoStateChange:
     async def after_exchange(self, exchange: Exchange) -> None:
         return None
 
+    async def reply_deleted(self, conversation: ConversationKey, reply_message_id: int) -> None:
+        return None
+
     def as_of_now(self, state: RelationshipState, character: Character) -> RelationshipState:
         return state
 
@@ -124,6 +127,20 @@ class Engine:
     def regenerate(self, conversation: ConversationKey, display_name: str, reply_message_id: int) -> Reply:
         """A new reply in place of the newest one of ``conversation`` (which must be ``reply_message_id``)."""
         return Reply(lambda reply: self._regenerate(conversation, display_name, reply_message_id, reply))
+
+    async def delete_reply(self, conversation: ConversationKey, reply_message_id: int) -> bool:
+        """Take back the newest reply of ``conversation``: delete it and undo its change to the state.
+
+        False (and nothing changed) when ``reply_message_id`` is not the newest reply.
+        """
+        async with self.cache.hold(lock_key(conversation), ttl=self.config.turn_deadline_s + 5) as held:
+            recent = await self.store.messages.recent(conversation, 1)
+            if not recent or recent[-1].id != reply_message_id or recent[-1].role != "assistant":
+                return False
+            await self.store.messages.delete_message(reply_message_id)
+            held.stage(history_key(conversation), None, self.config.cache_ttl_s)
+        await self.state_updater.reply_deleted(conversation, reply_message_id)
+        return True
 
     async def binding_for(self, event: ChatEvent) -> Binding | None:
         """The binding that applies to the event's channel (a thread inherits its parent's)."""
@@ -194,7 +211,9 @@ class Engine:
                 yield delta
         finally:
             if not first_delivery.done():
-                first_delivery.cancel()
+                # Let the insert finish rather than cancel it midway (a statement cut off in a driver
+                # thread can leave its connection holding SQLite's write lock).
+                self._in_background(first_delivery, "recording a processed event")
 
     async def _turn(
         self,
@@ -374,12 +393,12 @@ class Engine:
         # The channel was rebound or is a thread of a bound channel: use the character's defaults.
         return Binding(conversation.platform, "", conversation.channel_id, conversation.character_id)
 
-    def _in_background(self, work: Awaitable[None]) -> None:
+    def _in_background(self, work: Awaitable[object], what: str = "state update") -> None:
         async def run() -> None:
             try:
                 await work
             except Exception:
-                log.exception("state update failed")
+                log.exception("%s failed", what)
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)

@@ -62,8 +62,9 @@ class Feelings:
             character = await self.hot.character(exchange.character_id)
             if character is None:
                 return
+            conversation = ConversationKey(exchange.character_id, exchange.platform, exchange.channel_id, exchange.user_id)
             if exchange.regenerated:
-                await self.undo(exchange, f"undo: reply {exchange.reply_message_id} was regenerated")
+                await self.undo(conversation, exchange.reply_message_id, f"undo: reply {exchange.reply_message_id} was regenerated")
             appraisal = await self.appraiser.appraise(exchange, character)
             if appraisal is None or appraisal.empty:
                 return
@@ -73,14 +74,19 @@ class Feelings:
                 after = self.dynamics.apply(stored, appraisal, baseline)
                 return None if same_feelings(after, stored) else after
 
-            await self._write(exchange, move, appraisal.appraiser, appraisal.reason)
+            await self._write(conversation, exchange.reply_message_id, move, appraisal.appraiser, appraisal.reason)
 
-    async def undo(self, exchange: Exchange, reason: str) -> bool:
-        """Put the state back to what it was before ``exchange.reply_message_id`` changed it (as a new
+    async def reply_deleted(self, conversation: ConversationKey, reply_message_id: int) -> None:
+        """The newest reply was deleted: its change to the state goes with it."""
+        async with self._replies.hold(f"{conversation.platform}:{reply_message_id}"):
+            await self.undo(conversation, reply_message_id, f"undo: reply {reply_message_id} was deleted")
+
+    async def undo(self, conversation: ConversationKey, reply_message_id: int, reason: str) -> bool:
+        """Put the state back to what it was before reply ``reply_message_id`` changed it (as a new
         version); False when that reply changed nothing or was already undone."""
-        person = PersonKey(exchange.character_id, exchange.platform, exchange.user_id)
+        person = PersonKey(conversation.character_id, conversation.platform, conversation.user_id)
         for change in await self.store.relationships.changes(person, limit=UNDO_SEARCH):
-            if change.message_id == exchange.reply_message_id:
+            if change.message_id == reply_message_id:
                 if change.appraiser == UNDO:
                     return False
                 target = change.before
@@ -91,15 +97,20 @@ class Feelings:
         def restore(stored: RelationshipState) -> RelationshipState:
             return replace(stored, emotion=target.emotion, intimacy=target.intimacy, updated_at=target.updated_at)
 
-        return await self._write(exchange, restore, UNDO, reason) is not None
+        return await self._write(conversation, reply_message_id, restore, UNDO, reason) is not None
 
     async def _write(
-        self, exchange: Exchange, compute: Callable[[RelationshipState], RelationshipState | None], appraiser: str, reason: str
+        self,
+        conversation: ConversationKey,
+        message_id: int,
+        compute: Callable[[RelationshipState], RelationshipState | None],
+        appraiser: str,
+        reason: str,
     ) -> RelationshipState | None:
         """Apply ``compute`` to the stored state and write the result as the next version with its
-        audit row, retrying on a version conflict; refresh the cache copy. None if nothing was written."""
-        person = PersonKey(exchange.character_id, exchange.platform, exchange.user_id)
-        conversation = ConversationKey(exchange.character_id, exchange.platform, exchange.channel_id, exchange.user_id)
+        audit row (naming ``message_id``), retrying on a version conflict; refresh the cache copy.
+        None if nothing was written."""
+        person = PersonKey(conversation.character_id, conversation.platform, conversation.user_id)
         key = state_key(person)
         written: RelationshipState | None = None
         async with self.cache.hold(lock_key(conversation), ttl=self.lock_ttl_s) as held:
@@ -118,7 +129,7 @@ class Feelings:
                     before=stored,
                     after=after,
                     appraiser=appraiser,
-                    message_id=exchange.reply_message_id,
+                    message_id=message_id,
                     reason=f"{reason}; {describe_change(stored, after)}" if reason else describe_change(stored, after),
                 )
                 if await self.store.relationships.update(change):

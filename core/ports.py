@@ -86,6 +86,9 @@ class MessageRepository(Protocol):
     async def add_greeting(self, conversation: ConversationKey, content: str, tokens: int) -> int:
         """Store the character's greeting as the conversation's first assistant turn; returns its id."""
 
+    async def delete_message(self, message_id: int) -> bool:
+        """Delete one stored message (the newest reply, taken back)."""
+
     async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
         """Replace the text of a stored reply (regenerate)."""
 
@@ -215,6 +218,9 @@ class StateUpdater(Protocol):
     async def after_exchange(self, exchange: Exchange) -> None:
         """Appraise a delivered exchange and write the new state (a regenerated reply first undoes
         what the reply it replaced did)."""
+
+    async def reply_deleted(self, conversation: ConversationKey, reply_message_id: int) -> None:
+        """The newest reply of ``conversation`` was deleted: take back what it changed."""
 
     def as_of_now(self, state: RelationshipState, character: Character) -> RelationshipState:
         """The stored state as it reads now (emotions drift back toward the baseline while idle)."""

@@ -161,3 +161,15 @@ async def cache(cache_backend: str | None):
     instance = MemoryCache() if cache_backend is None else RedisCache(TEST_REDIS_URL, f"{cache_backend}{secrets.token_hex(4)}:")
     yield instance
     await instance.close()
+
+
+@pytest.fixture(autouse=True)
+async def _finish_background_work():
+    """After each test, the state updates still running for the apps it built finish (or fail) there."""
+    yield
+    from tests.engine.conftest import built_apps
+
+    while built_apps:
+        app = built_apps.pop()
+        await app.engine.drain()
+        await app.model.close()

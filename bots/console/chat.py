@@ -12,11 +12,14 @@ from bots.compose import App, open_app
 from bots.samples import ensure_samples
 from bots.settings import Settings
 from core.commands import Actor, Place
-from core.engine import ReplyStatus
+from core.engine import Reply, ReplyStatus
 from core.character import Character
 from core.events import ChatEvent, ConversationKey, Platform
 
-HELP = "Commands: /characters, /use NAME, /mood, /reset, /help, /quit. Anything else is said to the character."
+HELP = (
+    "Commands: /characters, /use NAME, /mood, /undo (take back the last reply), /reset, /help, /quit. "
+    "Anything else is said to the character."
+)
 
 
 class ConsoleChat:
@@ -31,6 +34,7 @@ class ConsoleChat:
         self.place = Place(Platform.CONSOLE, "console", f"console-{self.user_id}", private=True)
         # Whoever sits at the terminal owns the service.
         self.actor = Actor(Platform.CONSOLE, self.user_id, self.user, is_admin=True, is_owner=True)
+        self.last: Reply | None = None  # the newest reply of this session, for /undo
 
     async def use(self, name: str) -> bool:
         outcome = await self.app.commands.use(self.actor, self.place, name)
@@ -62,6 +66,7 @@ class ConsoleChat:
             addressed=True,
         )
         reply = self.app.engine.handle(event)
+        self.last = reply
         started = False
         async for delta in reply:
             if not started:
@@ -98,6 +103,15 @@ class ConsoleChat:
                 await self.use(arg)
         elif name == "mood":
             self.write((await commands.mood(self.actor, self.place)).message + "\n")
+        elif name == "undo":
+            last = self.last
+            if last is None or last.conversation is None or last.reply_message_id is None:
+                self.write("There is no reply to take back in this session.\n")
+            elif await self.app.engine.delete_reply(last.conversation, last.reply_message_id):
+                self.last = None
+                self.write("The last reply is taken back, and what it did to the character's mood with it.\n")
+            else:
+                self.write("Only the newest reply can be taken back.\n")
         elif name == "reset":
             self.write((await commands.reset(self.actor, self.place)).message + "\n")
         else:

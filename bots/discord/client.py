@@ -97,6 +97,22 @@ class PersonaeClient(discord.Client):
 
     # -- chat ---------------------------------------------------------------------------------
 
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        """Someone deleted the newest reply of a conversation: it is taken back, and so is what it
+        did to the character's feelings."""
+        for key, (reply_id, shown) in list(self._offers.items()):
+            if payload.message_id not in shown:
+                continue
+            character_id, platform, channel_id, user_id = key.split(":", 3)
+            conversation = ConversationKey(int(character_id), platform, channel_id, user_id)
+            try:
+                if await self.app.engine.delete_reply(conversation, reply_id):
+                    self._offers.pop(key, None)
+            except Exception:
+                log.exception("could not take back deleted reply %s", reply_id)
+            self.dispatch("reply_deleted", payload.message_id)
+            return
+
     async def on_message(self, message: discord.Message) -> None:
         reply: Reply | None = None
         try:

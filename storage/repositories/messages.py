@@ -122,6 +122,11 @@ class SqlMessageRepository:
         except IntegrityError:
             raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
 
+    async def delete_message(self, message_id: int) -> bool:
+        async with self._db.connect() as conn:
+            result = await conn.execute(sa.delete(t).where(t.c.id == message_id))
+        return result.rowcount > 0
+
     async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
         statement = (
             sa.update(t)

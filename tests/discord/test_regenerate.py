@@ -129,3 +129,19 @@ async def test_regenerating_a_long_reply_reuses_its_messages_and_deletes_the_res
     assert now["content"] == SECOND
     assert now["components"][0]["components"][0]["label"] == "Regenerate"
     assert bot.fake.requests("DELETE") and bot.fake.requests("DELETE")[0].path.endswith(last["id"])
+
+
+async def test_deleting_the_newest_reply_in_discord_takes_it_back(bot):
+    from tests.discord.fake_discord import GUILD_ID
+
+    await bot.bind(ROLEPLAY)
+    bot.tgi.script(reply=FIRST)
+    _, reply = await bot.say(ROLEPLAY, ALICE, "Speak.")
+    (shown,) = bot.fake.bot_messages(ROLEPLAY)
+
+    taken_back = bot.client.wait_for("reply_deleted", timeout=10)
+    await bot.fake.dispatch("MESSAGE_DELETE", {"id": shown["id"], "channel_id": str(ROLEPLAY), "guild_id": str(GUILD_ID)})
+    await taken_back
+
+    stored = await bot.app.store.messages.recent(reply.conversation, 10)
+    assert [(m.role, m.content) for m in stored] == [("user", "Speak.")]

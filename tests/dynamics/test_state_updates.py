@@ -297,3 +297,38 @@ async def test_a_state_untouched_for_one_half_life_is_halfway_back_to_its_baseli
         assert state.updated_at == clock.now and state.emotion.happiness == 5 and state.emotion.sadness == 6
     finally:
         await close(world)
+
+
+async def test_deleting_the_newest_reply_takes_back_its_change_and_only_the_newest(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi)
+    try:
+        tgi.reply = "(smiles) You are a dear, kind friend."
+        first, _ = await world.say("You are wonderful, thank you.")
+        await world.app.engine.drain()
+        before_reply = await stored_state(world)
+        tgi.reply = "(beams) I adore you, my dear friend, thank you!"
+        second, _ = await world.say("Tell me a story, dear friend.")
+        await world.app.engine.drain()
+        assert levels(await stored_state(world)) != levels(before_reply)
+
+        conversation = second.conversation
+        assert not await world.app.engine.delete_reply(conversation, first.reply_message_id)  # not the newest
+        assert await world.app.engine.delete_reply(conversation, second.reply_message_id)
+        await world.app.engine.drain()
+
+        restored = await stored_state(world)
+        assert (restored.emotion, restored.intimacy) == (before_reply.emotion, before_reply.intimacy)
+        assert (await store.relationships.changes(await person(world)))[0].appraiser == UNDO
+        kept = [(m.role, m.content) for m in await store.messages.recent(conversation, 10)]
+        assert kept[-1] == ("user", "Tell me a story, dear friend.")
+        assert ("assistant", "(beams) I adore you, my dear friend, thank you!") not in kept
+        # The next turn's prompt no longer carries the deleted reply (the cached history went too).
+        tgi.reply = "Go on."
+        await world.say("Are you there?")
+        sent = [m["content"] for m in tgi.bodies()[-1]["messages"]]
+        assert "(beams) I adore you, my dear friend, thank you!" not in sent
+        assert sent[-1] == "Tell me a story, dear friend.\nAre you there?"
+        # Taking it back twice changes nothing more.
+        assert not await world.app.engine.delete_reply(conversation, second.reply_message_id)
+    finally:
+        await close(world)

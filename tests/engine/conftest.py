@@ -72,9 +72,15 @@ class World:
         return Place(Platform.DISCORD, self.chat, self.channel)
 
 
+# Every app a test builds, so that its background work (state updates) ends with the test and
+# cannot write into the next test's tables (tests/conftest.py drains them after each test).
+built_apps: list[App] = []
+
+
 async def build_world(store, cache, tgi: TGIServer, *, trigger: str = "all", **settings) -> World:
     client = ModelClient(tgi.base_url, timeout_s=5.0, concurrency=settings.pop("llm_concurrency", 8), retries=settings.pop("llm_retries", 2))
     app = wire(make_settings(llm_url=tgi.base_url, **settings), store, cache, client)
+    built_apps.append(app)
     name = f"Hamlet-{uuid.uuid4().hex[:8]}"
     card = new_card(
         name=name,

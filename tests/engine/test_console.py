@@ -58,3 +58,21 @@ async def test_coming_back_shows_where_the_story_stopped(store, cache, tgi) -> N
         await world.app.model.close()
     assert "(where you left off)\nElena: May I sit?\n" in text
     assert f"{world.character_name}: Speak, then.\n" in text
+
+
+async def test_undo_takes_back_the_last_reply(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi)
+    tgi.script(reply="Speak, then.")
+    try:
+        text = await run_console(world.app, "/undo", f"/use {world.character_name}", "May I sit?", "/undo", "/undo", "/quit")
+        character = await store.characters.get_by_name(world.character_name)
+        from core.events import ConversationKey, Platform
+
+        conversation = ConversationKey(character.id, Platform.CONSOLE, "console-Elena", "Elena")
+        stored = [(m.role, m.content) for m in await store.messages.recent(conversation, 10)]
+    finally:
+        await world.app.engine.drain()
+        await world.app.model.close()
+    assert text.count("There is no reply to take back in this session.") == 2
+    assert "The last reply is taken back" in text
+    assert stored == [("user", "May I sit?")]
