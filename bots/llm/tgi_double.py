@@ -473,13 +473,24 @@ class TGIServer:
 
     # ---- routes --------------------------------------------------------------------------
 
-    async def _chat(self, request: Request) -> Response:
+    async def _open(
+        self,
+        request: Request,
+        validate: Callable[[Any], Response | None],
+        *,
+        always_stream: bool = False,
+    ) -> Response | tuple[Any, bool, Failure | None]:
+        """What every generation route does first: record, authorise, validate, and pick this
+        request's failure (a scripted one, or "overloaded" past ``max_concurrent_requests``).
+
+        Returns the response to send at once, or (body, stream, failure) with the request counted in flight.
+        """
         body = await self._record(request)
         if (denied := self._unauthorised(request)) is not None:
             return denied
-        if (invalid := self._validate(body, chat=True)) is not None:
+        if (invalid := validate(body)) is not None:
             return invalid
-        stream = bool(body.get("stream"))
+        stream = always_stream or bool(body.get("stream"))
         failure = self._next_failure()
         if failure is None and not self._enter():
             failure = Failure("overloaded")
@@ -490,6 +501,13 @@ class TGIServer:
             if (response := self._http_failure(failure, stream=stream)) is not None:
                 return response
             self._enter_forced()
+        return body, stream, failure
+
+    async def _chat(self, request: Request) -> Response:
+        opened = await self._open(request, lambda body: self._validate(body, chat=True))
+        if isinstance(opened, Response):
+            return opened
+        body, stream, failure = opened
         text = self._reply_text(body)
         created = int(time.time())
         fingerprint = "3.3.6-fake"
@@ -562,22 +580,10 @@ class TGIServer:
         return self._stream(events, failure, error_event)
 
     async def _completions(self, request: Request) -> Response:
-        body = await self._record(request)
-        if (denied := self._unauthorised(request)) is not None:
-            return denied
-        if (invalid := self._validate(body, chat=False)) is not None:
-            return invalid
-        stream = bool(body.get("stream"))
-        failure = self._next_failure()
-        if failure is None and not self._enter():
-            failure = Failure("overloaded")
-            if not stream:
-                return self._http_failure(failure, stream=False)  # type: ignore[return-value]
-            self.in_flight += 1
-        elif failure is not None:
-            if (response := self._http_failure(failure, stream=stream)) is not None:
-                return response
-            self._enter_forced()
+        opened = await self._open(request, lambda body: self._validate(body, chat=False))
+        if isinstance(opened, Response):
+            return opened
+        body, stream, failure = opened
         text = self._reply_text(body)
         created = int(time.time())
         if not stream:
@@ -621,19 +627,10 @@ class TGIServer:
         return self._stream(events, failure, error_event)
 
     async def _generate_stream(self, request: Request) -> Response:
-        body = await self._record(request)
-        if (denied := self._unauthorised(request)) is not None:
-            return denied
-        if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
-            return self._error(422, "Failed to deserialize the JSON body: missing field `inputs`", "validation")
-        failure = self._next_failure()
-        if failure is None and not self._enter():
-            failure = Failure("overloaded")
-            self.in_flight += 1
-        elif failure is not None:
-            if (response := self._http_failure(failure, stream=True)) is not None:
-                return response
-            self._enter_forced()
+        opened = await self._open(request, _validate_inputs, always_stream=True)
+        if isinstance(opened, Response):
+            return opened
+        body, _, failure = opened
         text = self._reply_text(body)
         parts = split_tokens(text, self.chunks)
         events = []
@@ -712,6 +709,13 @@ class TGIServer:
 
 
 _ERROR_TYPES = {429: "overloaded", 422: "validation", 424: "generation", 500: "incomplete_generation"}
+
+
+def _validate_inputs(body: Any) -> Response | None:
+    """TGI's native API wants ``{"inputs": str, ...}``."""
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
+        return TGIServer._error(422, "Failed to deserialize the JSON body: missing field `inputs`", "validation")
+    return None
 
 
 class _DropResponse(Response):

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable
 
 from aiohttp import WSMsgType, web
 
+from tests.loopback import serve_on_loopback
+
 TOKEN = "fake-bot-token.XXXXXX.yyyyyyyyyyyyyyyyyyyyyyyyyyy"
 APP_ID = BOT_ID = 900000000000000010
 GUILD_ID = 900000000000000001
@@ -140,11 +142,7 @@ class FakeDiscord:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> "FakeDiscord":
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_on_loopback(self.app)
         return self
 
     async def stop(self) -> None:
