@@ -124,8 +124,9 @@ def build(python: str, version: str, cmake_args: list[str], into: Path) -> Path:
                 # A line every 10% or every 30 s, whichever comes first.
                 if done * 10 // total > last_done * 10 // max(total, 1) or now - last_report >= 30:
                     elapsed = now - started
-                    left = elapsed / done * (total - done) if done else 0
-                    say(f"  compiling: {done}/{total} ({100 * done // total}%), {minutes(elapsed)} so far, about {minutes(left)} left")
+                    # The first steps are small: a guess at what is left means something from 10% on.
+                    left = f", about {minutes(elapsed / done * (total - done))} left" if done * 10 >= total else ""
+                    say(f"  compiling: {done}/{total} ({100 * done // total}%), {minutes(elapsed)} so far{left}")
                     last_report, last_done = now, done
             elif now - last_report >= 30:
                 say(f"  preparing the build ({minutes(now - started)} so far)...")
