@@ -16,6 +16,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, TypeV
 import discord
 import yarl
 
+from bots import heartbeat
 from bots.compose import App
 from bots.discord.chat import (
     ATTACHMENT_NOTE,
@@ -369,6 +370,8 @@ async def run_discord(app: App, *, client: PersonaeClient | None = None) -> None
 
 
 async def _run(client: PersonaeClient, token: str) -> None:
+    # The heartbeat counts Discord as up while the gateway connection is open and ready.
+    heartbeat.watch("discord", lambda: client.is_ready() and client.ws is not None and client.ws.open)
     async with client:
         try:
             await client.start(token)
@@ -377,3 +380,5 @@ async def _run(client: PersonaeClient, token: str) -> None:
                 "PERSONAE_DISCORD_TOKEN is set but Discord rejected it (401): copy the token again from the "
                 "developer portal (Bot > Reset Token)"
             ) from None
+        finally:
+            heartbeat.unwatch("discord")

@@ -25,6 +25,7 @@ from telegram.ext import (
     filters,
 )
 
+from bots import heartbeat
 from bots.compose import App
 from bots.settings import Settings
 from bots.telegram.arguments import COMMANDS
@@ -222,4 +223,9 @@ async def run_telegram(app: App, tuning: Tuning | None = None) -> None:
     tuning = tuning or Tuning()
     application = build_application(app, tuning)
     async with serving(application, app.settings, tuning):
-        await asyncio.Event().wait()
+        # The heartbeat counts Telegram as up while the application and its update fetcher run.
+        heartbeat.watch("telegram", lambda: application.running and (application.updater is None or application.updater.running))
+        try:
+            await asyncio.Event().wait()
+        finally:
+            heartbeat.unwatch("telegram")
