@@ -461,6 +461,11 @@ class ModelClient:
             if response_format is not None:
                 extra["response_format"] = response_format
         payload = [dict(m) for m in messages]
+        if extra.get("response_format", {}).get("type") == "json_schema":
+            # huggingface_hub rewrites OpenAI's json_schema shape into TGI's, which vLLM and SGLang
+            # would take as "any JSON": send this one request without it.
+            body = {"model": self.model, "messages": payload, "max_tokens": max_tokens, "temperature": temperature, **extra}
+            return "".join([part async for part in self._retrying(lambda: self._chat_json(body))])
 
         async def attempt() -> AsyncIterator[str]:
             async with self._hub.lease(stream=False) as hub:
@@ -563,8 +568,8 @@ class ModelClient:
             )
 
     async def _learn_model_name(self) -> None:
-        # Without PERSONAE_LLM_MODEL the name to send depends on the server: ask it first.
-        if self._configured_model is None and not self._info_known:
+        # The name to send depends on the server (and a wrong configured one is worth a warning): ask it first.
+        if not self._info_known:
             await self.dialect()
 
     @property
@@ -707,6 +712,23 @@ class ModelClient:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
                 raise _hub_error(self.where, exc, self.timeout_s) from exc
+
+    async def _chat_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        """One non-streamed chat completion posted as is (yields the answer once)."""
+        client = await self._http_client()
+        try:
+            response = await client.post("/v1/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise transport_error(self.where, exc, self.timeout_s) from exc
+        if response.status_code >= 400:
+            raise status_error(self.where, response.status_code, _detail_from_body(response.content))
+        try:
+            choices = response.json().get("choices") or []
+            yield (choices[0].get("message") or {}).get("content") or "" if choices else ""
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ModelError(
+                f"the model server at {self.where} sent a malformed answer ({_clip(response.text)})", retryable=False
+            ) from exc
 
     async def _raw_stream(self, prompt: str, max_tokens: int, temperature: float, stops: list[str]) -> AsyncIterator[str]:
         body: dict[str, Any] = {
