@@ -1,0 +1,86 @@
+"""The bots' heartbeat and `personae health`: healthy only while every platform is connected."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bots import heartbeat
+from bots.cli import app
+from bots.discord import run_discord
+from tests.discord.conftest import (  # noqa: F401 - fixtures: SQLite and the in-process cache, discord.py's URLs put back
+    build_app,
+    cache_backend,
+    database_backend,
+    discord_settings,
+    restore_discord_endpoints,
+)
+from tests.discord.fake_discord import FakeDiscord
+from tests.tgi_server import TGIServer
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def no_probes_left_over():
+    yield
+    for name in ("discord", "telegram", "a", "b"):
+        heartbeat.unwatch(name)
+
+
+def health(path: Path, *args: str):
+    return runner.invoke(app, ["health", *args], env={"PERSONAE_HEARTBEAT_FILE": str(path)})
+
+
+async def test_a_beat_is_written_only_while_every_adapter_is_connected(tmp_path: Path) -> None:
+    path = tmp_path / "beat"
+    up = {"a": True, "b": False}
+    heartbeat.watch("a", lambda: up["a"])
+    assert await heartbeat.beat(path, adapters=2) == ["starting"] and not path.exists()
+    heartbeat.watch("b", lambda: up["b"])
+    assert await heartbeat.beat(path, adapters=2) == ["b"] and not path.exists()
+    up["b"] = True
+    assert await heartbeat.beat(path, adapters=2) == [] and path.exists()
+    assert heartbeat.age(path) is not None and heartbeat.age(path) < 60
+
+
+async def test_a_probe_that_raises_counts_as_down(tmp_path: Path) -> None:
+    heartbeat.watch("a", lambda: 1 / 0)
+    assert await heartbeat.beat(tmp_path / "beat", adapters=1) == ["a"]
+
+
+def test_health_exits_0_on_a_fresh_beat_and_1_otherwise_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "beat"
+    missing = health(path)
+    assert missing.exit_code == 1 and "PERSONAE_HEARTBEAT_FILE" in missing.output
+    assert "Traceback" not in missing.output and len(missing.output.strip().splitlines()) == 1
+
+    path.write_text(f"{time.time() - 120:.3f}\n")
+    stale = health(path)
+    assert stale.exit_code == 1 and "old" in stale.output and len(stale.output.strip().splitlines()) == 1
+
+    path.write_text(f"{time.time():.3f}\n")
+    assert health(path).exit_code == 0
+    path.write_text(f"{time.time() - 120:.3f}\n")
+    assert health(path, "--max-age", "300").exit_code == 0
+
+
+async def test_the_discord_adapter_beats_while_connected_to_the_gateway(store, cache, tmp_path: Path) -> None:
+    path = tmp_path / "beat"
+    async with FakeDiscord() as fake, TGIServer() as tgi:
+        discord_app = build_app(store, cache, discord_settings(fake, tgi))
+        task = asyncio.create_task(run_discord(discord_app))
+        beats = asyncio.create_task(heartbeat.run(path, interval_s=0.05, adapters=1))
+        try:
+            await fake.wait_for(path.exists, timeout=30, what="the first heartbeat")
+            assert heartbeat.not_connected() == []
+        finally:
+            beats.cancel()
+            task.cancel()
+            await asyncio.gather(beats, task, return_exceptions=True)
+            await discord_app.model.close()
+    assert heartbeat.not_connected() == [] and "discord" not in heartbeat._probes, "a stopped adapter is forgotten"
