@@ -11,8 +11,10 @@ import copy
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -214,6 +216,35 @@ def _run_bots_command(tmp_path: Path, exit_status: int) -> int:
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     return subprocess.run(["sh", "-c", script], env=env, timeout=30).returncode
+
+
+def test_docker_stop_lets_personae_finish_before_the_shell_exits(tmp_path: Path) -> None:
+    """``docker stop`` sends SIGINT to the whole group (tini -g): sh must wait for personae's own exit."""
+    command = compose()["services"]["bots"]["command"]
+    bots = compose()["services"]["bots"]
+    assert bots["init"] is True and bots["stop_signal"] == "SIGINT"
+    assert bots["environment"]["TINI_KILL_PROCESS_GROUP"] == "1"
+    stub = tmp_path / "personae"
+    stub.write_text(
+        "#!/bin/sh\n"
+        f"trap 'echo stopped > {tmp_path}/stopped; exit 130' INT\n"
+        f"echo > {tmp_path}/ready\n"
+        "while :; do sleep 0.05; done\n"
+    )
+    stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    shell = subprocess.Popen(["sh", "-c", command[2].replace("$$", "$")], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ready").exists():
+            assert time.monotonic() < deadline and shell.poll() is None, "the stand-in never started"
+            time.sleep(0.02)
+        os.killpg(shell.pid, signal.SIGINT)
+        assert shell.wait(timeout=30) == 1, "sh was killed by the signal instead of waiting for personae"
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+    assert (tmp_path / "stopped").exists()
 
 
 def test_a_configuration_error_stops_the_bots_cleanly_and_a_crash_restarts_them(tmp_path: Path) -> None:
