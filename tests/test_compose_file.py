@@ -287,3 +287,12 @@ def test_the_readme_configuration_table_names_every_setting() -> None:
     table = table[: table.index("\n## ")]
     missing = [v for v in _variables() if f"`{v}`" not in table]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+def test_the_build_context_leaves_out_secrets_and_the_virtualenv() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    assert {".env", ".venv/", ".git/"} <= ignored
+    copied = re.findall(r"^COPY (?!--from)(.+?) \S+$", (ROOT / "infra" / "Dockerfile").read_text(), re.M)
+    for sources in copied:
+        for source in sources.split():
+            assert source.rstrip("/") + "/" not in ignored and source not in ignored, f"the Dockerfile copies {source}, which .dockerignore leaves out"
