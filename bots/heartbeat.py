@@ -1,9 +1,10 @@
 """The bots' heartbeat: a file ``personae run`` rewrites while every adapter is connected.
 
 A container health check cannot ask a Discord or Telegram connection how it is; it can read a file.
-``Heartbeat.run`` writes the current time to ``PERSONAE_HEARTBEAT_FILE`` every ``interval_s`` as long
-as every adapter that registered a probe (``watch``) says it is connected, and stops writing when one
-does not; ``personae health`` then finds the file stale and exits 1.
+Each adapter calls ``watch`` when it starts, with a probe that says whether it is connected now, and
+``unwatch`` when it stops. While any adapter is watched, a task writes the current time to
+``PERSONAE_HEARTBEAT_FILE`` every ``INTERVAL_S``, but only when every probe says connected;
+``personae health`` then finds the file fresh, or stale when one adapter lost its connection.
 """
 
 from __future__ import annotations
@@ -22,16 +23,27 @@ INTERVAL_S = 5.0
 MAX_AGE_S = 30.0  # personae health: older than this is unhealthy (several missed beats)
 
 _probes: dict[str, Callable[[], bool]] = {}
+_writer: asyncio.Task[None] | None = None
 
 
-def watch(name: str, probe: Callable[[], bool]) -> None:
-    """Count adapter ``name`` as connected only while ``probe()`` is true (replaces an earlier probe)."""
+def watch(name: str, probe: Callable[[], bool], path: Path, *, interval_s: float = INTERVAL_S) -> None:
+    """Count adapter ``name`` as connected only while ``probe()`` is true; beat into ``path``.
+
+    Adapters register before they connect, so a beat is never written while one is still starting.
+    """
+    global _writer
     _probes[name] = probe
+    if _writer is None or _writer.done():
+        _writer = asyncio.get_running_loop().create_task(_beat_forever(path, interval_s))
 
 
 def unwatch(name: str) -> None:
-    """Forget adapter ``name`` (it stopped)."""
+    """Forget adapter ``name`` (it stopped); the last one stops the beating."""
+    global _writer
     _probes.pop(name, None)
+    if not _probes and _writer is not None:
+        _writer.cancel()
+        _writer = None
 
 
 def not_connected() -> list[str]:
@@ -47,6 +59,28 @@ def not_connected() -> list[str]:
     return down
 
 
+async def beat(path: Path) -> list[str]:
+    """Write one beat if adapters are watched and all say connected; return the ones that are down."""
+    down = not_connected() if _probes else ["none watched"]
+    if not down:
+        try:
+            await asyncio.to_thread(_write, path)
+        except OSError as exc:
+            log.warning("cannot write the heartbeat file %s (PERSONAE_HEARTBEAT_FILE): %s", path, exc)
+    return down
+
+
+async def _beat_forever(path: Path, interval_s: float) -> None:
+    await asyncio.to_thread(_forget, path)  # a beat from an earlier run must not count for this one
+    was_down: list[str] | None = None
+    while True:
+        down = await beat(path)
+        if was_down is not None and down != was_down:
+            log.info("heartbeat: %s", "all adapters connected" if not down else f"not connected: {', '.join(down)}")
+        was_down = down
+        await asyncio.sleep(interval_s)
+
+
 def _forget(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
@@ -58,31 +92,6 @@ def _write(path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(f"{time.time():.3f}\n")
     os.replace(tmp, path)
-
-
-async def beat(path: Path, *, adapters: int) -> list[str]:
-    """Write one beat if ``adapters`` probes are registered and all say connected; return what is down."""
-    down = not_connected()
-    if len(_probes) < adapters:
-        down = down or ["starting"]
-    if not down:
-        try:
-            await asyncio.to_thread(_write, path)
-        except OSError as exc:
-            log.warning("cannot write the heartbeat file %s (PERSONAE_HEARTBEAT_FILE): %s", path, exc)
-    return down
-
-
-async def run(path: Path, *, interval_s: float = INTERVAL_S, adapters: int) -> None:
-    """Beat every ``interval_s`` until cancelled."""
-    await asyncio.to_thread(_forget, path)  # a beat from an earlier run must not count for this one
-    was_down: list[str] | None = None
-    while True:
-        down = await beat(path, adapters=adapters)
-        if was_down is not None and down != was_down:
-            log.info("heartbeat: %s", "all adapters connected" if not down else f"not connected: {', '.join(down)}")
-        was_down = down
-        await asyncio.sleep(interval_s)
 
 
 def age(path: Path) -> float | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bots import heartbeat
 from bots.compose import open_app
 from bots.samples import ensure_samples
 from bots.settings import Settings
@@ -33,8 +32,4 @@ async def run_service(settings: Settings) -> None:
 
             adapters.append(run_telegram(app))
         log.info("personae is running (%d adapter%s)", len(adapters), "" if len(adapters) == 1 else "s")
-        beat = asyncio.ensure_future(heartbeat.run(settings.heartbeat_file, adapters=len(adapters)))
-        try:
-            await asyncio.gather(*adapters)
-        finally:
-            beat.cancel()
+        await asyncio.gather(*adapters)
