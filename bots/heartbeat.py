@@ -34,6 +34,9 @@ def watch(name: str, probe: Callable[[], bool], path: Path, *, interval_s: float
     global _writer
     _probes[name] = probe
     if _writer is None or _writer.done():
+        # A beat left by an earlier run must not count for this one. One unlink, once per start:
+        # done here rather than in the task so that no beat of this run can race it.
+        _forget(path)
         _writer = asyncio.get_running_loop().create_task(_beat_forever(path, interval_s))
 
 
@@ -71,7 +74,6 @@ async def beat(path: Path) -> list[str]:
 
 
 async def _beat_forever(path: Path, interval_s: float) -> None:
-    await asyncio.to_thread(_forget, path)  # a beat from an earlier run must not count for this one
     was_down: list[str] | None = None
     while True:
         down = await beat(path)

@@ -115,3 +115,10 @@ async def test_the_telegram_adapter_beats_while_polling(store, cache, tmp_path: 
             await asyncio.gather(task, return_exceptions=True)
             await model.close()
     assert "telegram" not in heartbeat._probes
+
+
+async def test_a_beat_left_by_an_earlier_run_does_not_count(tmp_path: Path) -> None:
+    path = tmp_path / "beat"
+    path.write_text(f"{time.time():.3f}\n")
+    heartbeat.watch("a", lambda: False, path, interval_s=3600)
+    assert health(path).exit_code == 1
