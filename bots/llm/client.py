@@ -367,8 +367,7 @@ class ModelClient:
             root = root[: -len("/v1")]
         self.base_url = root
         self.where = _safe_url(root)
-        self.model = model or "tgi"  # until the server says which name it wants (dialect())
-        self._configured_model = model
+        self.model = model or "tgi"
         self.layout = layout
         self.timeout_s = float(timeout_s)
         self.concurrency = concurrency
@@ -381,7 +380,8 @@ class ModelClient:
         self._http: httpx.AsyncClient | None = None
         self._http_lock = asyncio.Lock()
         self._info: dict[str, Any] | None = None
-        self._dialect: Dialect | None = None
+        self._dialect: Dialect | None = None  # which server this is, once asked
+        self._configured_model = model  # None: self.model follows what the server serves (dialect())
         self._info_known = False
         self._info_retry_at = 0.0
         self._info_lock = asyncio.Lock()
