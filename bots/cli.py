@@ -441,6 +441,20 @@ def run_bots(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     run(lambda: run_service(settings()))
 
 
+@app.command("health")
+def health(max_age: float = typer.Option(30.0, "--max-age", min=1, help="Seconds a heartbeat stays fresh.")) -> None:
+    """Exit 0 if `personae run` is connected to every platform (its heartbeat is fresh), else 1."""
+    from bots import heartbeat
+
+    path = settings().heartbeat_file
+    age = heartbeat.age(path)
+    if age is None:
+        fail(f"no heartbeat at {path}: `personae run` is not running or not connected yet (PERSONAE_HEARTBEAT_FILE)")
+    if age > max_age:
+        fail(f"the last heartbeat is {age:.0f} s old: `personae run` is stuck or lost its platform connection")
+    typer.echo(f"healthy: heartbeat {age:.0f} s old")
+
+
 @app.command("bench")
 def bench(
     users: int = typer.Option(200, "--users", min=1),

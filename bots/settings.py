@@ -15,6 +15,10 @@ def default_database_url() -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'personae.db'}"
 
 
+def default_heartbeat_file() -> Path:
+    return Path(platformdirs.user_state_dir("personae")) / "heartbeat"
+
+
 class Settings(BaseSettings):
     """Configuration read from ``PERSONAE_*`` variables (and a ``.env`` file if present)."""
 
@@ -29,6 +33,7 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = None
     telegram_token: SecretStr | None = None
     owner_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    heartbeat_file: Path = Field(default_factory=default_heartbeat_file)  # `personae run` writes it; `personae health` reads it
 
     # Discord
     discord_api_base: str = "https://discord.com/api/v10"

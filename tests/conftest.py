@@ -173,3 +173,10 @@ async def _finish_background_work():
         app = built_apps.pop()
         await app.engine.drain()
         await app.model.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _heartbeat_in_a_temporary_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Adapters started by tests beat into a file of the test run's own, not the user's state dir."""
+    os.environ.setdefault("PERSONAE_HEARTBEAT_FILE", str(tmp_path_factory.mktemp("heartbeat") / "heartbeat"))
+    yield

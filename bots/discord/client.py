@@ -16,6 +16,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, TypeV
 import discord
 import yarl
 
+from bots import heartbeat
 from bots.compose import App
 from bots.discord.chat import (
     ATTACHMENT_NOTE,
@@ -358,6 +359,13 @@ async def run_discord(app: App, *, client: PersonaeClient | None = None) -> None
     token = settings.discord_token.get_secret_value()
     point_library_at(settings.discord_api_base, settings.discord_gateway_url)
     client = client or PersonaeClient(app)
+    running = [client]
+
+    def connected() -> bool:  # for the heartbeat: the gateway connection is open and ready
+        now = running[-1]
+        return now.is_ready() and now.ws is not None and now.ws.open
+
+    heartbeat.watch("discord", connected, settings.heartbeat_file)
     try:
         await _run(client, token)
     except discord.PrivilegedIntentsRequired:
@@ -365,7 +373,10 @@ async def run_discord(app: App, *, client: PersonaeClient | None = None) -> None
             "Discord refused the message content intent: enable it for this bot in the developer portal "
             "(Bot > Privileged Gateway Intents). Until then the bot only sees mentions, replies to it and DMs."
         )
-        await _run(PersonaeClient(app, message_content=False, guild_ready_timeout=client.guild_ready_timeout), token)
+        running.append(PersonaeClient(app, message_content=False, guild_ready_timeout=client.guild_ready_timeout))
+        await _run(running[-1], token)
+    finally:
+        heartbeat.unwatch("discord")
 
 
 async def _run(client: PersonaeClient, token: str) -> None:

@@ -33,6 +33,8 @@ from huggingface_hub import AsyncInferenceClient
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import errors as hub_errors
 
+from bots.llm import dialects
+from bots.llm.dialects import Dialect
 from core.errors import ModelError
 from core.prompt import estimate_tokens
 
@@ -378,6 +380,8 @@ class ModelClient:
         self._http: httpx.AsyncClient | None = None
         self._http_lock = asyncio.Lock()
         self._info: dict[str, Any] | None = None
+        self._dialect: Dialect | None = None  # which server this is, once asked
+        self._configured_model = model  # None: self.model follows what the server serves (dialect())
         self._info_known = False
         self._info_retry_at = 0.0
         self._info_lock = asyncio.Lock()
@@ -417,6 +421,7 @@ class ModelClient:
         a failure after a delta is raised at once (the caller ends the reply with a notice).
         """
         stops = self._stops(stop)
+        await self._learn_model_name()
         if self.layout == "mistral-raw":
             prompt = render_mistral_raw(messages, bos="")
             if RAW_STOP not in stops and len(stops) < MAX_STOP_SEQUENCES:
@@ -446,13 +451,21 @@ class ModelClient:
         """A whole answer through the chat API (in every layout: the appraisal prompts are one
         system and one user message, and the chat API is where TGI constrains output to a schema).
 
-        On TGI ``json_schema`` goes out as ``response_format={"type": "json", "value": schema}``;
-        other servers get no response_format and the caller parses the last JSON object.
+        ``json_schema`` goes out in the server's own ``response_format`` shape (see ``dialects``);
+        servers without guided JSON get none and the caller parses the last JSON object.
         """
         extra: dict[str, Any] = {}
-        if json_schema is not None and await self.info() is not None:
-            extra["response_format"] = {"type": "json", "value": dict(json_schema)}
+        dialect = await self.dialect()
+        if json_schema is not None and dialect is not None:
+            response_format = dialect.response_format(json_schema)
+            if response_format is not None:
+                extra["response_format"] = response_format
         payload = [dict(m) for m in messages]
+        if extra.get("response_format", {}).get("type") == "json_schema":
+            # huggingface_hub rewrites OpenAI's json_schema shape into TGI's, which vLLM and SGLang
+            # would take as "any JSON": send this one request without it.
+            body = {"model": self.model, "messages": payload, "max_tokens": max_tokens, "temperature": temperature, **extra}
+            return "".join([part async for part in self._retrying(lambda: self._chat_json(body))])
 
         async def attempt() -> AsyncIterator[str]:
             async with self._hub.lease(stream=False) as hub:
@@ -469,24 +482,27 @@ class ModelClient:
         return "".join(parts)
 
     async def count_tokens(self, text: str) -> int:
-        """The server's token count on TGI (``POST /tokenize``), else ``estimate_tokens``."""
+        """The server's own token count where it has a tokenize route (see ``dialects``), else ``estimate_tokens``."""
         if not text:
             return 0
-        if await self.info() is None:
+        dialect = await self.dialect()
+        request = dialect.tokenize_request(text, self.model) if dialect is not None else None
+        if request is None:
             return estimate_tokens(text)
+        route, body = request
         try:
             client = await self._http_client()
-            response = await client.post("/tokenize", json={"inputs": text}, timeout=TOKENIZE_TIMEOUT_S)
+            response = await client.post(route, json=body, timeout=TOKENIZE_TIMEOUT_S)
             if response.status_code == 200:
-                tokens = response.json()
-                if isinstance(tokens, list):
-                    return len(tokens)
+                count = dialects.token_count(response.json())
+                if count is not None:
+                    return count
             problem = f"answered {response.status_code}"
         except (httpx.HTTPError, ValueError) as exc:
             problem = f"failed ({type(exc).__name__})"
         if not self._tokenize_warned:
             self._tokenize_warned = True
-            log.warning("the model server at %s: /tokenize %s; estimating token counts", self.where, problem)
+            log.warning("the model server at %s: %s %s; estimating token counts", self.where, route, problem)
         return estimate_tokens(text)
 
     async def close(self) -> None:
@@ -500,44 +516,61 @@ class ModelClient:
     # ---- server facts ---------------------------------------------------------------------
 
     async def info(self) -> dict[str, Any] | None:
-        """TGI's ``/info`` (cached) when the server is TGI, else None.
+        """TGI's ``/info`` when the server is TGI, else None."""
+        await self.dialect()
+        return self._info
 
-        A server is TGI when ``GET /info`` answers a JSON object with ``model_id`` and
-        ``max_input_tokens``. Any HTTP answer settles the question for good; an unreachable server is
-        asked again after ``INFO_RETRY_AFTER_S``.
+    async def dialect(self) -> Dialect | None:
+        """Which server this is (see ``dialects``), asked once; None while it cannot be reached.
+
+        Any HTTP answer settles the question for good; an unreachable server is asked again after
+        ``INFO_RETRY_AFTER_S``. Learning the server also settles the model name when
+        PERSONAE_LLM_MODEL is unset (vLLM and SGLang refuse any name but the served one).
         """
         if self._info_known:
-            return self._info
+            return self._dialect
         async with self._info_lock:
             if self._info_known or time.monotonic() < self._info_retry_at:
-                return self._info
+                return self._dialect
             try:
                 client = await self._http_client()
-                response = await client.get("/info", timeout=INFO_TIMEOUT_S)
-            except httpx.HTTPError as exc:
+                dialect = await dialects.detect(client, timeout_s=INFO_TIMEOUT_S)
+            except dialects.Unreachable as exc:
                 self._info_retry_at = time.monotonic() + INFO_RETRY_AFTER_S
-                log.info("the model server at %s: /info failed (%s); will ask again later", self.where, type(exc).__name__)
+                log.info("the model server at %s: %s; will ask again later", self.where, exc)
                 return None
-            if response.status_code >= 500:
-                self._info_retry_at = time.monotonic() + INFO_RETRY_AFTER_S
-                return None
-            data: Any = None
-            if response.status_code == 200:
-                try:
-                    data = response.json()
-                except ValueError:
-                    data = None
-            if isinstance(data, dict) and "model_id" in data and "max_input_tokens" in data:
-                self._info = data
-                log.info(
-                    "the model server at %s is TGI %s serving %s (max_input_tokens=%s)",
-                    self.where,
-                    data.get("version", "?"),
-                    data.get("model_id"),
-                    data.get("max_input_tokens"),
-                )
-            self._info_known = True
-            return self._info
+            self._settle(dialect)
+            return dialect
+
+    def _settle(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._info = dict(dialect.info) if dialect.info is not None else None
+        self.model = dialect.model_name(self._configured_model)
+        self._info_known = True
+        served = ", ".join(dialect.served_models) or "?"
+        if self._info is not None:
+            log.info(
+                "the model server at %s is TGI %s serving %s (max_input_tokens=%s)",
+                self.where,
+                self._info.get("version", "?"),
+                self._info.get("model_id"),
+                self._info.get("max_input_tokens"),
+            )
+        else:
+            log.info("the model server at %s is %s serving %s; sending model=%r", self.where, dialect.kind, served, self.model)
+        if dialect.kind in ("vllm", "sglang") and dialect.served_models and self.model not in dialect.served_models:
+            log.warning(
+                "PERSONAE_LLM_MODEL=%s, but the model server at %s serves %s: it will answer 404; "
+                "unset PERSONAE_LLM_MODEL or set it to the served name",
+                self.model,
+                self.where,
+                served,
+            )
+
+    async def _learn_model_name(self) -> None:
+        # The name to send depends on the server (and a wrong configured one is worth a warning): ask it first.
+        if not self._info_known:
+            await self.dialect()
 
     @property
     def is_tgi(self) -> bool | None:
@@ -679,6 +712,23 @@ class ModelClient:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
                 raise _hub_error(self.where, exc, self.timeout_s) from exc
+
+    async def _chat_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        """One non-streamed chat completion posted as is (yields the answer once)."""
+        client = await self._http_client()
+        try:
+            response = await client.post("/v1/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise transport_error(self.where, exc, self.timeout_s) from exc
+        if response.status_code >= 400:
+            raise status_error(self.where, response.status_code, _detail_from_body(response.content))
+        try:
+            choices = response.json().get("choices") or []
+            yield (choices[0].get("message") or {}).get("content") or "" if choices else ""
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ModelError(
+                f"the model server at {self.where} sent a malformed answer ({_clip(response.text)})", retryable=False
+            ) from exc
 
     async def _raw_stream(self, prompt: str, max_tokens: int, temperature: float, stops: list[str]) -> AsyncIterator[str]:
         body: dict[str, Any] = {

@@ -25,6 +25,7 @@ from telegram.ext import (
     filters,
 )
 
+from bots import heartbeat
 from bots.compose import App
 from bots.settings import Settings
 from bots.telegram.arguments import COMMANDS
@@ -221,5 +222,14 @@ async def run_telegram(app: App, tuning: Tuning | None = None) -> None:
     """Run the Telegram bot until cancelled; raises TelegramStartError (one plain line) if it cannot start."""
     tuning = tuning or Tuning()
     application = build_application(app, tuning)
-    async with serving(application, app.settings, tuning):
-        await asyncio.Event().wait()
+    # The heartbeat counts Telegram as up while the application and its update fetcher run.
+    heartbeat.watch(
+        "telegram",
+        lambda: application.running and (application.updater is None or application.updater.running),
+        app.settings.heartbeat_file,
+    )
+    try:
+        async with serving(application, app.settings, tuning):
+            await asyncio.Event().wait()
+    finally:
+        heartbeat.unwatch("telegram")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bots.llm.vllm_double import VLLMServer
 from tests.dynamics.conftest import close, levels, person, stored_state, zh_world
 from tests.engine.conftest import build_world
 from tests.tgi_server import TGIServer
@@ -197,3 +198,19 @@ async def test_a_failing_appraisal_server_changes_nothing_and_the_reply_is_unaff
         assert (await stored_state(world)).version == 0
     finally:
         await close(world)
+
+
+async def test_on_vllm_the_schema_goes_out_as_json_schema_and_the_answer_moves_the_state(store, cache) -> None:
+    async with VLLMServer(served_model_name="bd-rp") as vllm:
+        world = await model_world(store, cache, vllm)
+        vllm.reply = Answers('{"happiness": 9, "sadness": 0, "disgust": 0, "fear": 0, "surprise": 9, "anger": 0}', '{"relationship": 10}')
+        try:
+            await world.say("Good evening.")
+            await world.app.engine.drain()
+            bodies = appraisal_bodies(vllm)
+            assert len(bodies) == 2 and all(b["model"] == "bd-rp" for b in bodies)
+            assert all(b["response_format"]["type"] == "json_schema" for b in bodies)
+            assert {"relationship"} in [set(b["response_format"]["json_schema"]["schema"]["properties"]) for b in bodies]
+            assert levels(await stored_state(world)) == {"happiness": 3, "sadness": 6, "disgust": 3, "fear": 5, "surprise": 8, "anger": 2, "intimacy": 8}
+        finally:
+            await close(world)

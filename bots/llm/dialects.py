@@ -1,0 +1,116 @@
+"""Where the model servers personae talks to differ, and how to tell which one answers.
+
+All of them serve the OpenAI-style chat API; they part ways on three things (checked against each
+server's source):
+
+| server | guided JSON (``response_format``) | token count | model name |
+|---|---|---|---|
+| TGI | ``{"type": "json", "value": schema}`` | ``POST /tokenize {"inputs"}`` → list of tokens | ``"tgi"`` (anything else picks a LoRA adapter) |
+| vLLM | ``{"type": "json_schema", "json_schema": {"name", "schema"}}`` | ``POST /tokenize {"model", "prompt"}`` → ``{"count", "tokens", ...}`` | the served name; any other is a 404 |
+| SGLang | as vLLM | ``POST /v1/tokenize {"model", "prompt"}`` → ``{"count", "tokens", ...}`` | the served name |
+| llama.cpp | as vLLM (it reads ``json_schema.schema``) | ``POST /tokenize {"content"}`` → ``{"tokens"}`` | ignored |
+
+A server is TGI when ``GET /info`` answers with ``model_id`` and ``max_input_tokens``; otherwise
+``GET /v1/models`` names the others in ``owned_by`` (``"vllm"``, ``"sglang"``, ``"llamacpp"``).
+Anything else (llama-cpp-python says ``"me"``) is a plain OpenAI-style server: no guided JSON, token
+counts estimated, and the model name left as configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+KINDS = ("tgi", "vllm", "sglang", "llamacpp", "openai")
+_OWNERS = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llamacpp"}
+_NAMED = ("vllm", "sglang")  # servers that check the model name
+
+
+class Unreachable(Exception):
+    """The server could not be asked (network error or a 5xx): ask again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """One server kind and what it said about itself."""
+
+    kind: str
+    served_models: tuple[str, ...] = ()  # ids from GET /v1/models, in its order
+    info: Mapping[str, Any] | None = field(default=None, compare=False)  # TGI's /info
+
+    def model_name(self, configured: str | None) -> str:
+        """The ``model`` to send: the configured name, else the served one where the server checks it."""
+        if configured:
+            return configured
+        if self.kind in (*_NAMED, "llamacpp") and self.served_models:
+            return self.served_models[0]
+        return "tgi"
+
+    def response_format(self, schema: Mapping[str, Any], name: str = "answer") -> dict[str, Any] | None:
+        """The ``response_format`` that constrains the answer to ``schema``, None where unsupported."""
+        if self.kind == "tgi":
+            return {"type": "json", "value": dict(schema)}
+        if self.kind in (*_NAMED, "llamacpp"):
+            return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema)}}
+        return None
+
+    def tokenize_request(self, text: str, model: str) -> tuple[str, dict[str, Any]] | None:
+        """The route and body that count ``text``'s tokens, None where the server has none."""
+        if self.kind == "tgi":
+            return "/tokenize", {"inputs": text}
+        if self.kind == "vllm":
+            return "/tokenize", {"model": model, "prompt": text, "add_special_tokens": False}
+        if self.kind == "sglang":
+            return "/v1/tokenize", {"model": model, "prompt": text, "add_special_tokens": False}
+        if self.kind == "llamacpp":
+            return "/tokenize", {"content": text}
+        return None
+
+
+def token_count(body: Any) -> int | None:
+    """The number of tokens in a tokenize answer of any of the shapes above, None if it is none of them."""
+    if isinstance(body, list):
+        return len(body)
+    if isinstance(body, dict):
+        count = body.get("count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+        tokens = body.get("tokens")
+        if isinstance(tokens, list):
+            return len(tokens)
+    return None
+
+
+async def detect(client: httpx.AsyncClient, *, timeout_s: float) -> Dialect:
+    """Ask the server at ``client.base_url`` what it is. Raises Unreachable when it cannot tell yet."""
+    info = await _get_json(client, "/info", timeout_s)
+    if isinstance(info, dict) and "model_id" in info and "max_input_tokens" in info:
+        return Dialect("tgi", (str(info["model_id"]),), info)
+    models = await _get_json(client, "/v1/models", timeout_s)
+    entries = models.get("data") if isinstance(models, dict) else None
+    entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    ids = tuple(str(e["id"]) for e in entries if e.get("id"))
+    owners = {str(e.get("owned_by", "")).lower() for e in entries}
+    kind = next((_OWNERS[o] for o in owners if o in _OWNERS), "openai")
+    return Dialect(kind, ids)
+
+
+async def _get_json(client: httpx.AsyncClient, path: str, timeout_s: float) -> Any:
+    """The JSON a GET answers, None for a 4xx or a body that is not JSON."""
+    try:
+        response = await client.get(path, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise Unreachable(f"GET {path} failed ({type(exc).__name__})") from exc
+    if response.status_code >= 500:
+        raise Unreachable(f"GET {path} answered {response.status_code}")
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
