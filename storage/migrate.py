@@ -15,7 +15,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from storage.database import create_engine
+from storage.connect_errors import database_errors
+from storage.database import create_engine, safe_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant will do: it makes concurrent upgrades (say, two containers starting) take turns.
@@ -35,13 +36,18 @@ async def _run(database_url: str, work: Callable[[Connection], Any], *, transact
     # Foreign keys off on SQLite: batch mode copies tables, which must not cascade deletes.
     engine = create_engine(database_url, poolclass=NullPool, sqlite_foreign_keys=False)
     try:
-        if transaction:
-            async with engine.begin() as conn:
-                return await conn.run_sync(work)
-        async with engine.connect() as conn:
-            return await conn.run_sync(work)
+        with database_errors(safe_url(database_url)):
+            return await _run_on(engine, work, transaction=transaction)
     finally:
         await engine.dispose()
+
+
+async def _run_on(engine: AsyncEngine, work: Callable[[Connection], Any], *, transaction: bool) -> Any:
+    if transaction:
+        async with engine.begin() as conn:
+            return await conn.run_sync(work)
+    async with engine.connect() as conn:
+        return await conn.run_sync(work)
 
 
 def _migrate(database_url: str, action: Callable[[Config], None]) -> Callable[[Connection], None]:
