@@ -44,6 +44,7 @@ def command(*args: str) -> list[str]:
 
 async def personae(*args: str, home: Path, **settings: str) -> Finished:
     """Run ``personae ARGS`` to the end (stdin closed, working folder ``home``: no .env file is read)."""
+    home.mkdir(parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
         *command(*args),
         env=cli_env(home, **settings),
