@@ -62,13 +62,34 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _chosen = {"verbose": False, "debug": False}  # from the options before the command name
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test runner may swap it between commands)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter(_LOG_FORMAT))
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
 def setup_logging(verbose: bool = False, debug: bool = False, *, default: int = logging.WARNING) -> None:
     """``debug``: everything at DEBUG; ``verbose``: personae's own INFO lines, libraries at WARNING;
     else personae's lines at ``default`` (INFO for ``run``) and libraries at WARNING."""
     verbose = verbose or _chosen["verbose"]
     debug = debug or _chosen["debug"]
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format=_LOG_FORMAT, force=True)
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        root.addHandler(_StderrHandler())
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
     own = logging.DEBUG if debug else (min(logging.INFO, default) if verbose else default)
+    if own == root.level:
+        own = logging.NOTSET  # the same as inheriting, and leaves nothing behind for the next command in a process
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(own)
 
