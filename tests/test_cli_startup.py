@@ -90,3 +90,10 @@ async def test_debug_shows_the_traceback_behind_a_one_line_error(tmp_path: Path)
     result = await personae("--debug", "characters", "list", home=tmp_path, PERSONAE_DATABASE_URL="postgresql://x@127.0.0.1:1/x")
     assert result.code == 1
     assert "Traceback" in result.output and "error: cannot reach the database" in result.output
+
+
+async def test_run_and_chat_still_take_the_logging_options_after_their_name(tmp_path: Path) -> None:
+    for args in (("run", "--verbose"), ("run", "-v", "--debug"), ("chat", "--verbose")):
+        result = await personae(*args, home=tmp_path, PERSONAE_MAX_TOKENS="abc")
+        assert result.code == 78 and "PERSONAE_MAX_TOKENS" in result.output, result.output
+        assert "No such option" not in result.output
