@@ -25,7 +25,7 @@ def database_failure(exc: BaseException, where: str) -> StorageError:
     if state in _LOGIN_REFUSED:
         return DatabaseRefused(f"the database at {where} refused the login ({detail}): fix the user or password")
     if state == _NO_DATABASE:
-        return DatabaseRefused(f"the database at {where} does not exist ({detail}): create it, or fix its name")
+        return DatabaseRefused(f"the database at {where} does not exist: create it, or fix its name")
     if state and not state.startswith(("08", "57P")):
         # The server answered a statement with an error: not a connection problem.
         return StorageError(f"the database at {where} refused a statement: {detail}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alembic import command
+from alembic.util import CommandError
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -17,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from storage.connect_errors import database_errors
 from storage.database import create_engine, safe_url
+from storage.errors import SchemaNotReady
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant will do: it makes concurrent upgrades (say, two containers starting) take turns.
@@ -56,7 +58,11 @@ def _migrate(database_url: str, action: Callable[[Config], None]) -> Callable[[C
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
         cfg = config(database_url)
         cfg.attributes["connection"] = connection
-        action(cfg)
+        try:
+            action(cfg)
+        except CommandError as exc:
+            # An unknown revision: asked for, or recorded in the database by a newer personae.
+            raise SchemaNotReady(f"cannot migrate the database at {safe_url(database_url)}: {exc}") from exc
 
     return work
 

@@ -262,3 +262,8 @@ async def test_run_with_a_telegram_token_refused_is_a_setting_to_fix(tmp_path: P
         )
     assert_told(result, "PERSONAE_TELEGRAM_TOKEN", code=EX_CONFIG)
     assert "not-the-token" not in result.output
+
+
+async def test_an_unknown_revision_is_one_line(tmp_path: Path) -> None:
+    result = await personae("db", "upgrade", "nosuchrev", home=tmp_path, PERSONAE_DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}")
+    assert_told(result, "nosuchrev", code=1)
