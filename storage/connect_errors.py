@@ -8,6 +8,7 @@ import socket
 from typing import Iterator
 
 import sqlalchemy as sa
+from redis.exceptions import ResponseError
 
 from storage.errors import CacheUnavailable, DatabaseRefused, DatabaseUnavailable, StorageError
 
@@ -38,6 +39,8 @@ def cache_failure(exc: BaseException, where: str) -> CacheUnavailable:
     lowered = text.lower()
     if "auth" in lowered or "password" in lowered or "noperm" in lowered:
         return CacheUnavailable(f"Redis at {where} refused the login ({text}): fix the user or password")
+    if isinstance(exc, ResponseError):
+        return CacheUnavailable(f"Redis at {where} answered with an error: {text}")
     return CacheUnavailable(f"cannot reach Redis at {where}: {_network_reason(exc, text)}")
 
 

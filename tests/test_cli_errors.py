@@ -10,6 +10,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -267,3 +268,20 @@ async def test_run_with_a_telegram_token_refused_is_a_setting_to_fix(tmp_path: P
 async def test_an_unknown_revision_is_one_line(tmp_path: Path) -> None:
     result = await personae("db", "upgrade", "nosuchrev", home=tmp_path, PERSONAE_DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}")
     assert_told(result, "nosuchrev", code=1)
+
+
+async def test_a_redis_that_answers_with_an_error_is_one_line(tmp_path: Path) -> None:
+    import redis.asyncio as aioredis
+
+    from tests.conftest import TEST_REDIS_URL
+
+    # A database number past the server's count: Redis answers, and refuses.
+    client = aioredis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        databases = int((await client.config_get("databases"))["databases"])
+    finally:
+        await client.aclose()
+    url = urlsplit(TEST_REDIS_URL)._replace(path=f"/{databases}").geturl()
+    result = await personae("characters", "list", home=tmp_path, PERSONAE_REDIS_URL=url)
+    assert_told(result, "PERSONAE_REDIS_URL", code=1)
+    assert "answered with an error" in result.output
