@@ -171,7 +171,7 @@ async def bench_world(settings: Settings, url: str) -> AsyncIterator[tuple[Any, 
     Yields (app, channel); the character and everything stored with it are deleted afterwards.
     """
     store = await open_store(settings)
-    cache = open_cache(settings)
+    cache = await open_cache(settings)
     model = TimedModel(model_client(settings, url))
     app = wire(settings, store, cache, model)
     name = f"bench-{uuid.uuid4().hex[:10]}"

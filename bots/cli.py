@@ -7,8 +7,9 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, NoReturn, Optional, TypeVar
 
+import click
 import typer
 
 from core.errors import InvalidInput, PersonaeError
@@ -22,20 +23,27 @@ app.add_typer(characters_app, name="characters")
 app.add_typer(db_app, name="db")
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
+def fail_with(exc: BaseException) -> NoReturn:
+    """Say what stopped the command in one or two lines (bots.failures decides which) and exit."""
+    from bots.failures import report
+
+    failure = report(exc)
+    fail(failure.message, failure.exit_code)
+
+
 def run(work: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; a PersonaeError becomes one clear line on stderr and exit status 1."""
+    """Run a coroutine; whatever stops it becomes one or two lines on stderr and a non-zero exit status."""
     try:
         return asyncio.run(work())
-    except PersonaeError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
-    raise AssertionError("unreachable")
+    except (typer.Exit, typer.Abort, click.ClickException):
+        raise
+    except BaseException as exc:  # noqa: BLE001  (SystemExit included: nothing below calls sys.exit)
+        fail_with(exc)
 
 
 def settings():
@@ -43,17 +51,73 @@ def settings():
 
     try:
         return Settings()
-    except Exception as exc:  # pydantic's ValidationError: name the variable
-        fail(f"invalid configuration: {exc}")
+    except Exception as exc:  # pydantic's ValidationError: bots.failures names the variable
+        fail_with(exc)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "httpcore", "discord.gateway", "discord.client"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+# -- logging and the options every command takes ----------------------------------------------
+
+OWN_LOGGERS = ("personae", "bots", "core", "storage")
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_chosen = {"verbose": False, "debug": False}  # from the options before the command name
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test runner may swap it between commands)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter(_LOG_FORMAT))
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
+def setup_logging(verbose: bool = False, debug: bool = False, *, default: int = logging.WARNING) -> None:
+    """``debug``: everything at DEBUG; ``verbose``: personae's own INFO lines, libraries at WARNING;
+    else personae's lines at ``default`` (INFO for ``run``) and libraries at WARNING."""
+    verbose = verbose or _chosen["verbose"]
+    debug = debug or _chosen["debug"]
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        root.addHandler(_StderrHandler())
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    own = logging.DEBUG if debug else (min(logging.INFO, default) if verbose else default)
+    if own == root.level:
+        own = logging.NOTSET  # the same as inheriting, and leaves nothing behind for the next command in a process
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(own)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"personae {package_version()}")
+        raise typer.Exit()
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("personae")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+@app.callback()
+def options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show personae's INFO lines (libraries stay quiet)."),
+    debug: bool = typer.Option(False, "--debug", help="Show everything at DEBUG, libraries included, and tracebacks."),
+) -> None:
+    """Role-play characters with feelings, on Discord, Telegram and the terminal."""
+    _chosen.update(verbose=verbose, debug=debug)
+    setup_logging()
 
 
 # -- database ---------------------------------------------------------------------------------
@@ -99,7 +163,7 @@ async def _with_commands(work: Callable[[Any], Awaitable[T]]) -> T:
 
     s = settings()
     store = await open_store(s)
-    cache = open_cache(s)
+    cache = await open_cache(s)
     try:
         await ensure_samples(store)
         commands = Commands(store, cache, HotState(store, cache, ttl_s=s.cache_ttl_s), max_card_bytes=s.max_card_bytes)
@@ -422,22 +486,26 @@ def state(
 def chat(
     character: Optional[str] = typer.Option(None, "--character", "-c", help="Start with this character."),
     user: str = typer.Option("You", "--user", "-u", help="Your name in the story."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show personae's INFO lines."),
+    debug: bool = typer.Option(False, "--debug", help="Show everything at DEBUG."),
 ) -> None:
     """Role-play in the terminal (the embedded model when PERSONAE_LLM_URL is unset)."""
     from bots.console.chat import run_console
 
-    setup_logging(verbose)
+    setup_logging(verbose, debug)
     run(lambda: run_console(settings(), character=character, user=user))
 
 
 @app.command("run")
-def run_bots(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def run_bots(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show personae's INFO lines (the default here)."),
+    debug: bool = typer.Option(False, "--debug", help="Show everything at DEBUG."),
+) -> None:
     """Run the Discord and/or Telegram bots (whichever tokens are set)."""
     from bots.service import run_service
 
-    setup_logging(verbose)
-    logging.getLogger("personae").setLevel(logging.INFO)
+    # A service says what it connected to and when it is up: personae's INFO lines show by default.
+    setup_logging(verbose, debug, default=logging.INFO)
     run(lambda: run_service(settings()))
 
 
@@ -468,7 +536,16 @@ def bench(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except BaseException as exc:  # noqa: BLE001  the last stop before a traceback would print
+        if isinstance(exc, SystemExit):
+            raise
+        from bots.failures import report
+
+        failure = report(exc)
+        typer.echo(f"error: {failure.message}", err=True)
+        raise SystemExit(failure.exit_code) from None
 
 
 if __name__ == "__main__":

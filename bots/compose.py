@@ -11,6 +11,7 @@ from bots.settings import Settings
 from core.commands import Commands
 from core.dynamics import Dynamics
 from core.engine import Engine, EngineConfig, NoStateChange
+from core.errors import ConfigurationError
 from core.feelings import Feelings
 from core.ports import Appraiser, Cache, ChatModel, StateUpdater, Store
 
@@ -103,15 +104,27 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
 
 
 async def open_store(settings: Settings) -> Store:
+    """The database, checked; a SQLite one is created or upgraded here (PostgreSQL needs `personae db upgrade`)."""
     from storage.database import open_store as _open
 
-    return await _open(settings.database_url)
+    return await _open(settings.database_url, migrate_sqlite=True)
 
 
-def open_cache(settings: Settings) -> Cache:
-    from storage.cache import MemoryCache, RedisCache
+def describe_database(settings: Settings) -> str:
+    from storage.database import safe_url
 
-    return RedisCache(settings.redis_url) if settings.redis_url else MemoryCache()
+    return safe_url(settings.database_url)
+
+
+async def open_cache(settings: Settings) -> Cache:
+    """Redis (checked with a PING) when PERSONAE_REDIS_URL is set, else the in-process cache."""
+    from storage.cache import connect_cache
+
+    return await connect_cache(settings.redis_url)
+
+
+def describe_cache(cache: Cache) -> str:
+    return getattr(cache, "where", None) or "in-process (PERSONAE_REDIS_URL is unset)"
 
 
 def model_client(settings: Settings, base_url: str, *, concurrency: int | None = None) -> ChatModel:
@@ -129,8 +142,14 @@ def model_client(settings: Settings, base_url: str, *, concurrency: int | None =
 
 
 @contextlib.asynccontextmanager
-async def open_model(settings: Settings, *, model_url: str | None = None) -> AsyncIterator[ChatModel]:
-    """The model client for ``PERSONAE_LLM_URL`` (or ``model_url``); with neither, the embedded model server, started here."""
+async def open_model(
+    settings: Settings, *, model_url: str | None = None, about: list[str] | None = None
+) -> AsyncIterator[ChatModel]:
+    """The model client for ``PERSONAE_LLM_URL`` (or ``model_url``); with neither, the embedded model server, started here.
+
+    A configured server is looked at once first (``/v1/models``): if nothing answers, ModelError
+    says so now. What was reached is appended to ``about`` for the start-up line.
+    """
     async with contextlib.AsyncExitStack() as stack:
         url = model_url or settings.llm_url
         concurrency = None
@@ -140,6 +159,15 @@ async def open_model(settings: Settings, *, model_url: str | None = None) -> Asy
             server = await stack.enter_async_context(EmbeddedModelServer())
             url = server.base_url
             concurrency = 1  # llama.cpp's server answers one request at a time
+            described = f"model: the bundled SmolLM2-135M-Instruct on {url} (PERSONAE_LLM_URL is unset)"
+        else:
+            from bots.llm.probe import served_model
+
+            api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+            served = await served_model(url, api_key=api_key)
+            described = f"model server: {url}, model {settings.llm_model or served or '(the server default)'}"
+        if about is not None:
+            about.append(described)
         model = model_client(settings, url, concurrency=concurrency)
         stack.push_async_callback(model.close)
         yield model
@@ -155,7 +183,7 @@ async def open_appraiser(settings: Settings, model_url: str | None) -> AsyncIter
     elif kind == "model":
         url = settings.appraiser_url or model_url or settings.llm_url
         if url is None:
-            raise ValueError("PERSONAE_APPRAISER=model needs a model server: set PERSONAE_LLM_URL or PERSONAE_APPRAISER_URL")
+            raise ConfigurationError("PERSONAE_APPRAISER=model needs a model server: set PERSONAE_LLM_URL or PERSONAE_APPRAISER_URL")
         client = model_client(settings, url, concurrency=settings.appraiser_concurrency)
         try:
             yield model_appraiser(settings, client)
@@ -170,14 +198,24 @@ async def open_appraiser(settings: Settings, model_url: str | None) -> AsyncIter
 
 
 @contextlib.asynccontextmanager
-async def open_app(settings: Settings, *, model_url: str | None = None) -> AsyncIterator[App]:
-    """Build the App from settings; with no model URL, start the embedded model server first."""
+async def open_app(
+    settings: Settings, *, model_url: str | None = None, platforms: tuple[str, ...] = ()
+) -> AsyncIterator[App]:
+    """Build the App from settings; with no model URL, start the embedded model server.
+
+    Logs one line saying what it connected to (and the ``platforms`` about to start).
+    """
     async with contextlib.AsyncExitStack() as stack:
-        model = await stack.enter_async_context(open_model(settings, model_url=model_url))
+        # Storage first: a wrong database or Redis URL should not wait for a model server to start.
         store = await open_store(settings)
         stack.push_async_callback(store.close)
-        cache = open_cache(settings)
+        cache = await open_cache(settings)
         stack.push_async_callback(cache.close)
+        about = [f"database: {describe_database(settings)}", f"cache: {describe_cache(cache)}"]
+        model = await stack.enter_async_context(open_model(settings, model_url=model_url, about=about))
+        if platforms:
+            about.append(f"starting: {', '.join(platforms)}")
+        log.info("; ".join(about))
         appraiser = await stack.enter_async_context(open_appraiser(settings, model_url))
         app = wire(settings, store, cache, model, appraiser=appraiser)
         stack.push_async_callback(app.engine.drain)

@@ -8,7 +8,7 @@ import logging
 from bots.compose import open_app
 from bots.samples import ensure_samples
 from bots.settings import Settings
-from core.errors import PersonaeError
+from core.errors import ConfigurationError
 
 log = logging.getLogger("personae")
 
@@ -16,11 +16,14 @@ log = logging.getLogger("personae")
 async def run_service(settings: Settings) -> None:
     """Run every adapter whose token is set until interrupted."""
     if settings.discord_token is None and settings.telegram_token is None:
-        raise PersonaeError(
+        raise ConfigurationError(
             "set PERSONAE_DISCORD_TOKEN and/or PERSONAE_TELEGRAM_TOKEN to run the bots "
             "(or try `personae chat` in the terminal)"
         )
-    async with open_app(settings) as app:
+    platforms = tuple(
+        name for name, token in (("Discord", settings.discord_token), ("Telegram", settings.telegram_token)) if token is not None
+    )
+    async with open_app(settings, platforms=platforms) as app:
         await ensure_samples(app.store)
         adapters = []
         if settings.discord_token is not None:
@@ -31,5 +34,4 @@ async def run_service(settings: Settings) -> None:
             from bots.telegram import run_telegram
 
             adapters.append(run_telegram(app))
-        log.info("personae is running (%d adapter%s)", len(adapters), "" if len(adapters) == 1 else "s")
         await asyncio.gather(*adapters)

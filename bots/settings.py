@@ -4,10 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "PERSONAE_"
+# The schemes each URL setting accepts (checked when the settings load, so a typo fails before any connection).
+URL_SCHEMES: dict[str, tuple[str, ...]] = {
+    "database_url": ("postgresql", "postgres", "postgresql+asyncpg", "sqlite", "sqlite+aiosqlite"),
+    "redis_url": ("redis", "rediss", "unix"),
+    "llm_url": ("http", "https"),
+    "appraiser_url": ("http", "https"),
+    "discord_api_base": ("http", "https"),
+    "discord_gateway_url": ("ws", "wss"),
+    "telegram_api_base": ("http", "https"),
+    "telegram_file_base": ("http", "https"),
+    "telegram_webhook_url": ("http", "https"),
+}
+URL_EXAMPLES = {
+    "database_url": "postgresql://user:password@host:5432/personae or sqlite:///path/to/personae.db",
+    "redis_url": "redis://host:6379/0",
+    "llm_url": "http://gpu-host:8080",
+    "appraiser_url": "http://gpu-host:8080",
+}
+PROMPT_LAYOUTS = ("chat", "mistral-raw")
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``: ``max_tokens`` -> ``PERSONAE_MAX_TOKENS``."""
+    return ENV_PREFIX + field.upper()
 
 
 def default_database_url() -> str:
@@ -22,7 +49,7 @@ def default_heartbeat_file() -> Path:
 class Settings(BaseSettings):
     """Configuration read from ``PERSONAE_*`` variables (and a ``.env`` file if present)."""
 
-    model_config = SettingsConfigDict(env_prefix="PERSONAE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     database_url: str = Field(default_factory=default_database_url)
     redis_url: str | None = None
@@ -48,7 +75,7 @@ class Settings(BaseSettings):
     telegram_webhook_url: str | None = None  # set: webhook mode; unset: long polling
     telegram_webhook_secret: SecretStr | None = None
     telegram_webhook_listen: str = "0.0.0.0"
-    telegram_webhook_port: int = 8443
+    telegram_webhook_port: int = Field(default=8443, ge=1, le=65535)
 
     # Model requests
     max_tokens: int = 96
@@ -96,3 +123,34 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator(*URL_SCHEMES, mode="after")
+    @classmethod
+    def _known_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        field = info.field_name or ""
+        allowed = URL_SCHEMES[field]
+        example = URL_EXAMPLES.get(field, f"{allowed[0]}://host")
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if scheme not in allowed:
+            # Not a URL error the validator's wording would explain: say what a good one looks like.
+            kinds = list(dict.fromkeys(s.partition("+")[0] + "://" for s in allowed))
+            listed = ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+            raise ValueError(f"must be a URL starting with {listed}, e.g. {example}")
+        if scheme not in ("sqlite", "sqlite+aiosqlite", "unix"):
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018  (raises on a port that is not a number or out of range)
+            except ValueError:
+                raise ValueError(f"has a bad port; expected e.g. {example}") from None
+            if not parts.hostname:
+                raise ValueError(f"names no host; expected e.g. {example}")
+        return value
+
+    @field_validator("prompt_layout", mode="after")
+    @classmethod
+    def _known_layout(cls, value: str) -> str:
+        if value not in PROMPT_LAYOUTS:
+            raise ValueError(f"must be one of {', '.join(PROMPT_LAYOUTS)}")
+        return value

@@ -7,6 +7,10 @@ class PersonaeError(Exception):
     """Base class of every error personae raises on purpose."""
 
 
+class ConfigurationError(PersonaeError):
+    """A setting is missing or wrong: nothing will work until a person changes it (restarting does not help)."""
+
+
 class InvalidInput(PersonaeError):
     """Input that cannot be accepted (a malformed card, a bad value); nothing was changed."""
 

@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from core.ports import Admission, AdmitRequest
+from storage.connect_errors import cache_failure
 from storage.held import StagedWrites
 from core.locks import KeyedLocks
 
@@ -96,6 +97,18 @@ class RedisCache:
     def available(self) -> bool:
         """False while an outage is being waited out."""
         return not self._outage
+
+    @property
+    def where(self) -> str:
+        """The Redis URL without its password."""
+        return self._where
+
+    async def check(self) -> None:
+        """Raise CacheUnavailable unless Redis answers a PING (at start-up: a wrong URL should not pass silently)."""
+        try:
+            await self._redis.ping()
+        except _OUTAGE as exc:
+            raise cache_failure(exc, self._where) from exc
 
     @property
     def locks_in_use(self) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from core.errors import InvalidInput
-from storage.errors import DatabaseUnavailable, SchemaNotReady
+from storage.connect_errors import database_errors
+from storage.errors import DatabaseUnavailable, InvalidDatabaseURL, SchemaNotReady
 from storage.repositories import (
     SqlBindingRepository,
     SqlCharacterRepository,
@@ -24,6 +24,8 @@ from storage.repositories import (
 )
 from storage.sql import Db
 from storage.tables import messages, relationship_states, state_changes
+
+log = logging.getLogger(__name__)
 
 UPGRADE_HINT = "run `personae db upgrade`"
 # Cards keep their non-ASCII text readable in the database.
@@ -35,7 +37,7 @@ def database_url(url: str | sa.URL) -> sa.URL:
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
-        raise InvalidInput(
+        raise InvalidDatabaseURL(
             f"{url!r} is not a database URL; use postgresql://user@host/db or sqlite:///path/to/file.db"
         ) from None
     backend = parsed.get_backend_name()
@@ -43,7 +45,7 @@ def database_url(url: str | sa.URL) -> sa.URL:
         return parsed.set(drivername="postgresql+asyncpg")
     if backend == "sqlite":
         return parsed.set(drivername="sqlite+aiosqlite")
-    raise InvalidInput(f"unsupported database {backend!r}: personae works with PostgreSQL or SQLite")
+    raise InvalidDatabaseURL(f"unsupported database {backend!r}: personae works with PostgreSQL or SQLite")
 
 
 def is_memory(url: str | sa.URL) -> bool:
@@ -161,8 +163,14 @@ class SqlStore:
         self.events = SqlEventRepository(db)
 
     @classmethod
-    async def open(cls, url: str | sa.URL, *, check_schema: bool = True, **engine_options: Any) -> "SqlStore":
-        """Connect to ``url`` and check the schema; DatabaseUnavailable or SchemaNotReady say what is wrong."""
+    async def open(
+        cls, url: str | sa.URL, *, check_schema: bool = True, migrate_sqlite: bool = False, **engine_options: Any
+    ) -> "SqlStore":
+        """Connect to ``url`` and check the schema; DatabaseUnavailable or SchemaNotReady say what is wrong.
+
+        With ``migrate_sqlite``, a SQLite database is created or upgraded here: it belongs to this one
+        machine, so there is no operator to run ``personae db upgrade`` first. PostgreSQL never is.
+        """
         store = cls(create_engine(url, **engine_options))
         try:
             if is_memory(store.engine.url):
@@ -170,11 +178,27 @@ class SqlStore:
                 from storage.migrate import upgrade_engine
 
                 await upgrade_engine(store.engine)
+            elif migrate_sqlite and store.engine.url.get_backend_name() == "sqlite":
+                await store._upgrade_sqlite()
             await store.check(schema=check_schema)
         except BaseException:
             await store.close()
             raise
         return store
+
+    async def _upgrade_sqlite(self) -> None:
+        from storage import migrate
+
+        where = safe_url(self.engine.url)
+        with database_errors(where):
+            async with self.engine.connect() as conn:
+                revision = await conn.run_sync(migrate.current_revision)
+        known = await migrate.revisions()
+        if revision == known[0] or (revision is not None and revision not in known):
+            return  # up to date, or newer than this code: check() says so
+        # Its own engine: migrations run with foreign keys off (batch mode copies tables).
+        await migrate.upgrade(self.engine.url.render_as_string(hide_password=False))
+        log.info("%s the SQLite schema at %s (revision %s)", "created" if revision is None else "upgraded", where, known[0])
 
     @property
     def round_trips(self) -> int:
@@ -185,11 +209,9 @@ class SqlStore:
         from storage import migrate
 
         where = safe_url(self.engine.url)
-        try:
+        with database_errors(where):
             async with self.engine.connect() as conn:
                 revision = await conn.run_sync(migrate.current_revision)
-        except (OSError, asyncio.TimeoutError, sa.exc.DBAPIError) as exc:
-            raise DatabaseUnavailable(f"cannot reach the database at {where}: {_reason(exc)}") from exc
         if not schema:
             return
         known = await migrate.revisions()
@@ -219,15 +241,7 @@ class SqlStore:
         await self.engine.dispose()
 
 
-async def open_store(url: str | sa.URL, **engine_options: Any) -> SqlStore:
+async def open_store(url: str | sa.URL, *, migrate_sqlite: bool = False, **engine_options: Any) -> SqlStore:
     """``SqlStore.open``: the database at ``url``, checked to be reachable and migrated."""
-    return await SqlStore.open(url, **engine_options)
+    return await SqlStore.open(url, migrate_sqlite=migrate_sqlite, **engine_options)
 
-
-def _reason(exc: BaseException) -> str:
-    """The useful line of a connection error."""
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    if isinstance(cause, ConnectionRefusedError) or "Connect call failed" in text:
-        return f"connection refused ({text}); is the server running?"
-    return text

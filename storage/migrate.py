@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alembic import command
+from alembic.util import CommandError
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -15,7 +16,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from storage.database import create_engine
+from storage.connect_errors import database_errors
+from storage.database import create_engine, safe_url
+from storage.errors import SchemaNotReady
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant will do: it makes concurrent upgrades (say, two containers starting) take turns.
@@ -35,13 +38,18 @@ async def _run(database_url: str, work: Callable[[Connection], Any], *, transact
     # Foreign keys off on SQLite: batch mode copies tables, which must not cascade deletes.
     engine = create_engine(database_url, poolclass=NullPool, sqlite_foreign_keys=False)
     try:
-        if transaction:
-            async with engine.begin() as conn:
-                return await conn.run_sync(work)
-        async with engine.connect() as conn:
-            return await conn.run_sync(work)
+        with database_errors(safe_url(database_url)):
+            return await _run_on(engine, work, transaction=transaction)
     finally:
         await engine.dispose()
+
+
+async def _run_on(engine: AsyncEngine, work: Callable[[Connection], Any], *, transaction: bool) -> Any:
+    if transaction:
+        async with engine.begin() as conn:
+            return await conn.run_sync(work)
+    async with engine.connect() as conn:
+        return await conn.run_sync(work)
 
 
 def _migrate(database_url: str, action: Callable[[Config], None]) -> Callable[[Connection], None]:
@@ -50,7 +58,11 @@ def _migrate(database_url: str, action: Callable[[Config], None]) -> Callable[[C
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
         cfg = config(database_url)
         cfg.attributes["connection"] = connection
-        action(cfg)
+        try:
+            action(cfg)
+        except CommandError as exc:
+            # An unknown revision: asked for, or recorded in the database by a newer personae.
+            raise SchemaNotReady(f"cannot migrate the database at {safe_url(database_url)}: {exc}") from exc
 
     return work
 

@@ -30,7 +30,7 @@ from bots.discord.chat import (
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
 from bots.streaming import EditBudget, StreamedMessage, greeting_first
 from core.engine import Reply, ReplyStatus
-from core.errors import PersonaeError
+from core.errors import ConfigurationError, PersonaeError
 from core.events import ChatEvent, ConversationKey, Trigger
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,26 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class DiscordTokenRejected(PersonaeError):
+class DiscordTokenRejected(ConfigurationError):
     """Discord answered 401 to the configured token."""
+
+
+class DiscordUnreachable(PersonaeError):
+    """Discord's API could not be reached (or answered with an error) while logging in."""
+
+
+# What the bot needs in a channel: see it, read what came before, write there and in its threads.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
+)
+
+
+def invite_url(application_id: int) -> str:
+    """The link that adds the bot to a server with its slash commands and the permissions it needs."""
+    return (
+        f"https://discord.com/oauth2/authorize?client_id={application_id}"
+        f"&scope=bot+applications.commands&permissions={INVITE_PERMISSIONS.value}"
+    )
 
 
 def point_library_at(api_base: str, gateway_url: str | None) -> None:
@@ -87,6 +105,8 @@ class PersonaeClient(discord.Client):
         self._told_about_attachments: dict[str, None] = {}
 
     async def setup_hook(self) -> None:
+        if self.application_id is not None:
+            log.info("Discord: invite the bot with %s", invite_url(self.application_id))
         self.add_dynamic_items(RegenerateButton)
         try:
             await sync_commands(self.tree, self.app.settings)
@@ -381,10 +401,32 @@ async def run_discord(app: App, *, client: PersonaeClient | None = None) -> None
 
 async def _run(client: PersonaeClient, token: str) -> None:
     async with client:
+        # Logging in is the one step where a network failure means "wrong setting or no network": say
+        # so in a line. Once connected, discord.py reconnects by itself.
         try:
-            await client.start(token)
+            await client.login(token)
         except discord.LoginFailure:
             raise DiscordTokenRejected(
                 "PERSONAE_DISCORD_TOKEN is set but Discord rejected it (401): copy the token again from the "
                 "developer portal (Bot > Reset Token)"
             ) from None
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise DiscordUnreachable(
+                f"cannot reach Discord at {discord.http.Route.BASE} ({_reason(exc)}); check the network "
+                "(or PERSONAE_DISCORD_API_BASE)"
+            ) from None
+        except discord.HTTPException as exc:
+            raise DiscordUnreachable(
+                f"Discord at {discord.http.Route.BASE} answered {exc.status} while logging in; try again later "
+                "(or check PERSONAE_DISCORD_API_BASE)"
+            ) from None
+        await client.connect()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in text or "refused" in text.lower():
+        return "connection refused"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    return text.splitlines()[0] if text else type(exc).__name__

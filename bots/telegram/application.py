@@ -32,7 +32,7 @@ from bots.telegram.arguments import COMMANDS
 from bots.telegram.handlers import FORGET, USE, Handlers
 from bots.telegram.replies import REGENERATE, Replies
 from bots.telegram.updates import OrderedUpdates
-from core.errors import PersonaeError
+from core.errors import ConfigurationError, PersonaeError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 class TelegramStartError(PersonaeError):
     """The Telegram adapter cannot start (token rejected, Bot API unreachable, bad webhook settings)."""
+
+
+class TelegramMisconfigured(TelegramStartError, ConfigurationError):
+    """A Telegram setting is wrong (the token was rejected, a webhook setting is malformed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +168,7 @@ def webhook_secret(settings: Settings) -> str:
         return secrets.token_urlsafe(32)
     secret = settings.telegram_webhook_secret.get_secret_value()
     if not _SECRET.match(secret):
-        raise TelegramStartError("PERSONAE_TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -.")
+        raise TelegramMisconfigured("PERSONAE_TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -.")
     return secret
 
 
@@ -179,7 +183,7 @@ async def serving(application: Application, settings: Settings, tuning: Tuning |
     except InvalidToken:
         # PTB's own message quotes the token: never let it reach a log.
         await application.bot.shutdown()
-        raise TelegramStartError(
+        raise TelegramMisconfigured(
             "PERSONAE_TELEGRAM_TOKEN is set but Telegram rejected it (401 Unauthorized): "
             "check the token with @BotFather."
         ) from None
@@ -187,7 +191,8 @@ async def serving(application: Application, settings: Settings, tuning: Tuning |
         await application.bot.shutdown()
         reason = exc.message.replace(token, "<token>") if token else exc.message
         raise TelegramStartError(
-            f"Telegram could not be reached at {settings.telegram_api_base} ({reason})."
+            f"Telegram could not be reached at {settings.telegram_api_base} ({reason}); check the network "
+            "(or PERSONAE_TELEGRAM_API_BASE)."
         ) from None
     try:
         await announce_commands(application)
