@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
@@ -17,12 +18,14 @@ from core.ports import AdmitRequest, Cache, ChatModel, StateUpdater, Store
 from core.card_dialogue import parse_examples, pick_greeting
 from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
 from core.state import Binding, Exchange, RelationshipState
+from core.text import clean_text
 
 log = logging.getLogger(__name__)
 
 NOTICE_UNAVAILABLE = "(The story pauses here: the model server is not answering. Please try again in a moment.)"
 NOTICE_CUT = " …(the reply was cut short: the model server stopped answering)"
 NOTICE_RATE = "(You are sending messages faster than I can answer. Please wait a minute.)"
+NOTICE_BUDGET = " …"  # ends a reply cut at the token budget, shown and stored alike
 NOTICE_TOO_LONG = "(That message is too long for me: please keep it under {limit:,} characters.)"
 
 
@@ -57,6 +60,40 @@ class EngineConfig:
     # Turns being answered at once; the rest wait in arrival order before touching storage, so a
     # burst of messages queues here instead of exhausting the database pool.
     max_concurrent_turns: int = 128
+
+
+class ReplyBudget:
+    """Counts a streamed reply against ``max_tokens`` whether or not the model server honours it.
+
+    A server that honours it sends at most ``max_tokens`` non-empty deltas (a token each at most):
+    that count is the budget. A server that sends fat deltas is held to a text allowance of eight
+    characters a token (a whole word can be one token), so an honest reply is never cut.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_deltas = max_tokens
+        self.max_chars = (max_tokens + 16) * 8
+        self.deltas = 0
+        self.chars = 0
+        self.spent = False
+
+    def take(self, delta: str) -> str:
+        """The part of ``delta`` inside the budget; sets ``spent`` once the budget is used up."""
+        if self.spent or not delta:
+            return ""
+        self.deltas += 1
+        if self.deltas > self.max_deltas:
+            self.spent = True
+            return ""
+        room = self.max_chars - self.chars
+        if len(delta) > room:
+            self.spent = True
+            delta = delta[:room]
+            # Cut at the last word end inside the room when there is one, not mid-word.
+            head = delta.rsplit(None, 1)[0] if " " in delta.strip() else delta
+            delta = head if head.strip() else delta
+        self.chars += len(delta)
+        return delta
 
 
 class Reply:
@@ -163,7 +200,7 @@ class Engine:
                 yield delta
 
     async def _admit_and_answer(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
-        text = event.text.strip()
+        text = clean_text(event.text).strip()  # the adapters clean too; nothing unclean reaches storage
         if not text:
             reply.status = ReplyStatus.IGNORED
             return
@@ -277,14 +314,25 @@ class Engine:
             messages, user_tokens = await self._fit(system, examples, HotState.turns(history), text)
             parts: list[str] = []
             failure: ModelError | None = None
+            budget = ReplyBudget(cfg.max_tokens)
             try:
                 async with asyncio.timeout(cfg.turn_deadline_s):
-                    async for delta in self.model.stream(
-                        messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop
-                    ):
-                        if delta:
-                            parts.append(delta)
-                            yield delta
+                    stream = self.model.stream(messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop)
+                    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                        async for delta in stream:
+                            delta = budget.take(clean_text(delta))
+                            if delta:
+                                parts.append(delta)
+                                yield delta
+                            if budget.spent:
+                                # The server ignored max_tokens: stop reading; what was shown is what is stored.
+                                log.warning(
+                                    "the model server sent more than max_tokens=%d for %s; reply cut",
+                                    cfg.max_tokens, conversation.cache_key(),
+                                )
+                                parts.append(NOTICE_BUDGET)
+                                yield NOTICE_BUDGET
+                                break
             except ModelError as exc:
                 failure = exc
             except TimeoutError:

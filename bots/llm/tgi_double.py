@@ -736,7 +736,11 @@ class _DropResponse(Response):
 
 
 def _sse(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    try:
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate in a scripted reply goes out as a JSON escape
+        data = json.dumps(payload, separators=(",", ":")).encode()
+    return b"data: " + data + b"\n\n"
 
 
 def _usage(body: Mapping[str, Any], text: str) -> dict[str, int]:
