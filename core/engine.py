@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import AsyncIterator, Awaitable, Callable
 
 from core.character import Character
 from core.errors import ModelError
+from core.flood import ArrivalWindow, Verdict, WaitingTurns
 from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
 from core.hot import HotState, dedupe_key, encode_history, encode_state, history_key, lock_key, rate_key, state_key
 from core.locks import KeyedLocks
@@ -60,6 +62,10 @@ class EngineConfig:
     # Turns being answered at once; the rest wait in arrival order before touching storage, so a
     # burst of messages queues here instead of exhausting the database pool.
     max_concurrent_turns: int = 128
+    # Turns accepted but not finished, per person (one channel) and in all; past either, a new
+    # message gets one notice and is dropped, so a flood cannot fill memory.
+    max_waiting_per_person: int = 25
+    max_waiting_turns: int = 4096
 
 
 class ReplyBudget:
@@ -154,6 +160,8 @@ class Engine:
         # One person's messages in one channel wait here in arrival order, before anything can reorder them.
         self._arrivals = KeyedLocks()
         self._turns = asyncio.Semaphore(self.config.max_concurrent_turns)
+        self._waiting = WaitingTurns(self.config.max_waiting_per_person, self.config.max_waiting_turns)
+        self._arrival_rate = ArrivalWindow(self.config.rate_limit_messages, self.config.rate_limit_window_s)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -195,21 +203,67 @@ class Engine:
     # -- one turn ---------------------------------------------------------------------------
 
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
-        async with self._arrivals.hold(f"{event.platform}:{event.channel_id}:{event.user_id}"):
-            async for delta in self._admit_and_answer(event, reply):
+        person = f"{event.platform}:{event.channel_id}:{event.user_id}"
+        arrived = event.sent_at if event.sent_at is not None else time.time()
+        # Judged before the first await, so the bound holds however many arrive at once.
+        if self._waiting.full(person):
+            async for delta in self._overflow(event, reply, person):
                 yield delta
+            return
+        self._waiting.enter(person)
+        try:
+            async with self._arrivals.hold(person):
+                async for delta in self._admit_and_answer(event, reply, arrived):
+                    yield delta
+        finally:
+            self._waiting.leave(person)
 
-    async def _admit_and_answer(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
+    async def _answerable(self, event: ChatEvent, reply: Reply) -> tuple[str, Binding] | None:
+        """The cleaned text and the binding when the character answers ``event``; else None (status set)."""
         text = clean_text(event.text).strip()  # the adapters clean too; nothing unclean reaches storage
         if not text:
             reply.status = ReplyStatus.IGNORED
-            return
+            return None
         binding = await self.binding_for(event)
         if binding is None:
             reply.status = ReplyStatus.NO_CHARACTER if event.private else ReplyStatus.IGNORED
-            return
+            return None
         if binding.trigger is Trigger.MENTION and not (event.addressed or event.private):
             reply.status = ReplyStatus.IGNORED
+            return None
+        return text, binding
+
+    async def _overflow(self, event: ChatEvent, reply: Reply, person: str) -> AsyncIterator[str]:
+        """A message past the bound on waiting turns: one notice to the person, then silence."""
+        if await self._answerable(event, reply) is None:
+            return
+        verdict = self._waiting.overflow(person)
+        mine, everyone = self._waiting.waiting(person)
+        log.warning(
+            "dropped a message from %s: %d of theirs and %d in all waiting "
+            "(PERSONAE_MAX_WAITING_PER_PERSON / PERSONAE_MAX_WAITING_TURNS); %d dropped since start",
+            person, mine, everyone, self._waiting.dropped,
+        )
+        async for delta in self._rate_notice(reply, verdict):
+            yield delta
+
+    async def _rate_notice(self, reply: Reply, verdict: Verdict) -> AsyncIterator[str]:
+        if verdict is Verdict.NOTICE:
+            reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_RATE
+            yield NOTICE_RATE
+        else:
+            reply.status = ReplyStatus.RATE_LIMITED
+
+    async def _admit_and_answer(self, event: ChatEvent, reply: Reply, arrived: float) -> AsyncIterator[str]:
+        answerable = await self._answerable(event, reply)
+        if answerable is None:
+            return
+        text, binding = answerable
+        # The person's earlier messages were judged before this one (arrival order), by when they arrived.
+        verdict = self._arrival_rate.judge(f"{event.platform}:{event.user_id}", arrived)
+        if verdict is not Verdict.ADMIT:
+            async for delta in self._rate_notice(reply, verdict):
+                yield delta
             return
         async with self._turns:
             async for delta in self._answer(event, binding, text, reply):

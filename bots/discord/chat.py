@@ -50,6 +50,7 @@ def chat_event(message: discord.Message, me: discord.abc.User) -> ChatEvent | No
         private=guild is None,
         addressed=is_addressed(message, me),
         parent_channel_id=str(parent) if parent else None,
+        sent_at=message.created_at.timestamp(),
     )
 
 

@@ -68,7 +68,7 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         .token(settings.telegram_token.get_secret_value())
         .base_url(settings.telegram_api_base)
         .base_file_url(settings.telegram_file_base)
-        .concurrent_updates(OrderedUpdates(256))
+        .concurrent_updates(OrderedUpdates(256, max_waiting_per_key=settings.max_waiting_per_person))
         .rate_limiter(AIORateLimiter(max_retries=tuning.rate_limit_retries))
         .connect_timeout(tuning.request_timeout)
         .read_timeout(tuning.request_timeout)

@@ -91,6 +91,7 @@ class Handlers:
             text=clean_text(_strip_mentions(message, context.bot.username)),
             private=private,
             addressed=private or self._addresses_bot(message, context),
+            sent_at=message.date.timestamp() if message.date else None,
         )
         reply = self.app.engine.handle(event)
         await self.replies.answer(

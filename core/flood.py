@@ -1,0 +1,95 @@
+"""In-process guards against one person's flood: a rate window over arrival times, bounded waiting.
+
+The cache's rate count is taken when a turn starts; one person's turns run one after another, so a
+flood that waits in line is admitted at the pace of the replies and never crosses the limit. These
+guards judge a message by when it arrived, and bound how many may wait at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from enum import Enum
+
+
+class Verdict(Enum):
+    ADMIT = "admit"
+    NOTICE = "notice"  # the first one over: tell the person once
+    DROP = "drop"  # told already: silence
+
+
+class ArrivalWindow:
+    """At most ``limit`` admitted messages per person in any ``window_s`` seconds of arrival time.
+
+    Memory stays bounded: a person keeps at most ``limit`` times, and people idle for a whole window
+    are swept out once more than ``max_people`` are remembered.
+    """
+
+    def __init__(self, limit: int, window_s: float, max_people: int = 50_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_people = max_people
+        self._times: dict[str, deque[float]] = {}
+        self._told: set[str] = set()
+
+    def judge(self, person: str, at: float) -> Verdict:
+        """Judge a message that arrived at ``at`` (arrivals of one person are judged in arrival order)."""
+        times = self._times.get(person)
+        if times is None:
+            if len(self._times) >= self.max_people:
+                self._sweep(at)
+            times = self._times[person] = deque()
+        while times and times[0] <= at - self.window_s:
+            times.popleft()
+        if len(times) < self.limit:
+            times.append(at)
+            self._told.discard(person)
+            return Verdict.ADMIT
+        if person in self._told:
+            return Verdict.DROP
+        self._told.add(person)
+        return Verdict.NOTICE
+
+    def _sweep(self, now: float) -> None:
+        for person in [p for p, t in self._times.items() if not t or t[-1] <= now - self.window_s]:
+            del self._times[person]
+            self._told.discard(person)
+
+
+class WaitingTurns:
+    """Counts the turns waiting (or running) per person and in all; says when a new one is one too many."""
+
+    def __init__(self, per_person: int, total: int) -> None:
+        self.per_person = per_person
+        self.total = total
+        self._by_person: Counter[str] = Counter()
+        self._all = 0
+        self._told: set[str] = set()
+        self.dropped = 0
+
+    def full(self, person: str) -> bool:
+        return self._by_person[person] >= self.per_person or self._all >= self.total
+
+    def enter(self, person: str) -> None:
+        self._by_person[person] += 1
+        self._all += 1
+
+    def leave(self, person: str) -> None:
+        self._all -= 1
+        self._by_person[person] -= 1
+        if self._by_person[person] <= 0:
+            del self._by_person[person]
+            self._told.discard(person)  # the line is empty: a later overflow is told again
+        if self._all == 0:
+            self._told.clear()
+
+    def overflow(self, person: str) -> Verdict:
+        """Count a dropped turn; NOTICE the first time since the person's line was last empty."""
+        self.dropped += 1
+        if person in self._told:
+            return Verdict.DROP
+        self._told.add(person)
+        return Verdict.NOTICE
+
+    def waiting(self, person: str) -> tuple[int, int]:
+        """The person's turns and all turns waiting or running."""
+        return self._by_person[person], self._all
