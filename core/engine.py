@@ -195,6 +195,16 @@ class Engine:
                 return binding
         return None
 
+    @property
+    def turns_waiting(self) -> int:
+        """Turns accepted and not finished (waiting for their turn or being answered)."""
+        return self._waiting.waiting("")[1]
+
+    @property
+    def turns_dropped(self) -> int:
+        """Messages dropped since start because too many turns were waiting (each one is logged)."""
+        return self._waiting.dropped
+
     async def drain(self) -> None:
         """Wait for state updates still running in the background (shutdown, tests)."""
         while self._background:
@@ -207,7 +217,7 @@ class Engine:
         arrived = event.sent_at if event.sent_at is not None else time.time()
         # Judged before the first await, so the bound holds however many arrive at once.
         if self._waiting.full(person):
-            async for delta in self._overflow(event, reply, person):
+            async for delta in self._overflow(event, reply, person, arrived):
                 yield delta
             return
         self._waiting.enter(person)
@@ -233,11 +243,13 @@ class Engine:
             return None
         return text, binding
 
-    async def _overflow(self, event: ChatEvent, reply: Reply, person: str) -> AsyncIterator[str]:
+    async def _overflow(self, event: ChatEvent, reply: Reply, person: str, arrived: float) -> AsyncIterator[str]:
         """A message past the bound on waiting turns: one notice to the person, then silence."""
         if await self._answerable(event, reply) is None:
             return
-        verdict = self._waiting.overflow(person)
+        self._waiting.dropped += 1
+        told = self._arrival_rate.tell(f"{event.platform}:{event.user_id}", arrived)
+        verdict = Verdict.NOTICE if told else Verdict.DROP
         mine, everyone = self._waiting.waiting(person)
         log.warning(
             "dropped a message from %s: %d of theirs and %d in all waiting "

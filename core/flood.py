@@ -18,7 +18,9 @@ class Verdict(Enum):
 
 
 class ArrivalWindow:
-    """At most ``limit`` admitted messages per person in any ``window_s`` seconds of arrival time.
+    """At most ``limit`` admitted messages per person in any ``window_s`` seconds of arrival time,
+    and one notice per flood: a person told once hears nothing more until a message that arrived
+    after the notice is admitted again.
 
     Memory stays bounded: a person keeps at most ``limit`` times, and people idle for a whole window
     are swept out once more than ``max_people`` are remembered.
@@ -29,7 +31,7 @@ class ArrivalWindow:
         self.window_s = window_s
         self.max_people = max_people
         self._times: dict[str, deque[float]] = {}
-        self._told: set[str] = set()
+        self._told: dict[str, float] = {}  # person -> arrival time of the message that was answered with the notice
 
     def judge(self, person: str, at: float) -> Verdict:
         """Judge a message that arrived at ``at`` (arrivals of one person are judged in arrival order)."""
@@ -42,17 +44,22 @@ class ArrivalWindow:
             times.popleft()
         if len(times) < self.limit:
             times.append(at)
-            self._told.discard(person)
+            if person in self._told and at > self._told[person]:
+                del self._told[person]  # a new message, after the notice, is answered: a later flood is told again
             return Verdict.ADMIT
+        return Verdict.NOTICE if self.tell(person, at) else Verdict.DROP
+
+    def tell(self, person: str, at: float) -> bool:
+        """True (and remembered) if ``person`` has not been told of this flood yet."""
         if person in self._told:
-            return Verdict.DROP
-        self._told.add(person)
-        return Verdict.NOTICE
+            return False
+        self._told[person] = at
+        return True
 
     def _sweep(self, now: float) -> None:
         for person in [p for p, t in self._times.items() if not t or t[-1] <= now - self.window_s]:
             del self._times[person]
-            self._told.discard(person)
+            self._told.pop(person, None)
 
 
 class WaitingTurns:
@@ -63,7 +70,6 @@ class WaitingTurns:
         self.total = total
         self._by_person: Counter[str] = Counter()
         self._all = 0
-        self._told: set[str] = set()
         self.dropped = 0
 
     def full(self, person: str) -> bool:
@@ -78,17 +84,6 @@ class WaitingTurns:
         self._by_person[person] -= 1
         if self._by_person[person] <= 0:
             del self._by_person[person]
-            self._told.discard(person)  # the line is empty: a later overflow is told again
-        if self._all == 0:
-            self._told.clear()
-
-    def overflow(self, person: str) -> Verdict:
-        """Count a dropped turn; NOTICE the first time since the person's line was last empty."""
-        self.dropped += 1
-        if person in self._told:
-            return Verdict.DROP
-        self._told.add(person)
-        return Verdict.NOTICE
 
     def waiting(self, person: str) -> tuple[int, int]:
         """The person's turns and all turns waiting or running."""

@@ -138,6 +138,8 @@ class TGIServer:
       tgi: False makes the server look like a plain OpenAI-style server (no /info, /tokenize).
       max_concurrent_requests: like TGI's flag: requests past it are refused ("overloaded").
       api_key: when set, generation routes need ``Authorization: Bearer <key>`` (bare 401).
+      gate: an ``asyncio.Event``; while set to one that is not set, streams wait before their first
+        event (tests order things with it instead of with delays).
     Records: ``requests`` (every request, in order), ``count(path)``, ``max_in_flight``.
     """
 
@@ -181,6 +183,7 @@ class TGIServer:
         self.host = host
         self.port = port
         self.requests: list[Recorded] = []
+        self.gate: asyncio.Event | None = None
         self.failures: deque[Failure] = deque()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -429,6 +432,8 @@ class TGIServer:
                     if done:
                         yield b"data: [DONE]\n\n"
                     return
+                if self.gate is not None:
+                    await self.gate.wait()
                 if self.first_token_delay:
                     await asyncio.sleep(self.first_token_delay)
                 for index, event in enumerate(events):
