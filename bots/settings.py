@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: int = 8443
+    telegram_give_up_s: float = Field(default=300.0, gt=0)  # polling without an answer this long: exit non-zero (restart)
 
     # Model requests
     max_tokens: int = 96
