@@ -12,7 +12,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from core.character import Character
 from core.errors import ModelError
-from core.flood import ArrivalWindow, Verdict, WaitingTurns
+from core.flood import ArrivalWindow, ReplyBudget, Verdict, WaitingTurns
 from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
 from core.hot import HotState, dedupe_key, encode_history, encode_state, history_key, lock_key, rate_key, state_key
 from core.locks import KeyedLocks
@@ -66,40 +66,6 @@ class EngineConfig:
     # message gets one notice and is dropped, so a flood cannot fill memory.
     max_waiting_per_person: int = 25
     max_waiting_turns: int = 4096
-
-
-class ReplyBudget:
-    """Counts a streamed reply against ``max_tokens`` whether or not the model server honours it.
-
-    A server that honours it sends at most ``max_tokens`` non-empty deltas (a token each at most):
-    that count is the budget. A server that sends fat deltas is held to a text allowance of eight
-    characters a token (a whole word can be one token), so an honest reply is never cut.
-    """
-
-    def __init__(self, max_tokens: int) -> None:
-        self.max_deltas = max_tokens
-        self.max_chars = (max_tokens + 16) * 8
-        self.deltas = 0
-        self.chars = 0
-        self.spent = False
-
-    def take(self, delta: str) -> str:
-        """The part of ``delta`` inside the budget; sets ``spent`` once the budget is used up."""
-        if self.spent or not delta:
-            return ""
-        self.deltas += 1
-        if self.deltas > self.max_deltas:
-            self.spent = True
-            return ""
-        room = self.max_chars - self.chars
-        if len(delta) > room:
-            self.spent = True
-            delta = delta[:room]
-            # Cut at the last word end inside the room when there is one, not mid-word.
-            head = delta.rsplit(None, 1)[0] if " " in delta.strip() else delta
-            delta = head if head.strip() else delta
-        self.chars += len(delta)
-        return delta
 
 
 class Reply:
@@ -198,7 +164,7 @@ class Engine:
     @property
     def turns_waiting(self) -> int:
         """Turns accepted and not finished (waiting for their turn or being answered)."""
-        return self._waiting.waiting("")[1]
+        return self._waiting.in_all
 
     @property
     def turns_dropped(self) -> int:
@@ -247,7 +213,7 @@ class Engine:
         """A message past the bound on waiting turns: one notice to the person, then silence."""
         if await self._answerable(event, reply) is None:
             return
-        self._waiting.dropped += 1
+        self._waiting.dropped += 1  # counted here, where it is logged
         told = self._arrival_rate.tell(f"{event.platform}:{event.user_id}", arrived)
         verdict = Verdict.NOTICE if told else Verdict.DROP
         mine, everyone = self._waiting.waiting(person)

@@ -1,8 +1,9 @@
-"""In-process guards against one person's flood: a rate window over arrival times, bounded waiting.
+"""In-process guards against floods: one person's messages, and a model server's endless reply.
 
 The cache's rate count is taken when a turn starts; one person's turns run one after another, so a
 flood that waits in line is admitted at the pace of the replies and never crosses the limit. These
-guards judge a message by when it arrived, and bound how many may wait at all.
+guards judge a message by when it arrived, and bound how many may wait at all. ``ReplyBudget``
+stops a reply at ``max_tokens`` when the server does not.
 """
 
 from __future__ import annotations
@@ -85,6 +86,44 @@ class WaitingTurns:
         if self._by_person[person] <= 0:
             del self._by_person[person]
 
+    @property
+    def in_all(self) -> int:
+        return self._all
+
     def waiting(self, person: str) -> tuple[int, int]:
         """The person's turns and all turns waiting or running."""
         return self._by_person[person], self._all
+
+
+class ReplyBudget:
+    """Counts a streamed reply against ``max_tokens`` whether or not the model server honours it.
+
+    A server that honours it sends at most ``max_tokens`` non-empty deltas (a token each at most):
+    that count is the budget. A server that sends fat deltas is held to a text allowance of eight
+    characters a token (a whole word can be one token), so an honest reply is never cut.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_deltas = max_tokens
+        self.max_chars = (max_tokens + 16) * 8
+        self.deltas = 0
+        self.chars = 0
+        self.spent = False
+
+    def take(self, delta: str) -> str:
+        """The part of ``delta`` inside the budget; sets ``spent`` once the budget is used up."""
+        if self.spent or not delta:
+            return ""
+        self.deltas += 1
+        if self.deltas > self.max_deltas:
+            self.spent = True
+            return ""
+        room = self.max_chars - self.chars
+        if len(delta) > room:
+            self.spent = True
+            delta = delta[:room]
+            # Cut at the last word end inside the room when there is one, not mid-word.
+            head = delta.rsplit(None, 1)[0] if " " in delta.strip() else delta
+            delta = head if head.strip() else delta
+        self.chars += len(delta)
+        return delta

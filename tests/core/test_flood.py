@@ -60,3 +60,30 @@ def test_waiting_turns_are_bounded_per_person_and_in_all() -> None:
     waiting.leave("a")
     waiting.leave("b")
     assert waiting.waiting("a") == (0, 0)
+
+
+def test_the_reply_budget_allows_max_tokens_deltas_and_no_more() -> None:
+    from core.flood import ReplyBudget
+
+    budget = ReplyBudget(4)
+    taken = [budget.take(f" w{i}") for i in range(6)]
+    assert taken == [" w0", " w1", " w2", " w3", "", ""]
+    assert budget.spent
+
+
+def test_the_reply_budget_cuts_a_fat_delta_at_a_word_end() -> None:
+    from core.flood import ReplyBudget
+
+    budget = ReplyBudget(4)  # (4 + 16) * 8 = 160 characters
+    taken = budget.take("word " * 100)
+    assert budget.spent and len(taken) <= 160
+    assert taken.endswith("word") and not taken.endswith(" ")
+    assert budget.take("more") == ""
+
+
+def test_empty_deltas_do_not_count() -> None:
+    from core.flood import ReplyBudget
+
+    budget = ReplyBudget(1)
+    assert budget.take("") == "" and not budget.spent
+    assert budget.take("one") == "one" and not budget.spent
