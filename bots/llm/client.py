@@ -54,7 +54,6 @@ RETRY_CAP_S = 4.0
 RETRY_AFTER_MAX_S = 30.0  # a server asking for a longer wait is not retried: the person is told at once
 CONNECT_TIMEOUT_S = 5.0
 FIRST_TOKEN_TIMEOUT_S = 60.0  # a busy GPU can queue a request this long before its first token
-RESEND_STATUSES = (429, 503)  # the server refused the request without working on it
 INFO_TIMEOUT_S = 3.0
 TOKENIZE_TIMEOUT_S = 2.0
 INFO_RETRY_AFTER_S = 30.0  # when /info could not be reached, ask again after this long
