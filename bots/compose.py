@@ -48,6 +48,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         turn_deadline_s=settings.turn_deadline_s,
         max_message_chars=settings.max_message_chars,
         max_concurrent_turns=settings.max_concurrent_turns,
+        max_waiting_per_person=settings.max_waiting_per_person,
+        max_waiting_turns=settings.max_waiting_turns,
     )
 
 
@@ -135,6 +137,8 @@ def model_client(settings: Settings, base_url: str, *, concurrency: int | None =
         model=settings.llm_model,
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
         timeout_s=settings.llm_timeout_s,
+        connect_timeout_s=settings.llm_connect_timeout_s,
+        first_token_timeout_s=settings.llm_first_token_timeout_s,
         concurrency=concurrency or settings.llm_concurrency,
         retries=settings.llm_retries,
         layout=settings.prompt_layout,

@@ -76,15 +76,18 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: int = Field(default=8443, ge=1, le=65535)
+    telegram_give_up_s: float = Field(default=300.0, gt=0)  # polling without an answer this long: exit non-zero (restart)
 
     # Model requests
     max_tokens: int = 96
     temperature: float = 0.7
     max_input_tokens: int = 3500
     llm_concurrency: int = 96
-    llm_timeout_s: float = 30.0
+    llm_timeout_s: float = Field(default=30.0, gt=0)  # the longest wait between one streamed delta and the next
+    llm_connect_timeout_s: float = Field(default=5.0, gt=0)  # to open a connection to the model server
+    llm_first_token_timeout_s: float = Field(default=60.0, gt=0)  # from the request to its first text (a busy GPU queues)
     turn_deadline_s: float = 90.0
-    llm_retries: int = 3
+    llm_retries: int = 3  # resends of a request the server never worked on (unreachable, 429, 503)
 
     # Conversation
     history_turns: int = 40
@@ -94,6 +97,10 @@ class Settings(BaseSettings):
     cache_ttl_s: float = 3600.0
     max_message_chars: int = 4000
     max_concurrent_turns: int = 128  # turns answered at once; a burst beyond waits in arrival order
+    # Messages waiting for an answer, per person in one chat and in all; past either: one notice,
+    # then dropped (logged). Keep the first above RATE_LIMIT_MESSAGES: the rate notice comes first.
+    max_waiting_per_person: int = Field(default=25, ge=1)
+    max_waiting_turns: int = Field(default=4096, ge=1)
 
     # Character cards
     max_card_bytes: int = Field(default=20_000_000, gt=0)  # the largest card file (PNG, CharX, JSON) imported

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from typing import Any, Mapping
 
 from core.character import (
@@ -22,11 +23,14 @@ from core.character import (
 )
 from core.emotions import EMOTIONS, EmotionState, check_level
 from core.errors import InvalidInput
+from core.text import clean_value
 
 EXTENSION_KEY = "personae"
 MAX_CARD_JSON_BYTES = 2_000_000
 MAX_FIELD_CHARS = 32_000
 MAX_SCENE_CHARS = 4_000
+MAX_NUMBER_DIGITS = 18  # past an int64, no field of a card means anything
+MAX_CARD_INT = 10**MAX_NUMBER_DIGITS - 1
 SPEC_V2, SPEC_V3 = "chara_card_v2", "chara_card_v3"
 _V1_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "mes_example")
 _TEXT_FIELDS = _V1_FIELDS + ("creator_notes", "system_prompt", "post_history_instructions")
@@ -49,10 +53,8 @@ def parse_card_json(raw: bytes | str) -> dict[str, Any]:
             raise InvalidInput(f"the card is not valid UTF-8 (byte {exc.start})") from None
     elif len(raw) > MAX_CARD_JSON_BYTES:
         raise InvalidInput(f"the card is {len(raw):,} characters; the limit is {MAX_CARD_JSON_BYTES:,}")
-    if "\x00" in raw:
-        raise InvalidInput("the card contains a NUL byte")
     try:
-        card = json.loads(raw)
+        card = json.loads(raw, parse_int=_card_int, parse_float=_card_float, parse_constant=_card_constant)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"the card is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
@@ -63,11 +65,35 @@ def parse_card_json(raw: bytes | str) -> dict[str, Any]:
         raise InvalidInput("the card is nested too deeply to read") from None
 
 
+def _card_int(digits: str) -> int:
+    # Python refuses to parse more than 4300 digits (ValueError, not a JSON error); a card needs none
+    # of that size, so anything past an int64 is refused here, with one line.
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise InvalidInput(f"the card holds a number with {len(digits.lstrip('-')):,} digits; the limit is {MAX_NUMBER_DIGITS}")
+    return int(digits)
+
+
+def _card_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or len(text) > 64:
+        raise InvalidInput(f"the card holds a number out of range ({text[:20]}{'…' if len(text) > 20 else ''})")
+    return value
+
+
+def _card_constant(name: str) -> float:
+    raise InvalidInput(f"the card holds {name}, which is not a number JSON allows")
+
+
 def normalise_card(card: object) -> dict[str, Any]:
-    """Check a decoded card and return it in V2/V3 form (a deep copy)."""
+    """Check a decoded card and return it in V2/V3 form (a cleaned deep copy).
+
+    Every string in it, names and keys included, goes through ``clean_text`` (no control
+    characters or lone surrogates, NFC), so nothing a card holds can break the database or the model.
+    """
     if not isinstance(card, dict):
         raise InvalidInput("the card must be a JSON object")
-    card = copy.deepcopy(card)
+    card = clean_value(card)
+    assert isinstance(card, dict)
     spec = card.get("spec")
     if spec is None:
         if "name" not in card:
@@ -92,22 +118,27 @@ def normalise_card(card: object) -> dict[str, Any]:
     extensions = data.setdefault("extensions", {})
     if not isinstance(extensions, dict):
         raise InvalidInput("extensions must be an object")
-    _reject_nul(card)
+    _check_numbers(card)
     profile_from_card(card)  # validates our extension, if any
     return card
 
 
-def _reject_nul(value: object) -> None:
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidInput("the card contains a NUL byte")
+def _check_numbers(value: object) -> None:
+    """Refuse numbers no card needs (a card built in code, not parsed, can hold any int or float)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -MAX_CARD_INT <= value <= MAX_CARD_INT:
+            raise InvalidInput(f"the card holds a number out of range (more than {MAX_NUMBER_DIGITS} digits)")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput("the card holds a number out of range (infinite or not a number)")
     elif isinstance(value, dict):
-        for k, v in value.items():
-            _reject_nul(k)
-            _reject_nul(v)
+        for v in value.values():
+            _check_numbers(v)
     elif isinstance(value, list):
         for v in value:
-            _reject_nul(v)
+            _check_numbers(v)
 
 
 def profile_from_card(card: Mapping[str, Any]) -> CharacterProfile:

@@ -14,10 +14,12 @@ from core import cards
 from core.card_dialogue import pick_greeting
 from core.card_files import MAX_FILE_BYTES, read_card_file
 from core.character import Character, check_name
+from core.emotions import check_level
 from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
 from core.events import ConversationKey, PersonKey, Trigger
 from core.hot import HotState, person_prefixes, rate_key
 from core.prompt import estimate_tokens
+from core.text import clean_text, clean_value
 from core.ports import Cache, StateUpdater, Store
 from core.state import Binding, RelationshipState
 
@@ -98,6 +100,7 @@ class Commands:
         """Create a character from profile fields (name, world, traits, mbti, style, ...)."""
         if (why := self._may_manage(actor, place)) is not None:
             return refused(why)
+        fields = clean_value(dict(fields))  # type: ignore[assignment]
         known = {"name", "world", "traits", "mbti", "style", "language", "scene", "greeting", "description", "emotion", "relationship", "public"}
         unknown = sorted(set(fields) - known)
         if unknown:
@@ -122,7 +125,7 @@ class Commands:
                 greeting=fields.get("greeting") or "",
                 description=fields.get("description") or "",
                 emotion=emotion,
-                relationship=int(fields.get("relationship", 3)),
+                relationship=check_level("relationship", fields.get("relationship", 3)),
                 public=bool(fields.get("public", True)),
             )
             character = await self.store.characters.add(card)
@@ -155,6 +158,7 @@ class Commands:
         return Outcome(True, f"Imported {character.name}.{note}", character=character)
 
     async def edit_character(self, actor: Actor, place: Place | None, name: str, changes: Mapping[str, Any]) -> Outcome:
+        name = clean_text(name)
         if (why := self._may_manage(actor, place)) is not None:
             return refused(why)
         character = await self.store.characters.get_by_name(name)
@@ -163,7 +167,7 @@ class Commands:
         if not changes:
             return refused("Say what to change, e.g. world=..., traits=a,b, mbti=INTJ.")
         try:
-            card = cards.edit_card(character.card, changes)
+            card = cards.edit_card(character.card, clean_value(dict(changes)))  # type: ignore[arg-type]
             updated = await self.store.characters.replace(character.id, card)
         except (InvalidInput, Conflict, NotFound) as exc:
             return refused(_sentence(exc))
@@ -179,6 +183,7 @@ class Commands:
         return Outcome(True, "Characters: " + ", ".join(c.name for c in characters), characters=characters)
 
     async def show_character(self, actor: Actor, name: str) -> Outcome:
+        name = clean_text(name)
         character = await self.store.characters.get_by_name(name)
         if character is None or (not character.public and not actor.privileged):
             return refused(f"There is no character called {name!r}.")
@@ -192,6 +197,7 @@ class Commands:
         return await self.store.characters.avatar(character.id)
 
     async def delete_character(self, actor: Actor, place: Place | None, name: str) -> Outcome:
+        name = clean_text(name)
         if (why := self._may_manage(actor, place)) is not None:
             return refused(why)
         character = await self.store.characters.get_by_name(name)
@@ -206,6 +212,7 @@ class Commands:
 
     async def bind(self, actor: Actor, place: Place, name: str, trigger: str = "all") -> Outcome:
         """Assign a character to this channel or group chat."""
+        name = clean_text(name)
         if place.private:
             return refused("In a private chat, pick a character with /use instead.")
         if not actor.privileged:
@@ -238,8 +245,8 @@ class Commands:
         binding = await self.store.bindings.get(place.platform, place.channel_id)
         if binding is None:
             return refused("No character is bound here.")
-        scene = (text or "").strip() or None
-        if scene is not None and (len(scene) > MAX_SCENE_CHARS or "\x00" in scene):
+        scene = clean_text(text or "").strip() or None
+        if scene is not None and len(scene) > MAX_SCENE_CHARS:
             return refused(f"The scene must be plain text under {MAX_SCENE_CHARS:,} characters.")
         new = Binding(binding.platform, binding.chat_id, binding.channel_id, binding.character_id, binding.trigger, scene, binding.private)
         await self.store.bindings.put(new)
@@ -248,6 +255,7 @@ class Commands:
 
     async def use(self, actor: Actor, place: Place, name: str) -> Outcome:
         """In a private chat: talk to this character from now on."""
+        name = clean_text(name)
         if not place.private:
             return refused("/use works in private chats; in a group an admin binds a character with /bind.")
         character = await self.store.characters.get_by_name(name)

@@ -24,12 +24,15 @@ def check_level(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) <= 4:
             value = int(value.strip())
         else:
-            raise InvalidInput(f"{name} must be a whole number from 0 to 10, not {value!r}")
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:39] + "…"
+            raise InvalidInput(f"{name} must be a whole number from 0 to 10, not {shown}")
     if not SCALE_MIN <= value <= SCALE_MAX:
-        raise InvalidInput(f"{name} must be from 0 to 10, not {value}")
+        shown = str(value) if abs(value) < 10**12 else "a number that large"
+        raise InvalidInput(f"{name} must be from 0 to 10, not {shown}")
     return value
 
 

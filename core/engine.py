@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import AsyncIterator, Awaitable, Callable
 
 from core.character import Character
 from core.errors import ModelError
+from core.flood import ArrivalWindow, ReplyBudget, Verdict, WaitingTurns
 from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
 from core.hot import HotState, dedupe_key, encode_history, encode_state, history_key, lock_key, rate_key, state_key
 from core.locks import KeyedLocks
@@ -17,12 +20,14 @@ from core.ports import AdmitRequest, Cache, ChatModel, StateUpdater, Store
 from core.card_dialogue import parse_examples, pick_greeting
 from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
 from core.state import Binding, Exchange, RelationshipState
+from core.text import clean_text
 
 log = logging.getLogger(__name__)
 
 NOTICE_UNAVAILABLE = "(The story pauses here: the model server is not answering. Please try again in a moment.)"
 NOTICE_CUT = " …(the reply was cut short: the model server stopped answering)"
 NOTICE_RATE = "(You are sending messages faster than I can answer. Please wait a minute.)"
+NOTICE_BUDGET = " …"  # ends a reply cut at the token budget, shown and stored alike
 NOTICE_TOO_LONG = "(That message is too long for me: please keep it under {limit:,} characters.)"
 
 
@@ -57,6 +62,10 @@ class EngineConfig:
     # Turns being answered at once; the rest wait in arrival order before touching storage, so a
     # burst of messages queues here instead of exhausting the database pool.
     max_concurrent_turns: int = 128
+    # Turns accepted but not finished, per person (one channel) and in all; past either, a new
+    # message gets one notice and is dropped, so a flood cannot fill memory.
+    max_waiting_per_person: int = 25
+    max_waiting_turns: int = 4096
 
 
 class Reply:
@@ -117,6 +126,8 @@ class Engine:
         # One person's messages in one channel wait here in arrival order, before anything can reorder them.
         self._arrivals = KeyedLocks()
         self._turns = asyncio.Semaphore(self.config.max_concurrent_turns)
+        self._waiting = WaitingTurns(self.config.max_waiting_per_person, self.config.max_waiting_turns)
+        self._arrival_rate = ArrivalWindow(self.config.rate_limit_messages, self.config.rate_limit_window_s)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -150,6 +161,16 @@ class Engine:
                 return binding
         return None
 
+    @property
+    def turns_waiting(self) -> int:
+        """Turns accepted and not finished (waiting for their turn or being answered)."""
+        return self._waiting.in_all
+
+    @property
+    def turns_dropped(self) -> int:
+        """Messages dropped since start because too many turns were waiting (each one is logged)."""
+        return self._waiting.dropped
+
     async def drain(self) -> None:
         """Wait for state updates still running in the background (shutdown, tests)."""
         while self._background:
@@ -158,21 +179,69 @@ class Engine:
     # -- one turn ---------------------------------------------------------------------------
 
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
-        async with self._arrivals.hold(f"{event.platform}:{event.channel_id}:{event.user_id}"):
-            async for delta in self._admit_and_answer(event, reply):
+        person = f"{event.platform}:{event.channel_id}:{event.user_id}"
+        arrived = event.sent_at if event.sent_at is not None else time.time()
+        # Judged before the first await, so the bound holds however many arrive at once.
+        if self._waiting.full(person):
+            async for delta in self._overflow(event, reply, person, arrived):
                 yield delta
+            return
+        self._waiting.enter(person)
+        try:
+            async with self._arrivals.hold(person):
+                async for delta in self._admit_and_answer(event, reply, arrived):
+                    yield delta
+        finally:
+            self._waiting.leave(person)
 
-    async def _admit_and_answer(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
-        text = event.text.strip()
+    async def _answerable(self, event: ChatEvent, reply: Reply) -> tuple[str, Binding] | None:
+        """The cleaned text and the binding when the character answers ``event``; else None (status set)."""
+        text = clean_text(event.text).strip()  # the adapters clean too; nothing unclean reaches storage
         if not text:
             reply.status = ReplyStatus.IGNORED
-            return
+            return None
         binding = await self.binding_for(event)
         if binding is None:
             reply.status = ReplyStatus.NO_CHARACTER if event.private else ReplyStatus.IGNORED
-            return
+            return None
         if binding.trigger is Trigger.MENTION and not (event.addressed or event.private):
             reply.status = ReplyStatus.IGNORED
+            return None
+        return text, binding
+
+    async def _overflow(self, event: ChatEvent, reply: Reply, person: str, arrived: float) -> AsyncIterator[str]:
+        """A message past the bound on waiting turns: one notice to the person, then silence."""
+        if await self._answerable(event, reply) is None:
+            return
+        self._waiting.dropped += 1  # counted here, where it is logged
+        told = self._arrival_rate.tell(f"{event.platform}:{event.user_id}", arrived)
+        verdict = Verdict.NOTICE if told else Verdict.DROP
+        mine, everyone = self._waiting.waiting(person)
+        log.warning(
+            "dropped a message from %s: %d of theirs and %d in all waiting "
+            "(PERSONAE_MAX_WAITING_PER_PERSON / PERSONAE_MAX_WAITING_TURNS); %d dropped since start",
+            person, mine, everyone, self._waiting.dropped,
+        )
+        async for delta in self._rate_notice(reply, verdict):
+            yield delta
+
+    async def _rate_notice(self, reply: Reply, verdict: Verdict) -> AsyncIterator[str]:
+        if verdict is Verdict.NOTICE:
+            reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_RATE
+            yield NOTICE_RATE
+        else:
+            reply.status = ReplyStatus.RATE_LIMITED
+
+    async def _admit_and_answer(self, event: ChatEvent, reply: Reply, arrived: float) -> AsyncIterator[str]:
+        answerable = await self._answerable(event, reply)
+        if answerable is None:
+            return
+        text, binding = answerable
+        # The person's earlier messages were judged before this one (arrival order), by when they arrived.
+        verdict = self._arrival_rate.judge(f"{event.platform}:{event.user_id}", arrived)
+        if verdict is not Verdict.ADMIT:
+            async for delta in self._rate_notice(reply, verdict):
+                yield delta
             return
         async with self._turns:
             async for delta in self._answer(event, binding, text, reply):
@@ -277,14 +346,25 @@ class Engine:
             messages, user_tokens = await self._fit(system, examples, HotState.turns(history), text)
             parts: list[str] = []
             failure: ModelError | None = None
+            budget = ReplyBudget(cfg.max_tokens)
             try:
                 async with asyncio.timeout(cfg.turn_deadline_s):
-                    async for delta in self.model.stream(
-                        messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop
-                    ):
-                        if delta:
-                            parts.append(delta)
-                            yield delta
+                    stream = self.model.stream(messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop)
+                    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                        async for delta in stream:
+                            delta = budget.take(clean_text(delta))
+                            if delta:
+                                parts.append(delta)
+                                yield delta
+                            if budget.spent:
+                                # The server ignored max_tokens: stop reading; what was shown is what is stored.
+                                log.warning(
+                                    "the model server sent more than max_tokens=%d for %s; reply cut",
+                                    cfg.max_tokens, conversation.cache_key(),
+                                )
+                                parts.append(NOTICE_BUDGET)
+                                yield NOTICE_BUDGET
+                                break
             except ModelError as exc:
                 failure = exc
             except TimeoutError:

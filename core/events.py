@@ -26,6 +26,8 @@ class ChatEvent:
     ``chat_id`` is the Discord guild or Telegram chat; ``channel_id`` the Discord channel (a thread's
     parent goes in ``parent_channel_id``) or, on Telegram, the chat again. ``addressed`` says the
     bot was mentioned or replied to. ``message_id`` is the platform's id, used to drop redeliveries.
+    ``sent_at`` is when the platform says it was sent (seconds since the epoch; None: when the engine
+    sees it): the rate limit counts arrivals, not answers, so a queue cannot hide a flood.
     """
 
     platform: Platform
@@ -38,6 +40,7 @@ class ChatEvent:
     private: bool = False
     addressed: bool = False
     parent_channel_id: str | None = None
+    sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

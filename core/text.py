@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _BOUNDARIES = (
     re.compile(r"\n\s*\n"),  # paragraph
@@ -41,3 +42,39 @@ def split_message(text: str, limit: int) -> list[str]:
     if rest.strip() or not pieces:
         pieces.append(rest)
     return pieces
+
+
+# C0 controls other than tab and newline, DEL, and the C1 controls: never meaningful in chat text or a
+# card, and PostgreSQL refuses NUL in text columns. A carriage return becomes a newline first.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CRLF = re.compile(r"\r\n?")
+
+
+def clean_text(text: str) -> str:
+    """``text`` as it may enter the engine, the database or the model.
+
+    Control characters other than newline and tab are removed (a carriage return becomes a newline),
+    lone surrogates become U+FFFD, and the result is in Unicode NFC.
+    """
+    text = _CRLF.sub("\n", text)
+    text = _CONTROLS.sub("", text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Surrogates (a broken UTF-16 pair, a JSON escape, an undecodable CLI byte) cannot be stored or
+        # sent: a pair split over two code points is joined, a lone one becomes U+FFFD.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return unicodedata.normalize("NFC", text)
+
+
+def clean_value(value: object) -> object:
+    """``value`` with every string in it (dict keys included, at any depth) passed through ``clean_text``."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k) if isinstance(k, str) else k: clean_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(clean_value(v) for v in value)
+    return value

@@ -15,6 +15,7 @@ from core.commands import Actor, Place
 from core.engine import Reply, ReplyStatus
 from core.character import Character
 from core.events import ChatEvent, ConversationKey, Platform
+from core.text import clean_text
 
 HELP = (
     "Commands: /characters, /use NAME, /mood, /undo (take back the last reply), /reset, /help, /quit. "
@@ -59,9 +60,9 @@ class ConsoleChat:
             chat_id=self.place.chat_id,
             channel_id=self.place.channel_id,
             user_id=self.user_id,
-            display_name=self.user,
+            display_name=clean_text(self.user),
             message_id=uuid.uuid4().hex,
-            text=text,
+            text=clean_text(text),
             private=True,
             addressed=True,
         )

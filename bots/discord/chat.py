@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from core.events import ChatEvent, ConversationKey, Platform
+from core.text import clean_text
 
 if TYPE_CHECKING:
     from bots.discord.client import PersonaeClient
@@ -32,7 +33,7 @@ def chat_event(message: discord.Message, me: discord.abc.User) -> ChatEvent | No
     """The event for a person's message, or None for bots (this one too), system and empty messages."""
     if message.author.bot or message.author.id == me.id or message.type not in _PEOPLE:
         return None
-    text = plain_text(message, me)
+    text = clean_text(plain_text(message, me))
     if not text.strip():
         return None
     channel = message.channel
@@ -43,12 +44,13 @@ def chat_event(message: discord.Message, me: discord.abc.User) -> ChatEvent | No
         chat_id=str(guild.id if guild is not None else channel.id),
         channel_id=str(channel.id),
         user_id=str(message.author.id),
-        display_name=message.author.display_name,
+        display_name=clean_text(message.author.display_name),
         message_id=str(message.id),
         text=text,
         private=guild is None,
         addressed=is_addressed(message, me),
         parent_channel_id=str(parent) if parent else None,
+        sent_at=message.created_at.timestamp(),
     )
 
 

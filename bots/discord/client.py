@@ -65,6 +65,42 @@ def invite_url(application_id: int) -> str:
     )
 
 
+class DiscordConnectionLost(PersonaeError):
+    """The gateway connection ended and discord.py will not reconnect (a fatal close code, or a crash)."""
+
+
+def _where(data: Any) -> str:
+    """The channel, guild and user of a gateway event's payload, for the log (never its content)."""
+    if not isinstance(data, dict):
+        return "a payload that is not an object"
+    user = data.get("author") or data.get("user") or (data.get("member") or {}).get("user") or {}
+    parts = [f"{name} {data.get(key)}" for name, key in (("channel", "channel_id"), ("guild", "guild_id"), ("id", "id")) if data.get(key)]
+    if isinstance(user, dict) and user.get("id"):
+        parts.append(f"user {user['id']}")
+    return ", ".join(parts) or "no ids"
+
+
+def guard_parsers(client: discord.Client) -> None:
+    """Make every gateway event parser log and skip a payload it cannot read.
+
+    discord.py runs the parsers inside its gateway loop: one malformed event (an interaction without
+    a token, say) would otherwise end the connection, and with it the adapter.
+    """
+    parsers = client._connection.parsers  # the dict the gateway reads its parsers from
+
+    def guarded(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
+        def run(data: Any) -> None:
+            try:
+                parse(data)
+            except Exception:
+                log.exception("Discord sent a %s event that could not be read (%s); it was skipped", event, _where(data))
+
+        return run
+
+    for event, parse in list(parsers.items()):
+        parsers[event] = guarded(event, parse)
+
+
 def point_library_at(api_base: str, gateway_url: str | None) -> None:
     """Send discord.py's REST calls (webhooks and interactions included) and gateway to other servers."""
     discord.http.Route.BASE = api_base.rstrip("/")
@@ -103,6 +139,18 @@ class PersonaeClient(discord.Client):
         # conversation -> (reply id, ids of the messages showing it): the newest reply with a button
         self._offers: dict[str, tuple[int, list[int]]] = {}
         self._told_about_attachments: dict[str, None] = {}
+        guard_parsers(self)
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        """An event handler raised: log it with where it happened, and go on with the next event."""
+        where = ""
+        for arg in args:
+            channel = getattr(arg, "channel_id", None) or getattr(getattr(arg, "channel", None), "id", None)
+            user = getattr(getattr(arg, "author", None) or getattr(arg, "user", None), "id", None)
+            if channel or user:
+                where = f" (channel {channel}, user {user})"
+                break
+        log.exception("the Discord %s handler failed%s; the adapter goes on", event_method, where)
 
     async def setup_hook(self) -> None:
         if self.application_id is not None:
@@ -420,7 +468,13 @@ async def _run(client: PersonaeClient, token: str) -> None:
                 f"Discord at {discord.http.Route.BASE} answered {exc.status} while logging in; try again later "
                 "(or check PERSONAE_DISCORD_API_BASE)"
             ) from None
-        await client.connect()
+        try:
+            await client.connect()
+        except discord.ConnectionClosed as exc:
+            # discord.py reconnects by itself after every close it can recover from; this one it cannot.
+            raise DiscordConnectionLost(
+                f"the Discord gateway closed the connection for good (code {exc.code}{': ' + exc.reason if exc.reason else ''})"
+            ) from exc
 
 
 def _reason(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from bots.compose import App
 from bots.settings import Settings
 from core.commands import Actor, Outcome, Place
 from core.events import ChatEvent, Platform
-from core.text import split_message
+from core.text import clean_text, split_message
 
 if TYPE_CHECKING:
     from bots.discord.client import PersonaeClient
@@ -68,7 +68,7 @@ def actor_of(interaction: discord.Interaction) -> Actor:
     return Actor(
         platform=Platform.DISCORD,
         user_id=user_id,
-        display_name=interaction.user.display_name,
+        display_name=clean_text(interaction.user.display_name),
         is_admin=is_admin(interaction, app.settings.discord_admin_role),
         is_owner=app.is_owner(Platform.DISCORD, user_id),
     )

@@ -4,7 +4,9 @@
 ``huggingface_hub.AsyncInferenceClient.chat_completion`` (the OpenAI-style Messages API); the
 ``mistral-raw`` layout renders the prompt itself and streams it from ``/v1/completions`` with httpx.
 Everything a server or the network can do wrong ends up as ``core.errors.ModelError`` with a message
-that says what failed and where; retryable failures are retried before the first text delta.
+that says what failed and where. A request is sent again only when the server never worked on it
+(not reached, or 429/503 after its ``Retry-After``), never after a timeout once it was sent: that
+would only multiply the load on a slow server.
 
 Facts about huggingface_hub 2.x this module works around (checked against its source):
 - it sends the person's own Hugging Face token (``HF_TOKEN`` or the saved login) to *any* base URL
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import errno
 import json
 import logging
+import math
 import random
 import time
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -49,6 +53,9 @@ LAYOUTS = ("chat", "mistral-raw")
 MAX_STOP_SEQUENCES = 4  # TGI's default --max-stop-sequences; more is a 422
 RETRY_BASE_S = 0.25
 RETRY_CAP_S = 4.0
+RETRY_AFTER_MAX_S = 30.0  # a server asking for a longer wait is not retried: the person is told at once
+CONNECT_TIMEOUT_S = 5.0
+FIRST_TOKEN_TIMEOUT_S = 60.0  # a busy GPU can queue a request this long before its first token
 INFO_TIMEOUT_S = 3.0
 TOKENIZE_TIMEOUT_S = 2.0
 INFO_RETRY_AFTER_S = 30.0  # when /info could not be reached, ask again after this long
@@ -59,6 +66,42 @@ _DETAIL_CHARS = 300
 
 _TIMEOUTS = (hub_errors.InferenceTimeoutError, httpx.TimeoutException, hub_httpx.TimeoutException, TimeoutError)
 _CONNECT_ERRORS = (httpx.ConnectError, hub_httpx.ConnectError)
+# Failures before the request left this process: sending it again cannot make the server do the work twice.
+_UNSENT = (*_CONNECT_ERRORS, httpx.ConnectTimeout, hub_httpx.ConnectTimeout, httpx.PoolTimeout, hub_httpx.PoolTimeout)
+
+
+class ServerNotReached(ModelError):
+    """No request reached the model server (connection refused, connect timeout): safe to send again."""
+
+
+class ServerBusy(ModelError):
+    """The model server refused the request unworked (429, 503); ``retry_after_s`` is its ``Retry-After``."""
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retryable=True, status=status)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), None when absent or unreadable."""
+    value = (headers or {}).get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def may_resend(error: ModelError) -> bool:
+    """Whether a failed request may be sent again: only when the server never worked on it."""
+    return isinstance(error, (ServerNotReached, ServerBusy))
 _TRANSPORT_ERRORS = (httpx.TransportError, hub_httpx.TransportError)
 _HTTP_ERRORS = (httpx.HTTPError, hub_httpx.HTTPError)
 
@@ -129,11 +172,13 @@ def _detail_from_body(body: bytes | str | None) -> str | None:
     return _clip(text)
 
 
-def status_error(where: str, status: int, detail: str | None = None) -> ModelError:
+def status_error(where: str, status: int, detail: str | None = None, retry_after_s: float | None = None) -> ModelError:
     """The ModelError for an HTTP status (or a stream error event carrying one)."""
     tail = f": {detail}" if detail else ""
     if status == 429:
-        return ModelError(f"the model server at {where} is overloaded (429){tail}", retryable=True, status=status)
+        return ServerBusy(f"the model server at {where} is overloaded (429){tail}", status=status, retry_after_s=retry_after_s)
+    if status == 503:
+        return ServerBusy(f"the model server at {where} is unavailable (503){tail}", status=status, retry_after_s=retry_after_s)
     if status in (401, 403):
         return ModelError(
             f"the model server at {where} refused the credentials ({status}); "
@@ -170,17 +215,44 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
+def _unsent(exc: BaseException) -> BaseException | None:
+    """The connect-phase failure behind ``exc`` (huggingface_hub wraps it), None if the request went out."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNSENT):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def transport_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
-    """The ModelError for a network failure (refused, timed out, cut off)."""
-    if isinstance(exc, _TIMEOUTS):
-        return ModelError(f"the model server at {where} did not answer within {timeout_s:g} s", retryable=True)
-    if isinstance(exc, _CONNECT_ERRORS):
+    """The ModelError for a network failure (refused, timed out, cut off).
+
+    Only failures before the request went out (refused, connect timeout, no pooled connection)
+    become ``ServerNotReached``; a timeout after it went out is the server working slowly.
+    """
+    unsent = _unsent(exc)
+    if isinstance(unsent, (httpx.PoolTimeout, hub_httpx.PoolTimeout)):
+        return ServerNotReached(f"no connection to the model server at {where} came free in time", retryable=True)
+    if isinstance(unsent, (httpx.ConnectTimeout, hub_httpx.ConnectTimeout)):
+        return ServerNotReached(
+            f"the model server at {where} could not be reached (connect timeout; PERSONAE_LLM_CONNECT_TIMEOUT_S)",
+            retryable=True,
+        )
+    if unsent is not None:
         if _refused(exc):
-            return ModelError(
+            return ServerNotReached(
                 f"the model server at {where} refused the connection; is it running (PERSONAE_LLM_URL)?",
                 retryable=True,
             )
-        return ModelError(f"the model server at {where} could not be reached ({_clip(str(exc)) or type(exc).__name__})", retryable=True)
+        return ServerNotReached(
+            f"the model server at {where} could not be reached ({_clip(str(unsent)) or type(unsent).__name__})",
+            retryable=True,
+        )
+    if isinstance(exc, _TIMEOUTS):
+        return ModelError(f"the model server at {where} did not answer within {timeout_s:g} s", retryable=True)
     if isinstance(exc, _TRANSPORT_ERRORS):
         return ModelError(
             f"the model server at {where} closed the connection before the reply was complete "
@@ -220,9 +292,15 @@ def event_error(where: str, payload: Any, error_type: str | None = None) -> Mode
         status = _ERROR_TYPE_STATUS.get(str(error_type))
     detail = _clip(str(message))
     if status is not None:
-        error = status_error(where, status, detail)
-        return ModelError(f"{error} (reported inside the stream)", retryable=error.retryable, status=status)
+        return _inside_stream(status_error(where, status, detail))
     return ModelError(f"the model server at {where} reported an error inside the stream: {detail}", retryable=True)
+
+
+def _inside_stream(error: ModelError) -> ModelError:
+    """``error`` said to have come inside a 200 stream, of the same kind (busy stays busy)."""
+    if isinstance(error, ServerBusy):
+        return ServerBusy(f"{error} (reported inside the stream)", status=error.status or 429, retry_after_s=error.retry_after_s)
+    return ModelError(f"{error} (reported inside the stream)", retryable=error.retryable, status=error.status)
 
 
 def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
@@ -234,8 +312,7 @@ def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
         status = _EVENT_STATUS.get(type(exc))
         if isinstance(payload, dict) or status is None:
             return event_error(where, payload, None if status is None else _status_type(status))
-        error = status_error(where, status, _clip(str(payload)) if payload else None)
-        return ModelError(f"{error} (reported inside the stream)", retryable=error.retryable, status=status)
+        return _inside_stream(status_error(where, status, _clip(str(payload)) if payload else None))
     if isinstance(exc, hub_errors.HfHubHTTPError):
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None)
@@ -246,7 +323,7 @@ def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
             except Exception:  # noqa: BLE001 - a streamed body that was not read
                 detail = getattr(exc, "server_message", None)
         if isinstance(status, int):
-            return status_error(where, status, detail)
+            return status_error(where, status, detail, retry_after(getattr(response, "headers", None)))
     if isinstance(exc, hub_errors.OfflineModeIsEnabled):
         return ModelError(
             f"HF_HUB_OFFLINE is set, and huggingface_hub refuses to reach the model server at {where}; "
@@ -335,9 +412,12 @@ class ModelClient:
     """A model server with the OpenAI-style chat API; implements ``core.ports.ChatModel``.
 
     ``concurrency`` caps the requests in flight (keep it below TGI's ``--max-concurrent-requests``,
-    128 by default: past it TGI refuses instead of queueing). ``timeout_s`` applies to each network
-    operation (connect, each read), not to a whole reply. ``retries`` is how many times a retryable
-    failure is retried before the first text delta.
+    128 by default: past it TGI refuses instead of queueing). Three timeouts, none for a whole reply:
+    ``connect_timeout_s`` to open a connection, ``first_token_timeout_s`` from sending the request to
+    its first text (a busy GPU queues requests), then ``timeout_s`` between one text delta and the
+    next. ``retries`` is how many times a request is sent again, and only when the server never
+    worked on it: it was not reached, or it answered 429 or 503 (after its ``Retry-After``, if any).
+    ``sleep`` waits between attempts (tests pass one that records the delays).
     """
 
     def __init__(
@@ -351,6 +431,9 @@ class ModelClient:
         retries: int,
         layout: str = "chat",
         retry_base_s: float = RETRY_BASE_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        first_token_timeout_s: float = FIRST_TOKEN_TIMEOUT_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"the model server URL must start with http:// or https://, got {_safe_url(base_url)!r}")
@@ -360,8 +443,8 @@ class ModelClient:
             raise ValueError(f"unknown prompt layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
         if concurrency < 1:
             raise ValueError("the model concurrency must be at least 1")
-        if timeout_s <= 0:
-            raise ValueError("the model timeout must be positive")
+        if min(timeout_s, connect_timeout_s, first_token_timeout_s) <= 0:
+            raise ValueError("the model timeouts must be positive")
         root = base_url.rstrip("/")
         if root.endswith("/v1"):
             root = root[: -len("/v1")]
@@ -370,6 +453,9 @@ class ModelClient:
         self.model = model or "tgi"
         self.layout = layout
         self.timeout_s = float(timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self.first_token_timeout_s = float(first_token_timeout_s)
+        self._sleep = sleep
         self.concurrency = concurrency
         self.retries = max(0, int(retries))
         self.retry_base_s = retry_base_s
@@ -417,8 +503,9 @@ class ModelClient:
     ) -> AsyncIterator[str]:
         """Yield the reply's text deltas. Raises ModelError.
 
-        Retryable failures before the first delta are retried with jittered exponential backoff;
-        a failure after a delta is raised at once (the caller ends the reply with a notice).
+        A request the server never worked on is sent again (jittered exponential backoff, at least
+        its ``Retry-After``); a failure after a delta is raised at once (the caller ends the reply
+        with a notice).
         """
         stops = self._stops(stop)
         await self._learn_model_name()
@@ -474,7 +561,7 @@ class ModelClient:
                         payload, model=self.model, stream=False, max_tokens=max_tokens, temperature=temperature, **extra
                     )
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-                    raise _hub_error(self.where, exc, self.timeout_s) from exc
+                    raise _hub_error(self.where, exc, self.first_token_timeout_s) from exc
             choices = out.choices or []
             yield (choices[0].message.content or "") if choices else ""
 
@@ -590,13 +677,25 @@ class ModelClient:
 
     # ---- internals ------------------------------------------------------------------------
 
+    def _network_timeout(self, library: Any) -> Any:
+        """The HTTP library's timeouts: connecting is short; reads wait as long as a first token may
+        take (``_retrying`` holds later deltas to ``timeout_s`` itself)."""
+        return library.Timeout(
+            connect=self.connect_timeout_s,
+            read=self.first_token_timeout_s,
+            write=self.timeout_s,
+            pool=self.first_token_timeout_s,
+        )
+
     def _make_hub(self) -> AsyncInferenceClient:
+        # huggingface_hub hands ``timeout`` to httpx2 as is, so a Timeout with its four parts works.
+        timeout: Any = self._network_timeout(hub_httpx)
         if self._api_key:
-            return AsyncInferenceClient(base_url=self.base_url, api_key=self._api_key, timeout=self.timeout_s)
+            return AsyncInferenceClient(base_url=self.base_url, api_key=self._api_key, timeout=timeout)
         # Without a key, huggingface_hub would send the person's own HF token to this server:
         # give it a placeholder (so it never looks one up) and blank the header it builds from it.
         return AsyncInferenceClient(
-            base_url=self.base_url, api_key="none", timeout=self.timeout_s, headers={"authorization": ""}
+            base_url=self.base_url, api_key="none", timeout=timeout, headers={"authorization": ""}
         )
 
     async def _http_client(self) -> httpx.AsyncClient:
@@ -612,7 +711,7 @@ class ModelClient:
                         httpx.AsyncClient,
                         base_url=self.base_url,
                         headers=headers,
-                        timeout=httpx.Timeout(self.timeout_s),
+                        timeout=self._network_timeout(httpx),
                         limits=limits,
                     )
         return self._http
@@ -651,7 +750,10 @@ class ModelClient:
             try:
                 async with self._slot():
                     async with contextlib.aclosing(attempt()) as deltas:  # type: ignore[type-var]
-                        async for delta in deltas:
+                        while True:
+                            delta = await self._next_delta(deltas, first=not yielded)
+                            if delta is None:
+                                break
                             yielded += len(delta)
                             yield delta
                 return
@@ -660,16 +762,44 @@ class ModelClient:
                     raise ModelError(
                         f"{exc}; the reply broke off after {yielded} characters", retryable=exc.retryable, status=exc.status
                     ) from exc
-                if not exc.retryable or tries >= self.retries:
+                delay = self._resend_delay(exc, tries)
+                if delay is None:
                     if tries:
                         raise ModelError(
                             f"{exc} (gave up after {tries + 1} attempts)", retryable=exc.retryable, status=exc.status
                         ) from exc
                     raise
-                delay = self._backoff(tries)
                 tries += 1
                 log.info("%s; retry %d of %d in %.2f s", exc, tries, self.retries, delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
+
+    async def _next_delta(self, deltas: AsyncIterator[str], *, first: bool) -> str | None:
+        """The next non-empty delta (None at the end) within the first-token or the per-token timeout."""
+        limit, setting = (
+            (self.first_token_timeout_s, "PERSONAE_LLM_FIRST_TOKEN_TIMEOUT_S") if first else (self.timeout_s, "PERSONAE_LLM_TIMEOUT_S")
+        )
+        try:
+            async with asyncio.timeout(limit):
+                async for delta in deltas:
+                    if delta:
+                        return delta
+                return None
+        except TimeoutError:
+            what = "sent no text" if first else "stopped sending text"
+            # The request was accepted and may still be generating: sending it again would double the load.
+            raise ModelError(f"the model server at {self.where} {what} for {limit:g} s ({setting})", retryable=True) from None
+
+    def _resend_delay(self, error: ModelError, tries: int) -> float | None:
+        """How long to wait before sending a failed request again; None: do not send it again."""
+        if not may_resend(error) or tries >= self.retries:
+            return None
+        delay = self._backoff(tries)
+        wanted = error.retry_after_s if isinstance(error, ServerBusy) else None
+        if wanted is not None:
+            if wanted > RETRY_AFTER_MAX_S:
+                return None
+            delay = max(delay, wanted)
+        return delay
 
     def _unfinished(self) -> ModelError:
         return ModelError(
@@ -711,7 +841,7 @@ class ModelClient:
             except ModelError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-                raise _hub_error(self.where, exc, self.timeout_s) from exc
+                raise _hub_error(self.where, exc, self.first_token_timeout_s) from exc
 
     async def _chat_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
         """One non-streamed chat completion posted as is (yields the answer once)."""
@@ -745,7 +875,9 @@ class ModelClient:
             async with client.stream("POST", "/v1/completions", json=body) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise status_error(self.where, response.status_code, _detail_from_body(response.content))
+                    raise status_error(
+                        self.where, response.status_code, _detail_from_body(response.content), retry_after(response.headers)
+                    )
                 finished = False
                 async for line in response.aiter_lines():
                     data = _sse_data(line)
@@ -777,4 +909,4 @@ class ModelClient:
         except ModelError:
             raise
         except httpx.HTTPError as exc:
-            raise transport_error(self.where, exc, self.timeout_s) from exc
+            raise transport_error(self.where, exc, self.first_token_timeout_s) from exc

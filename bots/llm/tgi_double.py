@@ -92,6 +92,7 @@ class Failure:
       ``"truncate"``: the 200 stream ends cleanly after ``after`` chunks, with no finish_reason and
         no ``[DONE]`` (what llama-cpp-python's server does when generation fails mid-stream).
       ``"hang"``: headers, ``after`` chunks, then nothing for ``hang_s`` seconds (timeouts).
+    ``retry_after``: sent as the ``Retry-After`` header (seconds) with an HTTP failure.
     """
 
     kind: str
@@ -99,6 +100,7 @@ class Failure:
     status: int = 500
     message: str | None = None
     hang_s: float = 3600.0
+    retry_after: str | None = None
 
 
 @dataclass(slots=True)
@@ -136,6 +138,8 @@ class TGIServer:
       tgi: False makes the server look like a plain OpenAI-style server (no /info, /tokenize).
       max_concurrent_requests: like TGI's flag: requests past it are refused ("overloaded").
       api_key: when set, generation routes need ``Authorization: Bearer <key>`` (bare 401).
+      gate: an ``asyncio.Event``; while set to one that is not set, streams wait before their first
+        event (tests order things with it instead of with delays).
     Records: ``requests`` (every request, in order), ``count(path)``, ``max_in_flight``.
     """
 
@@ -179,6 +183,7 @@ class TGIServer:
         self.host = host
         self.port = port
         self.requests: list[Recorded] = []
+        self.gate: asyncio.Event | None = None
         self.failures: deque[Failure] = deque()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -241,6 +246,7 @@ class TGIServer:
         status: int | None = None,
         message: str | None = None,
         hang_s: float = 3600.0,
+        retry_after: float | str | None = None,
     ) -> "TGIServer":
         """Make the next ``times`` generation requests fail as ``kind`` (see :class:`Failure`)."""
         if kind not in FAIL_KINDS:
@@ -248,7 +254,8 @@ class TGIServer:
         if status is None:
             status = 429 if kind == "overloaded" else 500
         for _ in range(times):
-            self.failures.append(Failure(kind, after=after, status=status, message=message, hang_s=hang_s))
+            wait = None if retry_after is None else (retry_after if isinstance(retry_after, str) else f"{retry_after:g}")
+            self.failures.append(Failure(kind, after=after, status=status, message=message, hang_s=hang_s, retry_after=wait))
         return self
 
     def reset(self) -> None:
@@ -380,8 +387,9 @@ class TGIServer:
         self.in_flight -= 1
 
     @staticmethod
-    def _error(status: int, message: str, error_type: str) -> JSONResponse:
-        return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+    def _error(status: int, message: str, error_type: str, retry_after: str | None = None) -> JSONResponse:
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
 
     def _validate(self, body: Any, *, chat: bool) -> JSONResponse | None:
         """The checks TGI does before it starts (a subset): a 422 like TGI's, or None."""
@@ -424,6 +432,8 @@ class TGIServer:
                     if done:
                         yield b"data: [DONE]\n\n"
                     return
+                if self.gate is not None:
+                    await self.gate.wait()
                 if self.first_token_delay:
                     await asyncio.sleep(self.first_token_delay)
                 for index, event in enumerate(events):
@@ -461,9 +471,9 @@ class TGIServer:
         """The HTTP error response for ``failure`` if it is one that precedes any stream."""
         if failure.kind in _HTTP_FAILS:
             status, message, error_type = _HTTP_FAILS[failure.kind]
-            return self._error(status, failure.message or message, error_type)
+            return self._error(status, failure.message or message, error_type, failure.retry_after)
         if failure.kind == "overloaded" and not stream:
-            return self._error(429, failure.message or "Model is overloaded", "overloaded")
+            return self._error(429, failure.message or "Model is overloaded", "overloaded", failure.retry_after)
         if failure.kind == "error_event" and not stream:
             return self._error(failure.status, failure.message or "Request failed during generation", "generation")
         return None
@@ -736,7 +746,11 @@ class _DropResponse(Response):
 
 
 def _sse(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    try:
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate in a scripted reply goes out as a JSON escape
+        data = json.dumps(payload, separators=(",", ":")).encode()
+    return b"data: " + data + b"\n\n"
 
 
 def _usage(body: Mapping[str, Any], text: str) -> dict[str, int]:

@@ -7,13 +7,15 @@ import contextlib
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
 from telegram.constants import ChatType
 from telegram.error import Forbidden, InvalidToken, TelegramError
+from telegram.request import HTTPXRequest
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -48,6 +50,39 @@ class TelegramMisconfigured(TelegramStartError, ConfigurationError):
     """A Telegram setting is wrong (the token was rejected, a webhook setting is malformed)."""
 
 
+class TelegramConnectionLost(PersonaeError):
+    """The Bot API could not be reached for longer than ``PERSONAE_TELEGRAM_GIVE_UP_S``."""
+
+
+class WatchedPolling(HTTPXRequest):
+    """The connection ``getUpdates`` uses, remembering since when every poll has failed.
+
+    python-telegram-bot retries a failed poll forever; this is how the adapter sees that Telegram
+    has been out of reach for too long and gives up (so that the supervisor restarts the process).
+    A poll that hangs fails by its read timeout, so silence counts too.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.failing_since: float | None = None
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        try:
+            status, payload = await super().do_request(*args, **kwargs)
+        except Exception:
+            self._failed()
+            raise
+        if status >= 500:  # the Bot API's front door failing: not an answer
+            self._failed()
+        else:
+            self.failing_since = None
+        return status, payload
+
+    def _failed(self) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+
+
 @dataclass(frozen=True, slots=True)
 class Tuning:
     """Pacing and timing of the adapter. The defaults follow Telegram's limits; tests shorten some."""
@@ -73,13 +108,21 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         .token(settings.telegram_token.get_secret_value())
         .base_url(settings.telegram_api_base)
         .base_file_url(settings.telegram_file_base)
-        .concurrent_updates(OrderedUpdates(256))
+        .concurrent_updates(OrderedUpdates(256, max_waiting_per_key=settings.max_waiting_per_person))
         .rate_limiter(AIORateLimiter(max_retries=tuning.rate_limit_retries))
         .connect_timeout(tuning.request_timeout)
         .read_timeout(tuning.request_timeout)
         .write_timeout(tuning.request_timeout)
         .pool_timeout(tuning.request_timeout)
-        .get_updates_read_timeout(tuning.request_timeout)
+        .get_updates_request(
+            WatchedPolling(
+                connection_pool_size=1,
+                connect_timeout=tuning.request_timeout,
+                read_timeout=tuning.request_timeout,
+                write_timeout=tuning.request_timeout,
+                pool_timeout=tuning.request_timeout,
+            )
+        )
         .build()
     )
     replies = Replies(
@@ -147,11 +190,18 @@ def register(application: Application, h: Handlers) -> None:
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Log a failed update; tell a private chat, briefly, that it did not work."""
+    """Log a failed update with where it came from; tell a private chat, briefly, that it did not work.
+
+    python-telegram-bot calls this for any exception in a handler and goes on with the next update.
+    """
     if isinstance(context.error, Forbidden):
         log.info("Telegram refused to deliver to a chat (the bot was blocked or removed): %s", context.error)
         return
-    log.error("handling a Telegram update failed: %r", context.error, exc_info=context.error)
+    where = ""
+    if isinstance(update, Update):
+        chat, user = update.effective_chat, update.effective_user
+        where = f" (update {update.update_id}, chat {chat.id if chat else '-'}, user {user.id if user else '-'})"
+    log.error("handling a Telegram update failed%s: %r", where, context.error, exc_info=context.error)
     if isinstance(update, Update) and update.effective_chat and update.effective_chat.type == ChatType.PRIVATE:
         with contextlib.suppress(TelegramError):
             await context.bot.send_message(update.effective_chat.id, "Something went wrong on my side. Please try again.")
@@ -224,7 +274,8 @@ async def serving(application: Application, settings: Settings, tuning: Tuning |
 
 
 async def run_telegram(app: App, tuning: Tuning | None = None) -> None:
-    """Run the Telegram bot until cancelled; raises TelegramStartError (one plain line) if it cannot start."""
+    """Run the Telegram bot until cancelled; raises TelegramStartError (one plain line) if it cannot start,
+    and TelegramConnectionLost once long polling has not reached the Bot API for ``PERSONAE_TELEGRAM_GIVE_UP_S``."""
     tuning = tuning or Tuning()
     application = build_application(app, tuning)
     # The heartbeat counts Telegram as up while the application and its update fetcher run.
@@ -235,6 +286,23 @@ async def run_telegram(app: App, tuning: Tuning | None = None) -> None:
     )
     try:
         async with serving(application, app.settings, tuning):
-            await asyncio.Event().wait()
+            await watch_polling(application, app.settings)
     finally:
         heartbeat.unwatch("telegram")
+
+
+async def watch_polling(application: Application, settings: Settings) -> None:
+    """Return never; raise TelegramConnectionLost when polling has had no answer for too long."""
+    polling = application.bot._request[0]  # python-telegram-bot keeps (getUpdates, everything else)
+    if settings.telegram_webhook_url or not isinstance(polling, WatchedPolling):
+        await asyncio.Event().wait()  # a webhook: Telegram comes to us, there is nothing to watch
+    give_up = settings.telegram_give_up_s
+    while True:
+        since = polling.failing_since
+        silent = 0.0 if since is None else time.monotonic() - since
+        if silent > give_up:
+            raise TelegramConnectionLost(
+                f"Telegram could not be reached at {settings.telegram_api_base} for {silent:.0f} s "
+                f"(PERSONAE_TELEGRAM_GIVE_UP_S={give_up:g})"
+            )
+        await asyncio.sleep(min(5.0, give_up / 4))

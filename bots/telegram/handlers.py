@@ -28,6 +28,7 @@ from core.commands import Actor, Outcome, Place
 from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
 from core.errors import InvalidInput
 from core.events import ChatEvent, Platform
+from core.text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Handlers:
                 admin = True  # an anonymous admin writing as the group itself
             elif check_admin and not owner:
                 admin = await self.admins.is_admin(context.bot, chat.id, user.id)
-        return Actor(PLATFORM, str(user.id), user.full_name, is_admin=admin, is_owner=owner)
+        return Actor(PLATFORM, str(user.id), clean_text(user.full_name), is_admin=admin, is_owner=owner)
 
     # -- conversation ----------------------------------------------------------------------
 
@@ -85,11 +86,12 @@ class Handlers:
             chat_id=str(message.chat.id),
             channel_id=str(message.chat.id),
             user_id=str(message.from_user.id),
-            display_name=message.from_user.full_name,
+            display_name=clean_text(message.from_user.full_name),
             message_id=str(message.message_id),
-            text=_strip_mentions(message, context.bot.username),
+            text=clean_text(_strip_mentions(message, context.bot.username)),
             private=private,
             addressed=private or self._addresses_bot(message, context),
+            sent_at=message.date.timestamp() if message.date else None,
         )
         reply = self.app.engine.handle(event)
         await self.replies.answer(
@@ -378,7 +380,7 @@ class Handlers:
 
 def _text(update: Update) -> str:
     message = update.effective_message
-    return (message.text or message.caption or "") if message else ""
+    return clean_text(message.text or message.caption or "") if message else ""
 
 
 def _strip_mentions(message: Message, username: str | None) -> str:
@@ -394,7 +396,7 @@ def _strip_mentions(message: Message, username: str | None) -> str:
     if not spans:
         return text
     # Entity offsets count UTF-16 code units; cut in that space so emoji before a mention are safe.
-    units = text.encode("utf-16-le")
+    units = text.encode("utf-16-le", "surrogatepass")  # a lone surrogate is cleaned by the caller
     for offset, length in sorted(spans, reverse=True):
         units = units[: offset * 2] + units[(offset + length) * 2 :]
-    return units.decode("utf-16-le").strip()
+    return units.decode("utf-16-le", "surrogatepass").strip()

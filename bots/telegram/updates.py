@@ -59,23 +59,38 @@ class OrderedUpdates(BaseUpdateProcessor):
     Also drops an update whose ``update_id`` was seen recently: Telegram redelivers webhook updates
     it thinks failed, and a restarted poller may fetch the last batch again. The Engine drops
     redelivered messages too; this catches commands and button presses as well.
+
+    At most ``max_waiting_per_key`` updates of one person in one chat wait here (each holds one of
+    the ``max_concurrent_updates`` slots, so an unbounded line would starve everyone else); past it
+    an update is dropped and counted in the log. The engine's rate limit, which counts messages by
+    when they were sent, has told the person by then (the bound is kept above it).
     """
 
-    def __init__(self, max_concurrent_updates: int = 256, remember: int = 10_000) -> None:
+    def __init__(self, max_concurrent_updates: int = 256, remember: int = 10_000, max_waiting_per_key: int = 25) -> None:
         super().__init__(max_concurrent_updates)
         self.seen: Recent[int, None] = Recent(remember)
+        self.max_waiting_per_key = max_waiting_per_key
+        self.dropped = 0
         self._queues: dict[tuple[int, int], tuple[asyncio.Lock, list[int]]] = {}
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         if isinstance(update, Update) and not self.seen.first_time(update.update_id):
             log.info("dropped update %s: already handled", update.update_id)
-            close = getattr(coroutine, "close", None)
-            if close is not None:
-                close()
+            _discard(coroutine)
             return
         key = order_key(update)
         if key is None:
             await coroutine
+            return
+        queued = self._queues.get(key)
+        if queued is not None and queued[1][0] >= self.max_waiting_per_key:
+            self.dropped += 1
+            log.warning(
+                "dropped update %s from user %s in chat %s: %d of theirs waiting (PERSONAE_MAX_WAITING_PER_PERSON); "
+                "%d dropped since start",
+                getattr(update, "update_id", "?"), key[1], key[0], queued[1][0], self.dropped,
+            )
+            _discard(coroutine)
             return
         lock, users = self._queues.setdefault(key, (asyncio.Lock(), [0]))
         users[0] += 1
@@ -92,3 +107,10 @@ class OrderedUpdates(BaseUpdateProcessor):
 
     async def shutdown(self) -> None:
         """Nothing to release."""
+
+
+def _discard(coroutine: Awaitable[Any]) -> None:
+    """Close a handler coroutine that will never run (no "never awaited" warning)."""
+    close = getattr(coroutine, "close", None)
+    if close is not None:
+        close()

@@ -47,8 +47,13 @@ def with_ext(**changes) -> dict:
         (json.dumps(with_ext(relationship=12)), "relationship must be from 0 to 10"),
         (json.dumps(with_ext(language="fr")), "language must be 'en' or 'zh'"),
         (json.dumps(v2(description="d" * 1_000_000)), "description is 1,000,000 characters long"),
-        (json.dumps(v2(name="A\u0000B")), "NUL byte"),
-        (json.dumps(v2(creator_notes="x\u0000")), "NUL byte"),
+        ('{"name": "A", "x": ' + "9" * 100_000 + "}", "a number with 100,000 digits; the limit is 18"),
+        ('{"name": "A", "x": -' + "9" * 5_000 + "}", "a number with 5,000 digits"),
+        ('{"name": "A", "x": 1e999}', "a number out of range (1e999)"),
+        ('{"name": "A", "x": NaN}', "the card holds NaN"),
+        ('{"name": "A", "x": -Infinity}', "the card holds -Infinity"),
+        (json.dumps(with_ext(relationship="9" * 100_000)), "relationship must be a whole number from 0 to 10"),
+        (json.dumps(with_ext(emotion={"anger": 10**15})), "anger must be from 0 to 10, not a number that large"),
         (b"\xff\xfe{}", "not valid UTF-8"),
         (json.dumps([1, 2]), "must be a JSON object"),
         (json.dumps(v2(alternate_greetings="hi")), "alternate_greetings must be a list of strings"),
@@ -59,6 +64,31 @@ def test_bad_cards_are_refused_with_a_clear_message(raw, message: str) -> None:
         parse_card_json(raw)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+def test_every_string_in_a_card_is_cleaned_names_and_keys_included() -> None:
+    raw = json.dumps(
+        v2(
+            name="An\u0000n\x1b",
+            creator_notes="x\u0000y\r\nz\x7f\x85",
+            tags=["caf\u0065\u0301", "\ud800lone"],
+            custom={"ke\u0000y": ["a\tb\u0007", {"deep\udfff": "\u0008v"}]},
+        )
+    )
+    assert "\\u0000" in raw and "\\ud800" in raw  # JSON escapes: the card parses, then is cleaned
+    data = parse_card_json(raw)["data"]
+    assert data["name"] == "Ann"
+    assert data["creator_notes"] == "xy\nz"
+    assert data["tags"] == ["caf\u00e9", "\ufffdlone"]
+    assert data["custom"] == {"key": ["a\tb", {"deep\ufffd": "v"}]}
+    json.dumps(data).encode("utf-8")  # storable: no surrogate left
+
+
+def test_a_card_built_in_code_with_a_huge_number_is_refused() -> None:
+    card = v2(custom={"n": 10**30})
+    with pytest.raises(InvalidInput, match="out of range"):
+        normalise_card(card)
 
 
 def test_unknown_fields_and_foreign_extensions_survive() -> None:

@@ -76,6 +76,8 @@ def discord_settings(fake: FakeDiscord, tgi: TGIServer, **overrides: Any) -> Set
         llm_timeout_s=5.0,
         turn_deadline_s=20.0,
         rate_limit_messages=1000,
+        max_waiting_per_person=1000,
+        max_tokens=1500,  # some replies here run to several messages; the engine cuts at max_tokens
     )
     fields.update(overrides)
     return Settings(**fields)

@@ -231,6 +231,11 @@ class FakeDiscord:
 
     # -- gateway events -------------------------------------------------------------------------
 
+    async def close_gateway(self, code: int, reason: str = "") -> None:
+        """Close every gateway connection with ``code`` (4010-4014 are ones discord.py does not recover from)."""
+        for ws in list(self._sockets):
+            await ws.close(code=code, message=reason.encode())
+
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         self._seq += 1
         frame = json.dumps({"op": 0, "t": event, "s": self._seq, "d": data})

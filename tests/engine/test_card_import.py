@@ -90,3 +90,24 @@ async def test_a_non_admin_import_is_refused_before_the_file_is_read(store) -> N
 
     assert outcome.message == ADMIN_ONLY
     assert await stored_rows(store) == 0
+
+
+async def test_a_card_with_nul_and_lone_surrogates_is_stored_clean(store) -> None:
+    card = {"name": "Yor\u0000ick", "description": "A fellow\u001b of \ud800infinite jest.", "first_mes": "Alas\u0000!"}
+    raw = __import__("json").dumps(card).encode()  # JSON escapes: the text is bad only once parsed
+    outcome = await commands_on(store).import_character(OWNER, None, raw, "yorick.json")
+
+    assert outcome.ok, outcome.message
+    stored = await store.characters.get_by_name("Yorick")
+    assert stored is not None
+    assert stored.card["data"]["description"] == "A fellow of \ufffdinfinite jest."
+    assert stored.card["data"]["first_mes"] == "Alas!"
+
+
+async def test_a_card_with_an_oversized_number_is_refused_in_one_line(store) -> None:
+    raw = b'{"name": "Big", "n": ' + b"1" * 100_000 + b"}"
+    outcome = await commands_on(store).import_character(OWNER, None, raw, "big.json")
+
+    assert not outcome.ok
+    assert "a number with 100,000 digits" in outcome.message and "\n" not in outcome.message
+    assert await stored_rows(store) == 0

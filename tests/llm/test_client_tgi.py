@@ -25,6 +25,15 @@ async def collect(client: ModelClient, **kwargs) -> list[str]:
     return [delta async for delta in client.stream(MESSAGES, **options)]
 
 
+def recording(sleeps: list[float]):
+    """A sleep that records the delay asked for and does not wait (no test waits on the clock)."""
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    return sleep
+
+
 def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -159,11 +168,22 @@ async def test_validation_error_inside_the_stream_is_not_retried(client: ModelCl
     assert tgi.count("/v1/chat/completions") == 1
 
 
-@pytest.mark.parametrize("kind,status", [("500", 500), ("503", 503), ("424", 424)])
-async def test_server_errors_are_retried(client: ModelClient, tgi: TGIServer, kind: str, status: int) -> None:
-    tgi.fail(kind, times=2)
+async def test_503_is_retried(client: ModelClient, tgi: TGIServer) -> None:
+    tgi.fail("503", times=2)
     assert "".join(await collect(client)) == DEFAULT_REPLY
     assert tgi.count("/v1/chat/completions") == 3
+
+
+@pytest.mark.parametrize("kind,status", [("500", 500), ("424", 424)])
+async def test_errors_of_a_request_the_server_worked_on_are_not_retried(
+    client: ModelClient, tgi: TGIServer, kind: str, status: int
+) -> None:
+    # 500 and 424 mean generation itself failed: sending the request again doubles the load on a sick server.
+    tgi.fail(kind, times=2)
+    with pytest.raises(ModelError) as caught:
+        await collect(client)
+    assert caught.value.status == status
+    assert tgi.count("/v1/chat/completions") == 1
 
 
 async def test_server_errors_give_up_after_the_retries(make_client, tgi: TGIServer) -> None:
@@ -199,16 +219,19 @@ async def test_error_event_mid_stream_after_text_is_raised_and_not_retried(clien
     assert tgi.count("/v1/chat/completions") == 1
 
 
-async def test_error_event_before_any_text_is_retried(client: ModelClient, tgi: TGIServer) -> None:
+async def test_error_event_before_any_text_is_not_retried(client: ModelClient, tgi: TGIServer) -> None:
     tgi.fail("error_event", after=0, status=500)
-    assert "".join(await collect(client)) == DEFAULT_REPLY
-    assert tgi.count("/v1/chat/completions") == 2
+    with pytest.raises(ModelError, match="reported inside the stream"):
+        await collect(client)
+    assert tgi.count("/v1/chat/completions") == 1
 
 
-async def test_dropped_connection_before_text_is_retried(client: ModelClient, tgi: TGIServer) -> None:
+async def test_dropped_connection_before_text_is_not_retried(client: ModelClient, tgi: TGIServer) -> None:
+    # The server had the request: it may still be generating for it.
     tgi.fail("drop", after=0)
-    assert "".join(await collect(client)) == DEFAULT_REPLY
-    assert tgi.count("/v1/chat/completions") == 2
+    with pytest.raises(ModelError, match="closed the connection"):
+        await collect(client)
+    assert tgi.count("/v1/chat/completions") == 1
 
 
 async def test_dropped_connection_mid_reply_is_raised(client: ModelClient, tgi: TGIServer) -> None:
@@ -223,10 +246,11 @@ async def test_dropped_connection_mid_reply_is_raised(client: ModelClient, tgi: 
     assert tgi.count("/v1/chat/completions") == 1
 
 
-async def test_stream_that_ends_unfinished_before_text_is_retried(client: ModelClient, tgi: TGIServer) -> None:
+async def test_stream_that_ends_unfinished_before_text_is_not_retried(client: ModelClient, tgi: TGIServer) -> None:
     tgi.fail("truncate", after=0)
-    assert "".join(await collect(client)) == DEFAULT_REPLY
-    assert tgi.count("/v1/chat/completions") == 2
+    with pytest.raises(ModelError, match="ended the stream before the reply was finished"):
+        await collect(client)
+    assert tgi.count("/v1/chat/completions") == 1
 
 
 async def test_stream_that_ends_unfinished_after_text_is_raised(client: ModelClient, tgi: TGIServer) -> None:
@@ -240,13 +264,93 @@ async def test_stream_that_ends_unfinished_after_text_is_raised(client: ModelCli
     assert tgi.count("/v1/chat/completions") == 1
 
 
-async def test_a_silent_server_times_out(make_client, tgi: TGIServer) -> None:
-    client = make_client(tgi.base_url, timeout_s=0.3, retries=0)
-    tgi.fail("hang", after=0, hang_s=5)
+async def test_a_silent_server_times_out_once_and_is_not_asked_again(make_client, tgi: TGIServer) -> None:
+    # The "first token after 40 s" case, scaled down: a first-token timeout shorter than the server's
+    # queue is one request, not one per retry.
+    sleeps: list[float] = []
+    client = make_client(tgi.base_url, first_token_timeout_s=0.3, retries=3, sleep=recording(sleeps))
+    tgi.fail("hang", after=0, hang_s=30)
     with pytest.raises(ModelError) as caught:
         await collect(client)
-    assert caught.value.retryable
-    assert "did not answer within 0.3 s" in str(caught.value)
+    assert "sent no text for 0.3 s (PERSONAE_LLM_FIRST_TOKEN_TIMEOUT_S)" in str(caught.value)
+    assert tgi.count("/v1/chat/completions") == 1
+    assert sleeps == []
+
+
+async def test_a_slow_first_token_within_its_timeout_is_one_request(make_client, tgi: TGIServer) -> None:
+    # Shorter per-token timeout than the wait for the first token: the long wait is allowed once.
+    client = make_client(tgi.base_url, timeout_s=0.2, first_token_timeout_s=30, retries=3)
+    tgi.fail("hang", after=0, hang_s=0.5)
+    assert "".join(await collect(client)) == DEFAULT_REPLY
+    assert tgi.count("/v1/chat/completions") == 1
+
+
+async def test_a_stall_between_tokens_is_cut_by_the_per_token_timeout_and_not_retried(make_client, tgi: TGIServer) -> None:
+    client = make_client(tgi.base_url, timeout_s=0.3, first_token_timeout_s=30, retries=3)
+    tgi.chunks = 4
+    tgi.fail("hang", after=2, hang_s=30)
+    received: list[str] = []
+    with pytest.raises(ModelError, match=r"stopped sending text for 0.3 s \(PERSONAE_LLM_TIMEOUT_S\)"):
+        async for delta in client.stream(MESSAGES, max_tokens=64, temperature=0.7):
+            received.append(delta)
+    assert len(received) == 2
+    assert tgi.count("/v1/chat/completions") == 1
+
+
+async def test_429_with_retry_after_waits_at_least_that_long(make_client, tgi: TGIServer) -> None:
+    sleeps: list[float] = []
+    client = make_client(tgi.base_url, sleep=recording(sleeps))
+    tgi.fail("429", retry_after=7)
+    assert "".join(await collect(client)) == DEFAULT_REPLY
+    assert tgi.count("/v1/chat/completions") == 2
+    assert len(sleeps) == 1 and sleeps[0] >= 7
+
+
+async def test_503_with_retry_after_as_a_date_is_honoured(make_client, tgi: TGIServer) -> None:
+    from email.utils import formatdate
+    import time
+
+    sleeps: list[float] = []
+    client = make_client(tgi.base_url, sleep=recording(sleeps))
+    tgi.fail("503", retry_after=formatdate(time.time() + 20, usegmt=True))
+    assert "".join(await collect(client)) == DEFAULT_REPLY
+    assert tgi.count("/v1/chat/completions") == 2
+    assert len(sleeps) == 1 and 15 <= sleeps[0] <= 21
+
+
+async def test_a_retry_after_longer_than_the_cap_is_not_waited_for(make_client, tgi: TGIServer) -> None:
+    sleeps: list[float] = []
+    client = make_client(tgi.base_url, sleep=recording(sleeps))
+    tgi.fail("429", retry_after=3600)
+    with pytest.raises(ModelError, match=r"overloaded \(429\)"):
+        await collect(client)
+    assert tgi.count("/v1/chat/completions") == 1 and sleeps == []
+
+
+async def test_a_connect_timeout_is_retried(make_client) -> None:
+    # A listening socket whose backlog is full never completes a handshake: a connect timeout.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):  # fill the backlog (its length is rounded up by the kernel)
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        sleeps: list[float] = []
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        client = make_client(url, connect_timeout_s=0.2, retries=2, sleep=recording(sleeps))
+        with pytest.raises(ModelError) as caught:
+            await collect(client)
+        assert "could not be reached" in str(caught.value)
+        assert "gave up after 3 attempts" in str(caught.value)
+        assert len(sleeps) == 2
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 # ---- the concurrency cap ------------------------------------------------------------------------
@@ -403,8 +507,9 @@ async def test_raw_layout_retries_before_text_and_raises_after(make_client, tgi:
     assert tgi.count("/v1/completions") == 4
 
     tgi.fail("truncate", after=0)
-    assert "".join(await collect(client)) == DEFAULT_REPLY
-    assert tgi.count("/v1/completions") == 6
+    with pytest.raises(ModelError, match="ended the stream"):
+        await collect(client)
+    assert tgi.count("/v1/completions") == 5
 
 
 async def test_raw_layout_connection_refused(make_client) -> None:

@@ -55,6 +55,8 @@ def make_settings(tg: FakeTelegram, model_url: str, **overrides: Any) -> Setting
         llm_timeout_s=5.0,
         turn_deadline_s=10.0,
         rate_limit_messages=1000,
+        max_waiting_per_person=1000,
+        max_tokens=1500,  # some replies here run to several messages; the engine cuts at max_tokens
         telegram_token=tg.token,
         telegram_api_base=tg.base_url,
         telegram_file_base=tg.file_base_url,
