@@ -114,11 +114,13 @@ def open_cache(settings: Settings) -> Cache:
     return RedisCache(settings.redis_url) if settings.redis_url else MemoryCache()
 
 
-def model_client(settings: Settings, base_url: str, *, concurrency: int | None = None) -> ChatModel:
+def model_client(settings: Settings, base_url: str, *, concurrency: int | None = None, embedded: bool = False) -> ChatModel:
     from bots.llm.client import ModelClient
 
     return ModelClient(
         base_url,
+        # The embedded server is personae's own: its errors must not send people to a setting they never set.
+        url_setting=None if embedded else "PERSONAE_LLM_URL",
         model=settings.llm_model,
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
         timeout_s=settings.llm_timeout_s,
@@ -130,19 +132,25 @@ def model_client(settings: Settings, base_url: str, *, concurrency: int | None =
 
 @contextlib.asynccontextmanager
 async def open_model(settings: Settings, *, model_url: str | None = None) -> AsyncIterator[ChatModel]:
-    """The model client for ``PERSONAE_LLM_URL`` (or ``model_url``); with neither, the embedded model server, started here."""
-    async with contextlib.AsyncExitStack() as stack:
-        url = model_url or settings.llm_url
-        concurrency = None
-        if url is None:
-            from bots.llm.embedded import EmbeddedModelServer
+    """The model client for ``PERSONAE_LLM_URL`` (or ``model_url``); with neither, the embedded model
+    server, started here and supervised (a death is reported in one sentence; it is restarted once)."""
+    url = model_url or settings.llm_url
+    if url is None:
+        from bots.llm.embedded import EmbeddedModelServer
+        from bots.llm.supervised import SupervisedModel
 
-            server = await stack.enter_async_context(EmbeddedModelServer())
-            url = server.base_url
-            concurrency = 1  # llama.cpp's server answers one request at a time
-        model = model_client(settings, url, concurrency=concurrency)
-        stack.push_async_callback(model.close)
+        # llama.cpp's server answers one request at a time.
+        def embedded_client(base_url: str) -> ChatModel:
+            return model_client(settings, base_url, concurrency=1, embedded=True)
+
+        async with SupervisedModel(EmbeddedModelServer(), embedded_client) as supervised:
+            yield supervised
+        return
+    model = model_client(settings, url)
+    try:
         yield model
+    finally:
+        await model.close()
 
 
 @contextlib.asynccontextmanager

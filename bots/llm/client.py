@@ -13,7 +13,9 @@ Facts about huggingface_hub 2.x this module works around (checked against its so
   (about 34 KB with a long system prompt) until the client is closed; the client therefore retires
   its AsyncInferenceClient every ``ROTATE_AFTER_STREAMS`` streams;
 - its HTTP library is ``httpx2`` (not ``httpx``): transport errors are ``httpx2`` exceptions, and
-  only errors raised before the first byte become ``InferenceTimeoutError``.
+  only errors raised before the first byte become ``InferenceTimeoutError``;
+- with telemetry on, building a request's user-agent fetches a registry from huggingface.co (once
+  per process, blocking); telemetry is therefore switched off when this module is imported.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ except ImportError:  # pragma: no cover - older huggingface_hub
 
 log = logging.getLogger(__name__)
 
+# huggingface_hub builds a user-agent for every request, and unless telemetry is off that asks the
+# Hub (huggingface.co/api/agent-harnesses, synchronously, on the event loop) which AI agents exist.
+# personae talks to its own model server only: no request may leave for the Hub.
+hub_constants.HF_HUB_DISABLE_TELEMETRY = True
+
 LAYOUTS = ("chat", "mistral-raw")
 MAX_STOP_SEQUENCES = 4  # TGI's default --max-stop-sequences; more is a 422
 RETRY_BASE_S = 0.25
@@ -54,6 +61,7 @@ ROTATE_AFTER_STREAMS = 512
 HUB_POOL_CONNECTIONS = 100  # httpx2's default pool size, used by huggingface_hub
 RAW_STOP = "[INST]"  # in the raw layout, the model must not write the next user turn
 _DETAIL_CHARS = 300
+URL_SETTING = "PERSONAE_LLM_URL"  # what points personae at a model server it did not start
 
 _TIMEOUTS = (hub_errors.InferenceTimeoutError, httpx.TimeoutException, hub_httpx.TimeoutException, TimeoutError)
 _CONNECT_ERRORS = (httpx.ConnectError, hub_httpx.ConnectError)
@@ -127,8 +135,9 @@ def _detail_from_body(body: bytes | str | None) -> str | None:
     return _clip(text)
 
 
-def status_error(where: str, status: int, detail: str | None = None) -> ModelError:
-    """The ModelError for an HTTP status (or a stream error event carrying one)."""
+def status_error(where: str, status: int, detail: str | None = None, *, url_setting: str | None = URL_SETTING) -> ModelError:
+    """The ModelError for an HTTP status (or a stream error event carrying one). ``url_setting`` names
+    the setting that points personae at the server (None: personae started the server itself)."""
     tail = f": {detail}" if detail else ""
     if status == 429:
         return ModelError(f"the model server at {where} is overloaded (429){tail}", retryable=True, status=status)
@@ -140,8 +149,10 @@ def status_error(where: str, status: int, detail: str | None = None) -> ModelErr
             status=status,
         )
     if status == 404:
+        if url_setting is None:
+            return ModelError(f"the model server at {where} answered 404{tail}", retryable=False, status=status)
         return ModelError(
-            f"the model server at {where} answered 404{tail}; check that PERSONAE_LLM_URL is the server's "
+            f"the model server at {where} answered 404{tail}; check that {url_setting} is the server's "
             "base URL and, for vLLM, that PERSONAE_LLM_MODEL is the served model name",
             retryable=False,
             status=status,
@@ -168,16 +179,14 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
-def transport_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
+def transport_error(where: str, exc: BaseException, timeout_s: float, *, url_setting: str | None = URL_SETTING) -> ModelError:
     """The ModelError for a network failure (refused, timed out, cut off)."""
     if isinstance(exc, _TIMEOUTS):
         return ModelError(f"the model server at {where} did not answer within {timeout_s:g} s", retryable=True)
     if isinstance(exc, _CONNECT_ERRORS):
         if _refused(exc):
-            return ModelError(
-                f"the model server at {where} refused the connection; is it running (PERSONAE_LLM_URL)?",
-                retryable=True,
-            )
+            running = f"is it running ({url_setting})?" if url_setting else "is it still running?"
+            return ModelError(f"the model server at {where} refused the connection; {running}", retryable=True)
         return ModelError(f"the model server at {where} could not be reached ({_clip(str(exc)) or type(exc).__name__})", retryable=True)
     if isinstance(exc, _TRANSPORT_ERRORS):
         return ModelError(
@@ -197,7 +206,7 @@ _EVENT_STATUS = {
 _ERROR_TYPE_STATUS = {"overloaded": 429, "validation": 422, "generation": 424, "incomplete_generation": 500}
 
 
-def event_error(where: str, payload: Any, error_type: str | None = None) -> ModelError:
+def event_error(where: str, payload: Any, error_type: str | None = None, *, url_setting: str | None = URL_SETTING) -> ModelError:
     """The ModelError for an ``error`` event inside a 200 stream.
 
     Shapes: TGI chat ``{"error": {"message", "http_status_code"}}``; TGI generate/completions
@@ -218,12 +227,12 @@ def event_error(where: str, payload: Any, error_type: str | None = None) -> Mode
         status = _ERROR_TYPE_STATUS.get(str(error_type))
     detail = _clip(str(message))
     if status is not None:
-        error = status_error(where, status, detail)
+        error = status_error(where, status, detail, url_setting=url_setting)
         return ModelError(f"{error} (reported inside the stream)", retryable=error.retryable, status=status)
     return ModelError(f"the model server at {where} reported an error inside the stream: {detail}", retryable=True)
 
 
-def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
+def _hub_error(where: str, exc: BaseException, timeout_s: float, *, url_setting: str | None = URL_SETTING) -> ModelError:
     """Map whatever huggingface_hub raised to a ModelError."""
     if isinstance(exc, ModelError):
         return exc
@@ -231,8 +240,8 @@ def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
         payload = exc.args[0] if exc.args else None
         status = _EVENT_STATUS.get(type(exc))
         if isinstance(payload, dict) or status is None:
-            return event_error(where, payload, None if status is None else _status_type(status))
-        error = status_error(where, status, _clip(str(payload)) if payload else None)
+            return event_error(where, payload, None if status is None else _status_type(status), url_setting=url_setting)
+        error = status_error(where, status, _clip(str(payload)) if payload else None, url_setting=url_setting)
         return ModelError(f"{error} (reported inside the stream)", retryable=error.retryable, status=status)
     if isinstance(exc, hub_errors.HfHubHTTPError):
         response = getattr(exc, "response", None)
@@ -244,7 +253,7 @@ def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
             except Exception:  # noqa: BLE001 - a streamed body that was not read
                 detail = getattr(exc, "server_message", None)
         if isinstance(status, int):
-            return status_error(where, status, detail)
+            return status_error(where, status, detail, url_setting=url_setting)
     if isinstance(exc, hub_errors.OfflineModeIsEnabled):
         return ModelError(
             f"HF_HUB_OFFLINE is set, and huggingface_hub refuses to reach the model server at {where}; "
@@ -252,7 +261,7 @@ def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
             retryable=False,
         )
     if isinstance(exc, (*_HTTP_ERRORS, TimeoutError, OSError)):
-        return transport_error(where, exc, timeout_s)
+        return transport_error(where, exc, timeout_s, url_setting=url_setting)
     return ModelError(
         f"unexpected error from the model server at {where}: {type(exc).__name__}: {_clip(str(exc))}",
         retryable=False,
@@ -335,7 +344,8 @@ class ModelClient:
     ``concurrency`` caps the requests in flight (keep it below TGI's ``--max-concurrent-requests``,
     128 by default: past it TGI refuses instead of queueing). ``timeout_s`` applies to each network
     operation (connect, each read), not to a whole reply. ``retries`` is how many times a retryable
-    failure is retried before the first text delta.
+    failure is retried before the first text delta. ``url_setting`` is the setting errors name as the
+    way to point personae at the server; None for a server personae started itself (the embedded one).
     """
 
     def __init__(
@@ -349,6 +359,7 @@ class ModelClient:
         retries: int,
         layout: str = "chat",
         retry_base_s: float = RETRY_BASE_S,
+        url_setting: str | None = URL_SETTING,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"the model server URL must start with http:// or https://, got {_safe_url(base_url)!r}")
@@ -365,6 +376,7 @@ class ModelClient:
             root = root[: -len("/v1")]
         self.base_url = root
         self.where = _safe_url(root)
+        self.url_setting = url_setting
         self.model = model or "tgi"
         self.layout = layout
         self.timeout_s = float(timeout_s)
@@ -461,7 +473,7 @@ class ModelClient:
                         payload, model=self.model, stream=False, max_tokens=max_tokens, temperature=temperature, **extra
                     )
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-                    raise _hub_error(self.where, exc, self.timeout_s) from exc
+                    raise _hub_error(self.where, exc, self.timeout_s, url_setting=self.url_setting) from exc
             choices = out.choices or []
             yield (choices[0].message.content or "") if choices else ""
 
@@ -678,7 +690,7 @@ class ModelClient:
             except ModelError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-                raise _hub_error(self.where, exc, self.timeout_s) from exc
+                raise _hub_error(self.where, exc, self.timeout_s, url_setting=self.url_setting) from exc
 
     async def _raw_stream(self, prompt: str, max_tokens: int, temperature: float, stops: list[str]) -> AsyncIterator[str]:
         body: dict[str, Any] = {
@@ -695,7 +707,9 @@ class ModelClient:
             async with client.stream("POST", "/v1/completions", json=body) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise status_error(self.where, response.status_code, _detail_from_body(response.content))
+                    raise status_error(
+                        self.where, response.status_code, _detail_from_body(response.content), url_setting=self.url_setting
+                    )
                 finished = False
                 async for line in response.aiter_lines():
                     data = _sse_data(line)
@@ -714,7 +728,7 @@ class ModelClient:
                     if not isinstance(event, dict):
                         continue
                     if event.get("error") is not None:
-                        raise event_error(self.where, event["error"], event.get("error_type"))
+                        raise event_error(self.where, event["error"], event.get("error_type"), url_setting=self.url_setting)
                     for choice in event.get("choices") or ():
                         if not isinstance(choice, dict):
                             continue
@@ -727,4 +741,4 @@ class ModelClient:
         except ModelError:
             raise
         except httpx.HTTPError as exc:
-            raise transport_error(self.where, exc, self.timeout_s) from exc
+            raise transport_error(self.where, exc, self.timeout_s, url_setting=self.url_setting) from exc
