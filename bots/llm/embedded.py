@@ -224,8 +224,12 @@ class EmbeddedModelServer:
         self.command = self._command()
         env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}  # llama_cpp.server would read it
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONFAULTHANDLER"] = "1"  # a crash (SIGILL, SIGSEGV) leaves a traceback in the log
         env.update(_OFFLINE_ENV)
-        log_file = await asyncio.to_thread(self._open_log)
+        try:
+            log_file = await asyncio.to_thread(self._open_log)
+        except OSError as exc:
+            raise PersonaeError(f"cannot write the bundled model's log {self.log_path}: {exc.strerror or exc}") from exc
         started = time.perf_counter()
         log.info("starting the embedded model server (output in %s): %s", self.log_path, " ".join(self.command))
         try:

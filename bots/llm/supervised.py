@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from bots.llm.embedded import EmbeddedModelServer, describe_exit
 from core.errors import ModelError, PersonaeError
 from core.ports import ChatModel
+from core.prompt import estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ class SupervisedModel:
         """The client's stream; a server death before or during it becomes the one-sentence ModelError."""
         client, generation, death = await self._usable()
         try:
-            async for delta in client.stream(messages, max_tokens=max_tokens, temperature=temperature, stop=stop):
-                yield delta
+            deltas = client.stream(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
+            async with contextlib.aclosing(deltas):  # type: ignore[type-var]
+                async for delta in deltas:
+                    yield delta
         except ModelError as exc:
             raise await self._explain(exc, generation, death) from exc
 
@@ -120,7 +123,10 @@ class SupervisedModel:
             raise await self._explain(exc, generation, death) from exc
 
     async def count_tokens(self, text: str) -> int:
-        client, _, _ = await self._usable()
+        """The client's count; the estimate while there is no server to ask (this never raises)."""
+        client = self._client
+        if client is None or self._closed or not self._told or self._given_up is not None:
+            return estimate_tokens(text)
         return await client.count_tokens(text)
 
     # ---- supervision ------------------------------------------------------------------------

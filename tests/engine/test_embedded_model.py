@@ -20,6 +20,7 @@ from bots.llm.supervised import SupervisedModel
 from bots.samples import ensure_samples
 from bots.settings import Settings
 from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
+from core.prompt import estimate_tokens
 from storage import migrate
 from tests.llama_fixture import require_llama
 
@@ -74,6 +75,7 @@ async def test_a_killed_model_server_is_reported_in_one_sentence_and_restarted_o
 
     # Killed between two turns: the next turn says so, in one sentence, and the server comes back.
     os.kill(first_pid, signal.SIGKILL)
+    assert await model.count_tokens("To be.") == estimate_tokens("To be.")  # never raises, tells nobody
     shown = await turn(chat, "Are you there?")
     assert chat.last.status is ReplyStatus.FAILED and NOTICE_UNAVAILABLE in shown
     (sentence,) = failures(caplog)

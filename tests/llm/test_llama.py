@@ -143,3 +143,12 @@ async def test_missing_llama_cpp_says_what_to_install(monkeypatch) -> None:
 )
 def test_how_the_server_ended_is_said_in_words(returncode: int, words: str) -> None:
     assert embedded.describe_exit(returncode) == words
+
+
+async def test_a_log_that_cannot_be_written_is_one_clear_error(tmp_path) -> None:
+    require_llama()
+    (tmp_path / "not-a-directory").write_text("")
+    server = EmbeddedModelServer(log_path=tmp_path / "not-a-directory" / "llama-server.log")
+    with pytest.raises(PersonaeError, match="cannot write the bundled model's log .*not-a-directory"):
+        await server.start()
+    assert server.pid is None
