@@ -53,7 +53,7 @@ def default_log_path() -> Path:
 
 
 def describe_exit(returncode: int) -> str:
-    """How a process ended, in words: "killed by SIGKILL", "illegal instruction (SIGILL)", "exit code 1"."""
+    """How a process ended, in words: "killed by SIGKILL", "exit code 1", or for SIGILL what it means."""
     if returncode >= 0:
         return f"exit code {returncode}"
     try:
@@ -62,7 +62,7 @@ def describe_exit(returncode: int) -> str:
         return f"signal {-returncode}"
     if name == "SIGILL":
         # The usual cause: a llama.cpp built for a CPU with instructions this one lacks.
-        return "illegal instruction (SIGILL): llama.cpp was built for another CPU"
+        return "SIGILL, an instruction this CPU does not have: llama.cpp was built for another CPU"
     return f"killed by {name}"
 
 

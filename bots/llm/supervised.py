@@ -17,7 +17,7 @@ import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from bots.llm.embedded import EmbeddedModelServer, describe_exit
-from core.errors import ModelError, PersonaeError
+from core.errors import ModelError
 from core.ports import ChatModel
 from core.prompt import estimate_tokens
 
@@ -163,12 +163,12 @@ class SupervisedModel:
         await self.server.stop()  # reaps the dead process
         try:
             await self.server.start()
-        except PersonaeError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stops the restart, requests get the sentence
+            # The details (the server's own output) are in its log, which the sentence names.
             log.info("the embedded model server could not be restarted: %s", exc)
-            first_line = str(exc).splitlines()[0]
             self._given_up = (
-                f"the bundled model stopped and could not be restarted ({first_line}): restart personae, "
-                f"or set PERSONAE_LLM_URL to use another server; its log is {self.server.log_path}"
+                "the bundled model stopped and could not be restarted: restart personae, or set "
+                f"PERSONAE_LLM_URL to use another server; its log is {self.server.log_path}"
             )
             return
         log.info("the embedded model server is back at %s", self.server.base_url)

@@ -148,6 +148,27 @@ async def test_a_model_server_killed_mid_reply_is_reported_and_the_next_turn_is_
     assert chat.last.status is ReplyStatus.ANSWERED and model.server.pid != pid
 
 
+async def test_a_restart_that_fails_is_said_once_and_for_good(embedded_app: App, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="core.engine")
+    model = model_of(embedded_app)
+    chat = ConsoleChat(embedded_app, "Elena", lambda text: None)
+    await chat.use("Hamlet")
+    model.server.extra_args = ["--n_ctx", "not-a-number"]  # the next start fails
+    os.kill(model.server.pid, signal.SIGKILL)
+    await turn(chat, "Are you there?")
+    await turn(chat, "Hello?")
+    await turn(chat, "Anyone?")
+    log_path = model.server.log_path
+    gone = (
+        "the bundled model stopped and could not be restarted: restart personae, or set PERSONAE_LLM_URL "
+        f"to use another server; its log is {log_path}"
+    )
+    assert failures(caplog) == [
+        f"the bundled model stopped (killed by SIGKILL) and is being restarted; its log is {log_path}", gone, gone
+    ]
+    assert "n_ctx" in log_path.read_text()  # why it could not start: the server said so in its log
+
+
 @contextlib.contextmanager
 def only_loopback(monkeypatch: pytest.MonkeyPatch):
     """Refuse, and record, every name lookup and connection to anything but 127.0.0.1/::1/localhost.

@@ -139,7 +139,7 @@ async def test_missing_llama_cpp_says_what_to_install(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     ("returncode", "words"),
-    [(0, "exit code 0"), (2, "exit code 2"), (-9, "killed by SIGKILL"), (-4, "illegal instruction (SIGILL): llama.cpp was built for another CPU")],
+    [(0, "exit code 0"), (2, "exit code 2"), (-9, "killed by SIGKILL"), (-4, "SIGILL, an instruction this CPU does not have: llama.cpp was built for another CPU")],
 )
 def test_how_the_server_ended_is_said_in_words(returncode: int, words: str) -> None:
     assert embedded.describe_exit(returncode) == words
