@@ -27,7 +27,7 @@ RESTARTS = 1
 # A request that failed while the server was dying waits this long for the process to be seen
 # gone, so that it reports the death rather than a refused connection. Only an upper bound: the
 # exit is usually noticed at once.
-DEATH_NOTICE_WAIT_S = 2.0
+DEATH_NOTICE_WAIT_S = 5.0
 
 
 class SupervisedModel:
