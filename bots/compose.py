@@ -129,11 +129,13 @@ def describe_cache(cache: Cache) -> str:
     return getattr(cache, "where", None) or "in-process (PERSONAE_REDIS_URL is unset)"
 
 
-def model_client(settings: Settings, base_url: str, *, concurrency: int | None = None) -> ChatModel:
+def model_client(settings: Settings, base_url: str, *, concurrency: int | None = None, embedded: bool = False) -> ChatModel:
     from bots.llm.client import ModelClient
 
     return ModelClient(
         base_url,
+        # The embedded server is personae's own: its errors must not send people to a setting they never set.
+        url_setting=None if embedded else "PERSONAE_LLM_URL",
         model=settings.llm_model,
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
         timeout_s=settings.llm_timeout_s,
@@ -149,32 +151,37 @@ def model_client(settings: Settings, base_url: str, *, concurrency: int | None =
 async def open_model(
     settings: Settings, *, model_url: str | None = None, about: list[str] | None = None
 ) -> AsyncIterator[ChatModel]:
-    """The model client for ``PERSONAE_LLM_URL`` (or ``model_url``); with neither, the embedded model server, started here.
+    """The model client for ``PERSONAE_LLM_URL`` (or ``model_url``); with neither, the embedded model
+    server, started here and supervised (a death is reported in one sentence; it is restarted once).
 
     A configured server is looked at once first (``/v1/models``): if nothing answers, ModelError
     says so now. What was reached is appended to ``about`` for the start-up line.
     """
-    async with contextlib.AsyncExitStack() as stack:
-        url = model_url or settings.llm_url
-        concurrency = None
-        if url is None:
-            from bots.llm.embedded import EmbeddedModelServer
+    url = model_url or settings.llm_url
+    if url is None:
+        from bots.llm.embedded import EmbeddedModelServer
+        from bots.llm.supervised import SupervisedModel
 
-            server = await stack.enter_async_context(EmbeddedModelServer())
-            url = server.base_url
-            concurrency = 1  # llama.cpp's server answers one request at a time
-            described = f"model: the bundled SmolLM2-135M-Instruct on {url} (PERSONAE_LLM_URL is unset)"
-        else:
-            from bots.llm.probe import served_model
+        # llama.cpp's server answers one request at a time.
+        def embedded_client(base_url: str) -> ChatModel:
+            return model_client(settings, base_url, concurrency=1, embedded=True)
 
-            api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-            served = await served_model(url, api_key=api_key)
-            described = f"model server: {url}, model {settings.llm_model or served or '(the server default)'}"
-        if about is not None:
-            about.append(described)
-        model = model_client(settings, url, concurrency=concurrency)
-        stack.push_async_callback(model.close)
+        async with SupervisedModel(EmbeddedModelServer(), embedded_client) as supervised:
+            if about is not None:
+                about.append(f"model: the bundled SmolLM2-135M-Instruct on {supervised.server.base_url} (PERSONAE_LLM_URL is unset)")
+            yield supervised
+        return
+    from bots.llm.probe import served_model
+
+    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    served = await served_model(url, api_key=api_key)
+    if about is not None:
+        about.append(f"model server: {url}, model {settings.llm_model or served or '(the server default)'}")
+    model = model_client(settings, url)
+    try:
         yield model
+    finally:
+        await model.close()
 
 
 @contextlib.asynccontextmanager

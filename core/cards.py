@@ -21,7 +21,7 @@ from core.character import (
     check_text,
     check_words,
 )
-from core.emotions import EMOTIONS, EmotionState, check_level
+from core.emotions import EMOTIONS, EmotionState, check_level, parse_emotion_pairs
 from core.errors import InvalidInput
 from core.text import clean_value
 
@@ -274,7 +274,11 @@ def edit_card(card: Mapping[str, Any], changes: Mapping[str, object]) -> dict[st
         if key in ("traits", "style") and isinstance(value, str):
             value = list(check_words(key, value))
         elif key == "emotion":
-            value = (EmotionState.parse(value) if isinstance(value, str) else EmotionState.from_mapping(value)).as_dict()  # type: ignore[arg-type]
+            # Only the emotions named change: "happiness=9" leaves the other five where they were.
+            named = parse_emotion_pairs(value) if isinstance(value, str) else dict(value)  # type: ignore[call-overload]
+            current = ext.get("emotion") if isinstance(ext.get("emotion"), dict) else {}
+            known = {k: v for k, v in current.items() if k in EMOTIONS}
+            value = EmotionState.from_mapping(known).with_changes(named).as_dict()
         elif key == "relationship":
             value = check_level("relationship", value)
         elif key == "mbti":

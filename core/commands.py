@@ -65,7 +65,7 @@ class Outcome:
     state: RelationshipState | None = None
     binding: Binding | None = None
     counts: dict[str, int] = field(default_factory=dict)
-    greeting: str | None = None  # /use on first contact: the character's opening line
+    greeting: str | None = None  # /use on first contact only: the character's opening line, just stored
     course: list[RelationshipState] = field(default_factory=list)  # /mood: the recent states, oldest first, ending now
 
 
@@ -268,11 +268,13 @@ class Commands:
         # First contact: the greeting opens the conversation and is its first stored turn.
         conversation = ConversationKey(character.id, place.platform, place.channel_id, actor.user_id)
         greeting = pick_greeting(character, actor.display_name)
-        if greeting and not await self.store.messages.recent(conversation, 1):
-            await self.store.messages.add_greeting(conversation, greeting, estimate_tokens(greeting))
-            await self.hot.forget_conversation(conversation)
-            message += f"\n\n{character.name}: {greeting}"
-        return Outcome(True, message, character=character, binding=binding, greeting=greeting or None)
+        if not greeting or await self.store.messages.recent(conversation, 1):
+            # The story is under way (or there is no greeting): the caller may recap it.
+            return Outcome(True, message, character=character, binding=binding)
+        await self.store.messages.add_greeting(conversation, greeting, estimate_tokens(greeting))
+        await self.hot.forget_conversation(conversation)
+        message += f"\n\n{character.name}: {greeting}"
+        return Outcome(True, message, character=character, binding=binding, greeting=greeting)
 
     # -- a person's own data ----------------------------------------------------------------
 

@@ -63,14 +63,12 @@ class EmotionState:
 
     @classmethod
     def parse(cls, text: str) -> "EmotionState":
-        """Parse ``happiness=1,sadness=8,...`` as typed on a command line."""
-        values: dict[str, object] = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, sep, value = part.partition("=")
-            if not sep:
-                raise InvalidInput(f"expected name=value in {part!r}, e.g. happiness=3")
-            values[name.strip()] = value.strip()
-        return cls.from_mapping(values)
+        """Parse ``happiness=1,sadness=8,...`` as typed on a command line (missing ones are 0)."""
+        return cls.from_mapping(parse_emotion_pairs(text))
+
+    def with_changes(self, changes: Mapping[str, object]) -> "EmotionState":
+        """This state with the named emotions set to new levels; the others keep theirs."""
+        return EmotionState.from_mapping({**self.as_dict(), **changes})
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in EMOTIONS}
@@ -79,3 +77,14 @@ class EmotionState:
         """The prompt's emotion line: ``happiness: 1, sadness: 8, ...`` (Chinese names for zh)."""
         names = EMOTIONS_ZH if language == "zh" else {n: n for n in EMOTIONS}
         return ", ".join(f"{names[n]}: {getattr(self, n)}" for n in EMOTIONS)
+
+
+def parse_emotion_pairs(text: str) -> dict[str, object]:
+    """The ``name=value`` pairs of ``happiness=1,sadness=8`` as typed, unchecked (only those named)."""
+    values: dict[str, object] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise InvalidInput(f"expected name=value in {part!r}, e.g. happiness=3")
+        values[name.strip()] = value.strip()
+    return values

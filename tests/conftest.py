@@ -1,7 +1,8 @@
 """Shared fixtures: ``store`` on PostgreSQL and SQLite, ``cache`` on Redis and in-process, service checks."""
 
 # PostgreSQL comes from TEST_DATABASE_URL (a server and a database to connect to): each session
-# creates its own throwaway database there, migrates it, and drops it at the end. Redis comes from
+# creates its own throwaway database there, migrates it, and drops it at the end (a database named
+# there that does not exist yet is created first). Redis comes from
 # TEST_REDIS_URL; each session uses a key prefix of its own and deletes it at the end. A service that
 # cannot be reached skips its tests, except in CI (CI=true), where that is a failure.
 
@@ -37,6 +38,30 @@ def require_service(name: str, exc: BaseException) -> NoReturn:
 # -- PostgreSQL and SQLite ----------------------------------------------------------------------
 
 
+MISSING_DATABASE = "3D000"  # PostgreSQL's invalid_catalog_name: the database does not exist
+DUPLICATE_DATABASE = "42P04"
+
+
+async def create_database(server_url: str) -> None:
+    """Create the database ``server_url`` names, through the server's ``postgres`` maintenance database."""
+    from storage.database import create_engine
+
+    url = sa.make_url(server_url)
+    maintenance = create_engine(url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with maintenance.connect() as conn:
+            exists = await conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database})
+            if not exists:
+                quoted = url.database.replace('"', '""')
+                try:
+                    await conn.execute(sa.text(f'CREATE DATABASE "{quoted}"'))
+                except sa.exc.DBAPIError as exc:
+                    if getattr(exc.orig, "sqlstate", None) != DUPLICATE_DATABASE:  # another run made it first
+                        raise
+    finally:
+        await maintenance.dispose()
+
+
 @asynccontextmanager
 async def throwaway_postgres(server_url: str = TEST_DATABASE_URL) -> AsyncIterator[str]:
     """Create an empty database ``personae_test_<random>`` on the server, yield its URL, drop it after."""
@@ -46,8 +71,16 @@ async def throwaway_postgres(server_url: str = TEST_DATABASE_URL) -> AsyncIterat
     admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
         try:
-            async with admin.connect() as conn:
-                await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            try:
+                async with admin.connect() as conn:
+                    await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            except sa.exc.DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != MISSING_DATABASE:
+                    raise
+                # The server is there but TEST_DATABASE_URL's database is not: create it, go on.
+                await create_database(server_url)
+                async with admin.connect() as conn:
+                    await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
         except (OSError, sa.exc.DBAPIError) as exc:
             require_service(f"PostgreSQL at {sa.make_url(server_url).render_as_string()}", exc)
         try:

@@ -33,12 +33,13 @@ def require_llama() -> None:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def llama_server() -> AsyncIterator[EmbeddedModelServer]:
-    """A running EmbeddedModelServer (``.base_url``) shared by the whole test session."""
+async def llama_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedModelServer]:
+    """A running EmbeddedModelServer (``.base_url``) shared by the whole test session; its log is
+    in the session's temporary directory."""
     require_llama()
     server = _shared["server"]
     if server is None:
-        server = EmbeddedModelServer()
+        server = EmbeddedModelServer(log_path=tmp_path_factory.mktemp("llama") / "llama-server.log")
         await server.start()
         _shared["server"] = server
     _shared["users"] = int(_shared["users"]) + 1  # type: ignore[call-overload]

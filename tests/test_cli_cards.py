@@ -329,3 +329,16 @@ async def test_derive_of_a_complete_card_does_not_ask_the_model(db, tgi) -> None
     assert result.exit_code == 0, result.output
     assert "already has a world, traits, MBTI and style" in result.stdout
     assert tgi.count("/v1/chat/completions") == 0
+
+
+async def test_characters_edit_of_one_emotion_keeps_the_others(db) -> None:
+    # Mira's baseline: happiness 7, sadness 1, disgust 0, fear 1, surprise 3, anger 0.
+    result = await cli("characters", "edit", "Mira", "emotion=happiness=9")
+    assert result.exit_code == 0, result.output
+    mira, _ = await character(db, "Mira")
+    assert mira.profile.emotion.as_dict() == {"happiness": 9, "sadness": 1, "disgust": 0, "fear": 1, "surprise": 3, "anger": 0}
+
+    result = await cli("characters", "edit", "Mira", "emotion=sadness=4,anger=2")
+    assert result.exit_code == 0, result.output
+    mira, _ = await character(db, "Mira")
+    assert mira.profile.emotion.as_dict() == {"happiness": 9, "sadness": 4, "disgust": 0, "fear": 1, "surprise": 3, "anger": 2}

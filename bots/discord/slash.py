@@ -187,7 +187,7 @@ class CharacterCommands(app_commands.Group, name="character", description="Creat
         traits="comma-separated, e.g. brave, curious", mbti="personality type, e.g. INTJ",
         style="comma-separated speaking style", language="the language it speaks", scene="its default scene",
         greeting="what it says first", description="a short description",
-        emotion="baseline emotions, e.g. happiness=6,sadness=2", relationship="baseline intimacy 0-10",
+        emotion="baseline emotions to change, e.g. happiness=6,sadness=2 (the others stay)", relationship="baseline intimacy 0-10",
         public="whether anyone may pick it in a DM",
     )
     async def edit(

@@ -15,7 +15,9 @@ Facts about huggingface_hub 2.x this module works around (checked against its so
   (about 34 KB with a long system prompt) until the client is closed; the client therefore retires
   its AsyncInferenceClient every ``ROTATE_AFTER_STREAMS`` streams;
 - its HTTP library is ``httpx2`` (not ``httpx``): transport errors are ``httpx2`` exceptions, and
-  only errors raised before the first byte become ``InferenceTimeoutError``.
+  only errors raised before the first byte become ``InferenceTimeoutError``;
+- with telemetry on, building a request's user-agent fetches a registry from huggingface.co (once
+  per process, blocking); telemetry is therefore switched off when this module is imported.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ except ImportError:  # pragma: no cover - older huggingface_hub
 
 log = logging.getLogger(__name__)
 
+# huggingface_hub builds a user-agent for every request, and unless telemetry is off that asks the
+# Hub (huggingface.co/api/agent-harnesses, synchronously, on the event loop) which AI agents exist.
+# personae talks to its own model server only: no request may leave for the Hub.
+hub_constants.HF_HUB_DISABLE_TELEMETRY = True
+
 LAYOUTS = ("chat", "mistral-raw")
 MAX_STOP_SEQUENCES = 4  # TGI's default --max-stop-sequences; more is a 422
 RETRY_BASE_S = 0.25
@@ -63,6 +70,7 @@ ROTATE_AFTER_STREAMS = 512
 HUB_POOL_CONNECTIONS = 100  # httpx2's default pool size, used by huggingface_hub
 RAW_STOP = "[INST]"  # in the raw layout, the model must not write the next user turn
 _DETAIL_CHARS = 300
+URL_SETTING = "PERSONAE_LLM_URL"  # what points personae at a model server it did not start
 
 _TIMEOUTS = (hub_errors.InferenceTimeoutError, httpx.TimeoutException, hub_httpx.TimeoutException, TimeoutError)
 _CONNECT_ERRORS = (httpx.ConnectError, hub_httpx.ConnectError)
@@ -172,8 +180,11 @@ def _detail_from_body(body: bytes | str | None) -> str | None:
     return _clip(text)
 
 
-def status_error(where: str, status: int, detail: str | None = None, retry_after_s: float | None = None) -> ModelError:
-    """The ModelError for an HTTP status (or a stream error event carrying one)."""
+def status_error(
+    where: str, status: int, detail: str | None = None, retry_after_s: float | None = None, *, url_setting: str | None = URL_SETTING
+) -> ModelError:
+    """The ModelError for an HTTP status (or a stream error event carrying one). ``url_setting`` names
+    the setting that points personae at the server (None: personae started the server itself)."""
     tail = f": {detail}" if detail else ""
     if status == 429:
         return ServerBusy(f"the model server at {where} is overloaded (429){tail}", status=status, retry_after_s=retry_after_s)
@@ -187,8 +198,10 @@ def status_error(where: str, status: int, detail: str | None = None, retry_after
             status=status,
         )
     if status == 404:
+        if url_setting is None:
+            return ModelError(f"the model server at {where} answered 404{tail}", retryable=False, status=status)
         return ModelError(
-            f"the model server at {where} answered 404{tail}; check that PERSONAE_LLM_URL is the server's "
+            f"the model server at {where} answered 404{tail}; check that {url_setting} is the server's "
             "base URL and, for vLLM, that PERSONAE_LLM_MODEL is the served model name",
             retryable=False,
             status=status,
@@ -227,7 +240,7 @@ def _unsent(exc: BaseException) -> BaseException | None:
     return None
 
 
-def transport_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
+def transport_error(where: str, exc: BaseException, timeout_s: float, *, url_setting: str | None = URL_SETTING) -> ModelError:
     """The ModelError for a network failure (refused, timed out, cut off).
 
     Only failures before the request went out (refused, connect timeout, no pooled connection)
@@ -243,10 +256,8 @@ def transport_error(where: str, exc: BaseException, timeout_s: float) -> ModelEr
         )
     if unsent is not None:
         if _refused(exc):
-            return ServerNotReached(
-                f"the model server at {where} refused the connection; is it running (PERSONAE_LLM_URL)?",
-                retryable=True,
-            )
+            running = f"is it running ({url_setting})?" if url_setting else "is it still running?"
+            return ServerNotReached(f"the model server at {where} refused the connection; {running}", retryable=True)
         return ServerNotReached(
             f"the model server at {where} could not be reached ({_clip(str(unsent)) or type(unsent).__name__})",
             retryable=True,
@@ -271,7 +282,7 @@ _EVENT_STATUS = {
 _ERROR_TYPE_STATUS = {"overloaded": 429, "validation": 422, "generation": 424, "incomplete_generation": 500}
 
 
-def event_error(where: str, payload: Any, error_type: str | None = None) -> ModelError:
+def event_error(where: str, payload: Any, error_type: str | None = None, *, url_setting: str | None = URL_SETTING) -> ModelError:
     """The ModelError for an ``error`` event inside a 200 stream.
 
     Shapes: TGI chat ``{"error": {"message", "http_status_code"}}``; TGI generate/completions
@@ -292,7 +303,7 @@ def event_error(where: str, payload: Any, error_type: str | None = None) -> Mode
         status = _ERROR_TYPE_STATUS.get(str(error_type))
     detail = _clip(str(message))
     if status is not None:
-        return _inside_stream(status_error(where, status, detail))
+        return _inside_stream(status_error(where, status, detail, url_setting=url_setting))
     return ModelError(f"the model server at {where} reported an error inside the stream: {detail}", retryable=True)
 
 
@@ -303,7 +314,7 @@ def _inside_stream(error: ModelError) -> ModelError:
     return ModelError(f"{error} (reported inside the stream)", retryable=error.retryable, status=error.status)
 
 
-def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
+def _hub_error(where: str, exc: BaseException, timeout_s: float, *, url_setting: str | None = URL_SETTING) -> ModelError:
     """Map whatever huggingface_hub raised to a ModelError."""
     if isinstance(exc, ModelError):
         return exc
@@ -311,8 +322,8 @@ def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
         payload = exc.args[0] if exc.args else None
         status = _EVENT_STATUS.get(type(exc))
         if isinstance(payload, dict) or status is None:
-            return event_error(where, payload, None if status is None else _status_type(status))
-        return _inside_stream(status_error(where, status, _clip(str(payload)) if payload else None))
+            return event_error(where, payload, None if status is None else _status_type(status), url_setting=url_setting)
+        return _inside_stream(status_error(where, status, _clip(str(payload)) if payload else None, url_setting=url_setting))
     if isinstance(exc, hub_errors.HfHubHTTPError):
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None)
@@ -323,7 +334,7 @@ def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
             except Exception:  # noqa: BLE001 - a streamed body that was not read
                 detail = getattr(exc, "server_message", None)
         if isinstance(status, int):
-            return status_error(where, status, detail, retry_after(getattr(response, "headers", None)))
+            return status_error(where, status, detail, retry_after(getattr(response, "headers", None)), url_setting=url_setting)
     if isinstance(exc, hub_errors.OfflineModeIsEnabled):
         return ModelError(
             f"HF_HUB_OFFLINE is set, and huggingface_hub refuses to reach the model server at {where}; "
@@ -331,7 +342,7 @@ def _hub_error(where: str, exc: BaseException, timeout_s: float) -> ModelError:
             retryable=False,
         )
     if isinstance(exc, (*_HTTP_ERRORS, TimeoutError, OSError)):
-        return transport_error(where, exc, timeout_s)
+        return transport_error(where, exc, timeout_s, url_setting=url_setting)
     return ModelError(
         f"unexpected error from the model server at {where}: {type(exc).__name__}: {_clip(str(exc))}",
         retryable=False,
@@ -418,6 +429,8 @@ class ModelClient:
     next. ``retries`` is how many times a request is sent again, and only when the server never
     worked on it: it was not reached, or it answered 429 or 503 (after its ``Retry-After``, if any).
     ``sleep`` waits between attempts (tests pass one that records the delays).
+    ``url_setting`` is the setting errors name as the way to point personae at the server; None for
+    a server personae started itself (the embedded one).
     """
 
     def __init__(
@@ -434,6 +447,7 @@ class ModelClient:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         first_token_timeout_s: float = FIRST_TOKEN_TIMEOUT_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        url_setting: str | None = URL_SETTING,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"the model server URL must start with http:// or https://, got {_safe_url(base_url)!r}")
@@ -450,6 +464,7 @@ class ModelClient:
             root = root[: -len("/v1")]
         self.base_url = root
         self.where = _safe_url(root)
+        self.url_setting = url_setting
         self.model = model or "tgi"
         self.layout = layout
         self.timeout_s = float(timeout_s)
@@ -561,7 +576,7 @@ class ModelClient:
                         payload, model=self.model, stream=False, max_tokens=max_tokens, temperature=temperature, **extra
                     )
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-                    raise _hub_error(self.where, exc, self.first_token_timeout_s) from exc
+                    raise _hub_error(self.where, exc, self.first_token_timeout_s, url_setting=self.url_setting) from exc
             choices = out.choices or []
             yield (choices[0].message.content or "") if choices else ""
 
@@ -841,7 +856,7 @@ class ModelClient:
             except ModelError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-                raise _hub_error(self.where, exc, self.first_token_timeout_s) from exc
+                raise _hub_error(self.where, exc, self.first_token_timeout_s, url_setting=self.url_setting) from exc
 
     async def _chat_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
         """One non-streamed chat completion posted as is (yields the answer once)."""
@@ -849,9 +864,9 @@ class ModelClient:
         try:
             response = await client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as exc:
-            raise transport_error(self.where, exc, self.timeout_s) from exc
+            raise transport_error(self.where, exc, self.timeout_s, url_setting=self.url_setting) from exc
         if response.status_code >= 400:
-            raise status_error(self.where, response.status_code, _detail_from_body(response.content))
+            raise status_error(self.where, response.status_code, _detail_from_body(response.content), url_setting=self.url_setting)
         try:
             choices = response.json().get("choices") or []
             yield (choices[0].get("message") or {}).get("content") or "" if choices else ""
@@ -876,7 +891,7 @@ class ModelClient:
                 if response.status_code >= 400:
                     await response.aread()
                     raise status_error(
-                        self.where, response.status_code, _detail_from_body(response.content), retry_after(response.headers)
+                        self.where, response.status_code, _detail_from_body(response.content), retry_after(response.headers), url_setting=self.url_setting
                     )
                 finished = False
                 async for line in response.aiter_lines():
@@ -896,7 +911,7 @@ class ModelClient:
                     if not isinstance(event, dict):
                         continue
                     if event.get("error") is not None:
-                        raise event_error(self.where, event["error"], event.get("error_type"))
+                        raise event_error(self.where, event["error"], event.get("error_type"), url_setting=self.url_setting)
                     for choice in event.get("choices") or ():
                         if not isinstance(choice, dict):
                             continue
@@ -909,4 +924,4 @@ class ModelClient:
         except ModelError:
             raise
         except httpx.HTTPError as exc:
-            raise transport_error(self.where, exc, self.first_token_timeout_s) from exc
+            raise transport_error(self.where, exc, self.first_token_timeout_s, url_setting=self.url_setting) from exc

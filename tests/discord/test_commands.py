@@ -108,6 +108,19 @@ async def test_a_broken_card_is_refused_with_the_reason(bot):
     assert (await bot.fake.answer_to(sent)).startswith("Could not import the card: The card is not JSON")
 
 
+async def test_editing_emotions_changes_only_those_named(bot):
+    admin = dict(user=BOB, permissions=MANAGE_GUILD)
+    fields = {"name": "Horatio", "world": "Denmark", "traits": "loyal", "mbti": "ISTJ", "style": "plain"}
+    assert await bot.fake.answer_to(await bot.fake.slash("character create", fields, **admin)) == "Created Horatio."
+    for emotion in ("happiness=2,fear=3", "happiness=9"):
+        edited = await bot.fake.slash("character edit", {"name": "Horatio", "emotion": emotion}, **admin)
+        assert await bot.fake.answer_to(edited) == "Updated Horatio."
+    edited = await bot.fake.slash("character edit", {"name": "Horatio", "emotion": "anger=2, sadness=4"}, **admin)
+    assert await bot.fake.answer_to(edited) == "Updated Horatio."
+    horatio = await bot.app.store.characters.get_by_name("Horatio")
+    assert horatio.profile.emotion.as_dict() == {"happiness": 9, "sadness": 4, "disgust": 0, "fear": 3, "surprise": 0, "anger": 2}
+
+
 async def test_an_admin_creates_edits_shows_lists_and_deletes_a_character(bot):
     admin = dict(user=BOB, permissions=MANAGE_GUILD)
     created = await bot.fake.slash(

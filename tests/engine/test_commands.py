@@ -124,3 +124,30 @@ async def test_mood_reset_and_forget_act_on_the_person_only(cworld) -> None:
     assert await cworld.app.store.relationships.get(PersonKey(character.id, Platform.DISCORD, "u-plain")) is None
     other = ConversationKey(character.id, Platform.DISCORD, cworld.channel, "u-other")
     assert len(await cworld.app.store.messages.recent(other, 10)) == 2
+
+
+async def test_editing_one_emotion_changes_only_that_one(cworld) -> None:
+    c, name = cworld.app.commands, cworld.character_name
+    outcome = await c.edit_character(cworld.admin, cworld.place, name, {"emotion": "happiness=9"})
+    assert outcome.ok, outcome.message
+    character = await cworld.app.store.characters.get_by_name(name)
+    assert character.profile.emotion.as_dict() == {"happiness": 9, "sadness": 8, "disgust": 5, "fear": 7, "surprise": 6, "anger": 4}
+
+
+async def test_editing_several_emotions_at_once_keeps_the_rest(cworld) -> None:
+    c, name = cworld.app.commands, cworld.character_name
+    outcome = await c.edit_character(cworld.admin, cworld.place, name, {"emotion": "happiness=9, anger=2"})
+    assert outcome.ok, outcome.message
+    character = await cworld.app.store.characters.get_by_name(name)
+    assert character.profile.emotion.as_dict() == {"happiness": 9, "sadness": 8, "disgust": 5, "fear": 7, "surprise": 6, "anger": 2}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [("joy=9", "unknown emotion 'joy'"), ("happiness=9,anger=11", "anger must be from 0 to 10"), ("happiness", "expected name=value")],
+)
+async def test_a_bad_emotion_edit_changes_nothing(cworld, change, reason) -> None:
+    before = await snapshot(cworld)
+    outcome = await cworld.app.commands.edit_character(cworld.admin, cworld.place, cworld.character_name, {"emotion": change})
+    assert not outcome.ok and reason in outcome.message.lower()
+    assert await snapshot(cworld) == before

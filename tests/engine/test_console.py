@@ -60,6 +60,31 @@ async def test_coming_back_shows_where_the_story_stopped(store, cache, tgi) -> N
     assert f"{world.character_name}: Speak, then.\n" in text
 
 
+async def test_a_story_with_a_greeting_resumes_with_its_last_exchange(store, cache, tgi) -> None:
+    # The greeting is shown once, on first contact; coming back (a new session on the same store)
+    # shows where the story stopped instead of only "You are now talking to ...".
+    world = await build_world(store, cache, tgi)
+    character = await store.characters.get_by_name(world.character_name)
+    from core.cards import edit_card
+
+    card = edit_card(character.card, {"greeting": "(bows) Welcome, {{user}}."})
+    card["data"]["alternate_greetings"] = []
+    await store.characters.replace(character.id, card)
+    world.app.engine.hot.forget_character(character.id)
+    tgi.script(reply="Speak, then.")
+    try:
+        first = await run_console(world.app, f"/use {world.character_name}", "May I sit?", "/quit")
+        again = await run_console(world.app, f"/use {world.character_name}", "/quit")
+    finally:
+        await world.app.engine.drain()
+        await world.app.model.close()
+    assert f"{world.character_name}: (bows) Welcome, Elena." in first
+    assert "(where you left off)" not in first
+    assert f"You are now talking to {world.character_name}.\n(where you left off)\n" in again
+    assert "Elena: May I sit?\n" in again and f"{world.character_name}: Speak, then.\n" in again
+    assert again.count("Welcome, Elena.") == 1  # in the recap, not as a new greeting
+
+
 async def test_undo_takes_back_the_last_reply(store, cache, tgi) -> None:
     world = await build_world(store, cache, tgi)
     tgi.script(reply="Speak, then.")

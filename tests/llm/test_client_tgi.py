@@ -206,6 +206,20 @@ async def test_connection_refused_raises_after_the_retries(make_client) -> None:
     assert "gave up after 3 attempts" in str(error)
 
 
+async def test_errors_name_the_url_setting_only_for_a_server_personae_did_not_start(make_client, tgi: TGIServer) -> None:
+    url = f"http://127.0.0.1:{unused_port()}"
+    with pytest.raises(ModelError) as caught:
+        await collect(make_client(url, retries=0))
+    assert "is it running (PERSONAE_LLM_URL)?" in str(caught.value)
+    with pytest.raises(ModelError) as caught:  # the embedded server: personae's own, not a setting's
+        await collect(make_client(url, retries=0, url_setting=None))
+    assert str(caught.value) == f"the model server at {url} refused the connection; is it still running?"
+    tgi.fail("error_event", status=404, message="no such route")
+    with pytest.raises(ModelError) as caught:
+        await collect(make_client(tgi.base_url, retries=0, url_setting=None))
+    assert caught.value.status == 404 and "PERSONAE_LLM_URL" not in str(caught.value)
+
+
 async def test_error_event_mid_stream_after_text_is_raised_and_not_retried(client: ModelClient, tgi: TGIServer) -> None:
     tgi.chunks = 6
     tgi.fail("error_event", after=3, status=500, message="CUDA error: an illegal memory access")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 
@@ -68,20 +69,36 @@ async def test_too_long_prompt_is_a_model_error(llama_server: EmbeddedModelServe
 # ---- the embedded server itself ------------------------------------------------------------------
 
 
-async def test_startup_failure_reports_the_servers_output() -> None:
+async def test_startup_failure_reports_the_servers_output(tmp_path) -> None:
     require_llama()
-    server = EmbeddedModelServer(extra_args=["--n_ctx", "not-a-number"])
+    log_path = tmp_path / "logs" / "llama-server.log"
+    server = EmbeddedModelServer(extra_args=["--n_ctx", "not-a-number"], log_path=log_path)
     with pytest.raises(PersonaeError) as caught:
         await server.start()
     message = str(caught.value)
-    assert "exited with code" in message
+    assert re.search(r"stopped while starting \(exit code \d+\)", message)
+    assert f"its log is {log_path}" in message
     assert "n_ctx" in message  # argparse's complaint, from the server's own output
+    assert "n_ctx" in log_path.read_text()  # which the log file keeps
     assert server.pid is None
 
 
-async def test_stop_ends_the_process() -> None:
+async def test_the_servers_output_goes_to_its_log_file_one_start_after_another(tmp_path) -> None:
     require_llama()
-    server = EmbeddedModelServer()
+    log_path = tmp_path / "llama-server.log"
+    server = EmbeddedModelServer(log_path=log_path)
+    for _ in range(2):
+        await server.start()
+        assert server.output_tail()  # llama.cpp and uvicorn said something, into the file
+        await server.stop()
+    text = log_path.read_text()
+    assert text.count("---- ") == 2 and text.count("starting: ") == 2
+    assert "Uvicorn running" in text or "llama" in text.lower()
+
+
+async def test_stop_ends_the_process(tmp_path) -> None:
+    require_llama()
+    server = EmbeddedModelServer(log_path=tmp_path / "llama-server.log")
     await server.start()
     process = server._process
     assert process is not None and process.returncode is None
@@ -118,3 +135,20 @@ async def test_missing_llama_cpp_says_what_to_install(monkeypatch) -> None:
     )
     with pytest.raises(PersonaeError, match=r"personae\[local\].*missing: llama_cpp"):
         await EmbeddedModelServer(model_path=__file__).start()
+
+
+@pytest.mark.parametrize(
+    ("returncode", "words"),
+    [(0, "exit code 0"), (2, "exit code 2"), (-9, "killed by SIGKILL"), (-4, "SIGILL, an instruction this CPU does not have: llama.cpp was built for another CPU")],
+)
+def test_how_the_server_ended_is_said_in_words(returncode: int, words: str) -> None:
+    assert embedded.describe_exit(returncode) == words
+
+
+async def test_a_log_that_cannot_be_written_is_one_clear_error(tmp_path) -> None:
+    require_llama()
+    (tmp_path / "not-a-directory").write_text("")
+    server = EmbeddedModelServer(log_path=tmp_path / "not-a-directory" / "llama-server.log")
+    with pytest.raises(PersonaeError, match="cannot write the bundled model's log .*not-a-directory"):
+        await server.start()
+    assert server.pid is None

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import pytest
 
 from tests.conftest import TEST_REDIS_URL
 from tests.storage.helpers import TcpProxy
+
+
+def through(proxy: TcpProxy, url: str = TEST_REDIS_URL) -> str:
+    """``url`` (the test Redis: its db number, user and password) with the proxy as host and port."""
+    parts = urlsplit(url)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @pytest.fixture

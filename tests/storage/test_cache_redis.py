@@ -10,6 +10,7 @@ import pytest
 
 from storage.cache import RedisCache
 from tests.conftest import TEST_REDIS_URL
+from tests.storage.conftest import through
 from tests.storage.helpers import TcpProxy
 
 
@@ -153,7 +154,7 @@ async def test_no_redis_at_all_means_misses_first_admissions_and_local_locks(cap
 
 async def test_an_outage_mid_use_falls_back_and_recovery_clears_what_went_stale(redis_proxy: TcpProxy, prefix: str, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="storage.cache_redis")
-    cache = RedisCache(f"redis://127.0.0.1:{redis_proxy.port}/0", prefix, retry_after=0.05)
+    cache = RedisCache(through(redis_proxy), prefix, retry_after=0.05)
     direct = RedisCache(TEST_REDIS_URL, prefix)
     try:
         await cache.set_many({"history": b"v1", "state": b"s1"}, 60)
@@ -184,7 +185,7 @@ async def test_an_outage_mid_use_falls_back_and_recovery_clears_what_went_stale(
 
 
 async def test_a_prefix_deletion_lost_to_an_outage_is_done_when_redis_returns(redis_proxy: TcpProxy, prefix: str) -> None:
-    cache = RedisCache(f"redis://127.0.0.1:{redis_proxy.port}/0", prefix, retry_after=0.05)
+    cache = RedisCache(through(redis_proxy), prefix, retry_after=0.05)
     direct = RedisCache(TEST_REDIS_URL, prefix)
     try:
         await cache.set_many({"person:1:a": b"1", "person:2:a": b"2"}, 60)
@@ -205,7 +206,7 @@ async def test_a_prefix_deletion_lost_to_an_outage_is_done_when_redis_returns(re
 
 async def test_a_redis_restart_between_calls_is_not_an_outage(redis_proxy: TcpProxy, prefix: str, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="storage.cache_redis")
-    cache = RedisCache(f"redis://127.0.0.1:{redis_proxy.port}/0", prefix)
+    cache = RedisCache(through(redis_proxy), prefix)
     try:
         await cache.set_many({"k": b"v"}, 60)
         await redis_proxy.stop()  # every pooled connection is cut

@@ -99,3 +99,17 @@ async def test_help_and_unknown_commands(bot: Harness) -> None:
     tg.say(group, ann, "/help@some_other_bot")
     await bot.idle()
     assert tg.texts(GROUP) == [], "a group hears no complaints about other bots' commands"
+
+
+async def test_editing_emotions_changes_only_those_named(bot: Harness) -> None:
+    tg = bot.tg
+    owner = tg.user(OWNER_ID, "Olga")
+    chat = tg.private(owner)
+    tg.say(chat, owner, "/character create name=Ophelia; world=Denmark; traits=gentle; mbti=ISFP; style=soft; "
+                        "emotion=happiness=2,sadness=7,fear=3")
+    tg.say(chat, owner, "/character edit Ophelia emotion=happiness=9")
+    tg.say(chat, owner, "/character edit Ophelia emotion=sadness=4,anger=2")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-3:] == ["Created Ophelia.", "Updated Ophelia.", "Updated Ophelia."]
+    ophelia = await bot.app.store.characters.get_by_name("Ophelia")
+    assert ophelia.profile.emotion.as_dict() == {"happiness": 9, "sadness": 4, "disgust": 0, "fear": 3, "surprise": 0, "anger": 2}
