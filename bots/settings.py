@@ -79,24 +79,24 @@ class Settings(BaseSettings):
     telegram_give_up_s: float = Field(default=300.0, gt=0)  # polling without an answer this long: exit non-zero (restart)
 
     # Model requests
-    max_tokens: int = 96
-    temperature: float = 0.7
-    max_input_tokens: int = 3500
-    llm_concurrency: int = 96
+    max_tokens: int = Field(default=96, ge=1)
+    temperature: float = Field(default=0.7, ge=0, le=5)
+    max_input_tokens: int = Field(default=3500, ge=64)
+    llm_concurrency: int = Field(default=96, ge=1)
     llm_timeout_s: float = Field(default=30.0, gt=0)  # the longest wait between one streamed delta and the next
     llm_connect_timeout_s: float = Field(default=5.0, gt=0)  # to open a connection to the model server
     llm_first_token_timeout_s: float = Field(default=60.0, gt=0)  # from the request to its first text (a busy GPU queues)
-    turn_deadline_s: float = 90.0
-    llm_retries: int = 3  # resends of a request the server never worked on (unreachable, 429, 503)
+    turn_deadline_s: float = Field(default=90.0, gt=0)
+    llm_retries: int = Field(default=3, ge=0)  # resends of a request the server never worked on (unreachable, 429, 503)
 
     # Conversation
-    history_turns: int = 40
-    rate_limit_messages: int = 20
-    rate_limit_window_s: float = 60.0
-    dedupe_ttl_s: float = 86400.0
-    cache_ttl_s: float = 3600.0
-    max_message_chars: int = 4000
-    max_concurrent_turns: int = 128  # turns answered at once; a burst beyond waits in arrival order
+    history_turns: int = Field(default=40, ge=0)
+    rate_limit_messages: int = Field(default=20, ge=1)
+    rate_limit_window_s: float = Field(default=60.0, gt=0)
+    dedupe_ttl_s: float = Field(default=86400.0, gt=0)
+    cache_ttl_s: float = Field(default=3600.0, gt=0)
+    max_message_chars: int = Field(default=4000, ge=1)
+    max_concurrent_turns: int = Field(default=128, ge=1)  # turns answered at once; a burst beyond waits in arrival order
     # Messages waiting for an answer, per person in one chat and in all; past either: one notice,
     # then dropped (logged). Keep the first above RATE_LIMIT_MESSAGES: the rate notice comes first.
     max_waiting_per_person: int = Field(default=25, ge=1)
@@ -126,7 +126,12 @@ class Settings(BaseSettings):
             return [str(value)]
         return value
 
-    @field_validator("redis_url", "llm_url", "llm_model", "discord_gateway_url", "telegram_webhook_url", "appraiser_url", mode="before")
+    # An empty value is unset: a line left as `PERSONAE_DISCORD_TOKEN=` in .env starts nothing.
+    @field_validator(
+        "redis_url", "llm_url", "llm_model", "discord_gateway_url", "telegram_webhook_url", "appraiser_url",
+        "discord_token", "telegram_token", "llm_api_key", "telegram_webhook_secret",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -149,6 +149,10 @@ def _read_json(data: bytes, filename: str | None) -> CardFile:
             raise InvalidInput(f"{_name(filename)} is not a PNG image (it lacks the PNG signature)") from None
         if suffix in ("charx", "zip"):
             raise InvalidInput(f"{_name(filename)} is not a CharX file (it is not a zip archive)") from None
+        if not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"[")):
+            raise InvalidInput(
+                f"{_name(filename) if filename else 'the file'} is not a character card: a card comes as a PNG, a CharX (.charx) or a JSON file"
+            ) from None
         raise
     return CardFile(card=card, avatar=None, avatar_ext=None, source_format="json")
 

@@ -311,7 +311,7 @@ class Commands:
         conversation = ConversationKey(character.id, actor.platform, place.channel_id, actor.user_id)
         deleted = await self.store.messages.delete_conversation(conversation)
         await self.hot.forget_conversation(conversation)
-        return Outcome(True, f"Started over with {character.name} ({deleted} messages forgotten).", character=character, counts={"messages": deleted})
+        return Outcome(True, f"Started over with {character.name} ({deleted} message{'' if deleted == 1 else 's'} forgotten).", character=character, counts={"messages": deleted})
 
     async def forget(self, actor: Actor) -> Outcome:
         """Delete everything stored about the actor on this platform, for every character."""

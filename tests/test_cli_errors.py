@@ -203,6 +203,9 @@ async def test_an_unreachable_model_server_stops_run_with_one_line(tmp_path: Pat
     ("PERSONAE_PROMPT_LAYOUT", "sideways"),
     ("PERSONAE_TELEGRAM_WEBHOOK_PORT", "99999"),
     ("PERSONAE_MAX_TOKENS", "abc"),
+    ("PERSONAE_MAX_TOKENS", "-5"),
+    ("PERSONAE_TEMPERATURE", "-1"),
+    ("PERSONAE_HISTORY_TURNS", "-2"),
     ("PERSONAE_DISCORD_API_BASE", "discord.com/api"),
 ])
 @pytest.mark.parametrize("args", [("characters", "list"), ("run",)])
@@ -215,6 +218,13 @@ async def test_a_bad_setting_is_named_by_its_variable(variable: str, value: str,
 
 async def test_run_without_any_token_is_one_line_and_a_configuration_exit(tmp_path: Path) -> None:
     result = await personae("run", home=tmp_path)
+    assert_told(result, "PERSONAE_DISCORD_TOKEN", code=EX_CONFIG)
+    assert len(result.lines) == 1, result.output
+
+
+async def test_an_empty_token_counts_as_unset(tmp_path: Path) -> None:
+    # `PERSONAE_DISCORD_TOKEN=` left empty in .env must not start an adapter that can only fail.
+    result = await personae("run", home=tmp_path, PERSONAE_DISCORD_TOKEN="", PERSONAE_TELEGRAM_TOKEN="")
     assert_told(result, "PERSONAE_DISCORD_TOKEN", code=EX_CONFIG)
     assert len(result.lines) == 1, result.output
 

@@ -103,6 +103,7 @@ class ConsoleChat:
             else:
                 await self.use(arg)
         elif name == "mood":
+            await self.app.engine.drain()  # the last reply's appraisal runs in the background: show its result
             self.write((await commands.mood(self.actor, self.place)).message + "\n")
         elif name == "undo":
             last = self.last

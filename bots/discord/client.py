@@ -53,7 +53,8 @@ class DiscordUnreachable(PersonaeError):
 
 # What the bot needs in a channel: see it, read what came before, write there and in its threads.
 INVITE_PERMISSIONS = discord.Permissions(
-    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
+    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True,
+    attach_files=True, embed_links=True,  # the /mood picture and /character show's avatar
 )
 
 

@@ -242,7 +242,7 @@ async def serving(application: Application, settings: Settings, tuning: Tuning |
         reason = exc.message.replace(token, "<token>") if token else exc.message
         raise TelegramStartError(
             f"Telegram could not be reached at {settings.telegram_api_base} ({reason}); check the network "
-            "(or PERSONAE_TELEGRAM_API_BASE)."
+            "(or PERSONAE_TELEGRAM_API_BASE)"
         ) from None
     try:
         await announce_commands(application)

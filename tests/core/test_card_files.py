@@ -454,6 +454,8 @@ BAD_FILES = [
      "the CharX card.json holds no valid card: the card has no data object"),
     ("zip cut short", lambda: make_zip(card_zip())[:30], "the CharX file is not a valid zip archive"),
     ("named .png but JSON garbage", lambda: b"hello", "is not a PNG image"),
+    ("a text file", lambda: b"Dear diary, today I met a knight.", "the file is not a character card: a card comes as a PNG, a CharX"),
+    ("broken JSON", lambda: b'{"spec": "chara_card_v2", "data": {', "the card is not JSON"),
 ]
 
 
