@@ -44,6 +44,11 @@ def history_key(conversation: ConversationKey) -> str:
     return f"h:{c.platform}:{c.user_id}:{c.character_id}:{c.channel_id}"
 
 
+def shown_key(message_id: int) -> str:
+    """The platform message a reply to stored message ``message_id`` is being streamed into."""
+    return f"w:{message_id}"
+
+
 def lock_key(conversation: ConversationKey) -> str:
     return f"l:{conversation.cache_key()}"
 

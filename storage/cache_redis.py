@@ -207,7 +207,7 @@ class RedisCache:
                 return
 
     async def admit(
-        self, dedupe_key: str, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
+        self, dedupe_key: str | None, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
     ) -> Admission:
         request = AdmitRequest(dedupe_key, dedupe_ttl, rate_key, rate_window)
 
@@ -220,12 +220,22 @@ class RedisCache:
         if results is None:
             # The database decides on duplicates, and nobody is rate-limited while Redis is away.
             return Admission(first=True, count=0, values=[None] * len(read))
-        return Admission(first=bool(results[0]), count=int(results[1]), values=list(results[3]) if read else [])
+        admission, rest = self._admitted(request, results)
+        admission.values = list(rest[0]) if read else []
+        return admission
+
+    @staticmethod
+    def _admitted(request: AdmitRequest, results: list[Any]) -> tuple[Admission, list[Any]]:
+        """The admission from the results of ``_build_admit``'s commands, and the results after them."""
+        if request.dedupe_key is None:
+            return Admission(first=True, count=int(results[0])), results[2:]
+        return Admission(first=bool(results[0]), count=int(results[1])), results[3:]
 
     def _build_admit(self, p: Pipeline, request: AdmitRequest) -> None:
-        """Three commands: the dedupe key if absent, one more hit in the rate window, the window's expiry."""
+        """The dedupe key if absent (when there is one), one more hit in the rate window, the window's expiry."""
         rate = self._key(request.rate_key)
-        p.set(self._key(request.dedupe_key), b"1", nx=True, px=_ms(request.dedupe_ttl))
+        if request.dedupe_key is not None:
+            p.set(self._key(request.dedupe_key), b"1", nx=True, px=_ms(request.dedupe_ttl))
         p.incr(rate)
         # NX: the window starts at the first hit and is not pushed back by later ones.
         p.pexpire(rate, _ms(request.rate_window), nx=True)
@@ -284,8 +294,7 @@ class RedisCache:
             if load_script:
                 self._script_loaded = True
             if admitting is not None:
-                admission = Admission(first=bool(results[0]), count=int(results[1]))
-                results = results[3:]
+                admission, results = self._admitted(admitting, results)
             values = list(results[1]) if reads else []
             if results[0]:
                 return True, values, admission
