@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import sqlalchemy as sa
 
 from bots.compose import wire
 from bots.llm.client import ModelClient
-from core.engine import NOTICE_STALE, ReplyStatus
+from core.engine import NOTICE_INTERRUPTED, NOTICE_STALE, ReplyStatus
 from core.events import ConversationKey, Platform
 from storage.tables import messages
 from tests.engine.conftest import World, build_world, built_apps, make_settings
@@ -138,3 +139,32 @@ async def test_a_rate_limited_message_is_settled_with_its_notice_and_left_out_of
     character = await store.characters.get_by_name(world.character_name)
     history = await store.messages.recent(ConversationKey(character.id, Platform.DISCORD, world.channel, "u1"), 10)
     assert [m.content for m in history] == ["one", tgi.reply]
+
+
+async def test_shutdown_cuts_a_reply_past_the_grace_period_and_stores_what_was_said(world) -> None:
+    world.tgi.script(reply="One two three four five six seven eight.", chunks=8, token_delay=0.5)
+    reply = world.app.engine.handle(world.event("Count for me."))
+    started = asyncio.Event()
+    showing = asyncio.ensure_future(_show(reply, started))
+    await started.wait()
+    world.app.engine.stop_answering()
+    assert await world.app.engine.finish_turns(0.0) is False
+    said = await showing
+    assert said.endswith(NOTICE_INTERRUPTED)
+    assert reply.status is ReplyStatus.PARTIAL
+    cut = said[: -len(NOTICE_INTERRUPTED)].strip()
+    assert cut and cut != "One two three four five six seven eight."
+    assert await rows(world) == [("user", "Count for me.", "answered"), ("assistant", cut, None)]
+    # A message that arrives while the process stops is stored, and answered after the restart.
+    later = world.app.engine.handle(world.event("And now?"))
+    assert await later.collect() == "" and later.status is ReplyStatus.DEFERRED
+    assert (await rows(world))[-1] == ("user", "And now?", "pending")
+
+
+async def _show(reply, started: asyncio.Event) -> str:
+    """What an adapter does: iterate the reply in one task (here: noting when the text starts)."""
+    said = []
+    async for delta in reply:
+        said.append(delta)
+        started.set()
+    return "".join(said)
