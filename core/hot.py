@@ -27,10 +27,6 @@ def person_prefixes(platform: str, user_id: str) -> tuple[str, str]:
     return f"s:{platform}:{user_id}:", f"h:{platform}:{user_id}:"
 
 
-def dedupe_key(platform: str, channel_id: str, message_id: str) -> str:
-    return f"e:{platform}:{channel_id}:{message_id}"
-
-
 def rate_key(platform: str, user_id: str) -> str:
     return f"r:{platform}:{user_id}"
 
