@@ -81,12 +81,14 @@ class RecoveredTurn:
     """A message a crash left unanswered, and its answer (iterate ``reply``; a notice when too old).
 
     ``shown_in`` holds the platform id of a reply message that was shown half-way when the crash
-    came, if the adapter recorded one (``Engine.showing``): it should be written over, not left.
+    came, if the adapter recorded one (``Engine.showing``): it should be written over (or, when
+    ``late``, marked), not left dangling.
     """
 
     intake: Intake
     reply: Reply
     shown_in: str | None = None
+    late: bool = False  # too old to answer: ``reply`` is a short notice
 
 
 class Engine:

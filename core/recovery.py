@@ -39,12 +39,9 @@ async def pending_turns(engine: "Engine", platform: str, *, older_than_s: float 
             continue
         shown = await engine.cache.get_many([shown_key(i.id) for i in due])
         for intake, raw in zip(due, shown):
-            age = (now - intake.created_at).total_seconds()
-            if age > engine.config.pending_answer_within_s:
-                reply = Reply(lambda r, i=intake: _too_late(engine, i, r))
-            else:
-                reply = engine.answer(intake)
-            yield RecoveredTurn(intake, reply, raw.decode() if raw is not None else None)
+            late = (now - intake.created_at).total_seconds() > engine.config.pending_answer_within_s
+            reply = Reply(lambda r, i=intake: _too_late(engine, i, r)) if late else engine.answer(intake)
+            yield RecoveredTurn(intake, reply, raw.decode() if raw is not None else None, late)
 
 
 async def _too_late(engine: "Engine", intake: Intake, reply: Reply) -> AsyncIterator[str]:

@@ -25,7 +25,7 @@ from bots.telegram.admins import ChatAdmins
 from bots.telegram.arguments import HELP, after_command, parse_bind, parse_edit, parse_fields, split_word
 from bots.telegram.replies import Replies, parse_regenerate_data, prepend
 from core.commands import Actor, Outcome, Place
-from core.engine import NOTICE_UNAVAILABLE, RecoveredTurn, ReplyStatus
+from core.engine import NOTICE_UNAVAILABLE, RecoveredTurn, Reply, ReplyStatus
 from core.errors import InvalidInput
 from core.events import ChatEvent, Platform
 
@@ -89,16 +89,32 @@ class Handlers:
             message.chat.type,
             reply_to=None if event.private else message.message_id,
             thread_id=message.message_thread_id if message.is_topic_message else None,
+            shown=lambda message_id: self._showing(reply, message_id),
         )
         if reply.status is ReplyStatus.NO_CHARACTER:
             await self._offer_characters(update, context, PICK_FIRST)
 
+    async def _showing(self, reply: Reply, message_id: int) -> None:
+        if reply.intake is not None and reply.status is ReplyStatus.PENDING:
+            # A crash from here on leaves this message half-shown: recovery writes the answer over it.
+            await self.app.engine.showing(reply.intake, str(message_id))
+
     async def deliver_recovered(self, turn: RecoveredTurn) -> None:
-        """Show the answer to a message a crash left unanswered (in reply to it, in groups)."""
+        """Show the answer to a message a crash left unanswered: over the half-shown reply if there
+        is one (too late to answer: the notice replies to it), else in reply to the message."""
         c = turn.intake.conversation
+        chat_id = int(c.channel_id)
         private = c.channel_id == c.user_id  # a private chat's id is its person's id
+        chat_type = ChatType.PRIVATE if private else ChatType.GROUP
+        if turn.shown_in is not None and not turn.late:
+            await self.replies.answer(turn.reply, chat_id, chat_type, reuse=[int(turn.shown_in)])
+            return
+        if turn.shown_in is not None:
+            # Too late to answer: the notice goes in reply to the half-shown message, which marks it.
+            await self.replies.answer(turn.reply, chat_id, chat_type, reply_to=int(turn.shown_in))
+            return
         reply_to = None if private or not turn.intake.platform_message_id else int(turn.intake.platform_message_id)
-        await self.replies.answer(turn.reply, int(c.channel_id), ChatType.PRIVATE if private else ChatType.GROUP, reply_to=reply_to)
+        await self.replies.answer(turn.reply, chat_id, chat_type, reply_to=reply_to)
 
     # -- buttons ---------------------------------------------------------------------------
 

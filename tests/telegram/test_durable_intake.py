@@ -93,3 +93,22 @@ async def test_a_message_left_pending_by_a_crash_is_answered_at_start_up_and_its
     assert tg.texts(chat["id"]) == [tgi.reply]
     assert tgi.count("/v1/chat/completions") == 1
     assert await stored_status(store, chat["id"], message["message_id"]) == "answered"
+
+
+async def test_a_reply_left_half_shown_in_a_group_is_completed_in_place_at_start_up(
+    store, cache, tg: FakeTelegram, tgi
+) -> None:
+    group = tg.group(-100551)
+    ann = tg.user(54, "Ann")
+    message = tg.message(group, ann, "Tell me of the ghost.")
+    async with running_bot(store, cache, tg, tgi) as before:
+        hamlet = await before.add_character("Hamlet")
+        await before.bind(group["id"], "Hamlet", trigger="all")
+        conversation = ConversationKey(hamlet.id, "telegram", str(group["id"]), str(ann["id"]))
+        intake = await store.messages.accept(conversation, message["text"], 4, str(message["message_id"]), "Ann")
+        half = tg._m_sendMessage({"chat_id": group["id"], "text": "(shivers) It walks the battlem"})
+        await before.app.engine.showing(intake, str(half["message_id"]))
+    async with running_bot(store, cache, tg, tgi):
+        await tg.wait_for(lambda: tg.texts(group["id"]) == [tgi.reply], what="the half-shown reply to be completed")
+    assert [m["message_id"] for m in tg.bot_messages(group["id"])] == [half["message_id"]]
+    assert await stored_status(store, group["id"], message["message_id"]) == "answered"
