@@ -131,6 +131,8 @@ class Engine:
         told it was received; None when no character answers it. Raises if the database is away."""
         found = await self._intake(event)
         if isinstance(found, Intake):
+            if found.status is not MessageStatus.PENDING:
+                return found  # answered already: nothing for ``handle`` to pick up
             if len(self._accepted) > 10_000:
                 self._accepted.clear()  # handed over and never handled: recovery finds them
             self._accepted[_delivery(event)] = found
