@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
 
 from core.card_dialogue import parse_examples, pick_greeting
 from core.character import Character
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Entry = tuple[int, str, str, int]  # (message id, role, content, tokens): a history entry
+T = TypeVar("T")
 
 
 class ChatTurn:
@@ -254,7 +255,7 @@ class ChatTurn:
         )
 
 
-async def with_backoff(write, *, give_up_after: float, what: str):  # noqa: ANN001 - any awaitable factory
+async def with_backoff(write: Callable[[], Awaitable[T]], *, give_up_after: float, what: str) -> T:
     """Run ``write()`` until it succeeds, waiting longer each time (the database may be restarting);
     after ``give_up_after`` seconds the last error is raised. Domain errors are not retried."""
     loop = asyncio.get_running_loop()
