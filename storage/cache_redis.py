@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 # Delete the lock only if it is still ours: it may have expired and been taken by someone else.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _RELEASE_SHA = hashlib.sha1(_RELEASE.encode()).hexdigest()
+# Extend the lock's lease only if it is still ours.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 # Writes dropped during an outage are remembered (up to this many keys) and deleted once Redis is back.
 _MAX_DIRTY = 10_000
 _GLOB = re.compile(r"([*?\[\]\\])")
@@ -53,6 +56,7 @@ class RedisCache:
         read_timeout: float = 1.0,
         retry_after: float = 1.0,
         lock_wait: float | None = None,
+        lock_lease: float = 10.0,
         max_connections: int = 64,
     ) -> None:
         self.prefix = prefix
@@ -80,6 +84,9 @@ class RedisCache:
         self._redis = aioredis.Redis.from_pool(pool)
         self._retry_after = retry_after
         self._lock_wait = lock_wait
+        # A lock is taken for a short lease that its holder renews while it holds it: when a process
+        # dies holding locks, the others get them after one lease, not after the whole turn deadline.
+        self._lock_lease = lock_lease
         self._locks = KeyedLocks()
         self._down_until = 0.0
         self._outage = False
@@ -254,14 +261,30 @@ class RedisCache:
                 log.warning("lock %r still held in this process after %.1fs; going ahead without it", lock_key, wait)
             key = self._key(lock_key)
             token = secrets.token_hex(16)
-            owned, values, admission = await self._acquire(key, token, ttl, [self._key(k) for k in read], deadline, admit)
+            lease = min(ttl, self._lock_lease)
+            owned, values, admission = await self._acquire(key, token, lease, [self._key(k) for k in read], deadline, admit)
             held = StagedWrites(values, admission=admission)
+            renewing = asyncio.create_task(self._renew(key, token, lease, time.monotonic() + ttl)) if owned else None
             completed = False
             try:
                 yield held
                 completed = True
             finally:
+                if renewing is not None:
+                    renewing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await renewing
                 await self._release(key, token if owned else None, held.writes, completed)
+
+    async def _renew(self, key: str, token: str, lease: float, until: float) -> None:
+        """Extend the lease every third of it while the lock is held, up to ``until`` (the ttl asked
+        for: a holder that overruns it loses the lock, as before leases)."""
+        while True:
+            await asyncio.sleep(lease / 3)
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            await self._send(lambda p: p.eval(_RENEW, 1, key, token, _ms(min(lease, remaining))))
 
     async def _acquire(
         self, key: str, token: str, ttl: float, reads: list[str], deadline: float, admit: AdmitRequest | None = None
