@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from core.engine import Engine, RecoveredTurn
+from core.engine import Engine, RecoveredTurn, ReplyStatus
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,9 @@ async def recover_once(engine: Engine, platform: str, deliver: Callable[[Recover
             delivered += 1
         except Exception:  # noqa: BLE001 - one chat that cannot be reached must not stop the rest
             log.exception("could not deliver the answer to stored message %s", turn.intake.id)
+            if turn.late and turn.reply.status is ReplyStatus.PENDING:
+                # Never shown and too old to answer: settle it, or every sweep would try again.
+                await turn.reply.collect()
     if delivered:
         log.info("answered %d %s message%s left pending", delivered, platform, "" if delivered == 1 else "s")
     return delivered

@@ -56,7 +56,7 @@ class RedisCache:
         read_timeout: float = 1.0,
         retry_after: float = 1.0,
         lock_wait: float | None = None,
-        lock_lease: float = 10.0,
+        lock_lease: float = 15.0,
         max_connections: int = 64,
     ) -> None:
         self.prefix = prefix
