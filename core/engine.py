@@ -278,7 +278,8 @@ class Engine:
             found: Intake | ReplyStatus | str | None = self._accepted.pop(_delivery(event), None)
             if found is None:
                 try:
-                    found = await self._intake(event)
+                    async with self._turns:  # a burst queues here too, not in the database pool
+                        found = await self._intake(event)
                 except Exception:  # noqa: BLE001 - the database's own errors; the notice says what matters
                     log.exception("could not store message %s of %s", event.message_id, event.platform)
                     if self._storage_notice_due(f"{event.platform}:{event.user_id}"):

@@ -264,27 +264,15 @@ class RedisCache:
             lease = min(ttl, self._lock_lease)
             owned, values, admission = await self._acquire(key, token, lease, [self._key(k) for k in read], deadline, admit)
             held = StagedWrites(values, admission=admission)
-            renewing = asyncio.create_task(self._renew(key, token, lease, time.monotonic() + ttl)) if owned else None
+            renewal = _Renewal(self, key, token, lease, time.monotonic() + ttl) if owned else None
             completed = False
             try:
                 yield held
                 completed = True
             finally:
-                if renewing is not None:
-                    renewing.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await renewing
+                if renewal is not None:
+                    await renewal.stop()
                 await self._release(key, token if owned else None, held.writes, completed)
-
-    async def _renew(self, key: str, token: str, lease: float, until: float) -> None:
-        """Extend the lease every third of it while the lock is held, up to ``until`` (the ttl asked
-        for: a holder that overruns it loses the lock, as before leases)."""
-        while True:
-            await asyncio.sleep(lease / 3)
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return
-            await self._send(lambda p: p.eval(_RENEW, 1, key, token, _ms(min(lease, remaining))))
 
     async def _acquire(
         self, key: str, token: str, ttl: float, reads: list[str], deadline: float, admit: AdmitRequest | None = None
@@ -355,3 +343,33 @@ class RedisCache:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._redis.aclose()
+
+
+class _Renewal:
+    """Renews a held lock's lease every third of it, up to ``until`` (the ttl asked for: a holder that
+    overruns it loses the lock, as before leases). Most turns end before the first renewal, so only
+    a timer is armed until then (no task per turn)."""
+
+    def __init__(self, cache: RedisCache, key: str, token: str, lease: float, until: float) -> None:
+        self.cache, self.key, self.token, self.lease, self.until = cache, key, token, lease, until
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(lease / 3, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            remaining = self.until - time.monotonic()
+            if remaining <= 0:
+                return
+            lease = _ms(min(self.lease, remaining))
+            await self.cache._send(lambda p: p.eval(_RENEW, 1, self.key, self.token, lease))
+            await asyncio.sleep(self.lease / 3)
+
+    async def stop(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
