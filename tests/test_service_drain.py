@@ -1,9 +1,10 @@
-"""SIGTERM drains ``personae run``: the replies in flight finish, are stored, and the process exits 0."""
+"""SIGTERM and SIGINT drain ``personae run``: the replies in flight finish, are stored, and the process exits 0."""
 
 from __future__ import annotations
 
 import signal
 
+import pytest
 import sqlalchemy as sa
 
 from core.cards import new_card
@@ -45,7 +46,8 @@ async def stored(url: str) -> list[tuple[str, str, str, str | None]]:
         await store.close()
 
 
-async def test_sigterm_lets_the_replies_in_flight_finish_stores_them_and_exits_0(tmp_path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_lets_the_replies_in_flight_finish_stores_them_and_exits_0(tmp_path, sig) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'personae.db'}"
     await prepared_database(url)
     async with FakeDiscord() as discord_api, FakeTelegram() as tg, TGIServer(reply=REPLY, chunks=12, token_delay=0.4) as tgi:
@@ -75,7 +77,7 @@ async def test_sigterm_lets_the_replies_in_flight_finish_stores_them_and_exits_0
             # Both replies have started to show: the process is asked to stop mid-sentence.
             await tg.wait_for(lambda: tg.texts(GROUP), timeout=30, what="the Telegram reply to start")
             await discord_api.wait_for(lambda: discord_api.bot_messages(ROLEPLAY), timeout=30, what="the Discord reply to start")
-            service.signal(signal.SIGTERM)
+            service.signal(sig)
             assert await service.wait(90) == 0, service.log[-3000:]
         finally:
             await service.close()
