@@ -364,7 +364,8 @@ class _Renewal:
             if remaining <= 0:
                 return
             lease = _ms(min(self.lease, remaining))
-            await self.cache._send(lambda p: p.eval(_RENEW, 1, self.key, self.token, lease))
+            # Shielded: a command cut off mid-way could leave its pooled connection out of step.
+            await asyncio.shield(self.cache._send(lambda p: p.eval(_RENEW, 1, self.key, self.token, lease)))
             await asyncio.sleep(self.lease / 3)
 
     async def stop(self) -> None:
