@@ -50,6 +50,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_concurrent_turns=settings.max_concurrent_turns,
         max_waiting_per_person=settings.max_waiting_per_person,
         max_waiting_turns=settings.max_waiting_turns,
+        pending_answer_within_s=settings.pending_answer_within_s,
+        store_retry_s=settings.store_retry_s,
     )
 
 

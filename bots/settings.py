@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     max_waiting_per_person: int = Field(default=25, ge=1)
     max_waiting_turns: int = Field(default=4096, ge=1)
 
+    # Durability: messages are stored on arrival; what a crash or an outage interrupts is picked up
+    pending_answer_within_s: float = Field(default=600.0, ge=0)  # older unanswered messages get a short notice instead
+    store_retry_s: float = Field(default=120.0, ge=0)  # how long a shown reply is retried while the database is away
+    shutdown_grace_s: float = Field(default=20.0, ge=0)  # SIGTERM/SIGINT: replies in flight may finish within this
+
     # Character cards
     max_card_bytes: int = Field(default=20_000_000, gt=0)  # the largest card file (PNG, CharX, JSON) imported
 

@@ -31,7 +31,9 @@ from bots import heartbeat
 from bots.compose import App
 from bots.settings import Settings
 from bots.telegram.arguments import COMMANDS
-from bots.telegram.handlers import FORGET, USE, Handlers
+from bots.recovering import keep_recovering
+from bots.telegram.handlers import CHAT_TEXT, FORGET, PLATFORM, USE, Handlers
+from bots.telegram.intake import Poller, WebhookServer
 from bots.telegram.replies import REGENERATE, Replies
 from bots.telegram.updates import OrderedUpdates
 from core.errors import ConfigurationError, PersonaeError
@@ -39,6 +41,8 @@ from core.errors import ConfigurationError, PersonaeError
 log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+RECOVERED = "personae.deliver_recovered"  # bot_data: how the answer to a recovered message is shown
+INTAKE = "personae.intake"  # bot_data: the Poller or WebhookServer taking updates in
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
@@ -52,35 +56,6 @@ class TelegramMisconfigured(TelegramStartError, ConfigurationError):
 
 class TelegramConnectionLost(PersonaeError):
     """The Bot API could not be reached for longer than ``PERSONAE_TELEGRAM_GIVE_UP_S``."""
-
-
-class WatchedPolling(HTTPXRequest):
-    """The connection ``getUpdates`` uses, remembering since when every poll has failed.
-
-    python-telegram-bot retries a failed poll forever; this is how the adapter sees that Telegram
-    has been out of reach for too long and gives up (so that the supervisor restarts the process).
-    A poll that hangs fails by its read timeout, so silence counts too.
-    """
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.failing_since: float | None = None
-
-    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
-        try:
-            status, payload = await super().do_request(*args, **kwargs)
-        except Exception:
-            self._failed()
-            raise
-        if status >= 500:  # the Bot API's front door failing: not an answer
-            self._failed()
-        else:
-            self.failing_since = None
-        return status, payload
-
-    def _failed(self) -> None:
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +89,8 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         .read_timeout(tuning.request_timeout)
         .write_timeout(tuning.request_timeout)
         .pool_timeout(tuning.request_timeout)
-        .get_updates_request(
-            WatchedPolling(
-                connection_pool_size=1,
-                connect_timeout=tuning.request_timeout,
-                read_timeout=tuning.request_timeout,
-                write_timeout=tuning.request_timeout,
-                pool_timeout=tuning.request_timeout,
-            )
-        )
+        .get_updates_read_timeout(tuning.request_timeout)
+        .updater(None)  # updates come in through bots.telegram.intake, stored before they are confirmed
         .build()
     )
     replies = Replies(
@@ -131,7 +99,9 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         draft_interval=tuning.draft_interval,
         group_per_minute=tuning.group_messages_per_minute,
     )
-    register(application, Handlers(app, replies, admin_ttl=tuning.admin_ttl))
+    handlers = Handlers(app, replies, admin_ttl=tuning.admin_ttl)
+    register(application, handlers)
+    application.bot_data[RECOVERED] = handlers.deliver_recovered
     return application
 
 
@@ -181,7 +151,7 @@ def register(application: Application, h: Handlers) -> None:
         application.add_handler(CommandHandler(name, callback, filters=new))
     card_caption = filters.CaptionRegex(r"^/character(@\w+)?\s+import\b")
     application.add_handler(MessageHandler(new & filters.Document.ALL & card_caption, h.on_card_document))
-    application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, h.on_message))
+    application.add_handler(MessageHandler(CHAT_TEXT, h.on_message))
     application.add_handler(MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, h.on_unknown_command))
     application.add_handler(CallbackQueryHandler(h.on_use_button, pattern=rf"^{USE}:"))
     application.add_handler(CallbackQueryHandler(h.on_regenerate_button, pattern=rf"^{REGENERATE}:"))
@@ -223,7 +193,9 @@ def webhook_secret(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def serving(application: Application, settings: Settings, tuning: Tuning | None = None) -> AsyncIterator[Application]:
+async def serving(
+    application: Application, settings: Settings, tuning: Tuning | None = None, *, app: App
+) -> AsyncIterator[Application]:
     """Log in, start taking updates (webhook if configured, else long polling), and stop cleanly on exit."""
     tuning = tuning or Tuning()
     token = settings.telegram_token.get_secret_value() if settings.telegram_token else ""
@@ -247,62 +219,81 @@ async def serving(application: Application, settings: Settings, tuning: Tuning |
     try:
         await announce_commands(application)
         await application.start()
+        # Started before new updates come in; what they bring is being answered and is left alone.
+        recovery = asyncio.create_task(keep_recovering(app.engine, PLATFORM, application.bot_data[RECOVERED]))
+        intake: Poller | WebhookServer | None = None
         try:
-            assert application.updater is not None
             if settings.telegram_webhook_url:
                 url = settings.telegram_webhook_url
-                await application.updater.start_webhook(
-                    listen=settings.telegram_webhook_listen,
-                    port=settings.telegram_webhook_port,
-                    url_path=urlsplit(url).path.lstrip("/"),
-                    webhook_url=url,
-                    secret_token=secret,
-                    allowed_updates=ALLOWED_UPDATES,
+                intake = WebhookServer(
+                    app, application, path=urlsplit(url).path, secret=secret or "",
+                    listen=settings.telegram_webhook_listen, port=settings.telegram_webhook_port,
                 )
+                await intake.start()
+                await application.bot.set_webhook(url, allowed_updates=ALLOWED_UPDATES, secret_token=secret)
                 log.info("Telegram bot @%s is taking updates by webhook at %s", application.bot.username, url)
             else:
-                await application.updater.start_polling(timeout=tuning.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+                intake = Poller(app, application, timeout=tuning.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+                await intake.start()
                 log.info("Telegram bot @%s is taking updates by long polling", application.bot.username)
+            application.bot_data[INTAKE] = intake
             yield application
         finally:
-            if application.updater is not None and application.updater.running:
-                await application.updater.stop()
+            application.bot_data.pop(INTAKE, None)
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
+            if intake is not None:
+                await intake.stop()
             if application.running:
                 await application.stop()
     finally:
         await application.shutdown()
 
 
-async def run_telegram(app: App, tuning: Tuning | None = None) -> None:
-    """Run the Telegram bot until cancelled; raises TelegramStartError (one plain line) if it cannot start,
+async def run_telegram(app: App, tuning: Tuning | None = None, *, stop: asyncio.Event | None = None) -> None:
+    """Run the Telegram bot until ``stop`` is set (or cancelled): then no update is fetched any more,
+    and the updates being handled finish. Raises TelegramStartError (one plain line) if it cannot start,
     and TelegramConnectionLost once long polling has not reached the Bot API for ``PERSONAE_TELEGRAM_GIVE_UP_S``."""
     tuning = tuning or Tuning()
     application = build_application(app, tuning)
-    # The heartbeat counts Telegram as up while the application and its update fetcher run.
-    heartbeat.watch(
-        "telegram",
-        lambda: application.running and (application.updater is None or application.updater.running),
-        app.settings.heartbeat_file,
-    )
+    # The heartbeat counts Telegram as up while the application and its update intake run.
+    heartbeat.watch("telegram", lambda: application.running and _taking_updates(application), app.settings.heartbeat_file)
     try:
-        async with serving(application, app.settings, tuning):
-            await watch_polling(application, app.settings)
+        async with serving(application, app.settings, tuning, app=app):
+            watching = asyncio.create_task(watch_polling(application, app.settings))
+            stopping = asyncio.create_task((stop or asyncio.Event()).wait())
+            try:
+                await asyncio.wait([watching, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if watching.done():
+                    watching.result()  # raises why the intake ended
+            finally:
+                for task in (watching, stopping):
+                    task.cancel()
+                await asyncio.gather(watching, stopping, return_exceptions=True)
     finally:
         heartbeat.unwatch("telegram")
 
 
+def _taking_updates(application: Application) -> bool:
+    intake = application.bot_data.get(INTAKE)
+    return intake is not None and intake.running
+
+
 async def watch_polling(application: Application, settings: Settings) -> None:
-    """Return never; raise TelegramConnectionLost when polling has had no answer for too long."""
-    polling = application.bot._request[0]  # python-telegram-bot keeps (getUpdates, everything else)
-    if settings.telegram_webhook_url or not isinstance(polling, WatchedPolling):
-        await asyncio.Event().wait()  # a webhook: Telegram comes to us, there is nothing to watch
+    """Return never; raise TelegramConnectionLost when polling has had no answer for too long (or the
+    poller stopped for good). A webhook is not watched: Telegram comes to us."""
     give_up = settings.telegram_give_up_s
     while True:
-        since = polling.failing_since
-        silent = 0.0 if since is None else time.monotonic() - since
-        if silent > give_up:
-            raise TelegramConnectionLost(
-                f"Telegram could not be reached at {settings.telegram_api_base} for {silent:.0f} s "
-                f"(PERSONAE_TELEGRAM_GIVE_UP_S={give_up:g})"
-            )
+        intake = application.bot_data.get(INTAKE)
+        if isinstance(intake, Poller):
+            if intake.ended is not None:
+                raise TelegramConnectionLost(f"Telegram stopped answering getUpdates ({intake.ended})")
+            since = intake.failing_since
+            silent = 0.0 if since is None else time.monotonic() - since
+            if silent > give_up:
+                raise TelegramConnectionLost(
+                    f"Telegram could not be reached at {settings.telegram_api_base} for {silent:.0f} s "
+                    f"(PERSONAE_TELEGRAM_GIVE_UP_S={give_up:g})"
+                )
         await asyncio.sleep(min(5.0, give_up / 4))
