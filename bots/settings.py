@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     appraiser_url: str | None = None  # the model appraiser's own server (default: LLM_URL)
     appraiser_concurrency: int = Field(default=8, ge=1)  # model appraisals in flight at most
     appraisal_window: int = Field(default=3, ge=1)  # exchanges the model appraiser reads
-    appraisal_max_tokens: int = Field(default=256, ge=16)
+    appraisal_max_tokens: int = Field(default=768, ge=16)  # the trained answer: analysis, then the object
     appraisal_temperature: float = Field(default=0.2, gt=0)
     appraisal_weight: float = Field(default=0.5, gt=0, le=1)  # how far one appraisal pulls the state
     max_emotion_step: int = Field(default=2, ge=0)  # largest change of one emotion per turn

@@ -549,17 +549,19 @@ class ModelClient:
         max_tokens: int,
         temperature: float,
         json_schema: Mapping[str, Any] | None = None,
+        analysis_first: bool = False,
     ) -> str:
         """A whole answer through the chat API (in every layout: the appraisal prompts are one
         system and one user message, and the chat API is where TGI constrains output to a schema).
 
         ``json_schema`` goes out in the server's own ``response_format`` shape (see ``dialects``);
-        servers without guided JSON get none and the caller parses the last JSON object.
+        servers without guided JSON get none and the caller parses the last JSON object. With
+        ``analysis_first`` only TGI gets a constraint: a regex that lets the analysis come first.
         """
         extra: dict[str, Any] = {}
         dialect = await self.dialect()
         if json_schema is not None and dialect is not None:
-            response_format = dialect.response_format(json_schema)
+            response_format = dialect.response_format(json_schema, analysis_first=analysis_first)
             if response_format is not None:
                 extra["response_format"] = response_format
         payload = [dict(m) for m in messages]

@@ -18,7 +18,9 @@ counts estimated, and the model name left as configured.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -51,8 +53,18 @@ class Dialect:
             return self.served_models[0]
         return "tgi"
 
-    def response_format(self, schema: Mapping[str, Any], name: str = "answer") -> dict[str, Any] | None:
-        """The ``response_format`` that constrains the answer to ``schema``, None where unsupported."""
+    def response_format(
+        self, schema: Mapping[str, Any], name: str = "answer", *, analysis_first: bool = False
+    ) -> dict[str, Any] | None:
+        """The ``response_format`` that constrains the answer to ``schema``, None where unsupported.
+
+        ``analysis_first``: the answer may open with free text; on TGI a regex grammar shapes only
+        the object at its end (see ``analysis_then_object``); elsewhere nothing is constrained (a JSON
+        schema there would force the object from the first token, and the trained analysis with it).
+        """
+        if analysis_first:
+            regex = analysis_then_object(schema) if self.kind == "tgi" else None
+            return {"type": "regex", "value": regex} if regex is not None else None
         if self.kind == "tgi":
             return {"type": "json", "value": dict(schema)}
         if self.kind in (*_NAMED, "llamacpp"):
@@ -70,6 +82,26 @@ class Dialect:
         if self.kind == "llamacpp":
             return "/tokenize", {"content": text}
         return None
+
+
+# A score as the alignment data writes it: 0-10, sometimes with a fraction (``7.5``).
+_SCORE = r"(10|[0-9])(\.[0-9]{1,2})?"
+
+
+def analysis_then_object(schema: Mapping[str, Any]) -> str | None:
+    """A regex (for TGI's ``{"type": "regex"}`` grammar) of free text without braces followed by the
+    flat object ``schema`` describes, keys in its order, each a score; None for any other schema.
+
+    TGI compiles the regex to a state machine (outlines), so it stays simple: no nesting, bounded
+    spacing, and nothing after the closing brace (the answer ends there).
+    """
+    properties = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(properties, Mapping) or not properties:
+        return None
+    if any(not isinstance(p, Mapping) or p.get("type") not in ("integer", "number") for p in properties.values()):
+        return None
+    pairs = ", ?".join(re.escape(json.dumps(key, ensure_ascii=False)) + ": ?" + _SCORE for key in properties)
+    return r"[^{}]*\{\s?" + pairs + r"\s?\}"
 
 
 def token_count(body: Any) -> int | None:
