@@ -43,6 +43,7 @@ from bots.llm import dialects
 from bots.llm.dialects import Dialect
 from core.errors import ModelError
 from core.prompt import estimate_tokens
+from core.text import neutralise_controls
 
 try:  # The HTTP library huggingface_hub itself uses (httpx2 since 2.0), exported for this purpose.
     from huggingface_hub.utils import httpx as hub_httpx
@@ -122,13 +123,16 @@ def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>
     trained in): ``<s>{system}[INST] {user1} [/INST]{assistant1}</s>[INST] {user2} [/INST]``.
 
     The system text appears once, before the first ``[INST]``; every finished assistant turn ends
-    with ``</s>``; a conversation that ends with an assistant turn is left open (a prefill).
+    with ``</s>``; a conversation that ends with an assistant turn is left open (a prefill). Control
+    strings inside the messages are neutralised (``core.text.neutralise_controls``): the only
+    control tokens in the result are the ones this function writes.
     Servers add the BOS token themselves when they tokenize a raw prompt (TGI, vLLM and llama.cpp
     all do), so the client sends this with ``bos=""``.
     """
     out = [bos]
     for index, message in enumerate(messages):
-        role, content = message["role"], message["content"]
+        # Text from people and cards must not become [INST], </s> or any other control token.
+        role, content = message["role"], neutralise_controls(message["content"])
         if role == "system":
             if index != 0:
                 raise ValueError("the mistral layout takes one system message, first")
@@ -142,6 +146,12 @@ def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>
         else:
             raise ValueError(f"the mistral layout has no role {role!r}")
     return "".join(out)
+
+
+def chat_payload(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The messages as the chat API gets them: the server's chat template puts them into one string
+    that its tokenizer reads, so control strings inside them are neutralised here too."""
+    return [{**m, "content": neutralise_controls(m["content"])} for m in messages]
 
 
 # ---- error mapping ------------------------------------------------------------------------------
@@ -533,7 +543,7 @@ class ModelClient:
                 return self._raw_stream(prompt, max_tokens, temperature, stops)
 
         else:
-            payload = [dict(m) for m in messages]
+            payload = chat_payload(messages)
 
             def attempt() -> AsyncIterator[str]:
                 return self._chat_stream(payload, max_tokens, temperature, stops)
@@ -564,7 +574,7 @@ class ModelClient:
             response_format = dialect.response_format(json_schema, analysis_first=analysis_first)
             if response_format is not None:
                 extra["response_format"] = response_format
-        payload = [dict(m) for m in messages]
+        payload = chat_payload(messages)
         if extra.get("response_format", {}).get("type") == "json_schema":
             # huggingface_hub rewrites OpenAI's json_schema shape into TGI's, which vLLM and SGLang
             # would take as "any JSON": send this one request without it.
