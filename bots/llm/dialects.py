@@ -44,6 +44,7 @@ class Dialect:
     kind: str
     served_models: tuple[str, ...] = ()  # ids from GET /v1/models, in its order
     info: Mapping[str, Any] | None = field(default=None, compare=False)  # TGI's /info
+    context_tokens: int | None = None  # prompt + answer the server allows (vLLM/SGLang ``max_model_len``), when it says
 
     def model_name(self, configured: str | None) -> str:
         """The ``model`` to send: the configured name, else the served one where the server checks it."""
@@ -129,7 +130,9 @@ async def detect(client: httpx.AsyncClient, *, timeout_s: float) -> Dialect:
     ids = tuple(str(e["id"]) for e in entries if e.get("id"))
     owners = {str(e.get("owned_by", "")).lower() for e in entries}
     kind = next((_OWNERS[o] for o in owners if o in _OWNERS), "openai")
-    return Dialect(kind, ids)
+    lengths = [e.get("max_model_len") for e in entries]
+    context = next((n for n in lengths if isinstance(n, int) and not isinstance(n, bool)), None)
+    return Dialect(kind, ids, context_tokens=context)
 
 
 async def _get_json(client: httpx.AsyncClient, path: str, timeout_s: float) -> Any:
