@@ -164,7 +164,7 @@ async def check_model(settings: Settings) -> AsyncIterator[Line]:
         try:
             await client.dialect()
             yield Line("model", True, _model_found(dialect, client.model))
-            yield layout_line(settings)
+            yield Line("prompt layout", True, f"{client.layout} ({client.layout_reason})")
             yield context_line(settings, dialect, bundled_context)
             yield guided_line(dialect)
             yield await generation_line(settings, client)
@@ -179,12 +179,6 @@ def from_skipped(why: str) -> list[Line]:
 def _model_found(dialect: Dialect, sent: str) -> str:
     served = (dialect.info or {}).get("model_id") or ", ".join(dialect.served_models) or "not reported"
     return f"serves {served}; personae sends model={sent!r}"
-
-
-def layout_line(settings: Settings) -> Line:
-    if settings.prompt_layout == "mistral-raw":
-        return Line("prompt layout", True, "mistral-raw (PERSONAE_PROMPT_LAYOUT): BD-RP's training layout, sent as a raw completion")
-    return Line("prompt layout", True, "chat (PERSONAE_PROMPT_LAYOUT): the server applies its own chat template")
 
 
 def server_context(dialect: Dialect) -> tuple[int | None, int | None]:

@@ -29,7 +29,8 @@ URL_EXAMPLES = {
     "llm_url": "http://gpu-host:8080",
     "appraiser_url": "http://gpu-host:8080",
 }
-PROMPT_LAYOUTS = ("chat", "mistral-raw")
+PROMPT_LAYOUTS = ("auto", "training", "chat")
+LAYOUT_ALIASES = {"mistral-raw": "training"}  # the training layout's earlier name
 
 
 def env_name(field: str) -> str:
@@ -55,7 +56,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     llm_url: str | None = None
     llm_model: str | None = None
-    prompt_layout: str = "chat"  # "chat" (the server's chat template) or "mistral-raw" (BD-RP's training layout)
+    # "training" (BD-RP's own layout, sent as a raw completion), "chat" (the server's chat template), or
+    # "auto": training when the served model is a BeyondDialogue one (BD-RP), chat otherwise.
+    prompt_layout: str = "auto"
     llm_api_key: SecretStr | None = None
     discord_token: SecretStr | None = None
     telegram_token: SecretStr | None = None
@@ -158,6 +161,7 @@ class Settings(BaseSettings):
     @field_validator("prompt_layout", mode="after")
     @classmethod
     def _known_layout(cls, value: str) -> str:
+        value = LAYOUT_ALIASES.get(value, value)
         if value not in PROMPT_LAYOUTS:
             raise ValueError(f"must be one of {', '.join(PROMPT_LAYOUTS)}")
         return value

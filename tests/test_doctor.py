@@ -43,11 +43,14 @@ def free_port() -> int:
 async def test_against_tgi_every_line_passes_and_names_the_server_and_model(tmp_path: Path) -> None:
     async with TGIServer() as tgi:
         ok, rows = await doctor(settings(tmp_path, llm_url=tgi.base_url))
-        generated = [b for b in tgi.bodies() if b.get("max_tokens") == 1]
+        generated = [b for b in tgi.bodies("/v1/completions") if b.get("max_tokens") == 1]
     assert ok
     assert rows["model server"].startswith(f"ok    {tgi.base_url} (PERSONAE_LLM_URL) answers: tgi")
     assert "serves yuyouyu/Mistral-Nemo-BD-RP" in rows["model"]
     assert "server: prompt <= 4096, prompt + answer <= 4608" in rows["context"] and rows["context"].startswith("ok")
+    assert rows["prompt layout"] == (
+        "ok    training (auto: the server's model_id 'yuyouyu/Mistral-Nemo-BD-RP' is a BeyondDialogue model, trained on this layout)"
+    )
     assert "regex grammar" in rows["guided JSON"]
     assert rows["test generation"].startswith("ok    one token; first token after ")
     assert len(generated) == 1  # the one-token generation really went out
@@ -69,6 +72,7 @@ async def test_against_vllm_the_served_name_and_its_max_model_len_are_shown(tmp_
     assert "personae sends model='bd-rp'" in rows["model"]
     assert "prompt + answer <= 3000" in rows["context"] and "lower PERSONAE_MAX_INPUT_TOKENS to 3000 or less" in rows["context"]
     assert rows["cache"] == "ok    redis://127.0.0.1:6379/0"
+    assert rows["prompt layout"].startswith("ok    training (auto: the served model 'bd-rp'")
     assert rows["test generation"].startswith("ok")
 
 
@@ -99,6 +103,7 @@ async def test_on_a_fresh_clone_the_bundled_model_is_started_and_checked(tmp_pat
     assert "model server     ok    http://127.0.0.1:" in finished.output, finished.output
     assert "(bundled SmolLM2; PERSONAE_LLM_URL is unset) answers: openai" in finished.output
     assert "test generation  ok    one token; first token after" in finished.output
+    assert "prompt layout    ok    chat (auto: the served model 'SmolLM2-135M-Instruct' is not a BeyondDialogue model" in finished.output
     # The bundled server's context (2048) is smaller than the default budget: the line says what to lower.
     assert finished.code == 1 and "lower PERSONAE_MAX_INPUT_TOKENS to 2048 or less" in finished.output
     finished = await personae("doctor", home=tmp_path, PERSONAE_MAX_INPUT_TOKENS="2000")

@@ -2,7 +2,8 @@
 
 ``ModelClient`` implements ``core.ports.ChatModel``. Chat requests go through
 ``huggingface_hub.AsyncInferenceClient.chat_completion`` (the OpenAI-style Messages API); the
-``mistral-raw`` layout renders the prompt itself and streams it from ``/v1/completions`` with httpx.
+``training`` layout (BD-RP's own, chosen by ``auto`` for a BD-RP model: ``dialects.choose_layout``)
+renders the prompt itself and streams it from ``/v1/completions`` with httpx.
 Everything a server or the network can do wrong ends up as ``core.errors.ModelError`` with a message
 that says what failed and where. A request is sent again only when the server never worked on it
 (not reached, or 429/503 after its ``Retry-After``), never after a timeout once it was sent: that
@@ -57,7 +58,8 @@ log = logging.getLogger(__name__)
 # personae talks to its own model server only: no request may leave for the Hub.
 hub_constants.HF_HUB_DISABLE_TELEMETRY = True
 
-LAYOUTS = ("chat", "mistral-raw")
+LAYOUTS = ("auto", "training", "chat")
+LAYOUT_ALIASES = {"mistral-raw": "training"}  # the training layout's earlier name
 MAX_STOP_SEQUENCES = 4  # TGI's default --max-stop-sequences; more is a 422
 RETRY_BASE_S = 0.25
 RETRY_CAP_S = 4.0
@@ -463,6 +465,7 @@ class ModelClient:
             raise ValueError(f"the model server URL must start with http:// or https://, got {_safe_url(base_url)!r}")
         if model is not None and model.startswith(("http://", "https://")):
             raise ValueError("the model name (PERSONAE_LLM_MODEL) must be a served model name, not a URL")
+        layout = LAYOUT_ALIASES.get(layout, layout)
         if layout not in LAYOUTS:
             raise ValueError(f"unknown prompt layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
         if concurrency < 1:
@@ -476,7 +479,10 @@ class ModelClient:
         self.where = _safe_url(root)
         self.url_setting = url_setting
         self.model = model or "tgi"
-        self.layout = layout
+        self.layout_setting = layout  # what PERSONAE_PROMPT_LAYOUT asked for ("auto" included)
+        # The layout in use and why; "auto" settles it when the server says what it serves (_settle).
+        self.layout, self.layout_reason = dialects.choose_layout(layout, None, model)
+        self._layout_told = False
         self.timeout_s = float(timeout_s)
         self.connect_timeout_s = float(connect_timeout_s)
         self.first_token_timeout_s = float(first_token_timeout_s)
@@ -534,7 +540,8 @@ class ModelClient:
         """
         stops = self._stops(stop)
         await self._learn_model_name()
-        if self.layout == "mistral-raw":
+        self._tell_layout()
+        if self.layout == "training":
             prompt = render_mistral_raw(messages, bos="")
             if RAW_STOP not in stops and len(stops) < MAX_STOP_SEQUENCES:
                 stops.append(RAW_STOP)
@@ -656,11 +663,19 @@ class ModelClient:
             self._settle(dialect)
             return dialect
 
+    def _tell_layout(self) -> None:
+        """Log the layout and why, once, when it is settled (the first reply says it)."""
+        if self._layout_told or (self.layout_setting == "auto" and not self._info_known):
+            return
+        self._layout_told = True
+        log.info("prompt layout for %s: %s (%s)", self.where, self.layout, self.layout_reason)
+
     def _settle(self, dialect: Dialect) -> None:
         self._dialect = dialect
         self._info = dict(dialect.info) if dialect.info is not None else None
         self.model = dialect.model_name(self._configured_model)
         self._info_known = True
+        self.layout, self.layout_reason = dialects.choose_layout(self.layout_setting, dialect, self._configured_model)
         served = ", ".join(dialect.served_models) or "?"
         if self._info is not None:
             log.info(

@@ -105,6 +105,36 @@ def analysis_then_object(schema: Mapping[str, Any]) -> str | None:
     return r"[^{}]*\{\s?" + pairs + r"\s?\}"
 
 
+LAYOUT_SETTING = "PERSONAE_PROMPT_LAYOUT"
+# BeyondDialogue's models are published as ``…-BD-RP`` (yuyouyu/Mistral-Nemo-BD-RP, Qwen2-7B-BD-RP).
+_BD_MARK = "bd-rp"
+
+
+def choose_layout(setting: str, dialect: Dialect | None, configured_model: str | None) -> tuple[str, str]:
+    """The prompt layout to use (``training`` or ``chat``) and why, for PERSONAE_PROMPT_LAYOUT=``setting``.
+
+    ``auto`` takes the training layout when the served model (TGI's ``model_id``, an id from
+    ``/v1/models``) or PERSONAE_LLM_MODEL names a BeyondDialogue model, the server's chat template otherwise.
+    """
+    if setting != "auto":
+        return setting, f"{LAYOUT_SETTING}={setting}"
+    names: list[tuple[str, str]] = []
+    if dialect is not None:
+        model_id = (dialect.info or {}).get("model_id")
+        if model_id:
+            names.append(("the server's model_id", str(model_id)))
+        names += [("the served model", m) for m in dialect.served_models if m != model_id]
+    if configured_model:
+        names.append(("PERSONAE_LLM_MODEL", configured_model))
+    for where, name in names:
+        if _BD_MARK in name.lower():
+            return "training", f"auto: {where} {name!r} is a BeyondDialogue model, trained on this layout"
+    if not names:
+        return "chat", "auto: the server has not said which model it serves (yet); the chat template meanwhile"
+    where, name = names[0]
+    return "chat", f"auto: {where} {name!r} is not a BeyondDialogue model (no 'BD-RP' in its name)"
+
+
 def token_count(body: Any) -> int | None:
     """The number of tokens in a tokenize answer of any of the shapes above, None if it is none of them."""
     if isinstance(body, list):
