@@ -142,6 +142,10 @@ async def check_model(settings: Settings) -> AsyncIterator[Line]:
     """The model lines, in order; the later ones are skipped when the server cannot be reached."""
     from bots.compose import model_client
 
+    if settings.llm_url is None:
+        from bots.compose import fit_to_bundled_model
+
+        settings = fit_to_bundled_model(settings)  # as `personae run` does with the bundled model
     async with _server_url(settings) as (url, how, failed, bundled_context):
         if failed is not None or url is None:
             yield failed or Line("model server", False, "not configured", "set PERSONAE_LLM_URL")

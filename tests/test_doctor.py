@@ -104,7 +104,14 @@ async def test_on_a_fresh_clone_the_bundled_model_is_started_and_checked(tmp_pat
     assert "(bundled SmolLM2; PERSONAE_LLM_URL is unset) answers: openai" in finished.output
     assert "test generation  ok    one token; first token after" in finished.output
     assert "prompt layout    ok    chat (auto: the served model 'SmolLM2-135M-Instruct' is not a BeyondDialogue model" in finished.output
-    # The bundled server's context (2048) is smaller than the default budget: the line says what to lower.
-    assert finished.code == 1 and "lower PERSONAE_MAX_INPUT_TOKENS to 2048 or less" in finished.output
-    finished = await personae("doctor", home=tmp_path, PERSONAE_MAX_INPUT_TOKENS="2000")
+    # The bundled server reads 2048 tokens: the budget is fitted to it, as `personae run` fits it.
+    assert "server: prompt <= ?, prompt + answer <= 2048; ours: prompt <= 1952" in finished.output
     assert finished.code == 0, finished.output
+
+
+def test_the_prompt_budget_is_fitted_to_the_bundled_model_only() -> None:
+    from bots.compose import fit_to_bundled_model
+
+    assert fit_to_bundled_model(Settings(_env_file=None)).max_input_tokens == 2048
+    assert fit_to_bundled_model(Settings(_env_file=None, max_input_tokens=1500)).max_input_tokens == 1500
+    assert fit_to_bundled_model(Settings(_env_file=None, llm_url="http://127.0.0.1:8080")).max_input_tokens == 3500
