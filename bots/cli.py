@@ -535,6 +535,28 @@ def bench(
     run(lambda: run_bench(settings(), users=users, turns=turns, as_json=as_json))
 
 
+@app.command("appraisal-check")
+def appraisal_check(n: int = typer.Option(120, "--n", min=2, help="Exchanges to appraise.")) -> None:
+    """Send varied exchanges through the model appraiser against a test server that answers like the
+    BeyondDialogue alignment data; print how many answers were read. Exit 1 below 95%."""
+    from bots.appraisal_check import run_check
+
+    logging.getLogger("core.appraisal").setLevel(logging.ERROR)  # the unreadable shapes are meant to fail
+    result = run(lambda: run_check(n))
+    typer.echo(result.table())
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("doctor")
+def doctor() -> None:
+    """Check the configuration end to end (database, cache, model server) and print a table; exit 1 if a line fails."""
+    from bots.doctor import run_doctor
+
+    if not run(lambda: run_doctor(settings(), echo=typer.echo)):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

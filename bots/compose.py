@@ -210,6 +210,16 @@ async def open_appraiser(settings: Settings, model_url: str | None) -> AsyncIter
         yield lexicon
 
 
+def fit_to_bundled_model(settings: Settings) -> Settings:
+    """``settings`` with PERSONAE_MAX_INPUT_TOKENS no larger than the bundled model's context (its
+    server refuses a longer prompt); unchanged when a model server is configured."""
+    from bots.llm.embedded import CONTEXT_TOKENS
+
+    if settings.llm_url is not None or settings.max_input_tokens <= CONTEXT_TOKENS:
+        return settings
+    return settings.model_copy(update={"max_input_tokens": CONTEXT_TOKENS})
+
+
 @contextlib.asynccontextmanager
 async def open_app(
     settings: Settings, *, model_url: str | None = None, platforms: tuple[str, ...] = ()
@@ -218,6 +228,14 @@ async def open_app(
 
     Logs one line saying what it connected to (and the ``platforms`` about to start).
     """
+    if model_url is None and settings.llm_url is None:
+        fitted = fit_to_bundled_model(settings)
+        if fitted is not settings:
+            log.info(
+                "the bundled model reads %d tokens at most: PERSONAE_MAX_INPUT_TOKENS=%d is lowered to that",
+                fitted.max_input_tokens, settings.max_input_tokens,
+            )
+        settings = fitted
     async with contextlib.AsyncExitStack() as stack:
         # Storage first: a wrong database or Redis URL should not wait for a model server to start.
         store = await open_store(settings)

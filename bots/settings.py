@@ -29,7 +29,8 @@ URL_EXAMPLES = {
     "llm_url": "http://gpu-host:8080",
     "appraiser_url": "http://gpu-host:8080",
 }
-PROMPT_LAYOUTS = ("chat", "mistral-raw")
+PROMPT_LAYOUTS = ("auto", "training", "chat")
+LAYOUT_ALIASES = {"mistral-raw": "training"}  # the training layout's earlier name
 
 
 def env_name(field: str) -> str:
@@ -55,7 +56,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     llm_url: str | None = None
     llm_model: str | None = None
-    prompt_layout: str = "chat"  # "chat" (the server's chat template) or "mistral-raw" (BD-RP's training layout)
+    # "training" (BD-RP's own layout, sent as a raw completion), "chat" (the server's chat template), or
+    # "auto": training when the served model is a BeyondDialogue one (BD-RP), chat otherwise.
+    prompt_layout: str = "auto"
     llm_api_key: SecretStr | None = None
     discord_token: SecretStr | None = None
     telegram_token: SecretStr | None = None
@@ -115,7 +118,7 @@ class Settings(BaseSettings):
     appraiser_url: str | None = None  # the model appraiser's own server (default: LLM_URL)
     appraiser_concurrency: int = Field(default=8, ge=1)  # model appraisals in flight at most
     appraisal_window: int = Field(default=3, ge=1)  # exchanges the model appraiser reads
-    appraisal_max_tokens: int = Field(default=256, ge=16)
+    appraisal_max_tokens: int = Field(default=768, ge=16)  # the trained answer: analysis, then the object
     appraisal_temperature: float = Field(default=0.2, gt=0)
     appraisal_weight: float = Field(default=0.5, gt=0, le=1)  # how far one appraisal pulls the state
     max_emotion_step: int = Field(default=2, ge=0)  # largest change of one emotion per turn
@@ -168,6 +171,7 @@ class Settings(BaseSettings):
     @field_validator("prompt_layout", mode="after")
     @classmethod
     def _known_layout(cls, value: str) -> str:
+        value = LAYOUT_ALIASES.get(value, value)
         if value not in PROMPT_LAYOUTS:
             raise ValueError(f"must be one of {', '.join(PROMPT_LAYOUTS)}")
         return value

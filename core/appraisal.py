@@ -2,9 +2,11 @@
 intimacy with the person, over the last few exchanges.
 
 Mistral-Nemo-BD-RP was trained on these two tasks (system message "You are a helpful assistant.",
-the appraisal template as the user message, an answer that ends in a JSON object). On TGI the answer
-is constrained to the JSON object by guided generation; elsewhere the last JSON object of the
-answer is read. An answer that does not parse, lacks a score or has one off the 0-10 scale changes
+the appraisal template as the user message, an answer of a few sentences of analysis that ends in a
+JSON object). The answer is read as BeyondDialogue reads it: the last ``{...}`` object (a ```json
+code fence around it is fine), scores that are fractions rounded half up (``7.5`` -> 8), scores off
+the scale clamped to 0-10. On TGI a regex grammar lets the analysis come first and only shapes the
+object at its end (``analysis_first``); an answer with no object, or a score missing, changes
 nothing and is logged.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from typing import Any, Mapping
 
 from core.character import Character, CharacterProfile
@@ -26,6 +29,11 @@ log = logging.getLogger(__name__)
 
 APPRAISAL_SYSTEM = "You are a helpful assistant."
 RELATIONSHIP_KEY = "relationship"
+# The answer budget: the trained answer is a short analysis and then the object. GPT-4o's analyses
+# of the same tasks in AutoRPEval run about 300 Mistral tokens at the median, three in four over
+# 256, so 256 cut most answers before their object; 768 leaves the long tail room (the answer stops
+# at its own end, so the budget costs nothing when it is not used).
+DEFAULT_MAX_TOKENS = 768
 
 
 def emotion_keys(language: str) -> list[str]:
@@ -67,15 +75,17 @@ class BadAnswer(ValueError):
 
 
 def _level(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadAnswer(f"{name} is {value!r}, not a whole number")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise BadAnswer(f"{name} is {value!r}, not a whole number")
-        value = int(value)
-    if not SCALE_MIN <= value <= SCALE_MAX:
-        raise BadAnswer(f"{name} is {value}, outside 0-10")
-    return value
+    """A score as a level 0-10: fractions rounded half up (the alignment data has ``7.5``), clamped to the scale."""
+    if isinstance(value, str):
+        try:  # "7" or "7.5": a model that quotes its numbers still said them
+            value = float(value.strip())
+        except ValueError:
+            raise BadAnswer(f"{name} is {value!r}, not a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadAnswer(f"{name} is {value!r}, not a number")
+    # Half up, not Python's round() (banker's rounding would make 6.5 a 6 and 7.5 an 8).
+    level = math.floor(value + 0.5)
+    return max(SCALE_MIN, min(SCALE_MAX, level))
 
 
 def read_emotions(answer: str, language: str) -> dict[str, int]:
@@ -118,7 +128,7 @@ class ModelAppraiser:
 
     name = "model"
 
-    def __init__(self, model: ChatModel, *, window: int = 3, max_tokens: int = 256, temperature: float = 0.2) -> None:
+    def __init__(self, model: ChatModel, *, window: int = 3, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.2) -> None:
         if window < 1:
             raise ValueError("the appraisal window must be at least one exchange")
         self.model = model
@@ -164,7 +174,9 @@ class ModelAppraiser:
     async def _ask(self, prompt: str, schema: Mapping[str, Any]) -> str | None:
         messages = [{"role": "system", "content": APPRAISAL_SYSTEM}, {"role": "user", "content": prompt}]
         try:
-            return await self.model.complete(messages, max_tokens=self.max_tokens, temperature=self.temperature, json_schema=schema)
+            return await self.model.complete(
+                messages, max_tokens=self.max_tokens, temperature=self.temperature, json_schema=schema, analysis_first=True
+            )
         except ModelError as exc:
             log.warning("model appraisal failed: %s; nothing changed", exc)
             return None

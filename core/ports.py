@@ -213,8 +213,13 @@ class ChatModel(Protocol):
         max_tokens: int,
         temperature: float,
         json_schema: Mapping[str, Any] | None = None,
+        analysis_first: bool = False,
     ) -> str:
-        """A whole (non-streamed) answer, optionally constrained to a JSON schema where supported."""
+        """A whole (non-streamed) answer, optionally constrained to a JSON schema where supported.
+
+        ``analysis_first``: the answer is free text that ends in the JSON object (the shape the
+        BeyondDialogue alignment tasks were trained on); a constraint may only shape that object.
+        """
 
     async def count_tokens(self, text: str) -> int:
         """Tokens in ``text``: the server's tokenizer when it has one, else a conservative estimate."""

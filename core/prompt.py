@@ -20,6 +20,7 @@ from core.prompt_templates import (
     SYSTEM_PROMPT_EN,
     SYSTEM_PROMPT_ZH,
 )
+from core.text import neutralise_controls, one_line_name
 
 _MBTI_EN = {
     "I": "Introverted (I)", "E": "Extraverted (E)", "N": "Intuitive (N)", "S": "Sensing (S)",
@@ -66,9 +67,11 @@ def render_system_prompt(
     zh = profile.language == "zh"
     emotion = emotion if emotion is not None else profile.emotion
     relationship = relationship if relationship is not None else profile.relationship
+    # The person's display name is theirs to choose: one line, capped, so it cannot add a line to the prompt.
+    chat_role = one_line_name(chat_role)
     scene_text = fill_placeholders(scene if scene is not None else profile.scene, char=profile.name, user=chat_role)
     template = SYSTEM_PROMPT_ZH if zh else SYSTEM_PROMPT_EN
-    return template.format(
+    fields = dict(
         role_name=profile.name,
         world=profile.world,
         character=traits_text(profile),
@@ -79,6 +82,8 @@ def render_system_prompt(
         chat_role=chat_role,
         relationship=str(relationship),
     )
+    # Card fields and scenes are typed by admins: none of them may become a control token.
+    return template.format(**{k: neutralise_controls(v) for k, v in fields.items()})
 
 
 def traits_text(profile: CharacterProfile) -> str:
@@ -109,7 +114,7 @@ def render_relationship_appraisal(profile: CharacterProfile, *, target_name: str
     template = RELATIONSHIP_APPRAISAL_ZH if profile.language == "zh" else RELATIONSHIP_APPRAISAL_EN
     return template.format(
         role_name=profile.name,
-        target_name=target_name,
+        target_name=one_line_name(target_name),
         character=traits_text(profile),
         MBTI=expand_mbti(profile.mbti, profile.language),
         style=style_text(profile),
@@ -119,8 +124,11 @@ def render_relationship_appraisal(profile: CharacterProfile, *, target_name: str
 
 
 def dialogue_lines(lines: Sequence[tuple[str, str]]) -> str:
-    """``Name: text`` per utterance, joined with newlines (the appraisal prompts' dialogue field)."""
-    return "\n".join(f"{name}: {text}" for name, text in lines)
+    """``Name: text`` per utterance, joined with newlines (the appraisal prompts' dialogue field).
+
+    Names are made one line: a display name with a line break would add an utterance of its own.
+    """
+    return "\n".join(f"{one_line_name(name)}: {text}" for name, text in lines)
 
 
 @dataclass(frozen=True, slots=True)

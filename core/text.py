@@ -78,3 +78,32 @@ def clean_value(value: object) -> object:
     if isinstance(value, tuple):
         return tuple(clean_value(v) for v in value)
     return value
+
+
+# Strings a model's tokenizer turns into control tokens when they appear in a prompt's text:
+# Mistral's (Nemo's Tekken: <s>, </s>, <unk>, <pad>, [INST], [/INST], [SYSTEM_PROMPT],
+# [AVAILABLE_TOOLS], [TOOL_RESULTS], [TOOL_CALLS], [PREFIX], [MIDDLE], [SUFFIX], [IMG], ...,
+# <SPECIAL_n>) and ChatML's (<|im_start|>, <|im_end|>: the bundled SmolLM2). Any bracketed
+# upper-case word is treated as one, so a token a later tokenizer adds is covered too.
+_CONTROL = re.compile(r"</?s>|<unk>|<pad>|<SPECIAL_\d+>|\[/?[A-Z][A-Z_]*\]|<\|[A-Za-z_][A-Za-z0-9_]*\|>")
+# U+2060 WORD JOINER: invisible, kept by NFC and NFKC (fullwidth brackets would be folded back to
+# ASCII by an NFKC normaliser), and it breaks the exact string a special token is matched on.
+WORD_JOINER = "\u2060"
+NAME_CHARS = 64
+
+
+def neutralise_controls(text: str) -> str:
+    """``text`` with every control-token string made plain text: a word joiner after its first character
+    (``[INST]`` -> ``[\\u2060INST]``), which reads the same and tokenises as ordinary characters."""
+    if "<" not in text and "[" not in text:
+        return text
+    return _CONTROL.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
+
+
+def one_line_name(name: str, limit: int = NAME_CHARS) -> str:
+    """A display name as it may enter a prompt: one line (any run of spaces or line breaks is one
+    space), at most ``limit`` characters, control-token strings neutralised."""
+    flat = " ".join(name.split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1].rstrip() + "…"
+    return neutralise_controls(flat)

@@ -2,7 +2,8 @@
 
 ``ModelClient`` implements ``core.ports.ChatModel``. Chat requests go through
 ``huggingface_hub.AsyncInferenceClient.chat_completion`` (the OpenAI-style Messages API); the
-``mistral-raw`` layout renders the prompt itself and streams it from ``/v1/completions`` with httpx.
+``training`` layout (BD-RP's own, chosen by ``auto`` for a BD-RP model: ``dialects.choose_layout``)
+renders the prompt itself and streams it from ``/v1/completions`` with httpx.
 Everything a server or the network can do wrong ends up as ``core.errors.ModelError`` with a message
 that says what failed and where. A request is sent again only when the server never worked on it
 (not reached, or 429/503 after its ``Retry-After``), never after a timeout once it was sent: that
@@ -43,6 +44,7 @@ from bots.llm import dialects
 from bots.llm.dialects import Dialect
 from core.errors import ModelError
 from core.prompt import estimate_tokens
+from core.text import neutralise_controls
 
 try:  # The HTTP library huggingface_hub itself uses (httpx2 since 2.0), exported for this purpose.
     from huggingface_hub.utils import httpx as hub_httpx
@@ -56,7 +58,8 @@ log = logging.getLogger(__name__)
 # personae talks to its own model server only: no request may leave for the Hub.
 hub_constants.HF_HUB_DISABLE_TELEMETRY = True
 
-LAYOUTS = ("chat", "mistral-raw")
+LAYOUTS = ("auto", "training", "chat")
+LAYOUT_ALIASES = {"mistral-raw": "training"}  # the training layout's earlier name
 MAX_STOP_SEQUENCES = 4  # TGI's default --max-stop-sequences; more is a 422
 RETRY_BASE_S = 0.25
 RETRY_CAP_S = 4.0
@@ -122,13 +125,16 @@ def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>
     trained in): ``<s>{system}[INST] {user1} [/INST]{assistant1}</s>[INST] {user2} [/INST]``.
 
     The system text appears once, before the first ``[INST]``; every finished assistant turn ends
-    with ``</s>``; a conversation that ends with an assistant turn is left open (a prefill).
+    with ``</s>``; a conversation that ends with an assistant turn is left open (a prefill). Control
+    strings inside the messages are neutralised (``core.text.neutralise_controls``): the only
+    control tokens in the result are the ones this function writes.
     Servers add the BOS token themselves when they tokenize a raw prompt (TGI, vLLM and llama.cpp
     all do), so the client sends this with ``bos=""``.
     """
     out = [bos]
     for index, message in enumerate(messages):
-        role, content = message["role"], message["content"]
+        # Text from people and cards must not become [INST], </s> or any other control token.
+        role, content = message["role"], neutralise_controls(message["content"])
         if role == "system":
             if index != 0:
                 raise ValueError("the mistral layout takes one system message, first")
@@ -142,6 +148,12 @@ def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>
         else:
             raise ValueError(f"the mistral layout has no role {role!r}")
     return "".join(out)
+
+
+def chat_payload(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The messages as the chat API gets them: the server's chat template puts them into one string
+    that its tokenizer reads, so control strings inside them are neutralised here too."""
+    return [{**m, "content": neutralise_controls(m["content"])} for m in messages]
 
 
 # ---- error mapping ------------------------------------------------------------------------------
@@ -453,6 +465,7 @@ class ModelClient:
             raise ValueError(f"the model server URL must start with http:// or https://, got {_safe_url(base_url)!r}")
         if model is not None and model.startswith(("http://", "https://")):
             raise ValueError("the model name (PERSONAE_LLM_MODEL) must be a served model name, not a URL")
+        layout = LAYOUT_ALIASES.get(layout, layout)
         if layout not in LAYOUTS:
             raise ValueError(f"unknown prompt layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
         if concurrency < 1:
@@ -466,7 +479,10 @@ class ModelClient:
         self.where = _safe_url(root)
         self.url_setting = url_setting
         self.model = model or "tgi"
-        self.layout = layout
+        self.layout_setting = layout  # what PERSONAE_PROMPT_LAYOUT asked for ("auto" included)
+        # The layout in use and why; "auto" settles it when the server says what it serves (_settle).
+        self.layout, self.layout_reason = dialects.choose_layout(layout, None, model)
+        self._layout_told = False
         self.timeout_s = float(timeout_s)
         self.connect_timeout_s = float(connect_timeout_s)
         self.first_token_timeout_s = float(first_token_timeout_s)
@@ -524,7 +540,8 @@ class ModelClient:
         """
         stops = self._stops(stop)
         await self._learn_model_name()
-        if self.layout == "mistral-raw":
+        self._tell_layout()
+        if self.layout == "training":
             prompt = render_mistral_raw(messages, bos="")
             if RAW_STOP not in stops and len(stops) < MAX_STOP_SEQUENCES:
                 stops.append(RAW_STOP)
@@ -533,7 +550,7 @@ class ModelClient:
                 return self._raw_stream(prompt, max_tokens, temperature, stops)
 
         else:
-            payload = [dict(m) for m in messages]
+            payload = chat_payload(messages)
 
             def attempt() -> AsyncIterator[str]:
                 return self._chat_stream(payload, max_tokens, temperature, stops)
@@ -549,20 +566,22 @@ class ModelClient:
         max_tokens: int,
         temperature: float,
         json_schema: Mapping[str, Any] | None = None,
+        analysis_first: bool = False,
     ) -> str:
         """A whole answer through the chat API (in every layout: the appraisal prompts are one
         system and one user message, and the chat API is where TGI constrains output to a schema).
 
         ``json_schema`` goes out in the server's own ``response_format`` shape (see ``dialects``);
-        servers without guided JSON get none and the caller parses the last JSON object.
+        servers without guided JSON get none and the caller parses the last JSON object. With
+        ``analysis_first`` only TGI gets a constraint: a regex that lets the analysis come first.
         """
         extra: dict[str, Any] = {}
         dialect = await self.dialect()
         if json_schema is not None and dialect is not None:
-            response_format = dialect.response_format(json_schema)
+            response_format = dialect.response_format(json_schema, analysis_first=analysis_first)
             if response_format is not None:
                 extra["response_format"] = response_format
-        payload = [dict(m) for m in messages]
+        payload = chat_payload(messages)
         if extra.get("response_format", {}).get("type") == "json_schema":
             # huggingface_hub rewrites OpenAI's json_schema shape into TGI's, which vLLM and SGLang
             # would take as "any JSON": send this one request without it.
@@ -644,11 +663,19 @@ class ModelClient:
             self._settle(dialect)
             return dialect
 
+    def _tell_layout(self) -> None:
+        """Log the layout and why, once, when it is settled (the first reply says it)."""
+        if self._layout_told or (self.layout_setting == "auto" and not self._info_known):
+            return
+        self._layout_told = True
+        log.info("prompt layout for %s: %s (%s)", self.where, self.layout, self.layout_reason)
+
     def _settle(self, dialect: Dialect) -> None:
         self._dialect = dialect
         self._info = dict(dialect.info) if dialect.info is not None else None
         self.model = dialect.model_name(self._configured_model)
         self._info_known = True
+        self.layout, self.layout_reason = dialects.choose_layout(self.layout_setting, dialect, self._configured_model)
         served = ", ".join(dialect.served_models) or "?"
         if self._info is not None:
             log.info(

@@ -18,7 +18,9 @@ counts estimated, and the model name left as configured.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -42,6 +44,7 @@ class Dialect:
     kind: str
     served_models: tuple[str, ...] = ()  # ids from GET /v1/models, in its order
     info: Mapping[str, Any] | None = field(default=None, compare=False)  # TGI's /info
+    context_tokens: int | None = None  # prompt + answer the server allows (vLLM/SGLang ``max_model_len``), when it says
 
     def model_name(self, configured: str | None) -> str:
         """The ``model`` to send: the configured name, else the served one where the server checks it."""
@@ -51,8 +54,18 @@ class Dialect:
             return self.served_models[0]
         return "tgi"
 
-    def response_format(self, schema: Mapping[str, Any], name: str = "answer") -> dict[str, Any] | None:
-        """The ``response_format`` that constrains the answer to ``schema``, None where unsupported."""
+    def response_format(
+        self, schema: Mapping[str, Any], name: str = "answer", *, analysis_first: bool = False
+    ) -> dict[str, Any] | None:
+        """The ``response_format`` that constrains the answer to ``schema``, None where unsupported.
+
+        ``analysis_first``: the answer may open with free text; on TGI a regex grammar shapes only
+        the object at its end (see ``analysis_then_object``); elsewhere nothing is constrained (a JSON
+        schema there would force the object from the first token, and the trained analysis with it).
+        """
+        if analysis_first:
+            regex = analysis_then_object(schema) if self.kind == "tgi" else None
+            return {"type": "regex", "value": regex} if regex is not None else None
         if self.kind == "tgi":
             return {"type": "json", "value": dict(schema)}
         if self.kind in (*_NAMED, "llamacpp"):
@@ -70,6 +83,56 @@ class Dialect:
         if self.kind == "llamacpp":
             return "/tokenize", {"content": text}
         return None
+
+
+# A score as the alignment data writes it: 0-10, sometimes with a fraction (``7.5``).
+_SCORE = r"(10|[0-9])(\.[0-9]{1,2})?"
+
+
+def analysis_then_object(schema: Mapping[str, Any]) -> str | None:
+    """A regex (for TGI's ``{"type": "regex"}`` grammar) of free text without braces followed by the
+    flat object ``schema`` describes, keys in its order, each a score; None for any other schema.
+
+    TGI compiles the regex to a state machine (outlines), so it stays simple: no nesting, bounded
+    spacing, and nothing after the closing brace (the answer ends there).
+    """
+    properties = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(properties, Mapping) or not properties:
+        return None
+    if any(not isinstance(p, Mapping) or p.get("type") not in ("integer", "number") for p in properties.values()):
+        return None
+    pairs = ", ?".join(re.escape(json.dumps(key, ensure_ascii=False)) + ": ?" + _SCORE for key in properties)
+    return r"[^{}]*\{\s?" + pairs + r"\s?\}"
+
+
+LAYOUT_SETTING = "PERSONAE_PROMPT_LAYOUT"
+# BeyondDialogue's models are published as ``…-BD-RP`` (yuyouyu/Mistral-Nemo-BD-RP, Qwen2-7B-BD-RP).
+_BD_MARK = "bd-rp"
+
+
+def choose_layout(setting: str, dialect: Dialect | None, configured_model: str | None) -> tuple[str, str]:
+    """The prompt layout to use (``training`` or ``chat``) and why, for PERSONAE_PROMPT_LAYOUT=``setting``.
+
+    ``auto`` takes the training layout when the served model (TGI's ``model_id``, an id from
+    ``/v1/models``) or PERSONAE_LLM_MODEL names a BeyondDialogue model, the server's chat template otherwise.
+    """
+    if setting != "auto":
+        return setting, f"{LAYOUT_SETTING}={setting}"
+    names: list[tuple[str, str]] = []
+    if dialect is not None:
+        model_id = (dialect.info or {}).get("model_id")
+        if model_id:
+            names.append(("the server's model_id", str(model_id)))
+        names += [("the served model", m) for m in dialect.served_models if m != model_id]
+    if configured_model:
+        names.append(("PERSONAE_LLM_MODEL", configured_model))
+    for where, name in names:
+        if _BD_MARK in name.lower():
+            return "training", f"auto: {where} {name!r} is a BeyondDialogue model, trained on this layout"
+    if not names:
+        return "chat", "auto: the server has not said which model it serves (yet); the chat template meanwhile"
+    where, name = names[0]
+    return "chat", f"auto: {where} {name!r} is not a BeyondDialogue model (no 'BD-RP' in its name)"
 
 
 def token_count(body: Any) -> int | None:
@@ -97,7 +160,9 @@ async def detect(client: httpx.AsyncClient, *, timeout_s: float) -> Dialect:
     ids = tuple(str(e["id"]) for e in entries if e.get("id"))
     owners = {str(e.get("owned_by", "")).lower() for e in entries}
     kind = next((_OWNERS[o] for o in owners if o in _OWNERS), "openai")
-    return Dialect(kind, ids)
+    lengths = [e.get("max_model_len") for e in entries]
+    context = next((n for n in lengths if isinstance(n, int) and not isinstance(n, bool)), None)
+    return Dialect(kind, ids, context_tokens=context)
 
 
 async def _get_json(client: httpx.AsyncClient, path: str, timeout_s: float) -> Any:

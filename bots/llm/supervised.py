@@ -115,10 +115,13 @@ class SupervisedModel:
         max_tokens: int,
         temperature: float,
         json_schema: Mapping[str, Any] | None = None,
+        analysis_first: bool = False,
     ) -> str:
         client, generation, death = await self._usable()
         try:
-            return await client.complete(messages, max_tokens=max_tokens, temperature=temperature, json_schema=json_schema)
+            return await client.complete(
+                messages, max_tokens=max_tokens, temperature=temperature, json_schema=json_schema, analysis_first=analysis_first
+            )
         except ModelError as exc:
             raise await self._explain(exc, generation, death) from exc
 

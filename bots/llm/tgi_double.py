@@ -48,6 +48,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from bots.llm.alignment_answers import AlignmentAnswers
+
 DEFAULT_REPLY = "(smiles) The rain has stopped, and the road home is clear at last."
 MODEL_ID = "yuyouyu/Mistral-Nemo-BD-RP"
 
@@ -138,6 +140,9 @@ class TGIServer:
       tgi: False makes the server look like a plain OpenAI-style server (no /info, /tokenize).
       max_concurrent_requests: like TGI's flag: requests past it are refused ("overloaded").
       api_key: when set, generation routes need ``Authorization: Bearer <key>`` (bare 401).
+      alignment: an ``AlignmentAnswers`` (``alignment=True`` makes one): appraisal requests (the
+        BeyondDialogue alignment tasks) get its answers (analysis then JSON, fractions, code fences,
+        no JSON, JSON cut short) and ``alignment.said`` logs them; other requests get ``reply``.
       gate: an ``asyncio.Event``; while set to one that is not set, streams wait before their first
         event (tests order things with it instead of with delays).
     Records: ``requests`` (every request, in order), ``count(path)``, ``max_in_flight``.
@@ -157,6 +162,7 @@ class TGIServer:
         max_concurrent_requests: int = 128,
         max_stop_sequences: int = 4,
         api_key: str | None = None,
+        alignment: bool | AlignmentAnswers = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -177,6 +183,9 @@ class TGIServer:
         self.max_concurrent_requests = max_concurrent_requests
         self.api_key = api_key
         self.model_id = model_id
+        if alignment is True:
+            alignment = AlignmentAnswers()
+        self.alignment: AlignmentAnswers | None = alignment or None
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
         self.max_stop_sequences = max_stop_sequences
@@ -373,6 +382,10 @@ class TGIServer:
         return None
 
     def _reply_text(self, body: Mapping[str, Any]) -> str:
+        if self.alignment is not None:
+            answer = self.alignment(body)
+            if answer is not None:
+                return answer
         return self.reply(body) if callable(self.reply) else self.reply
 
     def _enter(self) -> bool:

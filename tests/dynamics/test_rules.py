@@ -88,9 +88,10 @@ def test_the_last_json_object_of_an_answer_is_read() -> None:
     }
     with pytest.raises(BadAnswer, match="no score for 愤怒"):
         read_emotions('{"快乐": 1, "悲伤": 2, "厌恶": 3, "恐惧": 4, "惊讶": 5}', "zh")
-    with pytest.raises(BadAnswer, match="outside 0-10"):
-        read_relationship('{"relationship": 11}')
-    with pytest.raises(BadAnswer, match="not a whole number"):
+    # As BeyondDialogue reads them: off-scale scores clamped, fractions rounded half up.
+    assert read_relationship('{"relationship": 11}') == 10
+    assert read_relationship('{"relationship": 7.5}') == 8
+    with pytest.raises(BadAnswer, match="not a number"):
         read_relationship('{"relationship": true}')
 
 

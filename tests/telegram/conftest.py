@@ -57,6 +57,9 @@ def make_settings(tg: FakeTelegram, model_url: str, **overrides: Any) -> Setting
         rate_limit_messages=1000,
         max_waiting_per_person=1000,
         max_tokens=1500,  # some replies here run to several messages; the engine cuts at max_tokens
+        # The double serves BD-RP, which "auto" would answer in the training layout; these tests read
+        # chat requests (the layout choice has tests of its own in tests/llm and tests/engine).
+        prompt_layout="chat",
         telegram_token=tg.token,
         telegram_api_base=tg.base_url,
         telegram_file_base=tg.file_base_url,
