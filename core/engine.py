@@ -34,7 +34,7 @@ from core.reply import (  # noqa: F401 - the adapters' names for these live here
 )
 from core.state import Binding, Exchange, Intake, MessageStatus, RelationshipState
 from core.character import Character
-from core.text import clean_text
+from core.text import clean_text, one_line_name
 from core.turn import ChatTurn, with_backoff
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ class Engine:
             return ReplyStatus.IGNORED
         conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
         return await self.store.messages.accept(
-            conversation, text, estimate_tokens(text), event.message_id, event.display_name
+            conversation, text, estimate_tokens(text), event.message_id, one_line_name(clean_text(event.display_name))
         )
 
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
