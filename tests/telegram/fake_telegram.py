@@ -224,7 +224,7 @@ class FakeTelegram:
 
     @property
     def pending(self) -> int:
-        """Updates queued and not yet handed to the bot."""
+        """Updates queued and not yet confirmed by the bot (a getUpdates offset past them)."""
         return len(self._updates)
 
     async def wait_for(self, condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -309,7 +309,9 @@ class FakeTelegram:
             finally:
                 self.holding = False
         batch = self._updates[: int(p.get("limit") or 100)]
-        self._updates = self._updates[len(batch) :]
+        # As on Telegram, an update stays queued until a later call's offset moves past it: a bot that
+        # dies before confirming gets it again. A scripted redelivery is handed out once.
+        self._updates = [u for u in self._updates if not (u.get("_again") and any(u is b for b in batch))]
         self.calls.append(Call("getUpdates", p))
         return [{k: v for k, v in u.items() if k != "_again"} for u in batch]
 

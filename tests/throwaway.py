@@ -1,0 +1,251 @@
+"""Throwaway Redis and PostgreSQL servers on free 127.0.0.1 ports, for tests that stop, kill or freeze them.
+
+The machine's shared servers (PostgreSQL on 5432, Redis on 6379) are never touched: each server here
+has its own port, its own temporary directory (data, socket, log) and is gone when its ``with``
+block ends, even after a failure. When the tests run as root, PostgreSQL (which refuses to run as
+root) runs as an unprivileged user (``PERSONAE_TEST_PG_USER``, default ``nobody``) that owns the
+temporary directory.
+
+    with ThrowawayRedis() as redis, ThrowawayPostgres() as pg:
+        url = pg.create_database("scenario")   # postgresql://postgres@127.0.0.1:PORT/scenario
+        redis.freeze(); redis.thaw(); redis.kill(); redis.start()
+        pg.stop(); pg.start()
+
+Every method blocks (process start and stop take tens of milliseconds to a few seconds): from async
+code call them through ``asyncio.to_thread`` when something else must keep running meanwhile.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SHARED_PORTS = {5432, 6379}  # the machine's own servers: never ours to start, stop or kill
+_START_TIMEOUT_S = 30.0
+
+
+class ThrowawayError(RuntimeError):
+    """A throwaway server could not be started (binary missing, port taken, start timed out)."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (never one of the shared servers' ports)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in SHARED_PORTS:
+            return port
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(condition, what: str, timeout: float = _START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ThrowawayError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class ThrowawayRedis:
+    """A ``redis-server`` child process with no persistence, on a free port, in its own directory."""
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="personae-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "ThrowawayRedis":
+        """Start the server (again, on the same port after ``kill``); returns when it accepts connections."""
+        if not os.path.exists(self.binary):
+            raise ThrowawayError(f"redis-server not found at {self.binary}: install redis-server")
+        if self.process is not None and self.process.poll() is None:
+            return self
+        log = open(self.dir / "redis.log", "ab")
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--daemonize", "no", "--protected-mode", "yes"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir,
+        )
+        log.close()
+        process = self.process
+        _wait(lambda: process.poll() is not None or _port_open(self.port), f"redis-server on port {self.port}")
+        if process.poll() is not None:
+            raise ThrowawayError(f"redis-server exited with status {process.returncode}: {self._log_tail()}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server: every key is gone (no persistence)."""
+        if self.process is not None and self.process.poll() is None:
+            if self.frozen:
+                self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (what a stalled server looks like)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT after ``freeze``."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    def close(self) -> None:
+        """Kill the server and delete its directory."""
+        try:
+            self.kill()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.dir / "redis.log").read_text(errors="replace")[-500:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "ThrowawayRedis":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _postgres_bin() -> Path:
+    """The newest PostgreSQL server binaries: PERSONAE_TEST_PG_BIN, /usr/lib/postgresql/*/bin, or the PATH."""
+    configured = os.environ.get("PERSONAE_TEST_PG_BIN")
+    if configured:
+        return Path(configured)
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise ThrowawayError("PostgreSQL's initdb was not found: install postgresql or set PERSONAE_TEST_PG_BIN")
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster (initdb + pg_ctl) in a temporary directory, on a free port, trust auth.
+
+    Its unix socket lives in the same directory, so it never collides with the machine's server.
+    """
+
+    def __init__(self, *, run_as: str | None = None) -> None:
+        self.bin = _postgres_bin()
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="personae-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "postgres.log"
+        self.run_as = run_as if run_as is not None else (os.environ.get("PERSONAE_TEST_PG_USER", "nobody") if os.geteuid() == 0 else "")
+        self._initialised = False
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if self.run_as:
+            command = ["runuser", "-u", self.run_as, "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=self.dir, stdin=subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            raise ThrowawayError(f"{args[0]} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-500:]} {self._log_tail()}")
+        return done
+
+    def start(self) -> "ThrowawayPostgres":
+        """Create the cluster the first time, then start the server; returns when it accepts connections."""
+        if not self._initialised:
+            if self.run_as:
+                import pwd
+
+                entry = pwd.getpwnam(self.run_as)
+                os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C")
+            self._initialised = True
+        options = (
+            f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start", timeout=90)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: clients are disconnected; ``immediate``: like a crash)."""
+        if self.running():
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", timeout=90, check=False)
+
+    def running(self) -> bool:
+        return self._initialised and (self.data / "postmaster.pid").exists() and _port_open(self.port)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        done = self._run("psql", "-h", str(self.dir), "-p", str(self.port), "-U", "postgres", "-d", database,
+                         "-v", "ON_ERROR_STOP=1", "-At", "-c", sql)
+        return done.stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its URL."""
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def close(self) -> None:
+        """Stop the server (immediately) and delete the cluster."""
+        try:
+            if self._initialised:
+                self.stop("immediate")
+                self._kill_leftover()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _kill_leftover(self) -> None:
+        """If pg_ctl could not stop it, kill the postmaster named in its pid file."""
+        pid_file = self.data / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-500:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "ThrowawayPostgres":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
