@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: chat test bench install clean
+.PHONY: chat test bench faults install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "personae needs Python 3.11 or newer"; exit 1; }
@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	@$(VENV)/bin/personae db upgrade >/dev/null
 	$(VENV)/bin/personae bench --users 200 --turns 5
+
+# The fault table for docs/reliability.md: `personae run` through crashes and outages (throwaway servers).
+faults: $(STAMP)
+	$(PY) -m tests.faults $(FAULTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

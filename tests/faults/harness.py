@@ -386,7 +386,7 @@ class FaultRun:
         recover = None
         if once + twice == len(sent) and self.answer_times(sent):
             recover = max(0.0, max(self.answer_times(sent)) - fault_at)
-        return Row(fault, len(sent), once, twice, notice, lost, partial, recover, note)
+        return Row(fault, len(sent), once, twice, notice, lost, partial, recover, note=note)
 
     async def stored(self, sent: list[Sent] | None = None) -> str:
         """How many of ``sent`` have their reply stored in the database, as "k/n" ("?" if it cannot be read)."""

@@ -30,7 +30,7 @@ async def _finish(run: FaultRun, fault: str, fault_at: float, sent: list[Sent] |
     stored = await run.stored(sent)
     row = run.row(fault, fault_at, sent, note=note)
     row.stored = stored
-    row.facts.update(facts, alive=run.bot.alive)
+    row.facts.update(facts, alive=run.bot.alive, log=run.bot.tail(2500))
     return row
 
 
@@ -82,6 +82,7 @@ async def postgres_stopped(pg: ThrowawayPostgres) -> Row:
         row.facts.update(
             before_answered=sum(run.replies_to(s)[0] == 1 for s in before),
             before_count=len(before),
+            before_stored=await run.stored(before),
             during=[s.chat for s in during],
             notices_per_chat=max((len(run.notices(s.platform, s.chat)) for s in run.sent), default=0),
             went_wrong=len(errors),
@@ -152,7 +153,7 @@ async def endless_text(pg: ThrowawayPostgres) -> Row:
         row.recover_s = max((c.at for c in run.tg.calls if c.method != "getUpdates"), default=at) - at
         row.stored = await run.stored(sent)
         row.note = f"{max(len(t) for t in messages)} message(s) per reply, longest {longest} chars"
-        row.facts.update(messages_per_chat=max(len(t) for t in messages), longest=longest)
+        row.facts.update(messages_per_chat=max(len(t) for t in messages), longest=longest, alive=run.bot.alive, log=run.bot.tail(2500))
         return row
 
 
