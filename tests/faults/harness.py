@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
@@ -388,16 +387,25 @@ class FaultRun:
             recover = max(0.0, max(self.answer_times(sent)) - fault_at)
         return Row(fault, len(sent), once, twice, notice, lost, partial, recover, note=note)
 
-    async def stored(self, sent: list[Sent] | None = None) -> str:
-        """How many of ``sent`` have their reply stored in the database, as "k/n" ("?" if it cannot be read)."""
+    async def stored(self, sent: list[Sent] | None = None, wait: float = 15.0) -> str:
+        """How many of ``sent`` have their reply stored in the database, as "k/n" ("?" if it cannot be read).
+
+        A reply held back during an outage may reach the database a little after it was shown: this
+        waits up to ``wait`` seconds for all of them.
+        """
         sent = self.sent if sent is None else sent
         database = self.database_url.rsplit("/", 1)[-1]
-        try:
-            rows = await asyncio.to_thread(self.postgres.psql, "SELECT content FROM messages WHERE role = 'assistant'", database)
-        except Exception:  # noqa: BLE001 - the figure is informative; the schema may have moved
-            return "?"
-        found = set(_MARK.findall(rows))
-        return f"{sum(1 for s in sent if s.marker in found)}/{len(sent)}"
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                rows = await asyncio.to_thread(self.postgres.psql, "SELECT content FROM messages WHERE role = 'assistant'", database)
+            except Exception:  # noqa: BLE001 - the figure is informative; the schema may have moved
+                rows = None
+            found = set(_MARK.findall(rows or ""))
+            count = sum(1 for s in sent if s.marker in found)
+            if count == len(sent) or time.monotonic() > deadline:
+                return "?" if rows is None else f"{count}/{len(sent)}"
+            await asyncio.sleep(0.5)
 
     def answer_times(self, sent: list[Sent]) -> list[float]:
         """When each message's complete reply was last written (sent or edited), as far as the fakes recorded."""
@@ -432,4 +440,4 @@ async def kill_mid_reply(run: FaultRun, sig: int, sent: list[Sent], timeout: flo
     return at
 
 
-__all__ = ["BotProcess", "FaultRun", "Row", "Sent", "HEADER", "markdown_table", "kill_mid_reply", "signal"]
+__all__ = ["BotProcess", "FaultRun", "Row", "Sent", "HEADER", "markdown_table", "kill_mid_reply"]
