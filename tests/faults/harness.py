@@ -41,6 +41,8 @@ _MARK = re.compile(r"\bm\d+x\b")
 
 # Telegram groups (each bound to the character, one person talking in each) and their people.
 TELEGRAM_GROUPS = [-1000000000 - i for i in range(1, 41)]
+# People who chose the character in their private chat with the bot (a Telegram private chat's id is the person's).
+TELEGRAM_PRIVATE = [900 + i for i in range(10)]
 DISCORD_CHANNELS = [fd.ROLEPLAY, fd.LOBBY, fd.TAVERN]
 DISCORD_PEOPLE = [fd.ALICE, fd.BOB]
 
@@ -257,6 +259,9 @@ class FaultRun:
             for chat in TELEGRAM_GROUPS if self.tg is not None else []:
                 self.tg.group(chat, f"Group {chat}")
                 await store.bindings.put(Binding("telegram", str(chat), str(chat), character.id, Trigger.ALL))
+            for person in TELEGRAM_PRIVATE if self.tg is not None else []:
+                self.tg.private(self.tg.user(person, f"Person{person}"))
+                await store.bindings.put(Binding("telegram", str(person), str(person), character.id, Trigger.ALL, None, True))
             for channel in DISCORD_CHANNELS if self.dc is not None else []:
                 await store.bindings.put(Binding("discord", str(fd.GUILD_ID), str(channel), character.id, Trigger.ALL))
         finally:
@@ -302,6 +307,10 @@ class FaultRun:
         sent = Sent(marker, "telegram", chat, person)
         self.sent.append(sent)
         return sent
+
+    def say_privately(self, person: int, text: str = "Hello there, prince. {m}") -> Sent:
+        """Person ``person`` (one of TELEGRAM_PRIVATE) writes to the bot in their private Telegram chat."""
+        return self.say_telegram(person, person, text)
 
     async def say_discord(self, channel: int, person: int, text: str = "Hello there, prince. {m}") -> Sent:
         assert self.dc is not None

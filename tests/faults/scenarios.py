@@ -13,11 +13,11 @@ import time
 from typing import Awaitable, Callable
 
 from tests.discord import fake_discord as fd
-from tests.faults.harness import DISCORD_CHANNELS, TELEGRAM_GROUPS, FaultRun, Row, Sent, kill_mid_reply
+from tests.faults.harness import DISCORD_CHANNELS, TELEGRAM_GROUPS, TELEGRAM_PRIVATE, FaultRun, Row, Sent, kill_mid_reply
 from tests.throwaway import ThrowawayPostgres
 
 Scenario = Callable[[ThrowawayPostgres], Awaitable[Row]]
-RECOVER_S = 30.0  # how long a scenario waits for the answers after the fault
+RECOVER_S = 20.0  # how long a scenario waits for the answers after the fault
 
 
 async def _finish(run: FaultRun, fault: str, fault_at: float, sent: list[Sent] | None = None, note: str = "",
@@ -36,8 +36,13 @@ async def _finish(run: FaultRun, fault: str, fault_at: float, sent: list[Sent] |
 async def _killed(pg: ThrowawayPostgres, fault: str, *, sig: int, telegram: bool, discord: bool) -> Row:
     """Kill the bot with ``sig`` while replies are half shown, start it again, count the answers."""
     async with FaultRun(fault.split()[0].lower(), pg, telegram=telegram, discord=discord) as run:
-        if telegram:
-            for i, chat in enumerate(TELEGRAM_GROUPS[:4 if not discord else 2]):
+        if telegram and not discord:
+            for i, chat in enumerate(TELEGRAM_GROUPS[:2]):
+                run.say_telegram(chat, 100 + i)
+            for person in TELEGRAM_PRIVATE[:2]:
+                run.say_privately(person)
+        elif telegram:
+            for i, chat in enumerate(TELEGRAM_GROUPS[:2]):
                 run.say_telegram(chat, 100 + i)
         if discord:
             for channel in DISCORD_CHANNELS[:3 if not telegram else 2]:
@@ -67,12 +72,14 @@ async def sigterm(pg: ThrowawayPostgres) -> Row:
 async def postgres_stopped(pg: ThrowawayPostgres) -> Row:
     """PostgreSQL stops while replies stream, stays down ~20 s while more messages arrive, comes back."""
     async with FaultRun("pgdown", pg) as run:
-        before = [run.say_telegram(chat, 200 + i) for i, chat in enumerate(TELEGRAM_GROUPS[:3])]
+        # Groups and private chats: a private chat is where an error used to be said out loud.
+        before = [run.say_telegram(chat, 200 + i) for i, chat in enumerate(TELEGRAM_GROUPS[:2])]
+        before.append(run.say_privately(TELEGRAM_PRIVATE[0]))
         await run.until(lambda: any(run.reply_started(s) for s in before), 30, "a reply to start")
         at = time.monotonic()
         await asyncio.to_thread(pg.stop, "fast")
         try:
-            during = [run.say_telegram(chat, 210 + i) for i, chat in enumerate(TELEGRAM_GROUPS[3:6])]
+            during = [run.say_telegram(TELEGRAM_GROUPS[3], 210), *(run.say_privately(p) for p in TELEGRAM_PRIVATE[1:3])]
             await asyncio.sleep(20.0)  # the outage itself
         finally:
             await asyncio.to_thread(pg.start)
@@ -125,7 +132,7 @@ async def _bad_text(pg: ThrowawayPostgres, fault: str, bad: str) -> Row:
         for i, chat in enumerate(TELEGRAM_GROUPS[:2]):
             run.say_telegram(chat, 400 + i, f"Hello{bad} there, prince. {{m}} Will you{bad} talk?")
         await run.say_discord(fd.ROLEPLAY, fd.ALICE, f"Hello{bad} there, prince. {{m}} Will you{bad} talk?")
-        return await _finish(run, fault, at, wait=30)
+        return await _finish(run, fault, at, wait=20)
 
 
 async def nul_byte(pg: ThrowawayPostgres) -> Row:
@@ -204,7 +211,7 @@ async def malformed_interaction(pg: ThrowawayPostgres) -> Row:
         await run.say_discord(fd.ROLEPLAY, fd.ALICE)
         run.say_telegram(TELEGRAM_GROUPS[0], 800)
         status = await run.bot.wait(0.5)
-        row = await _finish(run, "malformed gateway interaction", at, wait=30)
+        row = await _finish(run, "malformed gateway interaction", at, wait=20)
         status = status if status is not None else (run.bot.process.returncode if run.bot.process else None)
         row.note = f"process {'running' if run.bot.alive else f'exited ({status})'}"
         return row
