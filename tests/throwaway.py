@@ -1,4 +1,4 @@
-"""Throwaway Redis and PostgreSQL servers on free 127.0.0.1 ports, for tests that stop, kill or freeze them.
+"""Servers a test may stop, kill or freeze (its own Redis and PostgreSQL) and ``personae run`` itself.
 
 The machine's shared servers (PostgreSQL on 5432, Redis on 6379) are never touched: each server here
 has its own port, its own temporary directory (data, socket, log) and is gone when its ``with``
@@ -11,22 +11,28 @@ temporary directory.
         redis.freeze(); redis.thaw(); redis.kill(); redis.start()
         pg.stop(); pg.start()
 
-Every method blocks (process start and stop take tens of milliseconds to a few seconds): from async
-code call them through ``asyncio.to_thread`` when something else must keep running meanwhile.
+Their methods block (process start and stop take tens of milliseconds to a few seconds); inside an
+event loop use ``throwaway_postgres()`` and ``throwaway_redis()``, whose handles have async methods.
+``PersonaeProcess`` runs ``python -m bots.cli run`` (or another command) as a child process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import AsyncIterator, Mapping
 
+REPO = Path(__file__).resolve().parent.parent
 SHARED_PORTS = {5432, 6379}  # the machine's own servers: never ours to start, stop or kill
 _START_TIMEOUT_S = 30.0
 
@@ -249,3 +255,148 @@ class ThrowawayPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- the same servers from async code -----------------------------------------------------------
+
+
+class RunningPostgres:
+    """A started ThrowawayPostgres as seen from an event loop: its URL and async stop and start."""
+
+    def __init__(self, server: ThrowawayPostgres) -> None:
+        self.server = server
+
+    @property
+    def url(self) -> str:
+        """The ``postgres`` database, with the async driver."""
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.server.port}/postgres"
+
+    async def create_database(self, name: str) -> str:
+        return await asyncio.to_thread(self.server.create_database, name)
+
+    async def stop(self, mode: str = "immediate") -> None:
+        """Stop the server (default: at once, connections cut, as when the database host goes down)."""
+        await asyncio.to_thread(self.server.stop, mode)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.server.start)
+
+
+@contextlib.asynccontextmanager
+async def throwaway_postgres() -> AsyncIterator[RunningPostgres]:
+    """A started, empty PostgreSQL of the test's own; removed afterwards."""
+    server = ThrowawayPostgres()
+    try:
+        await asyncio.to_thread(server.start)
+        yield RunningPostgres(server)
+    finally:
+        await asyncio.to_thread(server.close)
+
+
+class RunningRedis:
+    """A started ThrowawayRedis as seen from an event loop."""
+
+    def __init__(self, server: ThrowawayRedis) -> None:
+        self.server = server
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def freeze(self) -> None:
+        self.server.freeze()
+
+    def thaw(self) -> None:
+        self.server.thaw()
+
+    async def kill(self) -> None:
+        await asyncio.to_thread(self.server.kill)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.server.start)
+
+
+@contextlib.asynccontextmanager
+async def throwaway_redis() -> AsyncIterator[RunningRedis]:
+    """A started redis-server of the test's own, without persistence; killed and removed afterwards."""
+    server = ThrowawayRedis()
+    try:
+        await asyncio.to_thread(server.start)
+        yield RunningRedis(server)
+    finally:
+        await asyncio.to_thread(server.close)
+
+
+# -- personae itself ----------------------------------------------------------------------------
+
+
+class PersonaeProcess:
+    """``python -m bots.cli run`` (or other arguments) as a child process in its own session.
+
+    Its environment is this one without any ``PERSONAE_*`` variable, plus ``env``; it runs in a
+    directory of its own (no ``.env`` file is read); its output goes to a log file that ``log``
+    and ``tail`` read. It can be started again after it exited or was killed (the log goes on).
+    """
+
+    def __init__(self, env: Mapping[str, str], *args: str, verbose: bool = True) -> None:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAE_")}
+        self.env = {**inherited, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+        self.args = (args or ("run",)) + (("--verbose",) if verbose and (args or ("run",))[0] == "run" else ())
+        self.dir = Path(tempfile.mkdtemp(prefix="personae-process-"))
+        self.log_path = self.dir / "personae.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def start(self) -> None:
+        if self.alive:
+            raise RuntimeError("personae is already running")
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts}: {' '.join(self.args)} ---\n".encode())
+            log.flush()
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bots.cli", *self.args, cwd=self.dir, env=self.env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    @property
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log[-chars:]
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 60.0) -> int:
+        """The exit status; TimeoutError if it still runs after ``timeout`` seconds."""
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def kill(self) -> None:
+        """SIGKILL the process (and reap it); the log stays."""
+        if self.alive:
+            assert self.proc is not None
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def close(self) -> None:
+        """Kill the process if it runs and delete its directory and log."""
+        try:
+            await self.kill()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -17,20 +17,16 @@ import asyncio
 import contextlib
 import os
 import re
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from tests.discord import fake_discord as fd
 from tests.discord.fake_discord import FakeDiscord
 from tests.telegram.fake_telegram import FakeTelegram
 from tests.tgi_server import TGIServer
-from tests.throwaway import ThrowawayPostgres, ThrowawayRedis
+from tests.throwaway import PersonaeProcess, ThrowawayPostgres, ThrowawayRedis
 
-ROOT = Path(__file__).resolve().parents[2]
 CHARACTER = "Hamlet"
 END = "Farewell."
 # About twenty words: at 0.1 s a word a reply streams for about two seconds, long enough to kill
@@ -99,59 +95,6 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-class BotProcess:
-    """``python -m bots.cli run`` as a child process in its own session, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env = env
-        self.workdir = workdir
-        self.log = workdir / "personae-run.log"
-        self.process: asyncio.subprocess.Process | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        assert not self.alive
-        self.starts += 1
-        with open(self.log, "ab") as log:
-            log.write(f"\n--- start {self.starts} ---\n".encode())
-            log.flush()
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bots.cli", "run", env=self.env, cwd=self.workdir,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive:
-            assert self.process is not None
-            self.process.send_signal(sig)
-
-    async def wait(self, timeout: float) -> int | None:
-        """The exit status, or None if it is still running after ``timeout`` seconds."""
-        if self.process is None:
-            return None
-        try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            return None
-
-    async def kill(self) -> None:
-        """SIGKILL (and reap) the process; nothing else is touched."""
-        if self.alive:
-            assert self.process is not None
-            self.process.kill()
-            await self.process.wait()
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
 class FaultRun:
     """Servers, fakes and the bot process for one scenario. Use as ``async with FaultRun(...) as run``."""
 
@@ -180,7 +123,7 @@ class FaultRun:
         self.dc: FakeDiscord | None = None
         self.tgi: TGIServer
         self.redis: ThrowawayRedis
-        self.bot: BotProcess
+        self.bot: PersonaeProcess
         self.database_url = ""
 
     # -- setting up and tearing down ---------------------------------------------------------
@@ -197,9 +140,6 @@ class FaultRun:
         await self._stack.aclose()
 
     async def _start(self) -> None:
-        workdir = Path(tempfile.mkdtemp(prefix=f"personae-fault-{self.name}-"))
-        self.workdir = workdir
-        self._stack.callback(_remove_tree, workdir)
         self.tgi = await self._stack.enter_async_context(TGIServer(reply=model_reply, token_delay=self.token_delay))
         if self.use_telegram:
             self.tg = await self._stack.enter_async_context(FakeTelegram())
@@ -209,10 +149,7 @@ class FaultRun:
         self._stack.callback(self.redis.close)
         database = f"fault_{self.name}_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
         self.database_url = await asyncio.to_thread(self.postgres.create_database, database)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONAE_")}
-        env.update(
-            PYTHONPATH=str(ROOT),
-            PYTHONUNBUFFERED="1",
+        env = dict(
             PERSONAE_DATABASE_URL=self.database_url,
             PERSONAE_REDIS_URL=self.redis.url,
             PERSONAE_LLM_URL=self.tgi.base_url,
@@ -227,23 +164,19 @@ class FaultRun:
         env.update(self.extra_env)
         self.env = env
         await self._migrate_and_bind()
-        self.bot = BotProcess(env, workdir)
-        self._stack.push_async_callback(self.bot.kill)
+        self.bot = PersonaeProcess(env, verbose=False)
+        self._stack.push_async_callback(self.bot.close)
         await self.start_bot()
 
     async def _migrate_and_bind(self) -> None:
-        upgrade = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bots.cli", "db", "upgrade", env=self.env, cwd=self.workdir,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
+        upgrade = PersonaeProcess(self.env, "db", "upgrade")
         try:
-            out, _ = await asyncio.wait_for(upgrade.communicate(), 120)
-        except TimeoutError:
-            upgrade.kill()
-            await upgrade.wait()
-            raise RuntimeError("personae db upgrade did not finish in 120 s") from None
-        if upgrade.returncode != 0:
-            raise RuntimeError(f"personae db upgrade failed: {out.decode(errors='replace')[-2000:]}")
+            await upgrade.start()
+            status = await upgrade.wait(120)
+            if status != 0:
+                raise RuntimeError(f"personae db upgrade failed ({status}): {upgrade.tail(2000)}")
+        finally:
+            await upgrade.close()
         from core.cards import new_card
         from core.events import Trigger
         from core.state import Binding
@@ -277,13 +210,20 @@ class FaultRun:
 
         def ready() -> bool:
             if not self.bot.alive:
-                raise RuntimeError(f"personae run exited ({self.bot.process.returncode}) while starting:\n{self.bot.tail()}")
+                raise RuntimeError(f"personae run exited ({self.bot.returncode}) while starting:\n{self.bot.tail()}")
             if self.dc is not None and not (len(self.dc.identifies) > identified and self.dc._sockets):
                 return False
             # getUpdates is recorded when it answers: a second one means polling is under way.
             return self.tg is None or len(self.tg.calls_of("getUpdates")) > polls or self.tg.holding
 
         await self.until(ready, timeout, "personae run to connect")
+
+    async def exit_status(self, timeout: float) -> int | None:
+        """The bot's exit status, or None if it still runs after ``timeout`` seconds."""
+        try:
+            return await self.bot.wait(timeout)
+        except TimeoutError:
+            return None
 
     async def restart_bot(self) -> float:
         """Start the bot again after it died or was stopped; returns when it is connected (the time taken)."""
@@ -434,12 +374,6 @@ class FaultRun:
         return times
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 async def kill_mid_reply(run: FaultRun, sig: int, sent: list[Sent], timeout: float = 30.0) -> float:
     """Wait until a reply to one of ``sent`` is half shown, then send ``sig`` to the bot; returns when."""
     await run.until(lambda: any(sum(run.replies_to(s)) and not run.replies_to(s)[0] for s in sent) or run.answered(sent),
@@ -449,4 +383,4 @@ async def kill_mid_reply(run: FaultRun, sig: int, sent: list[Sent], timeout: flo
     return at
 
 
-__all__ = ["BotProcess", "FaultRun", "Row", "Sent", "HEADER", "markdown_table", "kill_mid_reply"]
+__all__ = ["FaultRun", "Row", "Sent", "HEADER", "markdown_table", "kill_mid_reply"]

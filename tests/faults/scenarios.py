@@ -48,7 +48,7 @@ async def _killed(pg: ThrowawayPostgres, fault: str, *, sig: int, telegram: bool
             for channel in DISCORD_CHANNELS[:3 if not telegram else 2]:
                 await run.say_discord(channel, fd.ALICE)
         at = await kill_mid_reply(run, sig, run.sent)
-        status = await run.bot.wait(30)
+        status = await run.exit_status(30)
         drained = run.answered()
         if status is None:  # a drain that does not end: the supervisor would kill it
             await run.bot.kill()
@@ -210,9 +210,9 @@ async def malformed_interaction(pg: ThrowawayPostgres) -> Row:
         })
         await run.say_discord(fd.ROLEPLAY, fd.ALICE)
         run.say_telegram(TELEGRAM_GROUPS[0], 800)
-        status = await run.bot.wait(0.5)
+        status = await run.exit_status(0.5)
         row = await _finish(run, "malformed gateway interaction", at, wait=20)
-        status = status if status is not None else (run.bot.process.returncode if run.bot.process else None)
+        status = status if status is not None else run.bot.returncode
         row.note = f"process {'running' if run.bot.alive else f'exited ({status})'}"
         return row
 
