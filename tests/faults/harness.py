@@ -205,7 +205,7 @@ class FaultRun:
     async def start_bot(self, timeout: float = 60.0) -> None:
         """Start ``personae run`` and wait until every adapter is connected."""
         identified = len(self.dc.identifies) if self.dc is not None else 0
-        polls = len(self.tg.calls_of("getUpdates")) if self.tg is not None else 0
+        polls = self.tg.polls if self.tg is not None else 0
         await self.bot.start()
 
         def ready() -> bool:
@@ -213,10 +213,10 @@ class FaultRun:
                 raise RuntimeError(f"personae run exited ({self.bot.returncode}) while starting:\n{self.bot.tail()}")
             if self.dc is not None and not (len(self.dc.identifies) > identified and self.dc._sockets):
                 return False
-            # getUpdates is recorded when it answers: a second one means polling is under way.
-            return self.tg is None or len(self.tg.calls_of("getUpdates")) > polls or self.tg.holding
+            return self.tg is None or self.tg.polls > polls
 
-        await self.until(ready, timeout, "personae run to connect")
+        if not await self.until(ready, timeout, "personae run to connect"):
+            raise RuntimeError(f"personae run did not connect in {timeout:.0f} s:\n{self.bot.tail()}")
 
     async def exit_status(self, timeout: float) -> int | None:
         """The bot's exit status, or None if it still runs after ``timeout`` seconds."""

@@ -93,6 +93,7 @@ class FakeTelegram:
         self._delivered = 0  # highest update id handed out by getUpdates
         self._arrived = asyncio.Event()
         self.holding = False  # a getUpdates request is waiting for updates
+        self.polls = 0  # getUpdates requests received (``calls`` records them when they answer)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -297,6 +298,7 @@ class FakeTelegram:
         return self.me
 
     async def _m_getUpdates(self, p: dict[str, Any]) -> Any:
+        self.polls += 1
         offset = int(p.get("offset") or 0)
         self._updates = [u for u in self._updates if u.get("_again") or u["update_id"] >= offset]
         if not self._updates and p.get("timeout"):
