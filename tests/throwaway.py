@@ -194,9 +194,12 @@ class ThrowawayPostgres:
                 os.chown(self.dir, entry.pw_uid, entry.pw_gid)
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C")
             self._initialised = True
+        # fsync=off only spares the disk: a killed server loses nothing the OS has. synchronous_commit
+        # stays on: with it off, a commit acknowledged just before an immediate stop could vanish,
+        # which no real server does.
         options = (
             f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
+            "-c fsync=off -c full_page_writes=off -c max_connections=60"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start", timeout=90)
         return self

@@ -17,7 +17,7 @@ from tests.faults.harness import DISCORD_CHANNELS, TELEGRAM_GROUPS, TELEGRAM_PRI
 from tests.throwaway import ThrowawayPostgres
 
 Scenario = Callable[[ThrowawayPostgres], Awaitable[Row]]
-RECOVER_S = 20.0  # how long a scenario waits for the answers after the fault
+RECOVER_S = 45.0  # how long a scenario waits for the answers after the fault (recovery may wait out a lock lease)
 
 
 async def _finish(run: FaultRun, fault: str, fault_at: float, sent: list[Sent] | None = None, note: str = "",
