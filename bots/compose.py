@@ -47,6 +47,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         turn_deadline_s=settings.turn_deadline_s,
         max_message_chars=settings.max_message_chars,
         max_concurrent_turns=settings.max_concurrent_turns,
+        pending_answer_within_s=settings.pending_answer_within_s,
+        store_retry_s=settings.store_retry_s,
     )
 
 

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     max_message_chars: int = 4000
     max_concurrent_turns: int = 128  # turns answered at once; a burst beyond waits in arrival order
 
+    # Durability: messages are stored on arrival; what a crash or an outage interrupts is picked up
+    pending_answer_within_s: float = Field(default=600.0, ge=0)  # older unanswered messages get a short notice instead
+    store_retry_s: float = Field(default=120.0, ge=0)  # how long a shown reply is retried while the database is away
+    shutdown_grace_s: float = Field(default=20.0, ge=0)  # SIGTERM/SIGINT: replies in flight may finish within this
+
     # Character cards
     max_card_bytes: int = Field(default=20_000_000, gt=0)  # the largest card file (PNG, CharX, JSON) imported
 

@@ -1,42 +1,40 @@
-"""``Engine.handle``: one chat message in, a streamed in-character reply out, history and state kept."""
+"""``Engine.handle``: one chat message in, a streamed in-character reply out, history and state kept.
+
+A person's message is stored the moment it arrives (``accept``), pending, and the reply is stored
+with it when complete (``core.turn``); ``recover`` answers what a crash left pending.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
-from core.character import Character
-from core.errors import ModelError
-from core.events import ChatEvent, ConversationKey, PersonKey, Trigger
-from core.hot import HotState, dedupe_key, encode_history, encode_state, history_key, lock_key, rate_key, state_key
+from core.events import ChatEvent, ConversationKey, Trigger
+from core.hot import HotState, history_key, lock_key
 from core.locks import KeyedLocks
-from core.ports import AdmitRequest, Cache, ChatModel, StateUpdater, Store
-from core.card_dialogue import parse_examples, pick_greeting
-from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
-from core.state import Binding, Exchange, RelationshipState
+from core.ports import Cache, ChatModel, StateUpdater, Store
+from core.prompt import estimate_tokens
+from core.reply import (  # noqa: F401 - the adapters' names for these live here
+    NOTICE_CUT,
+    NOTICE_INTERRUPTED,
+    NOTICE_RATE,
+    NOTICE_STALE,
+    NOTICE_STORAGE,
+    NOTICE_TOO_LONG,
+    NOTICE_UNAVAILABLE,
+    Reply,
+    ReplyStatus,
+)
+from core.state import Binding, Exchange, Intake, MessageStatus, RelationshipState
+from core.character import Character
+from core.turn import ChatTurn, with_backoff
 
 log = logging.getLogger(__name__)
-
-NOTICE_UNAVAILABLE = "(The story pauses here: the model server is not answering. Please try again in a moment.)"
-NOTICE_CUT = " …(the reply was cut short: the model server stopped answering)"
-NOTICE_RATE = "(You are sending messages faster than I can answer. Please wait a minute.)"
-NOTICE_TOO_LONG = "(That message is too long for me: please keep it under {limit:,} characters.)"
-
-
-class ReplyStatus(StrEnum):
-    PENDING = "pending"
-    ANSWERED = "answered"  # a complete reply
-    PARTIAL = "partial"  # some text, then the model server failed; a notice ends it
-    FAILED = "failed"  # the model server failed before any text; the text is a notice
-    NOTICE = "notice"  # no model call: a rate-limit or message-too-long notice
-    RATE_LIMITED = "rate_limited"  # over the limit after the notice: silence
-    DUPLICATE = "duplicate"  # a redelivered message: no reply
-    IGNORED = "ignored"  # not for this bot (unbound channel, not addressed, empty)
-    NO_CHARACTER = "no_character"  # a private chat where the person has not picked a character
-    NOT_FOUND = "not_found"  # regenerate: there is no newest reply to replace
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -57,30 +55,12 @@ class EngineConfig:
     # Turns being answered at once; the rest wait in arrival order before touching storage, so a
     # burst of messages queues here instead of exhausting the database pool.
     max_concurrent_turns: int = 128
-
-
-class Reply:
-    """The answer to one event: iterate it for text deltas; afterwards ``status``, ``text`` and ids say what happened."""
-
-    def __init__(self, run: Callable[["Reply"], AsyncIterator[str]]) -> None:
-        self._run = run
-        self.status = ReplyStatus.PENDING
-        self.text = ""
-        self.character: Character | None = None
-        self.conversation: ConversationKey | None = None
-        self.user_message_id: int | None = None
-        self.reply_message_id: int | None = None
-        # Set before the first delta on first contact: the character's greeting, shown before the reply.
-        self.greeting: str | None = None
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._run(self)
-
-    async def collect(self) -> str:
-        """Run the turn to the end and return the whole text."""
-        async for _ in self:
-            pass
-        return self.text
+    # A message left unanswered (a crash) longer than this gets a short notice instead of a reply.
+    pending_answer_within_s: float = 600.0
+    # How long a reply already shown is retried while the database is away.
+    store_retry_s: float = 120.0
+    # One storage notice per person per this many seconds while the database is away.
+    storage_notice_interval_s: float = 60.0
 
 
 class NoStateChange:
@@ -94,6 +74,21 @@ class NoStateChange:
 
     def as_of_now(self, state: RelationshipState, character: Character) -> RelationshipState:
         return state
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredTurn:
+    """A message a crash left unanswered, and its answer (iterate ``reply``; a notice when too old).
+
+    ``shown_in`` holds the platform id of a reply message that was shown half-way when the crash
+    came, if the adapter recorded one (``Engine.showing``): it should be written over (or, when
+    ``late``, marked), not left dangling.
+    """
+
+    intake: Intake
+    reply: Reply
+    shown_in: str | None = None
+    late: bool = False  # too old to answer: ``reply`` is a short notice
 
 
 class Engine:
@@ -117,16 +112,63 @@ class Engine:
         # One person's messages in one channel wait here in arrival order, before anything can reorder them.
         self._arrivals = KeyedLocks()
         self._turns = asyncio.Semaphore(self.config.max_concurrent_turns)
+        # Messages accepted by an adapter and not yet handed to ``handle``, by delivery.
+        self._accepted: dict[tuple[str, str, str], Intake] = {}
+        # Stored messages whose turn runs in this process (a redelivery of one is not answered twice).
+        self._in_flight: set[int] = set()
+        self._turns_running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._deadlines: set[asyncio.Timeout] = set()
+        self.cutting = False
+        self.closing = False
+        self._storage_notices: dict[str, float] = {}
 
     # -- public API -------------------------------------------------------------------------
 
+    async def accept(self, event: ChatEvent) -> Intake | None:
+        """Store the event's message as pending if a character will answer it, before the platform is
+        told it was received; None when no character answers it. Raises if the database is away."""
+        found = await self._intake(event)
+        if isinstance(found, Intake):
+            if found.status is not MessageStatus.PENDING:
+                return found  # answered already: nothing for ``handle`` to pick up
+            if len(self._accepted) > 10_000:
+                self._accepted.clear()  # handed over and never handled: recovery finds them
+            self._accepted[_delivery(event)] = found
+            return found
+        return None
+
     def handle(self, event: ChatEvent) -> Reply:
-        """The reply to ``event``; nothing runs until it is iterated."""
+        """The reply to ``event`` (stored on arrival by ``accept`` if not already); nothing runs until it is iterated."""
         return Reply(lambda reply: self._handle(event, reply))
 
     def regenerate(self, conversation: ConversationKey, display_name: str, reply_message_id: int) -> Reply:
         """A new reply in place of the newest one of ``conversation`` (which must be ``reply_message_id``)."""
         return Reply(lambda reply: self._regenerate(conversation, display_name, reply_message_id, reply))
+
+    async def recover(self, platform: str, *, older_than_s: float = 0.0) -> AsyncIterator[RecoveredTurn]:
+        """The messages of ``platform`` still pending (stored at least ``older_than_s`` ago), oldest
+        first, each with its answer to deliver; answered once even if a redelivery comes meanwhile."""
+        from core.recovery import pending_turns
+
+        async for turn in pending_turns(self, platform, older_than_s=older_than_s):
+            yield turn
+
+    def answer(self, intake: Intake) -> Reply:
+        """The answer to a message already stored (a recovered one)."""
+        return Reply(lambda reply: self._answer(intake, reply))
+
+    def answering(self, intake: Intake) -> bool:
+        """Whether this process is answering ``intake`` (or was handed it by an adapter and will)."""
+        return intake.id in self._in_flight or _delivery_of(intake) in self._accepted
+
+    async def showing(self, intake: Intake, platform_message_id: str) -> None:
+        """Remember the platform message a reply to ``intake`` is being streamed into, so that a
+        crash leaves recovery a message to complete instead of a dangling half."""
+        from core.recovery import remember_shown
+
+        await remember_shown(self, intake, platform_message_id)
 
     async def delete_reply(self, conversation: ConversationKey, reply_message_id: int) -> bool:
         """Take back the newest reply of ``conversation``: delete it and undo its change to the state.
@@ -150,221 +192,159 @@ class Engine:
                 return binding
         return None
 
+    @property
+    def turns_running(self) -> int:
+        """Turns being answered right now (shutdown waits for them)."""
+        return self._turns_running
+
+    def stop_answering(self) -> None:
+        """Shutdown begins: messages still arrive and are stored, but are answered after the restart."""
+        self.closing = True
+
+    async def finish_turns(self, grace_s: float) -> bool:
+        """Let the turns in progress finish within ``grace_s``; then cut the rest short (each stores
+        what it has, marked interrupted). True if all finished in time."""
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            self.cutting = True
+            loop = asyncio.get_running_loop()
+            for deadline in list(self._deadlines):
+                deadline.reschedule(loop.time())
+            await self._idle.wait()
+            return False
+
     async def drain(self) -> None:
         """Wait for state updates still running in the background (shutdown, tests)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
+    # -- what turns use ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def cuttable(self, seconds: float) -> AsyncIterator[None]:
+        """A deadline of ``seconds`` that shutdown can bring forward (``finish_turns``)."""
+        async with asyncio.timeout(seconds) as deadline:
+            if self.cutting:
+                deadline.reschedule(asyncio.get_running_loop().time())
+            self._deadlines.add(deadline)
+            try:
+                yield
+            finally:
+                self._deadlines.discard(deadline)
+
+    async def stored(self, write: Callable[[], Awaitable[T]]) -> T:
+        """A write of something the person has seen: retried with backoff while the database is away."""
+        return await with_backoff(write, give_up_after=self.config.store_retry_s, what="a reply that was shown")
+
+    def in_background(self, work: Awaitable[object], what: str = "state update") -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s failed", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- one turn ---------------------------------------------------------------------------
+
+    async def _intake(self, event: ChatEvent) -> Intake | ReplyStatus | str:
+        """The stored message for ``event``, or why there is none: a status, or a notice to show."""
+        cfg = self.config
+        text = event.text.strip()
+        if not text:
+            return ReplyStatus.IGNORED
+        binding = await self.binding_for(event)
+        if binding is None:
+            return ReplyStatus.NO_CHARACTER if event.private else ReplyStatus.IGNORED
+        if binding.trigger is Trigger.MENTION and not (event.addressed or event.private):
+            return ReplyStatus.IGNORED
+        if len(text) > cfg.max_message_chars:
+            return NOTICE_TOO_LONG.format(limit=cfg.max_message_chars)
+        character = await self.hot.character(binding.character_id)
+        if character is None:
+            return ReplyStatus.IGNORED
+        conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
+        return await self.store.messages.accept(
+            conversation, text, estimate_tokens(text), event.message_id, event.display_name
+        )
 
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
         async with self._arrivals.hold(f"{event.platform}:{event.channel_id}:{event.user_id}"):
-            async for delta in self._admit_and_answer(event, reply):
+            found: Intake | ReplyStatus | str | None = self._accepted.pop(_delivery(event), None)
+            if found is None:
+                try:
+                    async with self._turns:  # a burst queues here too, not in the database pool
+                        found = await self._intake(event)
+                except Exception:  # noqa: BLE001 - the database's own errors; the notice says what matters
+                    log.exception("could not store message %s of %s", event.message_id, event.platform)
+                    if self._storage_notice_due(f"{event.platform}:{event.user_id}"):
+                        reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_STORAGE
+                        yield NOTICE_STORAGE
+                    else:
+                        reply.status = ReplyStatus.IGNORED
+                    return
+            if isinstance(found, ReplyStatus):
+                reply.status = found
+                return
+            if isinstance(found, str):
+                reply.status, reply.text = ReplyStatus.NOTICE, found
+                yield found
+                return
+            async for delta in self._answer(found, reply):
                 yield delta
 
-    async def _admit_and_answer(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
-        text = event.text.strip()
-        if not text:
+    async def _answer(self, intake: Intake, reply: Reply) -> AsyncIterator[str]:
+        """Answer a stored message, unless it was answered already or is being answered here."""
+        reply.intake = intake
+        reply.conversation = intake.conversation
+        if intake.status is not MessageStatus.PENDING or intake.id in self._in_flight:
+            reply.status = ReplyStatus.DUPLICATE
+            return
+        character = await self.hot.character(intake.conversation.character_id)
+        binding = await self._binding_of(intake.conversation)
+        if character is None or binding is None:
             reply.status = ReplyStatus.IGNORED
             return
-        binding = await self.binding_for(event)
-        if binding is None:
-            reply.status = ReplyStatus.NO_CHARACTER if event.private else ReplyStatus.IGNORED
-            return
-        if binding.trigger is Trigger.MENTION and not (event.addressed or event.private):
-            reply.status = ReplyStatus.IGNORED
-            return
-        async with self._turns:
-            async for delta in self._answer(event, binding, text, reply):
-                yield delta
-
-    async def _answer(self, event: ChatEvent, binding: Binding, text: str, reply: Reply) -> AsyncIterator[str]:
-        cfg = self.config
-        if len(text) > cfg.max_message_chars:
-            reply.status = ReplyStatus.NOTICE
-            reply.text = NOTICE_TOO_LONG.format(limit=cfg.max_message_chars)
-            yield reply.text
-            return
-        character = await self.hot.character(binding.character_id)
-        if character is None:
-            reply.status = ReplyStatus.IGNORED
+        if self.closing:
+            reply.status = ReplyStatus.DEFERRED
             return
         reply.character = character
-        conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
-        reply.conversation = conversation
-        # The cache admits the event (dedupe key, rate count) in the same round trip that locks the
-        # conversation. The database has the last word on redeliveries (the cache may have lost its
-        # key): its answer is awaited before the model is asked, and meanwhile the lock is taken.
-        admit = AdmitRequest(
-            dedupe_key(event.platform, event.channel_id, event.message_id),
-            cfg.dedupe_ttl_s,
-            rate_key(event.platform, event.user_id),
-            cfg.rate_limit_window_s,
-        )
-        first_delivery = asyncio.ensure_future(
-            self.store.events.mark_processed(event.platform, f"{event.channel_id}:{event.message_id}")
-        )
+        self._in_flight.add(intake.id)
         try:
-            async for delta in self._turn(
-                reply, character, binding, conversation, event.display_name, text, event.message_id, first_delivery, admit
-            ):
-                yield delta
+            async with self._turns, self._running():
+                turn = ChatTurn(
+                    self, reply, character, binding, intake.conversation, intake.display_name, intake.text, intake=intake
+                )
+                async for delta in turn.run():
+                    yield delta
         finally:
-            if not first_delivery.done():
-                # Let the insert finish rather than cancel it midway (a statement cut off in a driver
-                # thread can leave its connection holding SQLite's write lock).
-                self._in_background(first_delivery, "recording a processed event")
+            self._in_flight.discard(intake.id)
 
-    async def _turn(
-        self,
-        reply: Reply,
-        character: Character,
-        binding: Binding,
-        conversation: ConversationKey,
-        display_name: str,
-        text: str,
-        platform_message_id: str | None,
-        first_delivery: Awaitable[bool] | None = None,
-        admit: AdmitRequest | None = None,
-        replace: tuple[int, int] | None = None,
-    ) -> AsyncIterator[str]:
-        """Lock the conversation, stream the reply, store it; ``replace`` = (user id, reply id) to regenerate."""
-        cfg = self.config
-        person = PersonKey(character.id, conversation.platform, conversation.user_id)
-        s_key, h_key = state_key(person), history_key(conversation)
-        async with self.cache.hold(
-            lock_key(conversation), ttl=cfg.turn_deadline_s + 5, read=(s_key, h_key), admit=admit
-        ) as held:
-            if held.admission is not None:
-                if not held.admission.first:
-                    reply.status = ReplyStatus.DUPLICATE
-                    return
-                if held.admission.count > cfg.rate_limit_messages:
-                    if held.admission.count == cfg.rate_limit_messages + 1:
-                        reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_RATE
-                        yield NOTICE_RATE
-                    else:
-                        reply.status = ReplyStatus.RATE_LIMITED
-                    return
-            state, state_from_db = await self.hot.state(person, character, held.values[0])
-            if state_from_db:
-                held.stage(s_key, encode_state(state), cfg.cache_ttl_s)
-            state = self.state_updater.as_of_now(state, character)  # idle emotions drift back toward the baseline
-            history, _ = await self.hot.history(conversation, cfg.history_turns, held.values[1])
-            if first_delivery is not None and not await first_delivery:
-                reply.status = ReplyStatus.DUPLICATE
-                return
-            if replace is not None:
-                if len(history) < 2 or history[-1][0] != replace[1] or history[-2][0] != replace[0]:
-                    reply.status = ReplyStatus.NOT_FOUND
-                    return
-                history = history[:-2]
-            elif not history and (greeting := pick_greeting(character, display_name)):
-                # First contact: the character's greeting opens the conversation.
-                tokens = estimate_tokens(greeting)
-                greeting_id = await self.store.messages.add_greeting(conversation, greeting, tokens)
-                history = [(greeting_id, "assistant", greeting, tokens)]
-                reply.greeting = greeting
-            scene = binding.scene if binding.scene is not None else character.profile.scene
-            system = render_system_prompt(
-                character.profile,
-                chat_role=display_name,
-                scene=scene,
-                emotion=state.emotion,
-                relationship=state.intimacy,
-            )
-            examples = parse_examples(character.examples, char=character.name, user=display_name) if character.examples else []
-            messages, user_tokens = await self._fit(system, examples, HotState.turns(history), text)
-            parts: list[str] = []
-            failure: ModelError | None = None
-            try:
-                async with asyncio.timeout(cfg.turn_deadline_s):
-                    async for delta in self.model.stream(
-                        messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop
-                    ):
-                        if delta:
-                            parts.append(delta)
-                            yield delta
-            except ModelError as exc:
-                failure = exc
-            except TimeoutError:
-                failure = ModelError(
-                    f"no complete reply within the {cfg.turn_deadline_s:g} s turn deadline", retryable=True
-                )
-            answer = "".join(parts).strip()
-            if failure is not None:
-                log.warning("model failure for %s: %s", conversation.cache_key(), failure)
-                notice = NOTICE_CUT if answer else NOTICE_UNAVAILABLE
-                reply.status = ReplyStatus.PARTIAL if answer else ReplyStatus.FAILED
-                yield notice
-                reply.text = "".join(parts) + notice
-            else:
-                reply.status = ReplyStatus.ANSWERED if answer else ReplyStatus.FAILED
-                reply.text = answer
-                if not answer:
-                    reply.text = NOTICE_UNAVAILABLE
-                    yield NOTICE_UNAVAILABLE
-            stored_reply = (answer, estimate_tokens(answer)) if answer else None
-            if replace is None:
-                user_id, reply_id = await self.store.messages.add_exchange(
-                    conversation, (text, user_tokens, platform_message_id), stored_reply
-                )
-                new = [(user_id, "user", text, user_tokens)]
-                if reply_id is not None:
-                    new.append((reply_id, "assistant", answer, stored_reply[1]))  # type: ignore[index]
-            else:
-                user_id, reply_id = replace
-                if stored_reply is None:
-                    # Keep the old reply when the new one failed.
-                    reply.reply_message_id = reply_id
-                    reply.user_message_id = user_id
-                    held.stage(h_key, None, cfg.cache_ttl_s)
-                    return
-                await self.store.messages.replace_reply(reply_id, *stored_reply)
-                new = [(user_id, "user", text, user_tokens), (reply_id, "assistant", answer, stored_reply[1])]
-            reply.user_message_id, reply.reply_message_id = user_id, reply_id
-            window = (history + new)[-cfg.history_turns :]
-            held.stage(h_key, encode_history(window), cfg.cache_ttl_s)
-        if reply_id is not None:
-            exchange = Exchange(
-                character_id=character.id,
-                platform=conversation.platform,
-                channel_id=conversation.channel_id,
-                user_id=conversation.user_id,
-                display_name=display_name,
-                scene=scene,
-                state_before=state,
-                history=tuple((role, content) for _, role, content, _ in history),
-                user_text=text,
-                reply_text=answer,
-                user_message_id=user_id,
-                reply_message_id=reply_id,
-                regenerated=replace is not None,
-            )
-            self._in_background(self.state_updater.after_exchange(exchange))
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        self._turns_running += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._turns_running -= 1
+            if self._turns_running == 0:
+                self._idle.set()
 
-    async def _fit(
-        self, system: str, examples: list[Turn], history: list[Turn], text: str
-    ) -> tuple[list[dict[str, str]], int]:
-        """The messages for the model within the input budget, and the new text's token count.
-
-        The estimate over-counts, so when it fits nothing is asked of the model server; only a
-        prompt near the budget is counted exactly (``/tokenize`` on TGI).
-        """
-        budget = self.config.max_input_tokens - self.config.max_tokens
-        user_tokens = estimate_tokens(text)
-        estimated = estimate_tokens(system) + user_tokens + sum(
-            t.tokens or estimate_tokens(t.content) for t in (*examples, *history)
-        )
-        if estimated <= budget:
-            return build_messages(system, history, text, examples=examples), user_tokens
-        exact = dict(zip((system, text), await asyncio.gather(self.model.count_tokens(system), self.model.count_tokens(text))))
-        user_tokens = exact[text]
-        messages = build_messages(
-            system, history, text, examples=examples, budget=budget,
-            count=lambda s: exact[s] if s in exact else estimate_tokens(s),
-        )
-        return messages, user_tokens
+    def _storage_notice_due(self, person: str) -> bool:
+        """One storage notice per person per interval: an outage is said once, not per message."""
+        now = time.monotonic()
+        if now - self._storage_notices.get(person, -1e9) < self.config.storage_notice_interval_s:
+            return False
+        if len(self._storage_notices) > 10_000:
+            self._storage_notices.clear()
+        self._storage_notices[person] = now
+        return True
 
     async def _regenerate(
         self, conversation: ConversationKey, display_name: str, reply_message_id: int, reply: Reply
@@ -381,10 +361,12 @@ class Engine:
             reply.status = ReplyStatus.NOT_FOUND
             return
         user = recent[-2]
-        async for delta in self._turn(
-            reply, character, binding, conversation, display_name, user.content, None, None, None, replace=(user.id, reply_message_id)
-        ):
-            yield delta
+        async with self._running():
+            turn = ChatTurn(
+                self, reply, character, binding, conversation, display_name, user.content, replace=(user.id, reply_message_id)
+            )
+            async for delta in turn.run():
+                yield delta
 
     async def _binding_of(self, conversation: ConversationKey) -> Binding | None:
         (binding,) = await self.hot.bindings(conversation.platform, conversation.channel_id)
@@ -393,13 +375,11 @@ class Engine:
         # The channel was rebound or is a thread of a bound channel: use the character's defaults.
         return Binding(conversation.platform, "", conversation.channel_id, conversation.character_id)
 
-    def _in_background(self, work: Awaitable[object], what: str = "state update") -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("%s failed", what)
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+def _delivery(event: ChatEvent) -> tuple[str, str, str]:
+    return (event.platform, event.channel_id, event.message_id)
+
+
+def _delivery_of(intake: Intake) -> tuple[str, str, str]:
+    c = intake.conversation
+    return (c.platform, c.channel_id, intake.platform_message_id or "")

@@ -27,10 +27,6 @@ def person_prefixes(platform: str, user_id: str) -> tuple[str, str]:
     return f"s:{platform}:{user_id}:", f"h:{platform}:{user_id}:"
 
 
-def dedupe_key(platform: str, channel_id: str, message_id: str) -> str:
-    return f"e:{platform}:{channel_id}:{message_id}"
-
-
 def rate_key(platform: str, user_id: str) -> str:
     return f"r:{platform}:{user_id}"
 
@@ -42,6 +38,11 @@ def state_key(person: PersonKey) -> str:
 def history_key(conversation: ConversationKey) -> str:
     c = conversation
     return f"h:{c.platform}:{c.user_id}:{c.character_id}:{c.channel_id}"
+
+
+def shown_key(message_id: int) -> str:
+    """The platform message a reply to stored message ``message_id`` is being streamed into."""
+    return f"w:{message_id}"
 
 
 def lock_key(conversation: ConversationKey) -> str:

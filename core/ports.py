@@ -12,7 +12,7 @@ from typing import Any, AsyncContextManager, AsyncIterator, Mapping, Protocol, S
 
 from core.character import Character
 from core.events import ConversationKey, PersonKey
-from core.state import Appraisal, Binding, Exchange, RelationshipState, StateChange, StoredMessage
+from core.state import Appraisal, Binding, Exchange, Intake, MessageStatus, RelationshipState, StateChange, StoredMessage
 
 
 class CharacterRepository(Protocol):
@@ -70,7 +70,27 @@ class RelationshipRepository(Protocol):
 
 class MessageRepository(Protocol):
     async def recent(self, conversation: ConversationKey, limit: int) -> list[StoredMessage]:
-        """The newest ``limit`` messages of a conversation, oldest first."""
+        """The newest ``limit`` messages of a conversation, oldest first; messages still pending
+        and those answered by a notice are not part of it."""
+
+    async def accept(
+        self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str
+    ) -> Intake:
+        """Store a person's message as pending, in one round trip; for a redelivery (same platform,
+        channel and platform message id) the stored one, with ``first`` False."""
+
+    async def finish(
+        self, intake: Intake, status: MessageStatus, reply: tuple[str, int] | None, greeting: tuple[str, int] | None = None
+    ) -> tuple[int, int | None, int | None] | None:
+        """Mark a pending message ``status`` and store its reply, in one transaction.
+
+        With ``greeting`` (first contact) the greeting is stored before the message. Returns the ids
+        (message, reply, greeting), or None when the message is no longer pending (answered
+        elsewhere, or deleted): then nothing was stored.
+        """
+
+    async def pending(self, platform: str, after_id: int = 0, limit: int = 100) -> list[Intake]:
+        """The oldest messages of ``platform`` still waiting for an answer, with ids above ``after_id``."""
 
     async def add_exchange(
         self,
@@ -130,7 +150,7 @@ class Admission:
 class AdmitRequest:
     """What ``Cache.admit`` does, asked of ``Cache.hold`` so that it rides in the same round trip."""
 
-    dedupe_key: str
+    dedupe_key: str | None  # None: the database alone keeps the record of deliveries
     dedupe_ttl: float
     rate_key: str
     rate_window: float
@@ -163,9 +183,9 @@ class Cache(Protocol):
         """Delete every key that starts with ``prefix`` (used by /forget; not on the hot path)."""
 
     async def admit(
-        self, dedupe_key: str, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
+        self, dedupe_key: str | None, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
     ) -> Admission:
-        """In one round trip: set ``dedupe_key`` if absent, count one hit in ``rate_key``'s window,
+        """In one round trip: set ``dedupe_key`` if absent (if given), count one hit in ``rate_key``'s window,
         and read ``read``."""
 
     def hold(

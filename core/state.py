@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from core.emotions import EmotionState
-from core.events import Trigger
+from core.events import ConversationKey, Trigger
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,30 @@ class StoredMessage:
     tokens: int
     created_at: dt.datetime
     platform_message_id: str | None = None
+
+
+class MessageStatus(StrEnum):
+    """Where a person's stored message stands."""
+
+    PENDING = "pending"  # stored on arrival, not answered yet
+    ANSWERED = "answered"  # a reply is stored after it
+    FAILED = "failed"  # the model server gave no reply
+    NOTICE = "notice"  # answered with a notice (rate limit, or too late to answer), not by the model
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """A person's message as stored when it arrived; ``first`` is False for a redelivery of a stored one."""
+
+    id: int
+    conversation: ConversationKey
+    text: str
+    tokens: int
+    platform_message_id: str | None
+    display_name: str
+    created_at: dt.datetime
+    status: MessageStatus = MessageStatus.PENDING
+    first: bool = True
 
 
 @dataclass(frozen=True, slots=True)

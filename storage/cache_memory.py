@@ -84,7 +84,7 @@ class MemoryCache:
             del self._data[key]
 
     async def admit(
-        self, dedupe_key: str, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
+        self, dedupe_key: str | None, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
     ) -> Admission:
         self.round_trips += 1
         now = time.monotonic()
@@ -96,8 +96,8 @@ class MemoryCache:
         dedupe_key, dedupe_ttl, rate_key, rate_window = (
             request.dedupe_key, request.dedupe_ttl, request.rate_key, request.rate_window,
         )
-        first = self._get(dedupe_key, now) is None
-        if first:
+        first = dedupe_key is None or self._get(dedupe_key, now) is None
+        if first and dedupe_key is not None:
             self._set(dedupe_key, b"1", now + dedupe_ttl)
         counted = self._get(rate_key, now)
         if counted is None:

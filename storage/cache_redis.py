@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 # Delete the lock only if it is still ours: it may have expired and been taken by someone else.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _RELEASE_SHA = hashlib.sha1(_RELEASE.encode()).hexdigest()
+# Extend the lock's lease only if it is still ours.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 # Writes dropped during an outage are remembered (up to this many keys) and deleted once Redis is back.
 _MAX_DIRTY = 10_000
 _GLOB = re.compile(r"([*?\[\]\\])")
@@ -53,6 +56,7 @@ class RedisCache:
         read_timeout: float = 1.0,
         retry_after: float = 1.0,
         lock_wait: float | None = None,
+        lock_lease: float = 15.0,
         max_connections: int = 64,
     ) -> None:
         self.prefix = prefix
@@ -80,6 +84,9 @@ class RedisCache:
         self._redis = aioredis.Redis.from_pool(pool)
         self._retry_after = retry_after
         self._lock_wait = lock_wait
+        # A lock is taken for a short lease that its holder renews while it holds it: when a process
+        # dies holding locks, the others get them after one lease, not after the whole turn deadline.
+        self._lock_lease = lock_lease
         self._locks = KeyedLocks()
         self._down_until = 0.0
         self._outage = False
@@ -207,7 +214,7 @@ class RedisCache:
                 return
 
     async def admit(
-        self, dedupe_key: str, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
+        self, dedupe_key: str | None, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
     ) -> Admission:
         request = AdmitRequest(dedupe_key, dedupe_ttl, rate_key, rate_window)
 
@@ -220,12 +227,22 @@ class RedisCache:
         if results is None:
             # The database decides on duplicates, and nobody is rate-limited while Redis is away.
             return Admission(first=True, count=0, values=[None] * len(read))
-        return Admission(first=bool(results[0]), count=int(results[1]), values=list(results[3]) if read else [])
+        admission, rest = self._admitted(request, results)
+        admission.values = list(rest[0]) if read else []
+        return admission
+
+    @staticmethod
+    def _admitted(request: AdmitRequest, results: list[Any]) -> tuple[Admission, list[Any]]:
+        """The admission from the results of ``_build_admit``'s commands, and the results after them."""
+        if request.dedupe_key is None:
+            return Admission(first=True, count=int(results[0])), results[2:]
+        return Admission(first=bool(results[0]), count=int(results[1])), results[3:]
 
     def _build_admit(self, p: Pipeline, request: AdmitRequest) -> None:
-        """Three commands: the dedupe key if absent, one more hit in the rate window, the window's expiry."""
+        """The dedupe key if absent (when there is one), one more hit in the rate window, the window's expiry."""
         rate = self._key(request.rate_key)
-        p.set(self._key(request.dedupe_key), b"1", nx=True, px=_ms(request.dedupe_ttl))
+        if request.dedupe_key is not None:
+            p.set(self._key(request.dedupe_key), b"1", nx=True, px=_ms(request.dedupe_ttl))
         p.incr(rate)
         # NX: the window starts at the first hit and is not pushed back by later ones.
         p.pexpire(rate, _ms(request.rate_window), nx=True)
@@ -244,13 +261,17 @@ class RedisCache:
                 log.warning("lock %r still held in this process after %.1fs; going ahead without it", lock_key, wait)
             key = self._key(lock_key)
             token = secrets.token_hex(16)
-            owned, values, admission = await self._acquire(key, token, ttl, [self._key(k) for k in read], deadline, admit)
+            lease = min(ttl, self._lock_lease)
+            owned, values, admission = await self._acquire(key, token, lease, [self._key(k) for k in read], deadline, admit)
             held = StagedWrites(values, admission=admission)
+            renewal = _Renewal(self, key, token, lease, time.monotonic() + ttl) if owned else None
             completed = False
             try:
                 yield held
                 completed = True
             finally:
+                if renewal is not None:
+                    await renewal.stop()
                 await self._release(key, token if owned else None, held.writes, completed)
 
     async def _acquire(
@@ -284,8 +305,7 @@ class RedisCache:
             if load_script:
                 self._script_loaded = True
             if admitting is not None:
-                admission = Admission(first=bool(results[0]), count=int(results[1]))
-                results = results[3:]
+                admission, results = self._admitted(admitting, results)
             values = list(results[1]) if reads else []
             if results[0]:
                 return True, values, admission
@@ -323,3 +343,34 @@ class RedisCache:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._redis.aclose()
+
+
+class _Renewal:
+    """Renews a held lock's lease every third of it, up to ``until`` (the ttl asked for: a holder that
+    overruns it loses the lock, as before leases). Most turns end before the first renewal, so only
+    a timer is armed until then (no task per turn)."""
+
+    def __init__(self, cache: RedisCache, key: str, token: str, lease: float, until: float) -> None:
+        self.cache, self.key, self.token, self.lease, self.until = cache, key, token, lease, until
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(lease / 3, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            remaining = self.until - time.monotonic()
+            if remaining <= 0:
+                return
+            lease = _ms(min(self.lease, remaining))
+            # Shielded: a command cut off mid-way could leave its pooled connection out of step.
+            await asyncio.shield(self.cache._send(lambda p: p.eval(_RENEW, 1, self.key, self.token, lease)))
+            await asyncio.sleep(self.lease / 3)
+
+    async def stop(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

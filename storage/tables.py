@@ -138,10 +138,20 @@ messages = sa.Table(
     sa.Column("content", sa.Text, nullable=False),
     sa.Column("tokens", sa.Integer, nullable=False),
     sa.Column("platform_message_id", sa.String(128), nullable=True),
+    # A person's message: pending (stored when it arrived, not yet answered), answered, failed (the
+    # model server gave no reply), notice (a notice instead of a model call). NULL on assistant rows.
+    sa.Column("status", sa.String(16), nullable=True),
+    sa.Column("display_name", sa.String(128), nullable=True),
     _created(),
     sa.CheckConstraint("role IN ('user', 'assistant')", name="role"),
     sa.Index("ix_messages_conversation", "character_id", "platform", "channel_id", "user_id", "id"),
     sa.Index(None, "platform", "user_id"),
+    # The record of a delivery: a redelivered platform message finds its row here.
+    sa.Index("uq_messages_delivery", "platform", "channel_id", "platform_message_id", unique=True),
+    sa.Index(
+        "ix_messages_pending", "platform", "id",
+        postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"),
+    ),
 )
 
 processed_events = sa.Table(

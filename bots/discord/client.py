@@ -28,9 +28,10 @@ from bots.discord.chat import (
 )
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
 from bots.streaming import EditBudget, StreamedMessage, greeting_first
-from core.engine import Reply, ReplyStatus
+from bots.recovering import keep_recovering
+from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import PersonaeError
-from core.events import ChatEvent, ConversationKey, Trigger
+from core.events import ChatEvent, ConversationKey, Platform, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class PersonaeClient(discord.Client):
         # conversation -> (reply id, ids of the messages showing it): the newest reply with a button
         self._offers: dict[str, tuple[int, list[int]]] = {}
         self._told_about_attachments: dict[str, None] = {}
+        self._recovery: asyncio.Task[None] | None = None
+        self._handling: set[asyncio.Task[Any]] = set()  # on_message handlers in progress
 
     async def setup_hook(self) -> None:
         self.add_dynamic_items(RegenerateButton)
@@ -94,6 +97,48 @@ class PersonaeClient(discord.Client):
 
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s), in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+        if self._recovery is None:
+            self._recovery = asyncio.create_task(keep_recovering(self.app.engine, Platform.DISCORD, self.deliver_recovered))
+
+    async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+        await super().close()
+
+    async def deliver_recovered(self, turn: RecoveredTurn) -> None:
+        """Show the answer to a message a crash left unanswered: written over the half-shown reply
+        if there is one, else as a reply to the message."""
+        intake = turn.intake
+        channel_id = int(intake.conversation.channel_id)
+        channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)
+        assert isinstance(channel, discord.abc.Messageable)
+        partial = channel.get_partial_message(int(turn.shown_in)) if turn.shown_in else None  # type: ignore[attr-defined]
+        deltas = aiter(turn.reply)
+        first = await anext(deltas, None)
+        if first is None:
+            return
+        if partial is not None and turn.reply.status is ReplyStatus.NOTICE:
+            # Too late to answer: the half-shown reply is marked, not left dangling.
+            shown = await channel.fetch_message(partial.id)  # type: ignore[attr-defined]
+            await shown.edit(content=(shown.content + NOTICE_INTERRUPTED)[:MESSAGE_LIMIT], allowed_mentions=NO_MENTIONS)
+            return
+        reference = discord.MessageReference(
+            message_id=int(intake.platform_message_id or 0), channel_id=channel_id, fail_if_not_exists=False
+        )
+        shown_messages, has_button = await self._stream(
+            _chain(first, deltas),
+            channel,
+            send_first=lambda text, **kw: channel.send(text, reference=reference, **kw),
+            reuse=[partial] if partial is not None else None,
+        )
+        reply = turn.reply
+        if reply.reply_message_id is not None and reply.conversation is not None and shown_messages.handles:
+            await self._move_button(
+                reply.conversation, reply.reply_message_id, shown_messages.handles, channel,
+                has_button=has_button, old_button=self._button_of(reply.conversation),
+            )
 
     # -- chat ---------------------------------------------------------------------------------
 
@@ -113,8 +158,17 @@ class PersonaeClient(discord.Client):
             self.dispatch("reply_deleted", payload.message_id)
             return
 
+    async def finish_handling(self) -> None:
+        """Wait for the messages being handled (their replies shown to the end)."""
+        while self._handling:
+            await asyncio.gather(*list(self._handling), return_exceptions=True)
+
     async def on_message(self, message: discord.Message) -> None:
         reply: Reply | None = None
+        task = asyncio.current_task()
+        if task is not None:
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
         try:
             assert self.user is not None
             event = chat_event(message, self.user)
@@ -141,11 +195,18 @@ class PersonaeClient(discord.Client):
                 return regenerate_view(reply.conversation, reply.reply_message_id)
             return None
 
+        async def send_first(text: str, **kw: Any) -> discord.Message:
+            sent = await channel.send(text, reference=reference, **kw)
+            if reply.intake is not None and reply.status is ReplyStatus.PENDING:
+                # A crash from here on leaves this message half-shown: recovery writes the answer over it.
+                await self.app.engine.showing(reply.intake, str(sent.id))
+            return sent
+
         try:
             shown, has_button = await self._stream(
                 self._deltas(reply, message, first_text, finished),
                 channel,
-                send_first=lambda text, **kw: channel.send(text, reference=reference, **kw),
+                send_first=send_first,
                 button=button,
             )
         finally:
@@ -345,8 +406,9 @@ def _remember(store: dict[K, V], key: K, value: V) -> None:
 # -- running --------------------------------------------------------------------------------
 
 
-async def run_discord(app: App, *, client: PersonaeClient | None = None) -> None:
-    """Run the Discord adapter until cancelled, then close the connection.
+async def run_discord(app: App, *, client: PersonaeClient | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run the Discord adapter until ``stop`` is set (or cancelled), then close the connection; once
+    ``stop`` is set, the messages being answered finish first.
 
     Raises ``DiscordTokenRejected`` (one line, no secret in it) when Discord refuses the token. When
     the message content intent is not enabled for the application, it reconnects without it (the
@@ -358,6 +420,19 @@ async def run_discord(app: App, *, client: PersonaeClient | None = None) -> None
     token = settings.discord_token.get_secret_value()
     point_library_at(settings.discord_api_base, settings.discord_gateway_url)
     client = client or PersonaeClient(app)
+    if stop is not None:
+        running = asyncio.create_task(run_discord(app, client=client))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if running.done():
+                return running.result()
+            await client.finish_handling()
+        finally:
+            stopping.cancel()
+            running.cancel()
+            await asyncio.gather(running, stopping, return_exceptions=True)
+        return None
     try:
         await _run(client, token)
     except discord.PrivilegedIntentsRequired:

@@ -28,7 +28,9 @@ from telegram.ext import (
 from bots.compose import App
 from bots.settings import Settings
 from bots.telegram.arguments import COMMANDS
-from bots.telegram.handlers import FORGET, USE, Handlers
+from bots.recovering import keep_recovering
+from bots.telegram.handlers import CHAT_TEXT, FORGET, PLATFORM, USE, Handlers
+from bots.telegram.intake import Poller, WebhookServer
 from bots.telegram.replies import REGENERATE, Replies
 from bots.telegram.updates import OrderedUpdates
 from core.errors import PersonaeError
@@ -36,6 +38,7 @@ from core.errors import PersonaeError
 log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+RECOVERED = "personae.deliver_recovered"  # bot_data: how the answer to a recovered message is shown
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
@@ -75,6 +78,7 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         .write_timeout(tuning.request_timeout)
         .pool_timeout(tuning.request_timeout)
         .get_updates_read_timeout(tuning.request_timeout)
+        .updater(None)  # updates come in through bots.telegram.intake, stored before they are confirmed
         .build()
     )
     replies = Replies(
@@ -83,7 +87,9 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         draft_interval=tuning.draft_interval,
         group_per_minute=tuning.group_messages_per_minute,
     )
-    register(application, Handlers(app, replies, admin_ttl=tuning.admin_ttl))
+    handlers = Handlers(app, replies, admin_ttl=tuning.admin_ttl)
+    register(application, handlers)
+    application.bot_data[RECOVERED] = handlers.deliver_recovered
     return application
 
 
@@ -133,7 +139,7 @@ def register(application: Application, h: Handlers) -> None:
         application.add_handler(CommandHandler(name, callback, filters=new))
     card_caption = filters.CaptionRegex(r"^/character(@\w+)?\s+import\b")
     application.add_handler(MessageHandler(new & filters.Document.ALL & card_caption, h.on_card_document))
-    application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, h.on_message))
+    application.add_handler(MessageHandler(CHAT_TEXT, h.on_message))
     application.add_handler(MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, h.on_unknown_command))
     application.add_handler(CallbackQueryHandler(h.on_use_button, pattern=rf"^{USE}:"))
     application.add_handler(CallbackQueryHandler(h.on_regenerate_button, pattern=rf"^{REGENERATE}:"))
@@ -168,7 +174,9 @@ def webhook_secret(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def serving(application: Application, settings: Settings, tuning: Tuning | None = None) -> AsyncIterator[Application]:
+async def serving(
+    application: Application, settings: Settings, tuning: Tuning | None = None, *, app: App
+) -> AsyncIterator[Application]:
     """Log in, start taking updates (webhook if configured, else long polling), and stop cleanly on exit."""
     tuning = tuning or Tuning()
     token = settings.telegram_token.get_secret_value() if settings.telegram_token else ""
@@ -191,35 +199,40 @@ async def serving(application: Application, settings: Settings, tuning: Tuning |
     try:
         await announce_commands(application)
         await application.start()
+        # Started before new updates come in; what they bring is being answered and is left alone.
+        recovery = asyncio.create_task(keep_recovering(app.engine, PLATFORM, application.bot_data[RECOVERED]))
+        intake: Poller | WebhookServer | None = None
         try:
-            assert application.updater is not None
             if settings.telegram_webhook_url:
                 url = settings.telegram_webhook_url
-                await application.updater.start_webhook(
-                    listen=settings.telegram_webhook_listen,
-                    port=settings.telegram_webhook_port,
-                    url_path=urlsplit(url).path.lstrip("/"),
-                    webhook_url=url,
-                    secret_token=secret,
-                    allowed_updates=ALLOWED_UPDATES,
+                intake = WebhookServer(
+                    app, application, path=urlsplit(url).path, secret=secret or "",
+                    listen=settings.telegram_webhook_listen, port=settings.telegram_webhook_port,
                 )
+                await intake.start()
+                await application.bot.set_webhook(url, allowed_updates=ALLOWED_UPDATES, secret_token=secret)
                 log.info("Telegram bot @%s is taking updates by webhook at %s", application.bot.username, url)
             else:
-                await application.updater.start_polling(timeout=tuning.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+                intake = Poller(app, application, timeout=tuning.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+                await intake.start()
                 log.info("Telegram bot @%s is taking updates by long polling", application.bot.username)
             yield application
         finally:
-            if application.updater is not None and application.updater.running:
-                await application.updater.stop()
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
+            if intake is not None:
+                await intake.stop()
             if application.running:
                 await application.stop()
     finally:
         await application.shutdown()
 
 
-async def run_telegram(app: App, tuning: Tuning | None = None) -> None:
-    """Run the Telegram bot until cancelled; raises TelegramStartError (one plain line) if it cannot start."""
+async def run_telegram(app: App, tuning: Tuning | None = None, *, stop: asyncio.Event | None = None) -> None:
+    """Run the Telegram bot until ``stop`` is set (or cancelled): then no update is fetched any more,
+    and the updates being handled finish. Raises TelegramStartError (one plain line) if it cannot start."""
     tuning = tuning or Tuning()
     application = build_application(app, tuning)
-    async with serving(application, app.settings, tuning):
-        await asyncio.Event().wait()
+    async with serving(application, app.settings, tuning, app=app):
+        await (stop or asyncio.Event()).wait()

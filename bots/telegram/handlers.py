@@ -15,17 +15,17 @@ import logging
 import re
 from typing import Awaitable, Callable
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, MessageEntity, Update
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, MessageEntity, Update
 from telegram.constants import ChatType
 from telegram.error import BadRequest, TelegramError
-from telegram.ext import ContextTypes
+from telegram.ext import ContextTypes, filters
 
 from bots.compose import App
 from bots.telegram.admins import ChatAdmins
 from bots.telegram.arguments import HELP, after_command, parse_bind, parse_edit, parse_fields, split_word
 from bots.telegram.replies import Replies, parse_regenerate_data, prepend
 from core.commands import Actor, Outcome, Place
-from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
+from core.engine import NOTICE_UNAVAILABLE, RecoveredTurn, Reply, ReplyStatus
 from core.errors import InvalidInput
 from core.events import ChatEvent, Platform
 
@@ -40,6 +40,8 @@ PICK_FIRST = "Pick a character first: tap one below, or type /use NAME."
 PHOTO_KINDS = ("png", "jpg", "jpeg", "webp")  # avatars sent as a photo; others are not shown
 PHOTO_BYTES = 10 * 1024 * 1024  # Telegram's limit for an uploaded photo
 CAPTION_LIMIT = 1024  # characters in a photo's caption
+# The updates a character may answer: new text messages that are not commands (edits are not answered again).
+CHAT_TEXT = filters.UpdateType.MESSAGE & filters.TEXT & ~filters.COMMAND
 
 
 class Handlers:
@@ -77,45 +79,42 @@ class Handlers:
     async def on_message(self, update: Update, context: Context) -> None:
         """A text message: the bound (or chosen) character may answer it."""
         message = update.effective_message
-        if message is None or message.from_user is None or not message.text:
+        event = chat_event(message, context.bot) if message is not None else None
+        if event is None or message is None:
             return
-        private = message.chat.type == ChatType.PRIVATE
-        event = ChatEvent(
-            platform=Platform.TELEGRAM,
-            chat_id=str(message.chat.id),
-            channel_id=str(message.chat.id),
-            user_id=str(message.from_user.id),
-            display_name=message.from_user.full_name,
-            message_id=str(message.message_id),
-            text=_strip_mentions(message, context.bot.username),
-            private=private,
-            addressed=private or self._addresses_bot(message, context),
-        )
         reply = self.app.engine.handle(event)
         await self.replies.answer(
             reply,
             message.chat.id,
             message.chat.type,
-            reply_to=None if private else message.message_id,
+            reply_to=None if event.private else message.message_id,
             thread_id=message.message_thread_id if message.is_topic_message else None,
+            shown=lambda message_id: self._showing(reply, message_id),
         )
         if reply.status is ReplyStatus.NO_CHARACTER:
             await self._offer_characters(update, context, PICK_FIRST)
 
-    @staticmethod
-    def _addresses_bot(message: Message, context: Context) -> bool:
-        bot = context.bot
-        replied = message.reply_to_message
-        if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
-            if not replied.forum_topic_created:  # in forums every message "replies" to the topic's start
-                return True
-        username = (bot.username or "").lower()
-        for entity, text in message.parse_entities([MessageEntity.MENTION, MessageEntity.TEXT_MENTION]).items():
-            if entity.type == MessageEntity.MENTION and text[1:].lower() == username:
-                return True
-            if entity.type == MessageEntity.TEXT_MENTION and entity.user is not None and entity.user.id == bot.id:
-                return True
-        return False
+    async def _showing(self, reply: Reply, message_id: int) -> None:
+        if reply.intake is not None and reply.status is ReplyStatus.PENDING:
+            # A crash from here on leaves this message half-shown: recovery writes the answer over it.
+            await self.app.engine.showing(reply.intake, str(message_id))
+
+    async def deliver_recovered(self, turn: RecoveredTurn) -> None:
+        """Show the answer to a message a crash left unanswered: over the half-shown reply if there
+        is one (too late to answer: the notice replies to it), else in reply to the message."""
+        c = turn.intake.conversation
+        chat_id = int(c.channel_id)
+        private = c.channel_id == c.user_id  # a private chat's id is its person's id
+        chat_type = ChatType.PRIVATE if private else ChatType.GROUP
+        if turn.shown_in is not None and not turn.late:
+            await self.replies.answer(turn.reply, chat_id, chat_type, reuse=[int(turn.shown_in)])
+            return
+        if turn.shown_in is not None:
+            # Too late to answer: the notice goes in reply to the half-shown message, which marks it.
+            await self.replies.answer(turn.reply, chat_id, chat_type, reply_to=int(turn.shown_in))
+            return
+        reply_to = None if private or not turn.intake.platform_message_id else int(turn.intake.platform_message_id)
+        await self.replies.answer(turn.reply, chat_id, chat_type, reply_to=reply_to)
 
     # -- buttons ---------------------------------------------------------------------------
 
@@ -374,6 +373,38 @@ class Handlers:
         rows = [[InlineKeyboardButton(c.name, callback_data=f"{USE}:{c.id}")] for c in characters[:MAX_BUTTONS]]
         more = f"\n({len(characters) - MAX_BUTTONS} more: /use NAME)" if len(characters) > MAX_BUTTONS else ""
         await message.reply_text(intro + more, reply_markup=InlineKeyboardMarkup(rows))
+
+
+def chat_event(message: Message, bot: Bot) -> ChatEvent | None:
+    """The event for a person's text message (None for a message with no author or no text)."""
+    if message.from_user is None or not message.text:
+        return None
+    private = message.chat.type == ChatType.PRIVATE
+    return ChatEvent(
+        platform=Platform.TELEGRAM,
+        chat_id=str(message.chat.id),
+        channel_id=str(message.chat.id),
+        user_id=str(message.from_user.id),
+        display_name=message.from_user.full_name,
+        message_id=str(message.message_id),
+        text=_strip_mentions(message, bot.username),
+        private=private,
+        addressed=private or _addresses_bot(message, bot),
+    )
+
+
+def _addresses_bot(message: Message, bot: Bot) -> bool:
+    replied = message.reply_to_message
+    if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
+        if not replied.forum_topic_created:  # in forums every message "replies" to the topic's start
+            return True
+    username = (bot.username or "").lower()
+    for entity, text in message.parse_entities([MessageEntity.MENTION, MessageEntity.TEXT_MENTION]).items():
+        if entity.type == MessageEntity.MENTION and text[1:].lower() == username:
+            return True
+        if entity.type == MessageEntity.TEXT_MENTION and entity.user is not None and entity.user.id == bot.id:
+            return True
+    return False
 
 
 def _text(update: Update) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 from telegram.constants import ChatType, MessageLimit
@@ -82,14 +82,30 @@ class Replies:
 
     # -- entry points -----------------------------------------------------------------------
 
-    async def answer(self, reply: Reply, chat_id: int, chat_type: str, *, reply_to: int | None = None, thread_id: int | None = None) -> list[int]:
-        """Stream ``reply`` into the chat; returns the ids of the messages it ended up in."""
+    async def answer(
+        self,
+        reply: Reply,
+        chat_id: int,
+        chat_type: str,
+        *,
+        reply_to: int | None = None,
+        thread_id: int | None = None,
+        shown: Callable[[int], Awaitable[None]] | None = None,
+        reuse: list[int] | None = None,
+    ) -> list[int]:
+        """Stream ``reply`` into the chat; returns the ids of the messages it ended up in.
+
+        ``shown(message_id)`` is told of the first message sent while the reply is still streaming
+        (a crash would leave it half-shown); ``reuse``: messages to write over first (that half).
+        """
         deltas = greeting_first(reply, lambda text: self.bot.send_message(chat_id, text, message_thread_id=thread_id))
-        if chat_type == ChatType.PRIVATE and self.drafts_available:
+        if chat_type == ChatType.PRIVATE and self.drafts_available and not reuse:
             ids = await self._through_drafts(reply, deltas, chat_id)
         else:
             group = chat_type != ChatType.PRIVATE
-            ids = await self._through_edits(reply, deltas, chat_id, group=group, reply_to=reply_to, thread_id=thread_id)
+            ids = await self._through_edits(
+                reply, deltas, chat_id, group=group, reply_to=reply_to, thread_id=thread_id, reuse=reuse, shown=shown
+            )
         self._remember(reply, chat_id, ids)
         return ids
 
@@ -142,6 +158,7 @@ class Replies:
         reply_to: int | None = None,
         thread_id: int | None = None,
         reuse: list[int] | None = None,
+        shown: Callable[[int], Awaitable[None]] | None = None,
     ) -> list[int]:
         """Send, then edit at a paced rate (the group's budget too); ``reuse``: messages to write over first."""
         reusable = list(reuse or [])
@@ -168,6 +185,8 @@ class Replies:
             )
             if markup is not None:
                 buttoned[:] = [sent.message_id]
+            if first and shown is not None and not finished:
+                await shown(sent.message_id)
             return sent.message_id
 
         async def edit(message_id: int, text: str) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.errors import NotFound
 from core.events import ConversationKey
-from core.state import StoredMessage
+from core.state import Intake, MessageStatus, StoredMessage
 from storage.sql import Db, utcnow
 from storage.tables import messages as t
 
@@ -26,6 +26,14 @@ def _in(conversation: ConversationKey):
     )
 
 
+# What the model sees as history: not a message still being answered, nor one a notice answered.
+_IN_HISTORY = sa.or_(t.c.status.is_(None), t.c.status.in_((MessageStatus.ANSWERED.value, MessageStatus.FAILED.value)))
+_INTAKE_COLUMNS = (
+    t.c.id, t.c.character_id, t.c.platform, t.c.channel_id, t.c.user_id, t.c.content, t.c.tokens,
+    t.c.platform_message_id, t.c.display_name, t.c.created_at, t.c.status,
+)
+
+
 # The hot-path statements, sent with the driver itself on PostgreSQL (see Db.pg_fetch): one
 # multi-row INSERT is one round trip and atomic.
 _INSERT_PG = (
@@ -35,6 +43,25 @@ _INSERT_PG = (
 _USER_ONLY_PG = _INSERT_PG + "($1, $2, $3, $4, $5, 'user', $6, $7, $8) RETURNING id, role"
 _EXCHANGE_PG = _INSERT_PG + (
     "($1, $2, $3, $4, $5, 'user', $6, $7, $8), ($1, $2, $3, $4, $5, 'assistant', $9, $10, NULL) RETURNING id, role"
+)
+# Store a message as pending, or find the stored one (a redelivery): one statement either way. The
+# second SELECT reads the snapshot from before the INSERT, so it sees only a row that was there.
+_ACCEPT_PG = (
+    "WITH new AS (INSERT INTO messages (character_id, platform, channel_id, user_id, created_at, role, content, "
+    "tokens, platform_message_id, display_name, status) VALUES ($1, $2, $3, $4, $5, 'user', $6, $7, $8, $9, 'pending') "
+    "ON CONFLICT (platform, channel_id, platform_message_id) DO NOTHING RETURNING id, character_id, user_id, content, "
+    "tokens, display_name, created_at, status) "
+    "SELECT true AS first, * FROM new UNION ALL "
+    "SELECT false, id, character_id, user_id, content, tokens, display_name, created_at, status FROM messages "
+    "WHERE platform = $2 AND channel_id = $3 AND platform_message_id = $8 AND NOT EXISTS (SELECT 1 FROM new)"
+)
+# Settle a pending message and store its reply: one statement, so both happen or neither does, and
+# only while the message is still pending (a second answer stores nothing).
+_SETTLE_PG = "UPDATE messages SET status = $2 WHERE id = $1 AND status = 'pending' RETURNING id"
+_SETTLE_WITH_REPLY_PG = (
+    "WITH settled AS (" + _SETTLE_PG.replace("RETURNING id", "RETURNING character_id, platform, channel_id, user_id") + ") "
+    "INSERT INTO messages (character_id, platform, channel_id, user_id, created_at, role, content, tokens) "
+    "SELECT character_id, platform, channel_id, user_id, $3, 'assistant', $4, $5 FROM settled RETURNING id"
 )
 
 
@@ -47,7 +74,9 @@ class SqlMessageRepository:
     async def recent(self, conversation: ConversationKey, limit: int) -> list[StoredMessage]:
         if limit <= 0:
             return []
-        statement = sa.select(*_COLUMNS).where(_in(conversation)).order_by(t.c.id.desc()).limit(limit)
+        statement = (
+            sa.select(*_COLUMNS).where(_in(conversation), _IN_HISTORY).order_by(t.c.id.desc()).limit(limit)
+        )
         async with self._db.connect() as conn:
             rows = (await conn.execute(statement)).all()
         return [
@@ -110,6 +139,109 @@ class SqlMessageRepository:
         ids = {row["role"]: row["id"] for row in rows}
         return ids["user"], ids.get("assistant")
 
+    async def accept(
+        self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str
+    ) -> Intake:
+        c = conversation
+        now = utcnow()
+        if self._db.postgres:
+            try:
+                rows = await self._db.pg_fetch(
+                    _ACCEPT_PG, c.character_id, c.platform, c.channel_id, c.user_id, now, text, tokens,
+                    platform_message_id, display_name,
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
+            row = rows[0]
+            return Intake(
+                id=row["id"],
+                conversation=ConversationKey(row["character_id"], c.platform, c.channel_id, row["user_id"]),
+                text=row["content"], tokens=row["tokens"], platform_message_id=platform_message_id,
+                display_name=row["display_name"] or display_name, created_at=row["created_at"],
+                status=MessageStatus(row["status"] or MessageStatus.ANSWERED), first=row["first"],
+            )
+        insert = (
+            self._db.insert(t)
+            .values(
+                character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
+                created_at=now, role="user", content=text, tokens=tokens, platform_message_id=platform_message_id,
+                display_name=display_name, status=MessageStatus.PENDING.value,
+            )
+            .on_conflict_do_nothing(index_elements=[t.c.platform, t.c.channel_id, t.c.platform_message_id])
+            .returning(t.c.id)
+        )
+        try:
+            async with self._db.connect() as conn:
+                new_id = (await conn.execute(insert)).scalar()
+                if new_id is not None:
+                    return Intake(new_id, c, text, tokens, platform_message_id, display_name, now)
+                found = (
+                    await conn.execute(
+                        sa.select(*_INTAKE_COLUMNS).where(
+                            t.c.platform == c.platform,
+                            t.c.channel_id == c.channel_id,
+                            t.c.platform_message_id == platform_message_id,
+                        )
+                    )
+                ).one()
+        except IntegrityError:
+            raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
+        return _intake(found, first=False)
+
+    async def finish(
+        self, intake: Intake, status: MessageStatus, reply: tuple[str, int] | None, greeting: tuple[str, int] | None = None
+    ) -> tuple[int, int | None, int | None] | None:
+        if greeting is not None:
+            return await self._finish_first_contact(intake, status, reply, greeting)
+        if self._db.postgres:
+            if reply is None:
+                rows = await self._db.pg_fetch(_SETTLE_PG, intake.id, status.value)
+                return (intake.id, None, None) if rows else None
+            rows = await self._db.pg_fetch(_SETTLE_WITH_REPLY_PG, intake.id, status.value, utcnow(), *reply)
+            return (intake.id, rows[0]["id"], None) if rows else None
+        async with self._db.begin() as conn:
+            if not await _settle(conn, intake.id, status):
+                return None
+            reply_id = await _insert_reply(conn, intake.conversation, reply) if reply is not None else None
+        return intake.id, reply_id, None
+
+    async def _finish_first_contact(
+        self, intake: Intake, status: MessageStatus, reply: tuple[str, int] | None, greeting: tuple[str, int]
+    ) -> tuple[int, int | None, int | None] | None:
+        """The greeting opens the conversation, so it must come before the message: the message row
+        is stored again after it (history is ordered by id)."""
+        async with self._db.begin() as conn:
+            gone = await conn.execute(sa.delete(t).where(t.c.id == intake.id, t.c.status == MessageStatus.PENDING.value))
+            if gone.rowcount == 0:
+                return None
+            greeting_id = await _insert_reply(conn, intake.conversation, greeting)
+            c = intake.conversation
+            user_id = (
+                await conn.execute(
+                    sa.insert(t)
+                    .values(
+                        character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
+                        created_at=intake.created_at, role="user", content=intake.text, tokens=intake.tokens,
+                        platform_message_id=intake.platform_message_id, display_name=intake.display_name,
+                        status=status.value,
+                    )
+                    .returning(t.c.id)
+                )
+            ).scalar_one()
+            reply_id = await _insert_reply(conn, c, reply) if reply is not None else None
+        return user_id, reply_id, greeting_id
+
+    async def pending(self, platform: str, after_id: int = 0, limit: int = 100) -> list[Intake]:
+        statement = (
+            sa.select(*_INTAKE_COLUMNS)
+            .where(t.c.platform == platform, t.c.status == MessageStatus.PENDING.value, t.c.id > after_id)
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_intake(row, first=False) for row in rows]
+
     async def add_greeting(self, conversation: ConversationKey, content: str, tokens: int) -> int:
         c = conversation
         statement = sa.insert(t).values(
@@ -141,3 +273,36 @@ class SqlMessageRepository:
         async with self._db.connect() as conn:
             result = await conn.execute(sa.delete(t).where(_in(conversation)))
         return result.rowcount
+
+
+def _intake(row: sa.Row, *, first: bool) -> Intake:
+    return Intake(
+        id=row.id,
+        conversation=ConversationKey(row.character_id, row.platform, row.channel_id, row.user_id),
+        text=row.content,
+        tokens=row.tokens,
+        platform_message_id=row.platform_message_id,
+        display_name=row.display_name or "",
+        created_at=row.created_at,
+        status=MessageStatus(row.status or MessageStatus.ANSWERED),
+        first=first,
+    )
+
+
+async def _settle(conn: sa.ext.asyncio.AsyncConnection, message_id: int, status: MessageStatus) -> bool:
+    result = await conn.execute(
+        sa.update(t).where(t.c.id == message_id, t.c.status == MessageStatus.PENDING.value).values(status=status.value)
+    )
+    return result.rowcount > 0
+
+
+async def _insert_reply(conn: sa.ext.asyncio.AsyncConnection, c: ConversationKey, reply: tuple[str, int]) -> int:
+    statement = (
+        sa.insert(t)
+        .values(
+            character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
+            created_at=utcnow(), role="assistant", content=reply[0], tokens=reply[1],
+        )
+        .returning(t.c.id)
+    )
+    return (await conn.execute(statement)).scalar_one()

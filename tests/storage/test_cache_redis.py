@@ -216,3 +216,42 @@ async def test_a_redis_restart_between_calls_is_not_an_outage(redis_proxy: TcpPr
     finally:
         await cache.close()
     assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+
+
+async def test_a_lock_is_held_on_a_short_lease_that_its_live_holder_renews(prefix: str) -> None:
+    a = RedisCache(TEST_REDIS_URL, prefix, lock_lease=1.0)
+    b = RedisCache(TEST_REDIS_URL, prefix, lock_lease=1.0)
+    try:
+        events: list[str] = []
+        a_inside, a_may_leave = asyncio.Event(), asyncio.Event()
+
+        async def in_a() -> None:
+            async with a.hold("conv", ttl=95):
+                # A process that dies now leaves a lock that expires within one lease, not the ttl.
+                assert 0 < await a._redis.pttl(f"{prefix}conv") <= 1000
+                a_inside.set()
+                await a_may_leave.wait()
+                events.append("a out")
+
+        async def in_b() -> None:
+            await a_inside.wait()
+            async with b.hold("conv", ttl=95):
+                events.append("b in")
+
+        task_a, task_b = asyncio.create_task(in_a()), asyncio.create_task(in_b())
+        await a_inside.wait()
+        # Wait until a has renewed its lease (the time left goes up again) three times: b stays out.
+        renewals, last = 0, await a._redis.pttl(f"{prefix}conv")
+        while renewals < 3:
+            await asyncio.sleep(0.02)
+            now = await a._redis.pttl(f"{prefix}conv")
+            assert now > 0, "the lease ran out while its holder was alive"
+            renewals += now > last
+            last = now
+        assert not task_b.done() and events == []
+        a_may_leave.set()
+        await asyncio.gather(task_a, task_b)
+        assert events == ["a out", "b in"]
+    finally:
+        await a.close()
+        await b.close()

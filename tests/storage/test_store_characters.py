@@ -119,7 +119,7 @@ async def test_delete_removes_the_character_with_its_bindings_states_audit_and_m
         await store.bindings.put(Binding("discord", "g", f"chan-{who.id}", who.id, Trigger.ALL))
         created = await store.relationships.get_or_create(state(who.id))
         assert await store.relationships.update(change(created, happiness=5))
-        await store.messages.add_exchange(conversation(who.id), ("hi", 1, "m1"), ("hello", 2))
+        await store.messages.add_exchange(conversation(who.id), ("hi", 1, f"m{who.id}"), ("hello", 2))
 
     assert await store.characters.delete(hamlet.id) is True
     assert await store.characters.delete(hamlet.id) is False

@@ -70,3 +70,37 @@ async def test_delete_conversation_counts_what_it_deleted_and_spares_the_rest(st
 async def test_an_exchange_for_a_deleted_character_is_not_found(store) -> None:
     with pytest.raises(NotFound):
         await store.messages.add_exchange(conversation(777), ("q", 1, None), ("a", 1))
+
+
+async def test_a_message_is_stored_once_per_delivery_and_settled_once(store) -> None:
+    from core.state import MessageStatus
+
+    hamlet = await store.characters.add(card())
+    here = conversation(hamlet.id)
+    first = await store.messages.accept(here, "To be?", 3, "m-1", "Ann")
+    again = await store.messages.accept(here, "To be?", 3, "m-1", "Ann")
+    assert first.first and not again.first
+    assert again.id == first.id and again.status is MessageStatus.PENDING and again.display_name == "Ann"
+    assert [i.id for i in await store.messages.pending("discord")] == [first.id]
+    assert await store.messages.recent(here, 10) == []  # pending: not yet part of the history
+    user_id, reply_id, _ = await store.messages.finish(first, MessageStatus.ANSWERED, ("Or not.", 2))
+    assert user_id == first.id and reply_id is not None
+    assert await store.messages.finish(first, MessageStatus.ANSWERED, ("Twice?", 1)) is None
+    assert [m.content for m in await store.messages.recent(here, 10)] == ["To be?", "Or not."]
+    assert await store.messages.pending("discord") == []
+    settled = await store.messages.accept(here, "To be?", 3, "m-1", "Ann")
+    assert settled.status is MessageStatus.ANSWERED and not settled.first
+
+
+async def test_on_first_contact_the_greeting_is_stored_before_the_message(store) -> None:
+    from core.state import MessageStatus
+
+    hamlet = await store.characters.add(card())
+    here = conversation(hamlet.id)
+    intake = await store.messages.accept(here, "Hello?", 1, "m-1", "Ann")
+    user_id, reply_id, greeting_id = await store.messages.finish(intake, MessageStatus.ANSWERED, ("Well met.", 2), ("Who's there?", 2))
+    assert greeting_id < user_id < reply_id
+    assert [(m.role, m.content) for m in await store.messages.recent(here, 10)] == [
+        ("assistant", "Who's there?"), ("user", "Hello?"), ("assistant", "Well met.")
+    ]
+    assert (await store.messages.accept(here, "Hello?", 1, "m-1", "Ann")).id == user_id  # still the record of the delivery

@@ -45,3 +45,21 @@ async def test_a_state_update_with_its_audit_is_one_round_trip_on_postgresql(sto
 async def test_a_transaction_counts_its_begin_and_commit(store) -> None:
     # forget_person: BEGIN, three DELETEs, COMMIT.
     assert await delta(store, lambda: store.forget_person("discord", "nobody")) == 5
+
+
+@pytest.mark.parametrize("database_backend", ["postgresql"], indirect=True)
+async def test_storing_a_message_on_arrival_and_settling_it_with_its_reply_are_one_round_trip_each(store) -> None:
+    from core.state import MessageStatus
+
+    hamlet = await store.characters.add(card())
+    here = conversation(hamlet.id)
+    for i in range(3):
+        intake = None
+
+        async def accept() -> None:
+            nonlocal intake
+            intake = await store.messages.accept(here, "q", 1, f"m{i}", "Ann")
+
+        assert await delta(store, accept) == 1
+        assert await delta(store, lambda: store.messages.accept(here, "q", 1, f"m{i}", "Ann")) == 1  # a redelivery
+        assert await delta(store, lambda: store.messages.finish(intake, MessageStatus.ANSWERED, ("a", 1))) == 1

@@ -102,7 +102,7 @@ async def running_bot(store, cache, tg: FakeTelegram, tgi: TGIServer, *, tuning:
     app = wire(config, store, cache, model)
     application = build_application(app, tuning)
     try:
-        async with serving(application, config, tuning):
+        async with serving(application, config, tuning, app=app):
             yield Harness(app, application, tg, tgi)
     finally:
         await app.engine.drain()

@@ -1,0 +1,62 @@
+"""Answering what a crash left behind: messages stored on arrival and never answered.
+
+At start-up (and from time to time, for messages whose turn's owner is gone) an adapter asks
+``Engine.recover`` for the pending messages of its platform and delivers each answer. A message
+older than ``pending_answer_within_s`` gets one short notice instead: answering it now would come
+out of nowhere. Either way the message is settled once: a redelivery of it, or a second recovery,
+finds it answered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, AsyncIterator
+
+from core.hot import shown_key
+from core.reply import NOTICE_STALE, Reply, ReplyStatus
+from core.state import Intake, MessageStatus
+
+if TYPE_CHECKING:
+    from core.engine import Engine, RecoveredTurn
+
+# How long the platform id of a reply being shown is remembered: past this, recovery answers anew.
+SHOWN_TTL_S = 86400.0
+
+
+async def pending_turns(engine: "Engine", platform: str, *, older_than_s: float = 0.0) -> AsyncIterator["RecoveredTurn"]:
+    """Each pending message of ``platform`` stored at least ``older_than_s`` ago, with its answer."""
+    from core.engine import RecoveredTurn
+
+    after_id = 0
+    while True:
+        batch = await engine.store.messages.pending(platform, after_id=after_id)
+        if not batch:
+            return
+        after_id = batch[-1].id
+        now = dt.datetime.now(dt.UTC)
+        due = [i for i in batch if (now - i.created_at).total_seconds() >= older_than_s and not engine.answering(i)]
+        if not due:
+            continue
+        shown = await engine.cache.get_many([shown_key(i.id) for i in due])
+        for intake, raw in zip(due, shown):
+            late = (now - intake.created_at).total_seconds() > engine.config.pending_answer_within_s
+            reply = Reply(lambda r, i=intake: _too_late(engine, i, r)) if late else engine.answer(intake)
+            yield RecoveredTurn(intake, reply, raw.decode() if raw is not None else None, late)
+
+
+async def _too_late(engine: "Engine", intake: Intake, reply: Reply) -> AsyncIterator[str]:
+    """Settle the message with a notice (stored first, so that it is given once)."""
+    reply.intake, reply.conversation = intake, intake.conversation
+    if engine.answering(intake):
+        reply.status = ReplyStatus.DUPLICATE
+        return
+    ids = await engine.stored(lambda: engine.store.messages.finish(intake, MessageStatus.NOTICE, None))
+    if ids is None:
+        reply.status = ReplyStatus.DUPLICATE
+        return
+    reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_STALE
+    yield NOTICE_STALE
+
+
+async def remember_shown(engine: "Engine", intake: Intake, platform_message_id: str) -> None:
+    await engine.cache.set_many({shown_key(intake.id): platform_message_id.encode()}, SHOWN_TTL_S)

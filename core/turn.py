@@ -1,0 +1,277 @@
+"""One turn of a conversation in short named steps: admit, load, compose, generate, persist, after.
+
+A ``ChatTurn`` answers one stored message (or regenerates the newest reply) while holding the
+conversation's lock; ``run`` walks the steps and yields the reply's text as it streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
+
+from core.card_dialogue import parse_examples, pick_greeting
+from core.character import Character
+from core.errors import ModelError, PersonaeError
+from core.events import ConversationKey, PersonKey
+from core.hot import HotState, encode_history, encode_state, history_key, lock_key, rate_key, state_key
+from core.ports import AdmitRequest, Held
+from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
+from core.reply import NOTICE_CUT, NOTICE_INTERRUPTED, NOTICE_RATE, NOTICE_UNAVAILABLE, Reply, ReplyStatus
+from core.state import Binding, Exchange, Intake, MessageStatus, RelationshipState
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[int, str, str, int]  # (message id, role, content, tokens): a history entry
+T = TypeVar("T")
+
+
+class ChatTurn:
+    """The answer to ``intake`` (a stored message), or with ``replace`` = (message id, reply id) a new
+    reply in place of the newest one."""
+
+    def __init__(
+        self,
+        engine: "Engine",
+        reply: Reply,
+        character: Character,
+        binding: Binding,
+        conversation: ConversationKey,
+        display_name: str,
+        text: str,
+        *,
+        intake: Intake | None = None,
+        replace: tuple[int, int] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.reply = reply
+        self.character = character
+        self.binding = binding
+        self.conversation = conversation
+        self.display_name = display_name
+        self.text = text
+        self.intake = intake
+        self.replace = replace
+        self.person = PersonKey(character.id, conversation.platform, conversation.user_id)
+        self.state: RelationshipState | None = None
+        self.history: list[Entry] = []
+        self.greeting: str | None = None
+        self.scene: str | None = None
+        self.answer = ""
+        self.user_tokens = estimate_tokens(text)
+
+    async def run(self) -> AsyncIterator[str]:
+        """Lock the conversation, then walk the steps; the state update runs after the lock is released."""
+        cfg = self.config
+        keys = (state_key(self.person), history_key(self.conversation))
+        admit = None
+        if self.intake is not None:
+            # The database keeps the record of deliveries (the stored message); the cache counts the rate.
+            admit = AdmitRequest(None, 0.0, rate_key(self.conversation.platform, self.conversation.user_id), cfg.rate_limit_window_s)
+        async with self.engine.cache.hold(lock_key(self.conversation), ttl=cfg.turn_deadline_s + 5, read=keys, admit=admit) as held:
+            notice = await self.admit(held)
+            if notice is not None:
+                if notice:
+                    yield notice
+                return
+            if not await self.load(held):
+                return
+            messages = await self.compose()
+            async for delta in self.generate(messages):
+                yield delta
+            stored = await self.persist(held)
+        if stored:
+            self.after()
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    async def admit(self, held: Held) -> str | None:
+        """None to go on; a notice to show (or "" for silence) when the person is over the rate limit."""
+        cfg, reply = self.config, self.reply
+        if held.admission is None or held.admission.count <= cfg.rate_limit_messages:
+            return None
+        assert self.intake is not None
+        await self.engine.store.messages.finish(self.intake, MessageStatus.NOTICE, None)
+        if held.admission.count == cfg.rate_limit_messages + 1:
+            reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_RATE
+            return NOTICE_RATE
+        reply.status = ReplyStatus.RATE_LIMITED
+        return ""
+
+    async def load(self, held: Held) -> bool:
+        """The person's state and the recent history; False (status set) when there is nothing to answer."""
+        cfg, hot, reply = self.config, self.engine.hot, self.reply
+        state, from_db = await hot.state(self.person, self.character, held.values[0])
+        if from_db:
+            held.stage(state_key(self.person), encode_state(state), cfg.cache_ttl_s)
+        self.state = self.engine.state_updater.as_of_now(state, self.character)  # idle emotions drift back
+        history, _ = await hot.history(self.conversation, cfg.history_turns, held.values[1])
+        if self.intake is not None and any(entry[0] == self.intake.id for entry in history):
+            reply.status = ReplyStatus.DUPLICATE  # answered while this turn waited for the lock
+            return False
+        if self.replace is not None:
+            user_id, reply_id = self.replace
+            if len(history) < 2 or history[-1][0] != reply_id or history[-2][0] != user_id:
+                reply.status = ReplyStatus.NOT_FOUND
+                return False
+            history = history[:-2]
+        elif not history and (greeting := pick_greeting(self.character, self.display_name)):
+            # First contact: the character's greeting opens the conversation (stored with the reply).
+            self.greeting = greeting
+            history = [(0, "assistant", greeting, estimate_tokens(greeting))]
+            reply.greeting = greeting
+        self.history = history
+        return True
+
+    async def compose(self) -> list[dict[str, str]]:
+        """The model's messages: the system prompt, the card's examples, the history, the new text."""
+        character, state = self.character, self.state
+        assert state is not None
+        self.scene = self.binding.scene if self.binding.scene is not None else character.profile.scene
+        system = render_system_prompt(
+            character.profile,
+            chat_role=self.display_name,
+            scene=self.scene,
+            emotion=state.emotion,
+            relationship=state.intimacy,
+        )
+        examples = (
+            parse_examples(character.examples, char=character.name, user=self.display_name) if character.examples else []
+        )
+        return await self._fit(system, examples, HotState.turns(self.history))
+
+    async def generate(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        """Stream the reply within the turn deadline; a failure or a shutdown cut ends it with a notice."""
+        cfg, reply = self.config, self.reply
+        parts: list[str] = []
+        failure: str | None = None
+        try:
+            async with self.engine.cuttable(cfg.turn_deadline_s):
+                async for delta in self.engine.model.stream(
+                    messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop
+                ):
+                    if delta:
+                        parts.append(delta)
+                        yield delta
+        except ModelError as exc:
+            failure = str(exc)
+        except TimeoutError:
+            failure = "shutdown" if self.engine.cutting else f"no complete reply within the {cfg.turn_deadline_s:g} s turn deadline"
+        self.answer = "".join(parts).strip()
+        if failure is not None:
+            log.warning("model failure for %s: %s", self.conversation.cache_key(), failure)
+            notice = NOTICE_INTERRUPTED if failure == "shutdown" else NOTICE_CUT
+            notice = notice if self.answer else NOTICE_UNAVAILABLE
+            reply.status = ReplyStatus.PARTIAL if self.answer else ReplyStatus.FAILED
+            yield notice
+            reply.text = "".join(parts) + notice
+        else:
+            reply.status = ReplyStatus.ANSWERED if self.answer else ReplyStatus.FAILED
+            reply.text = self.answer
+            if not self.answer:
+                reply.text = NOTICE_UNAVAILABLE
+                yield NOTICE_UNAVAILABLE
+
+    async def persist(self, held: Held) -> bool:
+        """Store the reply (the message marked answered in the same transaction); True if a reply was stored."""
+        cfg, reply, store = self.config, self.reply, self.engine.store
+        stored_reply = (self.answer, estimate_tokens(self.answer)) if self.answer else None
+        h_key = history_key(self.conversation)
+        new: list[Entry]
+        if self.replace is not None:
+            user_id, reply_id = self.replace
+            reply.user_message_id, reply.reply_message_id = user_id, reply_id
+            if stored_reply is None:
+                held.stage(h_key, None, cfg.cache_ttl_s)  # the old reply stays
+                return False
+            await self.engine.stored(lambda: store.messages.replace_reply(reply_id, *stored_reply))
+            new = [(user_id, "user", self.text, self.user_tokens), (reply_id, "assistant", self.answer, stored_reply[1])]
+        else:
+            assert self.intake is not None
+            status = MessageStatus.ANSWERED if stored_reply else MessageStatus.FAILED
+            greeting = (self.greeting, self.history[0][3]) if self.greeting is not None else None
+            ids = await self.engine.stored(lambda: store.messages.finish(self.intake, status, stored_reply, greeting))  # type: ignore[arg-type]
+            if ids is None:
+                log.warning("message %s was answered elsewhere meanwhile; this reply is not stored", self.intake.id)
+                held.stage(h_key, None, cfg.cache_ttl_s)
+                return False
+            user_id, reply_id, greeting_id = ids
+            if greeting_id is not None:
+                self.history = [(greeting_id, *self.history[0][1:])] + self.history[1:]
+            reply.user_message_id, reply.reply_message_id = user_id, reply_id
+            new = [(user_id, "user", self.text, self.user_tokens)]
+            if reply_id is not None:
+                new.append((reply_id, "assistant", self.answer, stored_reply[1]))  # type: ignore[index]
+        window = (self.history + new)[-cfg.history_turns :]
+        held.stage(h_key, encode_history(window), cfg.cache_ttl_s)
+        return reply.reply_message_id is not None
+
+    def after(self) -> None:
+        """Move the character's feelings in the background, off the reply's path."""
+        assert self.state is not None and self.reply.user_message_id is not None
+        c = self.conversation
+        exchange = Exchange(
+            character_id=self.character.id,
+            platform=c.platform,
+            channel_id=c.channel_id,
+            user_id=c.user_id,
+            display_name=self.display_name,
+            scene=self.scene,
+            state_before=self.state,
+            history=tuple((role, content) for _, role, content, _ in self.history),
+            user_text=self.text,
+            reply_text=self.answer,
+            user_message_id=self.reply.user_message_id,
+            reply_message_id=self.reply.reply_message_id,  # type: ignore[arg-type]
+            regenerated=self.replace is not None,
+        )
+        self.engine.in_background(self.engine.state_updater.after_exchange(exchange))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _fit(self, system: str, examples: list[Turn], history: list[Turn]) -> list[dict[str, str]]:
+        """The messages for the model within the input budget.
+
+        The estimate over-counts, so when it fits nothing is asked of the model server; only a
+        prompt near the budget is counted exactly (``/tokenize`` on TGI).
+        """
+        cfg, text, model = self.config, self.text, self.engine.model
+        budget = cfg.max_input_tokens - cfg.max_tokens
+        estimated = estimate_tokens(system) + self.user_tokens + sum(
+            t.tokens or estimate_tokens(t.content) for t in (*examples, *history)
+        )
+        if estimated <= budget:
+            return build_messages(system, history, text, examples=examples)
+        exact = dict(zip((system, text), await asyncio.gather(model.count_tokens(system), model.count_tokens(text))))
+        self.user_tokens = exact[text]
+        return build_messages(
+            system, history, text, examples=examples, budget=budget,
+            count=lambda s: exact[s] if s in exact else estimate_tokens(s),
+        )
+
+
+async def with_backoff(write: Callable[[], Awaitable[T]], *, give_up_after: float, what: str) -> T:
+    """Run ``write()`` until it succeeds, waiting longer each time (the database may be restarting);
+    after ``give_up_after`` seconds the last error is raised. Domain errors are not retried."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after
+    delay = 0.2
+    warned = False
+    while True:
+        try:
+            return await write()
+        except PersonaeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the database's own errors are storage's business
+            if loop.time() + delay > deadline:
+                raise
+            if not warned:
+                log.warning("could not store %s (%s: %s); retrying until the database is back", what, type(exc).__name__, exc)
+                warned = True
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,73 @@
+"""What a crash left behind on Discord: a pending message is answered at start-up, a half-shown reply completed or marked."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+
+from core.engine import NOTICE_INTERRUPTED
+from core.events import ConversationKey, Platform
+from storage.tables import messages
+from tests.discord.conftest import CHARACTER, add_character, bind, build_app, discord_settings, start_bot, stop_bot
+from tests.discord.fake_discord import ALICE, BOT_ID, ROLEPLAY
+
+
+async def left_pending(store, cache, fake, tgi, *, half_shown: str | None = None) -> tuple[dict, int | None]:
+    """What a process killed mid-reply leaves: the message stored as pending, maybe a reply half-shown."""
+    app = build_app(store, cache, discord_settings(fake, tgi))
+    await add_character(store)
+    await bind(app, ROLEPLAY)
+    await app.model.close()
+    payload = fake.message_payload(ROLEPLAY, ALICE, "Who goes there?")
+    fake.messages[int(payload["id"])] = payload
+    character = await store.characters.get_by_name(CHARACTER)
+    conversation = ConversationKey(character.id, Platform.DISCORD, str(ROLEPLAY), str(ALICE))
+    intake = await store.messages.accept(conversation, payload["content"], 4, payload["id"], "Alice")
+    partial_id = None
+    if half_shown is not None:
+        partial = fake._create(ROLEPLAY, {"content": half_shown}, author=BOT_ID)
+        partial_id = int(partial["id"])
+        await app.engine.showing(intake, str(partial_id))
+    return payload, partial_id
+
+
+async def test_a_message_left_pending_is_answered_in_reply_to_it_at_start_up(store, cache, fake, tgi) -> None:
+    payload, _ = await left_pending(store, cache, fake, tgi)
+    app = build_app(store, cache, discord_settings(fake, tgi))
+    bot, task = await start_bot(app, fake, tgi)
+    try:
+        await fake.wait_for(lambda: any(m["content"] == tgi.reply for m in fake.bot_messages(ROLEPLAY)), what="the answer")
+        (shown,) = fake.bot_messages(ROLEPLAY)
+        assert str(shown["message_reference"]["message_id"]) == payload["id"]
+        await bot.deliver(payload)  # the gateway sends it again after the restart
+        assert len(fake.bot_messages(ROLEPLAY)) == 1
+    finally:
+        await stop_bot(app, task)
+    assert tgi.count("/v1/chat/completions") == 1
+
+
+async def test_a_half_shown_reply_is_completed_in_place(store, cache, fake, tgi) -> None:
+    _, partial_id = await left_pending(store, cache, fake, tgi, half_shown="(bows) Good morrow, friend; th")
+    app = build_app(store, cache, discord_settings(fake, tgi))
+    _, task = await start_bot(app, fake, tgi)
+    try:
+        await fake.wait_for(lambda: fake.messages[partial_id]["content"] == tgi.reply, what="the completed reply")
+        assert [m["id"] for m in fake.bot_messages(ROLEPLAY)] == [str(partial_id)]
+    finally:
+        await stop_bot(app, task)
+
+
+async def test_a_half_shown_reply_too_old_to_answer_is_marked_interrupted(store, cache, fake, tgi) -> None:
+    _, partial_id = await left_pending(store, cache, fake, tgi, half_shown="(bows) Good morrow, friend; th")
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.update(messages).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)))
+    app = build_app(store, cache, discord_settings(fake, tgi))
+    _, task = await start_bot(app, fake, tgi)
+    try:
+        expected = "(bows) Good morrow, friend; th" + NOTICE_INTERRUPTED
+        await fake.wait_for(lambda: fake.messages[partial_id]["content"] == expected, what="the mark")
+        assert len(fake.bot_messages(ROLEPLAY)) == 1
+    finally:
+        await stop_bot(app, task)
+    assert tgi.count("/v1/chat/completions") == 0
