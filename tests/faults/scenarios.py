@@ -21,10 +21,10 @@ RECOVER_S = 45.0  # how long a scenario waits for the answers after the fault (r
 
 
 async def _finish(run: FaultRun, fault: str, fault_at: float, sent: list[Sent] | None = None, note: str = "",
-                  wait: float = RECOVER_S, **facts) -> Row:
-    """Wait (bounded) for every answer and for the bot to go quiet, then count."""
+                  wait: float = RECOVER_S, done: Callable[[], bool] | None = None, **facts) -> Row:
+    """Wait (bounded) for every answer (or ``done``) and for the bot to go quiet, then count."""
     sent = run.sent if sent is None else sent
-    await run.until(lambda: run.answered(sent), wait, "every message to be answered")
+    await run.until(done or (lambda: run.answered(sent)), wait, "every message to be answered")
     await run.settle()
     stored = await run.stored(sent, wait=15.0 if run.answered(sent) else 1.0)
     row = run.row(fault, fault_at, sent, note=note)
@@ -83,7 +83,9 @@ async def postgres_stopped(pg: ThrowawayPostgres) -> Row:
             await asyncio.sleep(20.0)  # the outage itself
         finally:
             await asyncio.to_thread(pg.start)
-        row = await _finish(run, "PostgreSQL stopped ~20 s mid-run", at)
+        # A message that came during the outage may get a notice instead of an answer: that is final.
+        answered_or_told = lambda: all(run.replies_to(s)[0] or run.notices(s.platform, s.chat) for s in run.sent)  # noqa: E731
+        row = await _finish(run, "PostgreSQL stopped ~20 s mid-run", at, done=answered_or_told)
         errors = [t for s in run.sent for t in run.notices(s.platform, s.chat) if "went wrong" in t.lower()]
         row.facts.update(
             before_answered=sum(run.replies_to(s)[0] == 1 for s in before),
