@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # constraints.txt pins every version, so two installs (and the image) get the same packages.
 PIP_INSTALL := PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: chat test bench install clean lock
+.PHONY: chat test bench faults install clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "personae needs Python 3.11 or newer"; exit 1; }
@@ -39,6 +39,10 @@ lock: $(STAMP)
 	@{ echo "# Every package version personae installs (make lock writes it; make install and the image use it)."; \
 	   $(PY) -m pip list --format=freeze --exclude-editable --disable-pip-version-check | grep -vE "^(pip|setuptools)==";  } > constraints.txt
 	@echo "wrote constraints.txt"
+
+# The fault table for docs/reliability.md: `personae run` through crashes and outages (throwaway servers).
+faults: $(STAMP)
+	$(PY) -m tests.faults $(FAULTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

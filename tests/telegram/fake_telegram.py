@@ -93,6 +93,7 @@ class FakeTelegram:
         self._delivered = 0  # highest update id handed out by getUpdates
         self._arrived = asyncio.Event()
         self.holding = False  # a getUpdates request is waiting for updates
+        self.polls = 0  # getUpdates requests received (``calls`` records them when they answer)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -224,7 +225,7 @@ class FakeTelegram:
 
     @property
     def pending(self) -> int:
-        """Updates queued and not yet handed to the bot."""
+        """Updates queued and not yet confirmed by the bot (a getUpdates offset past them)."""
         return len(self._updates)
 
     async def wait_for(self, condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -297,6 +298,7 @@ class FakeTelegram:
         return self.me
 
     async def _m_getUpdates(self, p: dict[str, Any]) -> Any:
+        self.polls += 1
         offset = int(p.get("offset") or 0)
         self._updates = [u for u in self._updates if u.get("_again") or u["update_id"] >= offset]
         if not self._updates and p.get("timeout"):
@@ -309,7 +311,9 @@ class FakeTelegram:
             finally:
                 self.holding = False
         batch = self._updates[: int(p.get("limit") or 100)]
-        self._updates = self._updates[len(batch) :]
+        # As on Telegram, an update stays queued until a later call's offset moves past it: a bot that
+        # dies before confirming gets it again. A scripted redelivery is handed out once.
+        self._updates = [u for u in self._updates if not (u.get("_again") and any(u is b for b in batch))]
         self.calls.append(Call("getUpdates", p))
         return [{k: v for k, v in u.items() if k != "_again"} for u in batch]
 
