@@ -149,6 +149,14 @@ class Engine:
             return found
         return None
 
+    async def discard(self, event: ChatEvent) -> None:
+        """An accepted message the adapter will not hand to ``handle`` (dropped from a flooded line):
+        settled now, so that no restart answers it later."""
+        accepted = self._accepted.pop(_delivery(event), None)
+        if accepted is not None:
+            self._waiting.dropped += 1
+            await self._settle_unanswered(accepted)
+
     def handle(self, event: ChatEvent) -> Reply:
         """The reply to ``event`` (stored on arrival by ``accept`` if not already); nothing runs until it is iterated."""
         return Reply(lambda reply: self._handle(event, reply))

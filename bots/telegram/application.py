@@ -32,7 +32,7 @@ from bots.compose import App
 from bots.settings import Settings
 from bots.telegram.arguments import COMMANDS
 from bots.recovering import keep_recovering
-from bots.telegram.handlers import CHAT_TEXT, FORGET, PLATFORM, USE, Handlers
+from bots.telegram.handlers import CHAT_TEXT, FORGET, PLATFORM, USE, Handlers, chat_event
 from bots.telegram.intake import Poller, WebhookServer
 from bots.telegram.replies import REGENERATE, Replies
 from bots.telegram.updates import OrderedUpdates
@@ -78,12 +78,13 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
     if settings.telegram_token is None:
         raise TelegramStartError("PERSONAE_TELEGRAM_TOKEN is not set.")
     hide_token(settings.telegram_token.get_secret_value())
+    updates = OrderedUpdates(256, max_waiting_per_key=settings.max_waiting_per_person)
     application = (
         ApplicationBuilder()
         .token(settings.telegram_token.get_secret_value())
         .base_url(settings.telegram_api_base)
         .base_file_url(settings.telegram_file_base)
-        .concurrent_updates(OrderedUpdates(256, max_waiting_per_key=settings.max_waiting_per_person))
+        .concurrent_updates(updates)
         .rate_limiter(AIORateLimiter(max_retries=tuning.rate_limit_retries))
         .connect_timeout(tuning.request_timeout)
         .read_timeout(tuning.request_timeout)
@@ -93,6 +94,8 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         .updater(None)  # updates come in through bots.telegram.intake, stored before they are confirmed
         .build()
     )
+    # A message stored on arrival and then dropped from a flooded line gets no answer, now or after a restart.
+    updates.on_drop = lambda update: _settle_dropped(app, application, update)
     replies = Replies(
         application.bot,
         edit_interval=tuning.edit_interval,
@@ -249,6 +252,13 @@ async def serving(
                 await application.stop()
     finally:
         await application.shutdown()
+
+
+async def _settle_dropped(app: App, application: Application, update: object) -> None:
+    message = update.effective_message if isinstance(update, Update) else None
+    event = chat_event(message, application.bot) if message is not None else None
+    if event is not None:
+        await app.engine.discard(event)
 
 
 async def run_telegram(app: App, tuning: Tuning | None = None, *, stop: asyncio.Event | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import Any, Awaitable, Generic, Hashable, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from telegram import Update
 from telegram.ext import BaseUpdateProcessor
@@ -71,6 +71,8 @@ class OrderedUpdates(BaseUpdateProcessor):
         self.seen: Recent[int, None] = Recent(remember)
         self.max_waiting_per_key = max_waiting_per_key
         self.dropped = 0
+        # Told of each update dropped from a flooded line (the adapter settles its stored message).
+        self.on_drop: Callable[[object], Awaitable[None]] | None = None
         self._queues: dict[tuple[int, int], tuple[asyncio.Lock, list[int]]] = {}
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
@@ -91,6 +93,11 @@ class OrderedUpdates(BaseUpdateProcessor):
                 getattr(update, "update_id", "?"), key[1], key[0], queued[1][0], self.dropped,
             )
             _discard(coroutine)
+            if self.on_drop is not None:
+                try:
+                    await self.on_drop(update)
+                except Exception:  # noqa: BLE001 - recovery sends the late notice instead
+                    log.exception("could not settle dropped update %s", getattr(update, "update_id", "?"))
             return
         lock, users = self._queues.setdefault(key, (asyncio.Lock(), [0]))
         users[0] += 1
