@@ -89,7 +89,7 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
         else:
             appraiser = await stack.enter_async_context(open_appraiser(settings, None))
         where = {
-            "model": "; ".join(about),
+            "model": "; ".join(a.removeprefix("model: ") for a in about),
             "layout": settings.prompt_layout,
             "partner": settings.eval_partner_url or "the model under test",
             "judge": settings.eval_judge_url or "the model under test",

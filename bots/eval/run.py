@@ -144,7 +144,7 @@ async def play(endpoints: Endpoints, item: Item, config: EvalConfig, lines: list
                     endpoints.partner, role, chat, lines,
                     max_tokens=config.partner_max_tokens, temperature=config.partner_temperature,
                 )
-                lines.append((chat.partner, line))
+                lines.append((chat.partner, line or "…"))  # the engine never sends an empty message
             else:
                 history = [Turn("user" if who == chat.partner else "assistant", text) for who, text in lines[:-1]]
                 messages = actor_messages(role, chat, history, lines[-1][1], config)
