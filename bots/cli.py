@@ -546,6 +546,7 @@ def evaluate(
     partner_max_tokens: int = typer.Option(64, "--partner-max-tokens", min=1),
     judge_max_tokens: int = typer.Option(768, "--judge-max-tokens", min=1, help="The judge reasons before its JSON: give it room."),
     fresh: bool = typer.Option(False, "--fresh", help="Forget earlier results in --out instead of resuming."),
+    recorded: bool = typer.Option(False, "--recorded", help="Judge the dialogues recorded in the role files instead of playing new ones."),
 ) -> None:
     """Measure role-play quality as BeyondDialogue's AutoRPEval does (partner: PERSONAE_EVAL_PARTNER_URL, judge: PERSONAE_EVAL_JUDGE_URL)."""
     from bots.eval.command import EvalRequest, run_eval
@@ -554,7 +555,7 @@ def evaluate(
     s = settings()
     config = EvalConfig(
         turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
-        partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens,
+        partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
     )
     request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)
     typer.echo(run(lambda: run_eval(s, request, lambda line: typer.echo(line, err=True))))

@@ -104,7 +104,9 @@ async def run_eval(settings: Settings, request: EvalRequest, say: Callable[[str]
     Raises EvalIncomplete (after writing the figures of what is done) when dialogues are left undone.
     """
     roles = await gather_roles(settings, request)
-    items = items_for(roles, samples=request.config.samples, chats=request.chats)
+    items = items_for(roles, samples=request.config.samples, chats=request.chats, recorded=request.config.recorded)
+    if not items:
+        raise InvalidInput("no chat in the role files has a recorded 'dialogues' list to judge (drop --recorded to play new ones)")
     results = request.out / RESULTS
     if request.fresh and results.exists():
         results.unlink()

@@ -37,6 +37,7 @@ class EvalChat:
     scene: str
     emotion: EmotionState  # the label: the emotions the role is told to have (and should show)
     relationship: int  # the label: the intimacy with the partner, 0-10
+    dialogue: tuple[tuple[str, str], ...] = ()  # a recorded dialogue (AutoRPEval's ``dialogues``), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,17 @@ def _emotion_label(where: str, values: object) -> EmotionState:
     return EmotionState.from_mapping(levels)
 
 
+def _recorded(where: str, value: object) -> tuple[tuple[str, str], ...]:
+    """AutoRPEval's played dialogues: ``[{"role": name, "dialogue": text}, ...]``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(d, Mapping) and isinstance(d.get("role"), str) and isinstance(d.get("dialogue"), str) for d in value
+    ):
+        raise InvalidInput(f'{where} must be a list of {{"role": name, "dialogue": text}}')
+    return tuple((d["role"], d["dialogue"]) for d in value)
+
+
 def _text(data: Mapping[str, Any], key: str, where: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value.strip():
@@ -113,6 +125,7 @@ def role_from_json(data: object, source: str = "") -> EvalRole:
             scene=_text(chat, "scene", at),
             emotion=_emotion_label(f"{at}.emotions", chat.get("emotions")),
             relationship=_level(f"{at}.relationship_score", chat.get("relationship_score", chat.get("relationship"))),
+            dialogue=_recorded(f"{at}.dialogues", chat.get("dialogues")),
         ))
     first = chats[0]
     profile = CharacterProfile(

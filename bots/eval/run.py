@@ -45,6 +45,7 @@ class EvalConfig:
     judge_max_tokens: int = 768
     judge_temperature: float = 0.0
     stop_after_failures: int = 3  # failed items in a row before the run gives up
+    recorded: bool = False  # judge the dialogues recorded in the role files instead of playing new ones
 
 
 @dataclass(slots=True)
@@ -79,13 +80,13 @@ class StageFailed(Exception):
         self.lines = lines
 
 
-def items_for(roles: Iterable[EvalRole], *, samples: int, chats: int | None = None) -> list[Item]:
-    """Every (role, scene, sample) to play, in a stable order."""
+def items_for(roles: Iterable[EvalRole], *, samples: int, chats: int | None = None, recorded: bool = False) -> list[Item]:
+    """Every (role, scene, sample) to play, in a stable order (``recorded``: every scene with a recorded dialogue, once)."""
     return [
         Item(role, chat, sample)
         for role in roles
-        for chat in role.chats[: chats or None]
-        for sample in range(1, samples + 1)
+        for chat in (role.chats[: chats or None] if not recorded else [c for c in role.chats if c.dialogue][: chats or None])
+        for sample in range(1, (1 if recorded else samples) + 1)
     ]
 
 
@@ -203,7 +204,7 @@ async def evaluate(endpoints: Endpoints, item: Item, config: EvalConfig, previou
     kept = [tuple(x) for x in (previous or {}).get("dialogue") or [] if isinstance(x, list) and len(x) == 2]
     lines: list[tuple[str, str]] = list(kept[: 2 * config.turns])  # type: ignore[arg-type]
     try:
-        lines = await play(endpoints, item, config, lines)
+        lines = list(item.chat.dialogue) if config.recorded else await play(endpoints, item, config, lines)
         shown = _judge_lines(lines)
         case = Case(item.role.profile, item.chat.partner, item.chat.scene, item.chat.emotion.as_dict(),
                     item.chat.relationship, shown, item.role.role_candidates, item.role.role_answer)

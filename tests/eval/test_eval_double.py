@@ -142,3 +142,22 @@ async def test_a_stored_character_is_evaluated_by_name(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "out" / SUMMARY).read_text())
     assert summary["appraiser"]["kind"] == "lexicon"
     assert summary["dimensions"]["role_choice"]["n"] + summary["dimensions"]["role_choice"]["unparsed"] == 1
+
+
+async def test_recorded_dialogues_are_judged_without_playing_new_ones(tmp_path: Path) -> None:
+    data = json.loads(HAMLET.read_text())
+    data["chats"]["Elena"]["dialogues"] = [
+        {"role": "Elena", "dialogue": "What do you see, my prince?"},
+        {"role": "Hamlet", "dialogue": "(clutches his chest) A kingdom of ghosts, Elena."},
+    ]
+    role_file = tmp_path / "Hamlet.json"
+    role_file.write_text(json.dumps(data))
+    async with TGIServer(reply=ScriptedModel()) as server:
+        await run_eval(settings(server.base_url, tmp_path),
+                       EvalRequest(role_files=(role_file,), out=tmp_path / "out", config=EvalConfig(recorded=True, judge_max_tokens=64)),
+                       lambda _: None)
+    assert role_requests(server) == []
+    assert not [b for b in server.bodies() if b["messages"][0]["content"].startswith("You are Elena")]
+    [record] = [json.loads(x) for x in (tmp_path / "out" / RESULTS).read_text().splitlines()]
+    assert record["id"] == "Hamlet/Elena/1" and record["dialogue"][1] == ["Hamlet", "(clutches his chest) A kingdom of ghosts, Elena."]
+    assert record["scores"]["role_choice"] == 100
