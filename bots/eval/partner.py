@@ -33,11 +33,14 @@ PARTNER_PROMPT_ZH = """你是{partner}，生活在{world}。始终保持角色�
 OPENING = {"en": "(The scene begins. Say your first line to {role_name}.)", "zh": "（场景开始。请对{role_name}说第一句话。）"}
 
 
-def first_line(text: str) -> str:
-    """The first non-empty line, stripped (the rest is the model talking for others)."""
+def first_line(text: str, speaker: str = "") -> str:
+    """The first non-empty line, stripped, without a leading ``speaker:`` (the rest is the model talking for others)."""
     for line in text.strip().splitlines():
-        if line.strip():
-            return line.strip()
+        line = line.strip()
+        if speaker and line.casefold().startswith(speaker.casefold() + ":"):
+            line = line[len(speaker) + 1 :].strip()
+        if line:
+            return line
     return ""
 
 
@@ -57,4 +60,4 @@ def partner_messages(role: EvalRole, chat: EvalChat, lines: Sequence[tuple[str, 
 async def partner_line(model: ChatModel, role: EvalRole, chat: EvalChat, lines: Sequence[tuple[str, str]], *, max_tokens: int, temperature: float) -> str:
     """The partner's next line."""
     answer = await model.complete(partner_messages(role, chat, lines), max_tokens=max_tokens, temperature=temperature)
-    return first_line(answer)
+    return first_line(answer, chat.partner)

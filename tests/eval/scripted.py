@@ -52,4 +52,5 @@ class ScriptedModel:
             return APPRAISAL_RELATIONSHIP if '"relationship"' in prompt else APPRAISAL_EMOTION
         if system.startswith("I want you to answer questions as if you are"):
             return ROLE_REPLY
-        return PARTNER_LINE + "\nHamlet: (a line the partner should not write)"
+        partner = system.split(",")[0].removeprefix("You are ")
+        return f"{partner}: {PARTNER_LINE}\nHamlet: (a line the partner should not write)"
