@@ -11,7 +11,6 @@ item's dialogue when only its judging failed).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,6 @@ from core.ports import Appraiser, ChatModel
 from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
 from core.state import Exchange, RelationshipState
 from core.text import clean_text
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True, slots=True)
 class EvalConfig:
@@ -156,7 +152,7 @@ async def play(endpoints: Endpoints, item: Item, config: EvalConfig, lines: list
 
 
 def _judge_lines(lines: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    # One line per utterance in the transcript the judge and the appraiser read.
+    # One line per utterance in the transcript the judge reads.
     return [(who, " ".join(text.split()) or "…") for who, text in lines]
 
 
