@@ -161,3 +161,11 @@ async def test_recorded_dialogues_are_judged_without_playing_new_ones(tmp_path: 
     [record] = [json.loads(x) for x in (tmp_path / "out" / RESULTS).read_text().splitlines()]
     assert record["id"] == "Hamlet/Elena/1" and record["dialogue"][1] == ["Hamlet", "(clutches his chest) A kingdom of ghosts, Elena."]
     assert record["scores"]["role_choice"] == 100
+
+
+async def test_a_role_file_that_is_missing_or_broken_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text('{"name": "X", "chats": {}}')
+    for arg, says in (("missing.json", "cannot read missing.json"), ("broken.json", "has no 'chats'")):
+        done = await personae("eval", arg, home=tmp_path, PERSONAE_LLM_URL="http://127.0.0.1:9")
+        assert done.code == 1 and done.lines == [done.lines[0]] and "Traceback" not in done.output, done.output
+        assert done.lines[0].startswith("error: ") and says in done.lines[0], done.output
