@@ -1,4 +1,4 @@
-"""The ``personae`` command line: characters, prompts, the database, chat, the bots and the benchmark."""
+"""The ``personae`` command line: characters, prompts, the database, chat, the bots, the benchmark and the evaluation."""
 
 from __future__ import annotations
 
@@ -555,6 +555,30 @@ def doctor() -> None:
 
     if not run(lambda: run_doctor(settings(), echo=typer.echo)):
         raise typer.Exit(1)
+@app.command("eval")
+def evaluate(
+    role_files: list[Path] = typer.Argument(None, help="AutoRPEval role files (JSON); default: the bundled role set."),
+    character: list[str] = typer.Option([], "--character", "-c", help="Evaluate a stored character (repeatable)."),
+    out: Path = typer.Option(Path("eval-results"), "--out", "-o", help="Folder for results.jsonl, summary.json and chart.png."),
+    turns: int = typer.Option(5, "--turns", min=1, help="Exchanges per dialogue (AutoRPEval: 5)."),
+    samples: int = typer.Option(1, "--samples", min=1, help="Dialogues per scene."),
+    chats: Optional[int] = typer.Option(None, "--chats", min=1, help="Scenes per role (default: all)."),
+    partner_max_tokens: int = typer.Option(64, "--partner-max-tokens", min=1),
+    judge_max_tokens: int = typer.Option(768, "--judge-max-tokens", min=1, help="The judge reasons before its JSON: give it room."),
+    fresh: bool = typer.Option(False, "--fresh", help="Forget earlier results in --out instead of resuming."),
+    recorded: bool = typer.Option(False, "--recorded", help="Judge the dialogues recorded in the role files instead of playing new ones."),
+) -> None:
+    """Measure role-play quality as BeyondDialogue's AutoRPEval does (partner: PERSONAE_EVAL_PARTNER_URL, judge: PERSONAE_EVAL_JUDGE_URL)."""
+    from bots.eval.command import EvalRequest, run_eval
+    from bots.eval.run import EvalConfig
+
+    s = settings()
+    config = EvalConfig(
+        turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
+        partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
+    )
+    request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)
+    typer.echo(run(lambda: run_eval(s, request, lambda line: typer.echo(line, err=True))))
 
 
 def main() -> None:

@@ -131,14 +131,23 @@ def describe_cache(cache: Cache) -> str:
     return getattr(cache, "where", None) or "in-process (PERSONAE_REDIS_URL is unset)"
 
 
-def model_client(settings: Settings, base_url: str, *, concurrency: int | None = None, embedded: bool = False) -> ChatModel:
+def model_client(
+    settings: Settings,
+    base_url: str,
+    *,
+    concurrency: int | None = None,
+    embedded: bool = False,
+    url_setting: str = "PERSONAE_LLM_URL",
+    model: str | None = None,
+) -> ChatModel:
+    """A client for ``base_url``; ``url_setting`` is the setting its errors name, ``model`` overrides PERSONAE_LLM_MODEL."""
     from bots.llm.client import ModelClient
 
     return ModelClient(
         base_url,
         # The embedded server is personae's own: its errors must not send people to a setting they never set.
-        url_setting=None if embedded else "PERSONAE_LLM_URL",
-        model=settings.llm_model,
+        url_setting=None if embedded else url_setting,
+        model=model or settings.llm_model,
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
         timeout_s=settings.llm_timeout_s,
         connect_timeout_s=settings.llm_connect_timeout_s,

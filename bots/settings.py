@@ -17,6 +17,8 @@ URL_SCHEMES: dict[str, tuple[str, ...]] = {
     "redis_url": ("redis", "rediss", "unix"),
     "llm_url": ("http", "https"),
     "appraiser_url": ("http", "https"),
+    "eval_partner_url": ("http", "https"),
+    "eval_judge_url": ("http", "https"),
     "discord_api_base": ("http", "https"),
     "discord_gateway_url": ("ws", "wss"),
     "telegram_api_base": ("http", "https"),
@@ -28,6 +30,8 @@ URL_EXAMPLES = {
     "redis_url": "redis://host:6379/0",
     "llm_url": "http://gpu-host:8080",
     "appraiser_url": "http://gpu-host:8080",
+    "eval_partner_url": "http://judge-host:8000",
+    "eval_judge_url": "http://judge-host:8000",
 }
 PROMPT_LAYOUTS = ("auto", "training", "chat")
 LAYOUT_ALIASES = {"mistral-raw": "training"}  # the training layout's earlier name
@@ -125,6 +129,12 @@ class Settings(BaseSettings):
     max_intimacy_step: int = Field(default=1, ge=0)  # largest change of intimacy per turn
     emotion_half_life_s: float = Field(default=6 * 3600.0, gt=0)  # idle emotions drift halfway back to the baseline
 
+    # `personae eval`: the models that play the partner and judge (unset: the model under test)
+    eval_partner_url: str | None = None
+    eval_partner_model: str | None = None
+    eval_judge_url: str | None = None
+    eval_judge_model: str | None = None
+
     @field_validator("owner_ids", "discord_guild_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
@@ -138,6 +148,7 @@ class Settings(BaseSettings):
     @field_validator(
         "redis_url", "llm_url", "llm_model", "discord_gateway_url", "telegram_webhook_url", "appraiser_url",
         "discord_token", "telegram_token", "llm_api_key", "telegram_webhook_secret",
+        "eval_partner_url", "eval_judge_url", "eval_partner_model", "eval_judge_model",
         mode="before",
     )
     @classmethod

@@ -1,0 +1,283 @@
+"""The evaluation loop: for every (role, scene, sample) play a dialogue, judge it, appraise it, append the result.
+
+The role is played exactly as the bots play it: its system prompt from ``core.prompt``'s
+``render_system_prompt`` with the scene's emotion and intimacy, the turns through ``build_messages``
+within the same input budget, streamed through the configured model client with the bots'
+``PERSONAE_MAX_TOKENS`` and ``PERSONAE_TEMPERATURE``. Results go to a JSONL file one line per item as
+soon as it is finished, so a rerun skips what is done and retries what failed (reusing a failed
+item's dialogue when only its judging failed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from bots.eval.judge import DIMENSIONS, Case, judge
+from bots.eval.partner import partner_line
+from bots.eval.roles import EvalChat, EvalRole
+from core.card_dialogue import parse_examples
+from core.emotions import EMOTIONS
+from core.errors import ModelError
+from core.ports import Appraiser, ChatModel
+from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
+from core.state import Exchange, RelationshipState
+from core.text import clean_text
+
+@dataclass(frozen=True, slots=True)
+class EvalConfig:
+    """How each dialogue is played and judged."""
+
+    turns: int = 5  # exchanges per dialogue (the partner speaks, then the role), as in AutoRPEval
+    samples: int = 1  # dialogues per scene
+    max_tokens: int = 96  # the role's reply budget (PERSONAE_MAX_TOKENS)
+    temperature: float = 0.7  # the role's temperature (PERSONAE_TEMPERATURE)
+    max_input_tokens: int = 3500
+    partner_max_tokens: int = 64
+    partner_temperature: float = 0.7
+    judge_max_tokens: int = 768
+    judge_temperature: float = 0.0
+    stop_after_failures: int = 3  # failed items in a row before the run gives up
+    recorded: bool = False  # judge the dialogues recorded in the role files instead of playing new ones
+
+
+@dataclass(slots=True)
+class Endpoints:
+    """The three models (the same client when they are the same server) and the appraiser, if any."""
+
+    actor: ChatModel
+    partner: ChatModel
+    judge: ChatModel
+    appraiser: Appraiser | None
+    where: dict[str, str] = field(default_factory=dict)  # name -> where it runs, for the report
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    role: EvalRole
+    chat: EvalChat
+    sample: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.role.name}/{self.chat.partner}/{self.sample}"
+
+
+class StageFailed(Exception):
+    """A model call of one stage (role, partner, judge) failed; carries the dialogue so far."""
+
+    def __init__(self, stage: str, error: ModelError, lines: list[tuple[str, str]]) -> None:
+        super().__init__(f"{stage}: {error}")
+        self.stage = stage
+        self.error = error
+        self.lines = lines
+
+
+def items_for(roles: Iterable[EvalRole], *, samples: int, chats: int | None = None, recorded: bool = False) -> list[Item]:
+    """Every (role, scene, sample) to play, in a stable order (``recorded``: every scene with a recorded dialogue, once)."""
+    return [
+        Item(role, chat, sample)
+        for role in roles
+        for chat in (role.chats[: chats or None] if not recorded else [c for c in role.chats if c.dialogue][: chats or None])
+        for sample in range(1, (1 if recorded else samples) + 1)
+    ]
+
+
+# ---- results file ---------------------------------------------------------------------------------
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The newest record of every item in a results file (a torn last line, from a kill, is skipped)."""
+    records: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            records[record["id"]] = record
+    return records
+
+
+def append_result(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# ---- one dialogue ---------------------------------------------------------------------------------
+
+
+def actor_messages(role: EvalRole, chat: EvalChat, history: Sequence[Turn], text: str, config: EvalConfig) -> list[dict[str, str]]:
+    """What the model sees as the role, built as ``Engine`` builds a turn (same functions, same budget)."""
+    system = render_system_prompt(
+        role.profile, chat_role=chat.partner, scene=chat.scene, emotion=chat.emotion, relationship=chat.relationship
+    )
+    examples = parse_examples(role.examples, char=role.name, user=chat.partner) if role.examples else []
+    return build_messages(
+        system, history, text, examples=examples,
+        budget=config.max_input_tokens - config.max_tokens, count=estimate_tokens,
+    )
+
+
+async def actor_reply(model: ChatModel, messages: list[dict[str, str]], config: EvalConfig) -> str:
+    parts = [clean_text(delta) async for delta in model.stream(messages, max_tokens=config.max_tokens, temperature=config.temperature)]
+    return "".join(parts).strip()
+
+
+async def play(endpoints: Endpoints, item: Item, config: EvalConfig, lines: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Continue the dialogue in ``lines`` to ``config.turns`` exchanges (partner line, role reply)."""
+    role, chat = item.role, item.chat
+    while len(lines) < 2 * config.turns:
+        speaker_is_partner = len(lines) % 2 == 0
+        try:
+            if speaker_is_partner:
+                line = await partner_line(
+                    endpoints.partner, role, chat, lines,
+                    max_tokens=config.partner_max_tokens, temperature=config.partner_temperature,
+                )
+                lines.append((chat.partner, line or "…"))  # the engine never sends an empty message
+            else:
+                history = [Turn("user" if who == chat.partner else "assistant", text) for who, text in lines[:-1]]
+                messages = actor_messages(role, chat, history, lines[-1][1], config)
+                lines.append((role.name, await actor_reply(endpoints.actor, messages, config)))
+        except ModelError as exc:
+            raise StageFailed("partner" if speaker_is_partner else "role", exc, lines) from exc
+    return lines
+
+
+def _judge_lines(lines: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    # One line per utterance in the transcript the judge reads.
+    return [(who, " ".join(text.split()) or "…") for who, text in lines]
+
+
+async def appraise(appraiser: Appraiser, item: Item, lines: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Appraise every exchange as the bots do after each reply; error against the scene's labels."""
+    role, chat = item.role, item.chat
+    character = role.character()
+    state = RelationshipState(0, "eval", "eval", chat.emotion, chat.relationship)
+    emotion_errors: list[float] = []
+    relationship_errors: list[float] = []
+    asked = 0
+    for i in range(1, len(lines), 2):
+        history = tuple(("user" if who == chat.partner else "assistant", text) for who, text in lines[: i - 1])
+        exchange = Exchange(
+            character_id=0, platform="eval", channel_id=item.id, user_id="eval", display_name=chat.partner,
+            scene=chat.scene, state_before=state, history=history, user_text=lines[i - 1][1],
+            reply_text=lines[i][1], user_message_id=i, reply_message_id=i + 1,
+        )
+        asked += 1
+        reading = await appraiser.appraise(exchange, character)
+        if reading is None:
+            continue
+        label = chat.emotion.as_dict()
+        named = [e for e in EMOTIONS if e in reading.emotion]
+        if named:
+            emotion_errors.append(100.0 * sum(abs(reading.emotion[e] - label[e]) for e in named) / len(named) / 10)
+        if reading.intimacy is not None:
+            relationship_errors.append(100.0 * abs(reading.intimacy - chat.relationship) / 10)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {
+        "kind": appraiser.name,
+        "asked": asked,
+        "emotion_read": len(emotion_errors),
+        "relationship_read": len(relationship_errors),
+        "emotion_error": mean(emotion_errors),
+        "relationship_error": mean(relationship_errors),
+    }
+
+
+async def evaluate(endpoints: Endpoints, item: Item, config: EvalConfig, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Play (or reuse the played dialogue of a failed attempt), judge and appraise one item; its record."""
+    started = time.monotonic()
+    record: dict[str, Any] = {"id": item.id, "role": item.role.name, "partner": item.chat.partner, "sample": item.sample,
+                              "source": item.role.source}
+    kept = [tuple(x) for x in (previous or {}).get("dialogue") or [] if isinstance(x, list) and len(x) == 2]
+    lines: list[tuple[str, str]] = list(kept[: 2 * config.turns])  # type: ignore[arg-type]
+    try:
+        lines = list(item.chat.dialogue) if config.recorded else await play(endpoints, item, config, lines)
+        shown = _judge_lines(lines)
+        case = Case(item.role.profile, item.chat.partner, item.chat.scene, item.chat.emotion.as_dict(),
+                    item.chat.relationship, shown, item.role.role_candidates, item.role.role_answer)
+        try:
+            verdicts = await judge(endpoints.judge, case, max_tokens=config.judge_max_tokens, temperature=config.judge_temperature)
+        except ModelError as exc:
+            raise StageFailed("judge", exc, lines) from exc
+        if endpoints.appraiser is not None:
+            record["appraiser"] = await appraise(endpoints.appraiser, item, lines)
+    except StageFailed as failed:
+        record.update(status="failed", stage=failed.stage, error=str(failed), dialogue=[list(x) for x in failed.lines])
+        return record
+    record.update(
+        status="done",
+        dialogue=[list(x) for x in lines],
+        scores={dim: verdicts[dim].score for dim in DIMENSIONS},
+        judged={dim: verdicts[dim].as_json() for dim in DIMENSIONS},
+        seconds=round(time.monotonic() - started, 1),
+    )
+    return record
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+
+def progress_line(done: int, total: int, record: dict[str, Any]) -> str:
+    head = f"[{done}/{total}] {record['role']} with {record['partner']} #{record['sample']}"
+    if record["status"] != "done":
+        return f"{head}: failed at the {record['stage']}: {record['error'].split(': ', 1)[-1]}"
+    scores = record["scores"]
+    shown = ", ".join(f"{dim} {scores[dim]:.0f}" if scores[dim] is not None else f"{dim} ?" for dim in DIMENSIONS)
+    return f"{head}: {record['seconds']:.0f} s; {shown}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The newest record of every item, and what is left undone (None when all are done)."""
+
+    records: list[dict[str, Any]]
+    incomplete: str | None = None
+
+
+async def run_items(
+    endpoints: Endpoints,
+    items: Sequence[Item],
+    config: EvalConfig,
+    results: Path,
+    say: Callable[[str], None],
+) -> Outcome:
+    """Evaluate the items not done yet in ``results``; every record is appended as soon as it exists.
+
+    An item whose model calls fail is recorded as failed and the run goes on; after
+    ``config.stop_after_failures`` failures in a row (a server is down) it stops early.
+    """
+    before = read_results(results)
+    todo = [item for item in items if before.get(item.id, {}).get("status") != "done"]
+    if len(todo) < len(items):
+        say(f"{len(items) - len(todo)} of {len(items)} dialogues already done in {results}; doing the other {len(todo)}")
+    failures_in_row = 0
+    last_error = ""
+    for n, item in enumerate(todo, start=len(items) - len(todo) + 1):
+        record = await evaluate(endpoints, item, config, before.get(item.id))
+        append_result(results, record)
+        before[item.id] = record
+        say(progress_line(n, len(items), record))
+        if record["status"] == "done":
+            failures_in_row = 0
+            continue
+        failures_in_row += 1
+        last_error = record["error"]
+        if failures_in_row >= config.stop_after_failures:
+            say(f"stopping after {failures_in_row} failed dialogues in a row")
+            break
+    records = [before[item.id] for item in items if item.id in before]
+    left = len(items) - sum(1 for r in records if r["status"] == "done")
+    if not left:
+        return Outcome(records)
+    last_error = last_error or next(r["error"] for r in reversed(records) if r["status"] != "done")
+    return Outcome(records, f"{left} of {len(items)} dialogues not done (last error: {last_error}); "
+                            "run the same command again to resume")
