@@ -62,12 +62,34 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _chosen = {"verbose": False, "debug": False}  # from the options before the command name
 
 
+class _OneLineFormatter(logging.Formatter):
+    """A failure logged with its traceback reads as one line, the exception's kind and first line at
+    its end; ``--debug`` shows the whole traceback."""
+
+    full_tracebacks = False
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.full_tracebacks or not record.exc_info:
+            return super().format(record)
+        error = record.exc_info[1]
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            line = super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+        if error is not None:
+            first = (str(error).strip().splitlines() or [""])[0][:300]
+            line += f" [{type(error).__name__}{': ' + first if first else ''}; --debug shows the traceback]"
+        return line
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (a test runner may swap it between commands)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.setFormatter(logging.Formatter(_LOG_FORMAT))
+        self.setFormatter(_OneLineFormatter(_LOG_FORMAT))
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
@@ -86,6 +108,7 @@ def setup_logging(verbose: bool = False, debug: bool = False, *, default: int = 
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         root.addHandler(_StderrHandler())
+    _OneLineFormatter.full_tracebacks = debug
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     own = logging.DEBUG if debug else (min(logging.INFO, default) if verbose else default)
     if own == root.level:
@@ -492,7 +515,8 @@ def chat(
     """Role-play in the terminal (the embedded model when PERSONAE_LLM_URL is unset)."""
     from bots.console.chat import run_console
 
-    setup_logging(verbose, debug)
+    # Warnings would land in the middle of the story; what the person must know is said in the chat.
+    setup_logging(verbose, debug, default=logging.ERROR)
     run(lambda: run_console(settings(), character=character, user=user))
 
 

@@ -334,7 +334,7 @@ class Engine:
                     found = await self._intake(event)
             except Exception:  # noqa: BLE001 - the database's own errors; the notice says what matters
                 log.exception("could not store message %s of %s", event.message_id, event.platform)
-                if self._storage_notice_due(f"{event.platform}:{event.user_id}"):
+                if self.storage_notice_due(f"{event.platform}:{event.user_id}"):
                     reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_STORAGE
                     yield NOTICE_STORAGE
                 else:
@@ -431,7 +431,7 @@ class Engine:
             if self._turns_running == 0:
                 self._idle.set()
 
-    def _storage_notice_due(self, person: str) -> bool:
+    def storage_notice_due(self, person: str) -> bool:
         """One storage notice per person per interval: an outage is said once, not per message."""
         now = time.monotonic()
         if now - self._storage_notices.get(person, -1e9) < self.config.storage_notice_interval_s:

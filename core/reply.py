@@ -17,6 +17,7 @@ NOTICE_BUDGET = " …"  # ends a reply cut at the token budget, shown and stored
 NOTICE_RATE = "(You are sending messages faster than I can answer. Please wait a minute.)"
 NOTICE_TOO_LONG = "(That message is too long for me: please keep it under {limit:,} characters.)"
 NOTICE_STALE = "(Sorry, where were we? I lost the thread for a while: please say that again.)"
+NOTICE_STORAGE_HELD = "(I cannot keep notes right now: I will answer this as soon as I can.)"
 NOTICE_STORAGE = "(I cannot keep notes right now, so I cannot answer: please try again in a few minutes.)"
 
 
@@ -48,6 +49,8 @@ class Reply:
         self.reply_message_id: int | None = None
         # Set before the first delta on first contact: the character's greeting, shown before the reply.
         self.greeting: str | None = None
+        # Why the model server gave no (complete) reply, in a line an operator can act on.
+        self.problem: str | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._run(self)

@@ -174,6 +174,7 @@ class ChatTurn:
                             break
         except ModelError as exc:
             failure = str(exc)
+            reply.problem = failure
         except TimeoutError:
             failure = "shutdown" if self.engine.cutting else f"no complete reply within the {cfg.turn_deadline_s:g} s turn deadline"
         self.answer = "".join(parts).strip()

@@ -79,6 +79,8 @@ class ConsoleChat:
             self.write(delta)
         if started:
             self.write("\n")
+            if reply.problem and reply.status in (ReplyStatus.FAILED, ReplyStatus.PARTIAL):
+                self.write(f"({reply.problem})\n")  # the terminal is the operator's: say what went wrong
         elif reply.status is ReplyStatus.NO_CHARACTER:
             self.write("Pick a character first: /characters, then /use NAME.\n")
 

@@ -9,6 +9,7 @@ tests and metrics can wait for.
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 import logging
 from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, TypeVar
@@ -101,6 +102,11 @@ def guard_parsers(client: discord.Client) -> None:
 
     for event, parse in list(parsers.items()):
         parsers[event] = guarded(event, parse)
+
+
+# More than this many unreadable gateway frames within the window: the connection is given up (exit, restart).
+UNREADABLE_LIMIT = 5
+UNREADABLE_WINDOW_S = 60.0
 
 
 def point_library_at(api_base: str, gateway_url: str | None) -> None:
@@ -544,13 +550,29 @@ async def _run(client: PersonaeClient, token: str) -> None:
                 f"Discord at {discord.http.Route.BASE} answered {exc.status} while logging in; try again later "
                 "(or check PERSONAE_DISCORD_API_BASE)"
             ) from None
-        try:
-            await client.connect()
-        except discord.ConnectionClosed as exc:
-            # discord.py reconnects by itself after every close it can recover from; this one it cannot.
-            raise DiscordConnectionLost(
-                f"the Discord gateway closed the connection for good (code {exc.code}{': ' + exc.reason if exc.reason else ''})"
-            ) from exc
+        unreadable: list[float] = []  # when the gateway sent a frame discord.py could not read
+        while True:
+            try:
+                await client.connect()
+                return
+            except discord.ConnectionClosed as exc:
+                # discord.py reconnects by itself after every close it can recover from; this one it cannot.
+                raise DiscordConnectionLost(
+                    f"the Discord gateway closed the connection for good (code {exc.code}{': ' + exc.reason if exc.reason else ''})"
+                ) from exc
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                # A frame that is not JSON, or not of the shape discord.py reads, ends its connection
+                # loop: connect again (a fresh session), unless it keeps happening.
+                now = time.monotonic()
+                unreadable = [t for t in unreadable if now - t < UNREADABLE_WINDOW_S] + [now]
+                if len(unreadable) > UNREADABLE_LIMIT:
+                    raise DiscordConnectionLost(
+                        f"the Discord gateway kept sending frames that could not be read ({type(exc).__name__}: {exc})"
+                    ) from exc
+                log.warning("the Discord gateway sent a frame that could not be read (%s: %s); connecting again", type(exc).__name__, exc)
+                if client.ws is not None:
+                    with contextlib.suppress(Exception):
+                        await client.ws.close(code=4000)
 
 
 def _reason(exc: BaseException) -> str:

@@ -26,23 +26,41 @@ from telegram.ext import Application
 
 from bots.compose import App
 from bots.telegram.handlers import CHAT_TEXT, chat_event
+from core.reply import NOTICE_STORAGE_HELD
 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
-async def record(app: App, application: Application, update: Update) -> None:
-    """Store the update's message (pending) if a character will answer it."""
+async def record(app: App, application: Application, update: Update) -> bool:
+    """Store the update's message (pending) if a character will answer it; False when it could not
+    be stored (the database is away): the update must then not be confirmed, so Telegram keeps it."""
     if not CHAT_TEXT.check_update(update):
-        return
+        return True
     event = chat_event(update.effective_message, application.bot)  # type: ignore[arg-type]
     if event is None:
-        return
+        return True
     try:
         await app.engine.accept(event)
-    except Exception:  # noqa: BLE001 - the handler tells the person; the update must not block the rest
-        log.exception("could not store Telegram message %s on arrival", event.message_id)
+        return True
+    except Exception as exc:  # noqa: BLE001 - the database's own errors: said in one line, the update kept
+        log.warning(
+            "could not store Telegram message %s on arrival (%s); it stays with Telegram until the database answers",
+            event.message_id, _short(exc),
+        )
+        log.debug("storing Telegram message %s failed", event.message_id, exc_info=True)
+        if app.engine.storage_notice_due(f"{event.platform}:{event.user_id}"):
+            with contextlib.suppress(TelegramError):
+                await application.bot.send_message(
+                    int(event.chat_id), NOTICE_STORAGE_HELD, reply_to_message_id=int(event.message_id)
+                )
+        return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 class Poller:
@@ -58,6 +76,7 @@ class Poller:
         # Since when every poll has failed (None: the last one worked). python-telegram-bot's
         # requests retry nothing here; the adapter gives up after PERSONAE_TELEGRAM_GIVE_UP_S.
         self.failing_since: float | None = None
+        self.held_back_s = 2.0  # between fetches while the database cannot store what comes
 
     @property
     def running(self) -> bool:
@@ -98,7 +117,10 @@ class Poller:
             delay = 1.0
             self.failing_since = None
             for update in updates:
-                await record(self.app, self.application, update)
+                if not await record(self.app, self.application, update):
+                    # Not stored: leave it (and what follows) unconfirmed; fetch it again in a while.
+                    await asyncio.sleep(self.held_back_s)
+                    break
                 await self.application.update_queue.put(update)
                 # Only now may the next getUpdates confirm it.
                 self.offset = update.update_id + 1
@@ -148,13 +170,17 @@ class WebhookServer:
         if not hmac.compare_digest(given.encode(), self.secret.encode()):
             return Response(status_code=403)
         try:
-            update = Update.de_json(json.loads(await request.body()), self.application.bot)
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("a webhook request did not hold an update: %s", exc)
+            data = json.loads(await request.body())
+            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+                raise ValueError("not an object with an integer update_id")
+            update = Update.de_json(data, self.application.bot)
+        except Exception as exc:  # noqa: BLE001 - whatever the body is, it is not an update: one line, 400
+            log.warning("a webhook request did not hold an update (%s)", _short(exc))
             return Response(status_code=400)
         if update is None:
             return Response(status_code=400)
-        await record(self.app, self.application, update)
+        if not await record(self.app, self.application, update):
+            return Response(status_code=503)  # not stored: Telegram sends it again later
         return Response(status_code=200, background=BackgroundTask(self.application.update_queue.put, update))
 
     async def stop(self) -> None:

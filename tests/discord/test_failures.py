@@ -49,3 +49,18 @@ async def test_a_gateway_closed_for_good_stops_the_process_with_one_line(store, 
     assert "closed the connection for good (code 4013" in message
     assert "personae stops so that it can be restarted" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("frame", ["not json", "[1, 2]"], ids=["not-json", "a-list"])
+async def test_an_unreadable_gateway_frame_is_one_line_and_the_adapter_connects_again(bot, caplog, frame: str) -> None:
+    caplog.set_level(logging.WARNING, logger="bots.discord.client")
+    await bot.bind(ROLEPLAY)
+    identified = len(bot.fake.identifies)
+    for ws in list(bot.fake._sockets):
+        await ws.send_str(frame)  # discord.py's connection loop cannot read this: it ends
+    await bot.fake.wait_for(lambda: len(bot.fake.identifies) > identified, timeout=20, what="a fresh IDENTIFY")
+    await bot.fake.wait_for(lambda: bot.client.is_ready() and bot.fake._sockets, timeout=20, what="the gateway back")
+    _, reply = await bot.say(ROLEPLAY, ALICE, "Are you still there?")
+    assert reply is not None and reply.status is ReplyStatus.ANSWERED
+    (record,) = [r for r in caplog.records if "could not be read" in r.getMessage()]
+    assert "connecting again" in record.getMessage() and record.exc_info is None

@@ -1,10 +1,12 @@
-"""The database goes away mid-reply and comes back: the reply shown is kept, newcomers get one notice each."""
+"""The database goes away mid-reply and comes back: the reply shown is kept; a message that arrives
+meanwhile stays with Telegram (unconfirmed), its sender is told once, and it is answered once the
+database is back."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from core.engine import NOTICE_STORAGE
+from core.reply import NOTICE_STORAGE_HELD
 from storage import migrate
 from storage.cache import MemoryCache
 from storage.database import SqlStore
@@ -35,21 +37,25 @@ async def test_a_reply_shown_while_the_database_is_down_is_stored_when_it_is_bac
 
                 tg.say(bob_chat, bob, "Hello?")
                 tg.say(bob_chat, bob, "Anyone there?")
-                await tg.wait_for(lambda: tg.pending == 0 and tg.holding, what="Bob's messages to be fetched")
                 await tg.wait_for(lambda: tg.texts(bob_chat["id"]), what="Bob's notice")
                 await tg.wait_for(lambda: tgi.in_flight == 0 and tgi.count("/v1/chat/completions") == 1, what="Ann's reply to end")
 
                 assert tg.texts(ann_chat["id"]) == []  # shown as a draft; the message waits for the reply to be stored
+                assert tg.texts(bob_chat["id"]) == [NOTICE_STORAGE_HELD]  # told once, though he wrote twice
+                assert tg.pending == 2  # Bob's messages are not confirmed: Telegram keeps them
                 await postgres.start()
                 await tg.wait_for(lambda: tg.texts(ann_chat["id"]), timeout=60, what="Ann's reply to be stored and shown")
+                await tg.wait_for(lambda: len(tg.texts(bob_chat["id"])) == 3, timeout=60, what="Bob's two answers")
                 await bot.idle(timeout=30)
             assert tg.texts(ann_chat["id"]) == [REPLY]
-            assert tg.texts(bob_chat["id"]) == [NOTICE_STORAGE]
+            assert tg.texts(bob_chat["id"]) == [NOTICE_STORAGE_HELD, REPLY, REPLY]
             async with store.engine.connect() as conn:
-                rows = (
-                    await conn.execute(sa.select(messages.c.role, messages.c.content, messages.c.status).order_by(messages.c.id))
-                ).all()
-            assert [tuple(r) for r in rows] == [("user", "Who goes there?", "answered"), ("assistant", REPLY, None)]
+                rows = (await conn.execute(sa.select(messages.c.role, messages.c.content, messages.c.status))).all()
+            assert sorted(tuple(r) for r in rows) == sorted([
+                ("user", "Who goes there?", "answered"), ("assistant", REPLY, None),
+                ("user", "Hello?", "answered"), ("assistant", REPLY, None),
+                ("user", "Anyone there?", "answered"), ("assistant", REPLY, None),
+            ])
         finally:
             await cache.close()
             await store.close()

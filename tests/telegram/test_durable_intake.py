@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
+import pytest
 import sqlalchemy as sa
 
 from core.commands import Actor, Place
@@ -73,6 +76,23 @@ async def test_the_webhook_stores_the_message_before_it_answers_200(store, cache
     assert tg.texts(chat["id"]) == [tgi.reply]
     assert await stored_status(store, chat["id"], update["message"]["message_id"]) == "answered"
 
+
+
+@pytest.mark.parametrize("body", [b"[]", b'{"update_id": 1, "message": 5}', b"null", b"\xff\xfe", b'{"update_id": "x"}', b"{"])
+async def test_a_webhook_body_that_is_not_an_update_is_a_400_in_one_line(store, cache, tg: FakeTelegram, tgi, caplog, body: bytes) -> None:
+    caplog.set_level(logging.WARNING, logger="bots.telegram.intake")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/telegram/hook"
+    async with running_bot(
+        store, cache, tg, tgi,
+        telegram_webhook_url=url, telegram_webhook_listen="127.0.0.1", telegram_webhook_port=port,
+        telegram_webhook_secret="s3cret",
+    ):
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=body, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret"}) as response:
+                assert response.status == 400
+    (record,) = [r for r in caplog.records if "did not hold an update" in r.getMessage()]
+    assert record.exc_info is None and "\n" not in record.getMessage()
 
 async def test_a_message_left_pending_by_a_crash_is_answered_at_start_up_and_its_redelivery_is_not(
     store, cache, tg: FakeTelegram, tgi
