@@ -29,8 +29,9 @@ def closed_port() -> int:
 
 
 def settings(url: str, tmp_path: Path, **more) -> Settings:
+    # The double scripts chat answers; it reports a BD-RP model id, which would choose the training layout.
     return Settings(_env_file=None, llm_url=url, database_url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}",
-                    llm_retries=0, appraiser="model", **more)
+                    llm_retries=0, appraiser="model", prompt_layout="chat", **more)
 
 
 def request(out: Path, **more) -> EvalRequest:
@@ -121,7 +122,7 @@ async def test_the_command_says_in_one_line_that_the_judge_is_down(tmp_path: Pat
     async with TGIServer(reply=ScriptedModel()) as server:
         done = await personae(
             "eval", str(HAMLET), "--chats", "1", "--turns", "1", "-o", "out", home=tmp_path,
-            PERSONAE_LLM_URL=server.base_url, PERSONAE_EVAL_JUDGE_URL=down, PERSONAE_LLM_RETRIES="0",
+            PERSONAE_LLM_URL=server.base_url, PERSONAE_EVAL_JUDGE_URL=down, PERSONAE_LLM_RETRIES="0", PERSONAE_PROMPT_LAYOUT="chat",
         )
     assert done.code == 1, done.output
     assert "Traceback" not in done.output
@@ -135,7 +136,7 @@ async def test_a_stored_character_is_evaluated_by_name(tmp_path: Path) -> None:
     async with TGIServer(reply=ScriptedModel()) as server:
         done = await personae(
             "eval", "--character", "Mira", "--turns", "1", "-o", "out", home=tmp_path,
-            PERSONAE_LLM_URL=server.base_url, PERSONAE_LLM_RETRIES="0", PERSONAE_APPRAISER="lexicon",
+            PERSONAE_LLM_URL=server.base_url, PERSONAE_LLM_RETRIES="0", PERSONAE_APPRAISER="lexicon", PERSONAE_PROMPT_LAYOUT="chat",
         )
     assert done.code == 0, done.output
     assert "[1/1] Mira with Traveller #1" in done.output and "dialogues: 1" in done.output
