@@ -43,7 +43,6 @@ def engine_config(settings: Settings) -> EngineConfig:
         history_turns=settings.history_turns,
         rate_limit_messages=settings.rate_limit_messages,
         rate_limit_window_s=settings.rate_limit_window_s,
-        dedupe_ttl_s=settings.dedupe_ttl_s,
         cache_ttl_s=settings.cache_ttl_s,
         turn_deadline_s=settings.turn_deadline_s,
         max_message_chars=settings.max_message_chars,

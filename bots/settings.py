@@ -100,7 +100,6 @@ class Settings(BaseSettings):
     history_turns: int = Field(default=40, ge=0)
     rate_limit_messages: int = Field(default=20, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
-    dedupe_ttl_s: float = Field(default=86400.0, gt=0)
     cache_ttl_s: float = Field(default=3600.0, gt=0)
     max_message_chars: int = Field(default=4000, ge=1)
     max_concurrent_turns: int = Field(default=128, ge=1)  # turns answered at once; a burst beyond waits in arrival order

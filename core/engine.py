@@ -52,7 +52,6 @@ class EngineConfig:
     history_turns: int = 40
     rate_limit_messages: int = 20
     rate_limit_window_s: float = 60.0
-    dedupe_ttl_s: float = 86400.0
     cache_ttl_s: float = 3600.0
     turn_deadline_s: float = 90.0
     max_message_chars: int = 4000
