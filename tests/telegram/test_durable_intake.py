@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -130,5 +131,12 @@ async def test_a_reply_left_half_shown_in_a_group_is_completed_in_place_at_start
         await before.app.engine.showing(intake, str(half["message_id"]))
     async with running_bot(store, cache, tg, tgi):
         await tg.wait_for(lambda: tg.texts(group["id"]) == [tgi.reply], what="the half-shown reply to be completed")
+        # The last edit shows before the reply is stored: wait (bounded) for the store, not for time.
+        status = await stored_status(store, group["id"], message["message_id"])
+        for _ in range(300):
+            if status == "answered":
+                break
+            await asyncio.sleep(0.1)
+            status = await stored_status(store, group["id"], message["message_id"])
     assert [m["message_id"] for m in tg.bot_messages(group["id"])] == [half["message_id"]]
-    assert await stored_status(store, group["id"], message["message_id"]) == "answered"
+    assert status == "answered"
