@@ -165,6 +165,42 @@ async def test_an_undo_waits_for_the_appraisal_of_the_reply_it_replaces(store, c
         await close(world)
 
 
+class OneThenNothing:
+    """An appraiser that reads ``appraisal`` from the first exchange and nothing from the later ones."""
+
+    name = "fixed"
+
+    def __init__(self, appraisal: Appraisal) -> None:
+        self.appraisal, self.calls = appraisal, 0
+
+    async def appraise(self, exchange, character):
+        self.calls += 1
+        return self.appraisal if self.calls == 1 else None
+
+
+async def test_regenerating_twice_does_not_bring_back_the_replaced_replys_change(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi)
+    try:
+        start = await first_contact(world)
+        appraiser = OneThenNothing(Appraisal("fixed", {"anger": 10}, 0))
+        feelings = Feelings(store, cache, world.app.engine.hot, appraiser, Dynamics())
+        await feelings.after_exchange(await exchange(world, channel=world.channel, reply_id=41))
+        moved = await stored_state(world)
+        assert levels(moved) != levels(start)
+        # Regenerated: the replaced reply's change is undone, and the new reply moves nothing.
+        await feelings.after_exchange(await exchange(world, channel=world.channel, reply_id=41, regenerated=True))
+        assert levels(await stored_state(world)) == levels(start)
+        # Regenerated again: that change is already undone; undoing the undo would bring it back.
+        await feelings.after_exchange(await exchange(world, channel=world.channel, reply_id=41, regenerated=True))
+        assert levels(await stored_state(world)) == levels(start)
+        assert [r.appraiser for r in reversed(await store.relationships.changes(await person(world)))] == ["fixed", UNDO]
+        conversation = ConversationKey(start.character_id, Platform.DISCORD, world.channel, "u1")
+        assert not await feelings.undo(conversation, 41, "undo: again")
+        assert levels(await stored_state(world)) == levels(start)
+    finally:
+        await close(world)
+
+
 def cache_keys(cache) -> list[str]:
     if hasattr(cache, "_data"):
         return list(cache._data)

@@ -7,6 +7,7 @@ import asyncio
 from core.engine import NOTICE_RATE, NOTICE_UNAVAILABLE, NoStateChange, ReplyStatus
 from core.events import ConversationKey, Platform
 from tests.engine.conftest import build_world
+from tests.tgi_server import split_tokens
 
 
 async def stored(world, user: str = "u1"):
@@ -128,6 +129,22 @@ async def test_token_budget_keeps_the_system_message_and_the_newest_turns(store,
     assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
     assert not any(m["content"].startswith("question 0 ") for m in messages)
     assert len(messages) < 1 + 2 * 12
+
+
+async def test_the_prompt_sent_leaves_room_for_the_reply(store, cache, tgi) -> None:
+    # Words of two letters: the engine's estimate (a token per three bytes) and the double's
+    # tokenizer (a token per word) agree, so what the double counts is what the engine fitted.
+    world = await build_world(store, cache, tgi, max_input_tokens=700, max_tokens=200)
+    tgi.script(reply="ok " * 8)
+    for i in range(8):
+        await world.say(f"q{i}" + " ab" * 100)
+    body = tgi.bodies()[-1]
+    assert body["max_tokens"] == 200
+    sent = sum(len(split_tokens(m["content"], None)) for m in body["messages"])
+    assert sent <= 700 - 200, f"the prompt ({sent} tokens) leaves no room for a {200}-token reply"
+    contents = [m["content"] for m in body["messages"]]
+    assert contents[-1].startswith("q7 ") and not any(c.startswith("q0 ") for c in contents)
+    assert any(c.startswith("q6 ") for c in contents)  # cut to the budget, not to nothing
 
 
 async def test_model_overloaded_is_retried_before_any_text(world) -> None:

@@ -311,6 +311,24 @@ async def test_a_stall_between_tokens_is_cut_by_the_per_token_timeout_and_not_re
     assert tgi.count("/v1/chat/completions") == 1
 
 
+async def test_retries_wait_a_growing_back_off_between_the_requests(make_client, tgi: TGIServer) -> None:
+    sleeps: list[float] = []
+    sent_before_sleep: list[int] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+        sent_before_sleep.append(tgi.count("/v1/chat/completions"))
+
+    client = make_client(tgi.base_url, retries=3, retry_base_s=0.2, sleep=sleep)
+    tgi.fail("503", times=3)  # no Retry-After: the client's own back-off decides
+    assert "".join(await collect(client)) == DEFAULT_REPLY
+    assert tgi.count("/v1/chat/completions") == 4
+    assert sent_before_sleep == [1, 2, 3]  # one wait after each failed request, before the next
+    # Jittered exponential back-off: attempt n waits between half and all of 0.2 s * 2**n.
+    for n, delay in enumerate(sleeps):
+        assert 0.2 * 2**n / 2 <= delay <= 0.2 * 2**n, (n, sleeps)
+
+
 async def test_429_with_retry_after_waits_at_least_that_long(make_client, tgi: TGIServer) -> None:
     sleeps: list[float] = []
     client = make_client(tgi.base_url, sleep=recording(sleeps))

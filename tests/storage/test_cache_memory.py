@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import types
 
+from core.ports import AdmitRequest
+from storage import cache_memory
 from storage.cache import MemoryCache, open_cache
 from storage.cache_redis import RedisCache
 
@@ -30,3 +33,16 @@ async def test_open_cache_picks_redis_for_a_url_and_memory_otherwise() -> None:
     redis_cache = open_cache("redis://127.0.0.1:1/0")
     assert isinstance(redis_cache, RedisCache) and redis_cache.prefix == "personae:"
     await redis_cache.close()
+
+
+async def test_the_rate_window_is_fixed_from_its_first_hit_not_pushed_back_by_later_ones(monkeypatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(cache_memory, "time", types.SimpleNamespace(monotonic=lambda: now[0]))  # the cache's clock only
+    cache = MemoryCache()
+    assert (await cache.admit(None, 0, "rate", 60)).count == 1
+    now[0] += 50
+    assert (await cache.admit(None, 0, "rate", 60)).count == 2
+    async with cache.hold("conv", ttl=5, admit=AdmitRequest(None, 0, "rate", 60)) as held:
+        assert held.admission is not None and held.admission.count == 3
+    now[0] += 10.5  # 60.5 s after the first hit: its window is over, whatever came later
+    assert (await cache.admit(None, 0, "rate", 60)).count == 1

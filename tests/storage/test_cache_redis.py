@@ -8,6 +8,7 @@ import secrets
 
 import pytest
 
+from core.ports import AdmitRequest
 from storage.cache import RedisCache
 from tests.conftest import TEST_REDIS_URL
 from tests.storage.conftest import through
@@ -44,6 +45,20 @@ async def test_admit_and_each_side_of_hold_are_one_pipeline(redis_cache: RedisCa
     await redis_cache.get_many(["a", "b"])
     await redis_cache.set_many({"a": b"2", "c": b"3"}, 60)
     assert redis_cache.round_trips - counted == 2
+
+
+async def test_the_rate_window_is_fixed_from_its_first_hit_not_pushed_back_by_later_ones(redis_cache: RedisCache) -> None:
+    raw = redis_cache._redis
+    key = redis_cache._key("rate:fixed")
+    assert (await redis_cache.admit(None, 0, "rate:fixed", 60)).count == 1
+    assert 59_000 < await raw.pttl(key) <= 60_000
+    # Time passes (read off the key, not waited for): 2 s of the 60 s window are left.
+    await raw.pexpire(key, 2_000)
+    assert (await redis_cache.admit(None, 0, "rate:fixed", 60)).count == 2
+    assert 0 < await raw.pttl(key) <= 2_000
+    async with redis_cache.hold("conv:fixed", ttl=5, admit=AdmitRequest(None, 0, "rate:fixed", 60)) as held:
+        assert held.admission is not None and held.admission.count == 3
+    assert 0 < await raw.pttl(key) <= 2_000
 
 
 async def test_every_key_carries_the_prefix(redis_cache: RedisCache, prefix: str) -> None:

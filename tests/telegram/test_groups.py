@@ -52,6 +52,28 @@ async def test_a_chat_admin_binds_a_character_in_mention_mode_by_default(bot: Ha
     assert len(tg.calls_of("getChatMember")) == 1, "the admin check is cached"
 
 
+async def test_admin_status_is_per_chat_and_the_cached_answer_stays_in_its_chat(bot: Harness) -> None:
+    tg = bot.tg
+    await bot.add_character("Hamlet")
+    other_id = GROUP - 1
+    group, other, ada = tg.group(GROUP), tg.group(other_id, "The Cellar"), tg.user(34, "Ada")
+    tg.members[(GROUP, 34)] = "administrator"
+    tg.members[(other_id, 34)] = "member"
+    tg.say(group, ada, "/bind Hamlet all")
+    await bot.idle()
+    assert tg.texts(GROUP) == ["Hamlet now plays here and answers every message."]
+    # Ada's admin status in GROUP is cached now; in the other chat she is a plain member.
+    tg.say(other, ada, "/bind Hamlet all")
+    await bot.idle()
+    assert tg.texts(other_id) == [ADMIN_ONLY]
+    assert await bot.app.store.bindings.get("telegram", str(other_id)) is None
+    # And the other way round: a cached "no" in the other chat does not refuse her in GROUP.
+    tg.say(group, ada, "/scene A cold night on the battlements.")
+    await bot.idle()
+    assert tg.texts(GROUP)[-1] == "Scene set."
+    assert sorted(c.params["chat_id"] for c in tg.calls_of("getChatMember")) == [other_id, GROUP]
+
+
 async def test_mention_mode_answers_mentions_and_replies_only(bot: Harness) -> None:
     tg, tgi = bot.tg, bot.tgi
     await bot.add_character("Hamlet")
