@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from bots.compose import wire
 from bots.llm.client import ModelClient
+from core.commands import Place
 from core.engine import NOTICE_INTERRUPTED, NOTICE_STALE, ReplyStatus
 from core.events import ConversationKey, Platform
 from storage.tables import messages
@@ -89,6 +90,27 @@ async def test_a_redelivery_of_a_message_left_pending_is_answered_once(world) ->
     assert second.status is ReplyStatus.DUPLICATE
     assert await recovered(after) == []
     assert [r[2] for r in await rows(world)] == ["answered", None]
+
+
+async def test_the_same_platform_message_id_in_two_channels_is_two_messages(world) -> None:
+    # Telegram numbers messages per chat: message 7 of one chat and message 7 of another are two messages.
+    other = World(world.app, world.tgi, world.character_name, f"{world.channel}-b", world.chat)
+    outcome = await world.app.commands.bind(world.admin, Place(Platform.DISCORD, world.chat, other.channel), world.character_name, "all")
+    assert outcome.ok, outcome.message
+    here = world.event("In the hall.", message_id="m-7")
+    there = other.event("On the battlements.", message_id="m-7")
+    accepted = [await world.app.engine.accept(here), await world.app.engine.accept(there)]
+    assert all(a is not None and a.first for a in accepted) and accepted[0].id != accepted[1].id
+    world.tgi.script(reply="Hush.")
+    replies = [world.app.engine.handle(here), world.app.engine.handle(there)]
+    for reply in replies:
+        assert await reply.collect() == "Hush." and reply.status is ReplyStatus.ANSWERED
+    assert [b["messages"][-1]["content"] for b in world.tgi.bodies()] == ["In the hall.", "On the battlements."]
+    assert await rows(world) == [("user", "In the hall.", "answered"), ("assistant", "Hush.", None)]
+    assert await rows(other) == [("user", "On the battlements.", "answered"), ("assistant", "Hush.", None)]
+    # Within one channel the same id is still one message.
+    again = world.app.engine.handle(here)
+    assert await again.collect() == "" and again.status is ReplyStatus.DUPLICATE
 
 
 async def test_recovery_does_not_answer_a_message_whose_turn_runs_in_this_process(world) -> None:

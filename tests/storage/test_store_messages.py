@@ -92,6 +92,18 @@ async def test_a_message_is_stored_once_per_delivery_and_settled_once(store) -> 
     assert settled.status is MessageStatus.ANSWERED and not settled.first
 
 
+async def test_the_same_platform_message_id_in_two_channels_is_stored_twice(store) -> None:
+    hamlet = await store.characters.add(card())
+    here, there = conversation(hamlet.id, channel_id="c1"), conversation(hamlet.id, channel_id="c2")
+    first = await store.messages.accept(here, "To be?", 3, "m-1", "Ann")
+    other = await store.messages.accept(there, "Or not?", 3, "m-1", "Ann")
+    assert first.first and other.first and first.id != other.id
+    assert (other.conversation.channel_id, other.text) == ("c2", "Or not?")
+    again = await store.messages.accept(there, "Or not?", 3, "m-1", "Ann")
+    assert not again.first and again.id == other.id
+    assert sorted(i.id for i in await store.messages.pending("discord")) == sorted([first.id, other.id])
+
+
 async def test_on_first_contact_the_greeting_is_stored_before_the_message(store) -> None:
     from core.state import MessageStatus
 
