@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 
 from bots.discord.chat import ATTACHMENT_NOTE
 from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
+from tests.texts import just_over, sentences
 from tests.discord.fake_discord import ALICE, BOB, BOT_ID, DM, LOBBY, OTHER_BOT, OWNER, ROLEPLAY, TAVERN, THREAD
 
 LINE = "Speak, for the night is long and the ghosts of Elsinore are restless tonight, my friend."
+
+
+def record_writes(client) -> list[tuple[str, str, str, float]]:
+    """Every message write the adapter makes, as (method, url, content, when it made the request):
+    recorded on the client's side, before discord.py's own rate limiting and the network."""
+    writes: list[tuple[str, str, str, float]] = []
+    request = client.http.request
+
+    async def recording(route, **kw):
+        payload = kw.get("json") or {}
+        if route.method in ("POST", "PATCH") and isinstance(payload, dict) and "content" in payload:
+            writes.append((route.method, route.url, payload["content"], time.monotonic()))
+        return await request(route, **kw)
+
+    client.http.request = recording
+    return writes
 
 
 def content_edits(fake, channel: int) -> list:
@@ -136,6 +155,45 @@ async def test_a_long_reply_continues_in_new_messages_of_at_most_2000_characters
     assert posts[0].body["message_reference"]["message_id"] == int(payload["id"])
     assert all("message_reference" not in p.body for p in posts[1:])
     assert [bool(m["components"]) for m in messages] == [False, False, True]  # the button under the last
+
+
+async def test_one_message_is_edited_at_most_once_a_second_while_it_streams(bot):
+    await bot.bind(ROLEPLAY)
+    writes = record_writes(bot.client)
+    bot.tgi.script(reply=LINE, token_delay=0.2)  # a token every 0.2 s for about 3 s
+
+    await bot.say(ROLEPLAY, ALICE, "Speak slowly.")
+
+    methods = [method for method, *_ in writes]
+    assert methods[0] == "POST" and set(methods[1:]) == {"PATCH"}
+    assert len({url for _, url, *_ in writes[1:]}) == 1  # one message, edited
+    assert writes[-1][2] == LINE
+    times = [at for *_, at in writes]
+    assert len(times) >= 4, f"too few writes ({len(times)}) for the pacing to show"
+    # The send and every edit while the reply streams are at least a second apart; only the
+    # final edit (the whole text, once the stream ended) may follow sooner.
+    gaps = [later - earlier for earlier, later in zip(times[:-1], times[1:-1])]
+    assert min(gaps) >= 1.0 - 1e-3, [round(g, 3) for g in gaps]
+
+
+async def test_a_reply_of_exactly_2000_characters_is_one_message(bot):
+    await bot.bind(ROLEPLAY)
+    text = sentences(2000)
+    bot.tgi.script(reply=text, chunks=20)
+
+    await bot.say(ROLEPLAY, ALICE, "All of it, in one.")
+
+    assert [m["content"] for m in bot.fake.bot_messages(ROLEPLAY)] == [text]
+
+
+async def test_a_reply_of_2001_characters_is_cut_at_the_last_boundary_within_2000(bot):
+    await bot.bind(ROLEPLAY)
+    text, head = just_over(2000)  # the sentence end's space is character 2,000: the cut is right there
+    bot.tgi.script(reply=text, chunks=20)
+
+    await bot.say(ROLEPLAY, ALICE, "All of it, and one more.")
+
+    assert [m["content"] for m in bot.fake.bot_messages(ROLEPLAY)] == [head, "I"]
 
 
 async def test_edits_never_exceed_five_per_five_seconds_in_a_channel(bot):

@@ -9,6 +9,7 @@ import pytest
 from core.commands import ADMIN_ONLY
 from tests.telegram.conftest import FAST, Harness
 from tests.telegram.fake_telegram import NOT_MODIFIED
+from tests.texts import just_over, sentences
 
 GROUP = -100123
 
@@ -133,6 +134,23 @@ async def test_a_9000_character_reply_arrives_as_three_messages(bot: Harness) ->
     messages = tg.bot_messages(GROUP)
     assert "reply_markup" not in messages[0] and "reply_markup" not in messages[1]
     assert regenerate_button(messages[2]).startswith("regen:"), "the button goes on the last piece only"
+
+
+async def test_a_reply_of_exactly_4096_characters_is_one_message_and_4097_are_cut_at_4096(bot: Harness) -> None:
+    tg, tgi = bot.tg, bot.tgi
+    await bot.add_character("Hamlet")
+    await bot.bind(GROUP, "Hamlet", "all")
+    group, ann = tg.group(GROUP), tg.user(36, "Ann")
+    exact = sentences(4096)
+    tgi.script(reply=exact, chunks=30)
+    tg.say(group, ann, "All of it, in one.")
+    await bot.idle()
+    assert tg.texts(GROUP) == [exact]
+    over, head = just_over(4096)  # the sentence end's space is character 4,096: the cut is right there
+    tgi.script(reply=over, chunks=30)
+    tg.say(group, ann, "All of it, and one more.")
+    await bot.idle()
+    assert tg.texts(GROUP)[1:] == [head, "I"]
 
 
 async def test_message_is_not_modified_is_not_an_error(bot: Harness, caplog: pytest.LogCaptureFixture) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from core.engine import NOTICE_RATE, NOTICE_UNAVAILABLE
 from tests.telegram.conftest import FAST, OWNER_ID, Harness, running_bot
+from tests.texts import just_over, sentences
 
 LONG_REPLY = " ".join(f"Line {i} of the soliloquy, spoken slowly." for i in range(40))
 
@@ -132,6 +133,22 @@ async def test_a_long_reply_is_split_into_messages(bot: Harness) -> None:
     finals = [c.params["text"] for c in tg.calls_of("sendMessage", chat["id"])][1:]  # after the /use answer
     assert len(finals) == 2 and all(len(t) <= 4096 for t in finals)
     assert " ".join(finals).split() == (LONG_REPLY * 4).split()
+
+
+async def test_a_reply_of_exactly_4096_characters_is_one_message_and_4097_are_cut_at_4096(bot: Harness) -> None:
+    tg, tgi = bot.tg, bot.tgi
+    await bot.add_character("Hamlet")
+    chat = await pick(bot)
+    exact = sentences(4096)
+    tgi.script(reply=exact, chunks=30)
+    tg.say(chat, person_of(chat), "All of it, in one.")
+    await bot.idle()
+    over, head = just_over(4096)  # the sentence end's space is character 4,096: the cut is right there
+    tgi.script(reply=over, chunks=30)
+    tg.say(chat, person_of(chat), "All of it, and one more.")
+    await bot.idle()
+    finals = [c.params["text"] for c in tg.calls_of("sendMessage", chat["id"])][1:]  # after the /use answer
+    assert finals == [exact, head, "I"]
 
 
 async def test_the_model_server_down_gives_a_short_notice(store, cache, tg, tgi) -> None:
