@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bots.cli import app as cli_app
-from bots.mood_picture import mood_png, render_mood
+from bots.mood_picture import BAR_W, BAR_X, COLOURS, ROW, TOP, mood_png, render_mood
 from core.commands import Actor, Outcome
 from core.events import Platform
 from storage import migrate
@@ -73,6 +73,23 @@ def test_the_picture_draws_any_levels_and_a_chinese_title() -> None:
         image = Image.open(io.BytesIO(render_mood(extremes[-1], extremes, title=title)))
         image.load()
         assert image.mode == "RGB"
+
+
+def test_each_bar_is_as_long_as_its_level_in_its_own_colour() -> None:
+    from core.emotions import EmotionState
+    from core.state import RelationshipState
+
+    now = RelationshipState(1, "discord", "u", EmotionState(happiness=10, sadness=0, disgust=5, fear=3, surprise=7, anger=1), 8)
+    image = Image.open(io.BytesIO(render_mood(now, [now], title="Hamlet"))).convert("RGB")
+    expected = {"happiness": 10, "sadness": 0, "disgust": 5, "fear": 3, "surprise": 7, "anger": 1, "intimacy": 8}
+    measured = {}
+    for i, name in enumerate(["happiness", "sadness", "disgust", "fear", "surprise", "anger", "intimacy"]):
+        mid = TOP + i * ROW + ROW // 2
+        row = [image.getpixel((x, mid)) for x in range(BAR_X, BAR_X + BAR_W + 1)]
+        measured[name] = sum(1 for pixel in row if pixel == COLOURS[name])
+    # A bar covers level/10 of the track (give or take the edge pixels).
+    for name, level in expected.items():
+        assert abs(measured[name] - BAR_W * level / 10) <= 2, (name, level, measured)
 
 
 # -- personae state ---------------------------------------------------------------------------

@@ -59,7 +59,11 @@ async def test_in_a_private_chat_only_owners_manage_characters(cworld) -> None:
     assert not refused.ok and "owner" in refused.message
     allowed = await cworld.app.commands.import_character(OWNER, dm, card_bytes("Private-Import"))
     assert allowed.ok and allowed.character.name == "Private-Import"
-    assert "missing" not in allowed.message or "edit" in allowed.message
+    # The card names no profile field: the owner is told which ones to add, and how.
+    assert allowed.message == (
+        "Imported Private-Import. It has no world, traits, mbti, style, language, emotion, relationship yet: "
+        "an admin can add them with edit."
+    )
 
 
 async def test_owner_binds_and_sets_scene_and_the_engine_sees_it(cworld) -> None:

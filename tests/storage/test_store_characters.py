@@ -88,7 +88,12 @@ async def test_replace_stores_the_edited_card_and_can_rename(store) -> None:
 async def test_replace_in_place_keeps_the_name_and_ignores_case_changes(store) -> None:
     added = await store.characters.add(card("Hamlet"))
     replaced = await store.characters.replace(added.id, card("HAMLET"))
-    assert replaced.name == "HAMLET"
+    assert (replaced.id, replaced.name) == (added.id, "HAMLET")
+    stored = await store.characters.get(added.id)
+    assert stored.name == "HAMLET" and stored.card["data"]["name"] == "HAMLET"  # the new spelling is stored
+    for spelling in ("hamlet", "HAMLET"):
+        assert (await store.characters.get_by_name(spelling)).id == added.id  # and found under its name
+    assert [c.id for c in await store.characters.list()] == [added.id]  # one character, not a second one
 
 
 async def test_replace_onto_another_name_is_a_conflict_and_changes_nothing(store) -> None:
