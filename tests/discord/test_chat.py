@@ -160,7 +160,7 @@ async def test_a_long_reply_continues_in_new_messages_of_at_most_2000_characters
 async def test_one_message_is_edited_at_most_once_a_second_while_it_streams(bot):
     await bot.bind(ROLEPLAY)
     writes = record_writes(bot.client)
-    bot.tgi.script(reply=LINE, token_delay=0.2)  # a token every 0.2 s for about 3 s
+    bot.tgi.script(reply=LINE, token_delay=0.25)  # a token every 0.25 s for about 4 s
 
     await bot.say(ROLEPLAY, ALICE, "Speak slowly.")
 
