@@ -833,6 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=None)
     parser.add_argument("--max-concurrent-requests", type=int, default=128)
     parser.add_argument("--reply", default=DEFAULT_REPLY)
+    parser.add_argument("--no-grammar", action="store_true", help="act like TGI with --disable-grammar-support (a grammar is a 422)")
     args = parser.parse_args(argv)
     server = TGIServer(
         port=args.port,
@@ -840,6 +841,7 @@ def main(argv: list[str] | None = None) -> None:
         token_delay=args.token_delay,
         chunks=args.chunks,
         max_concurrent_requests=args.max_concurrent_requests,
+        grammar_support=not args.no_grammar,
     )
 
     async def run() -> None:
