@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from bots.settings import Settings
+from core.cadence import Cadence
 from core.commands import Commands
 from core.dynamics import Dynamics
 from core.engine import Engine, EngineConfig, NoStateChange
@@ -81,6 +82,22 @@ def model_appraiser(settings: Settings, model: ChatModel) -> Appraiser:
     )
 
 
+def appraisal_cadence(settings: Settings, appraiser: Appraiser) -> Cadence:
+    """Which exchanges ``appraiser`` reads (PERSONAE_APPRAISAL_CADENCE); the cadence paces the model
+    appraiser only (the lexicon costs nothing). ``moved`` asks the lexicon whether this exchange
+    moves the feelings by the same dynamics."""
+    from core.cadence import EveryExchange, EveryNth, WhenMoved, parse_cadence
+
+    kind, n = parse_cadence(settings.appraisal_cadence)
+    if getattr(appraiser, "name", None) != "model" or (kind == "every" and n == 1):
+        return EveryExchange()
+    if kind == "every":
+        return EveryNth(n)
+    from bots.lexicon import LexiconAppraiser, feelings_moved
+
+    return WhenMoved(feelings_moved(LexiconAppraiser(), dynamics(settings)))
+
+
 def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, appraiser: Appraiser | None = None) -> App:
     """Assemble an App from already-built parts (tests use this with their own parts).
 
@@ -100,6 +117,7 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
         updater = Feelings(
             store, cache, engine.hot, appraiser, dynamics(settings),
             cache_ttl_s=settings.cache_ttl_s, lock_ttl_s=settings.turn_deadline_s + 5,
+            cadence=appraisal_cadence(settings, appraiser),
         )
     engine.state_updater = updater
     commands = Commands(store, cache, engine.hot, max_card_bytes=settings.max_card_bytes, feelings=updater)

@@ -25,9 +25,10 @@ import re
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Awaitable, Callable
 
 from core.character import Character
-from core.dynamics import clamp, round_half_away
+from core.dynamics import Dynamics, clamp, round_half_away, same_feelings
 from core.emotions import EMOTIONS
 from core.state import Appraisal, Exchange
 
@@ -205,3 +206,18 @@ class LexiconAppraiser:
             return None
         read = [f"{k} {v}" for k, v in emotion.items()] + ([f"intimacy {intimacy}"] if intimacy is not None else [])
         return Appraisal(self.name, emotion, intimacy, f"lexicon ({language}) read valence {valence:+.2f}: " + ", ".join(read))
+
+
+def feelings_moved(appraiser: LexiconAppraiser, dynamics: Dynamics) -> Callable[[Exchange, Character], Awaitable[bool]]:
+    """The check behind PERSONAE_APPRAISAL_CADENCE=moved: whether the lexicon's reading of the
+    exchange, applied by ``dynamics``, would move the feelings the exchange started from."""
+
+    async def moved(exchange: Exchange, character: Character) -> bool:
+        appraisal = await appraiser.appraise(exchange, character)
+        if appraisal is None or appraisal.empty:
+            return False
+        baseline = character.profile.emotion
+        now = dynamics.as_of_now(exchange.state_before, baseline)
+        return not same_feelings(dynamics.apply(exchange.state_before, appraisal, baseline), now)
+
+    return moved

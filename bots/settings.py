@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     appraisal_max_tokens: int = Field(default=768, ge=16)  # the trained answer: analysis, then the object
     appraisal_temperature: float = Field(default=0.2, gt=0)
     appraisal_weight: float = Field(default=0.5, gt=0, le=1)  # how far one appraisal pulls the state
+    appraisal_cadence: str = "every"  # every, every:N (each person's Nth exchange), moved (the lexicon sees a change)
     max_emotion_step: int = Field(default=2, ge=0)  # largest change of one emotion per turn
     max_intimacy_step: int = Field(default=1, ge=0)  # largest change of intimacy per turn
     emotion_half_life_s: float = Field(default=6 * 3600.0, gt=0)  # idle emotions drift halfway back to the baseline
@@ -177,6 +178,14 @@ class Settings(BaseSettings):
             if not parts.hostname:
                 raise ValueError(f"names no host; expected e.g. {example}")
         return value
+
+    @field_validator("appraisal_cadence", mode="after")
+    @classmethod
+    def _known_cadence(cls, value: str) -> str:
+        from core.cadence import parse_cadence
+
+        kind, n = parse_cadence(value)  # ValueError says what is allowed
+        return f"{kind}:{n}" if kind == "every" and n > 1 else kind
 
     @field_validator("prompt_layout", mode="after")
     @classmethod

@@ -5,9 +5,11 @@ Mistral-Nemo-BD-RP was trained on these two tasks (system message "You are a hel
 the appraisal template as the user message, an answer of a few sentences of analysis that ends in a
 JSON object). The answer is read as BeyondDialogue reads it: the last ``{...}`` object (a ```json
 code fence around it is fine), scores that are fractions rounded half up (``7.5`` -> 8), scores off
-the scale clamped to 0-10. On TGI a regex grammar lets the analysis come first and only shapes the
-object at its end (``analysis_first``); an answer with no object, or a score missing, changes
-nothing and is logged.
+the scale clamped to 0-10. The tasks go in the same layout as the replies (``ChatModel.complete``):
+for BD-RP, the raw ``You are a helpful assistant.[INST] {task} [/INST]`` it was trained on. On TGI a
+regex grammar lets the analysis come first and only shapes the object at its end
+(``analysis_first``); an answer with no object, or a score missing, changes nothing and is logged.
+Which exchanges are appraised at all is the cadence's call (``core.cadence``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The model reads the card's description, personality, scenario and example dialogue and proposes
 the four fields as one JSON object. This is our own prompt, not one of BeyondDialogue's training
 templates (those are in ``core.prompt_templates`` and must not change); it follows the shape of
-their derived tasks: role information, dialogues, then "end with this JSON". On TGI the answer is
+their derived tasks: role information, dialogues, then "end with this JSON". It goes in the layout
+of the replies (for BD-RP the raw training string, as the appraisals). On TGI the answer is
 constrained to ``PROPOSAL_SCHEMA``; elsewhere the last JSON object of the answer is taken.
 
 Everything here is pure except ``propose_profile``, which makes one call on the ``ChatModel`` port.

@@ -5,7 +5,8 @@ Writes are optimistic: the versioned update fails when someone else wrote first,
 state is read again and the change computed anew, so no update is lost. Each write happens under
 the conversation's lock, the same one turns take, so a turn never puts an older copy back into the
 cache after a newer one was written. A regenerated reply first undoes, from the audit trail, what
-the reply it replaces did.
+the reply it replaces did. A ``cadence`` (``core.cadence``) says which exchanges are appraised at
+all; a skipped one moves nothing and asks no model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from dataclasses import replace
 from typing import Callable
 
+from core.cadence import Cadence, EveryExchange
 from core.character import Character
 from core.dynamics import Dynamics, describe_change, same_feelings
 from core.events import ConversationKey, PersonKey
@@ -42,12 +44,14 @@ class Feelings:
         *,
         cache_ttl_s: float = 3600.0,
         lock_ttl_s: float = 95.0,
+        cadence: Cadence | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.hot = hot
         self.appraiser = appraiser
         self.dynamics = dynamics or Dynamics()
+        self.cadence: Cadence = cadence or EveryExchange()
         self.cache_ttl_s = cache_ttl_s
         self.lock_ttl_s = lock_ttl_s
         # The updates for one reply run in order: a regenerated reply's undo waits for the
@@ -65,6 +69,9 @@ class Feelings:
             conversation = ConversationKey(exchange.character_id, exchange.platform, exchange.channel_id, exchange.user_id)
             if exchange.regenerated:
                 await self.undo(conversation, exchange.reply_message_id, f"undo: reply {exchange.reply_message_id} was regenerated")
+            if not await self.cadence.due(exchange, character):
+                log.debug("reply %s: not appraised (PERSONAE_APPRAISAL_CADENCE=%s)", exchange.reply_message_id, self.cadence.name)
+                return
             appraisal = await self.appraiser.appraise(exchange, character)
             if appraisal is None or appraisal.empty:
                 return

@@ -215,7 +215,8 @@ class ChatModel(Protocol):
         json_schema: Mapping[str, Any] | None = None,
         analysis_first: bool = False,
     ) -> str:
-        """A whole (non-streamed) answer, optionally constrained to a JSON schema where supported.
+        """A whole (non-streamed) answer, optionally constrained to a JSON schema where supported; sent
+        in the same prompt layout as ``stream`` (for BD-RP the raw training string).
 
         ``analysis_first``: the answer is free text that ends in the JSON object (the shape the
         BeyondDialogue alignment tasks were trained on); a constraint may only shape that object.

@@ -258,10 +258,15 @@ async def test_derive_with_accept_fills_the_missing_fields_from_the_models_propo
     assert after.card["data"]["extensions"]["some_other_app"] == {"keep": True}
     assert after.card["data"]["description"] == before.card["data"]["description"]
     assert avatar is not None  # an edit keeps the avatar
-    (body,) = tgi.bodies()
-    assert body["response_format"]["type"] == "json"  # TGI: guided by the schema
-    assert set(body["response_format"]["value"]["required"]) == {"world", "traits", "mbti", "style"}
-    prompt = body["messages"][-1]["content"]
+    # A BD-RP server (the double's model) gets it in the training layout, as the replies and the
+    # appraisals: the raw string on TGI's /generate, guided by the schema.
+    assert tgi.count("/v1/chat/completions") == 0
+    (body,) = tgi.bodies("/generate")
+    grammar = body["parameters"]["grammar"]
+    assert grammar["type"] == "json"
+    assert set(grammar["value"]["required"]) == {"world", "traits", "mbti", "style"}
+    prompt = body["inputs"]
+    assert prompt.startswith("You are a helpful assistant.[INST] ") and prompt.endswith(" [/INST]")
     assert "A noblewoman of Denmark" in prompt and "Ophelia: (lowers her eyes)" in prompt and "{{char}}" not in prompt
 
 
@@ -299,7 +304,8 @@ async def test_derive_from_a_plain_server_takes_the_last_json_object_of_the_answ
 
     assert result.exit_code == 0, result.output
     assert (await character(db, "Ophelia"))[0].profile.mbti == "ISFJ"
-    assert "response_format" not in tgi.bodies()[-1]
+    (body,) = tgi.bodies("/v1/completions")  # the training layout, not streamed, unconstrained
+    assert body["stream"] is False and "response_format" not in body and body["prompt"].endswith(" [/INST]")
 
 
 @pytest.mark.parametrize(

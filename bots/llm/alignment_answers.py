@@ -52,13 +52,23 @@ def half_up(value: float) -> int:
     return max(0, min(10, math.floor(value + 0.5)))
 
 
-def task_of(body: Mapping[str, Any]) -> str | None:
-    """``emotion`` or ``relationship`` when ``body`` is a chat request carrying an alignment task, else None."""
+def prompt_text(body: Mapping[str, Any]) -> str | None:
+    """The text a request asks about: the last chat message, the ``/generate`` inputs or the completion prompt."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return None
-    content = messages[-1].get("content") if isinstance(messages[-1], dict) else None
-    if not isinstance(content, str):
+    if isinstance(messages, list):
+        content = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+        return content if isinstance(content, str) else None
+    for key in ("inputs", "prompt"):
+        if isinstance(body.get(key), str):
+            return body[key]
+    return None
+
+
+def task_of(body: Mapping[str, Any]) -> str | None:
+    """``emotion`` or ``relationship`` when ``body`` carries an alignment task (a chat request, or a
+    raw prompt in the training layout), else None."""
+    content = prompt_text(body)
+    if content is None:
         return None
     if any(m in content for m in _EMOTION_MARKERS):
         return "emotion"
@@ -84,7 +94,7 @@ class AlignmentAnswers:
         task = task_of(body)
         if task is None:
             return None
-        content = body["messages"][-1]["content"]
+        content = prompt_text(body) or ""
         zh = "快乐评分" in content or "亲密度评分" in content
         shape = self.shapes[self._turns[task] % len(self.shapes)]
         self._turns[task] += 1

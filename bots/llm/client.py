@@ -3,7 +3,10 @@
 ``ModelClient`` implements ``core.ports.ChatModel``. Chat requests go through
 ``huggingface_hub.AsyncInferenceClient.chat_completion`` (the OpenAI-style Messages API); the
 ``training`` layout (BD-RP's own, chosen by ``auto`` for a BD-RP model: ``dialects.choose_layout``)
-renders the prompt itself and streams it from ``/v1/completions`` with httpx.
+renders the prompt itself and streams it from ``/v1/completions`` with httpx. Whole answers
+(``complete``: the appraisals, derive) go in the same layout as the replies: in the training layout
+the same raw string, to TGI's native ``/generate`` (which takes a grammar; its ``/v1/completions``
+does not) or to a non-streamed ``/v1/completions`` elsewhere.
 Everything a server or the network can do wrong ends up as ``core.errors.ModelError`` with a message
 that says what failed and where. A request is sent again only when the server never worked on it
 (not reached, or 429/503 after its ``Retry-After``), never after a timeout once it was sent: that
@@ -83,6 +86,10 @@ _UNSENT = (*_CONNECT_ERRORS, httpx.ConnectTimeout, hub_httpx.ConnectTimeout, htt
 
 class ServerNotReached(ModelError):
     """No request reached the model server (connection refused, connect timeout): safe to send again."""
+
+
+class GrammarRefused(ModelError):
+    """TGI refused a grammar (422; it runs with ``--disable-grammar-support``)."""
 
 
 class ServerBusy(ModelError):
@@ -503,6 +510,7 @@ class ModelClient:
         self._info_retry_at = 0.0
         self._info_lock = asyncio.Lock()
         self._tokenize_warned = False
+        self._grammar_refused = False  # TGI said 422 to a grammar: send none again
         self._closed = False
         is_offline = getattr(hub_constants, "is_offline_mode", None)
         if callable(is_offline) and is_offline():
@@ -568,15 +576,51 @@ class ModelClient:
         json_schema: Mapping[str, Any] | None = None,
         analysis_first: bool = False,
     ) -> str:
-        """A whole answer through the chat API (in every layout: the appraisal prompts are one
-        system and one user message, and the chat API is where TGI constrains output to a schema).
+        """A whole answer, in the same layout as the replies (``stream``).
 
-        ``json_schema`` goes out in the server's own ``response_format`` shape (see ``dialects``);
-        servers without guided JSON get none and the caller parses the last JSON object. With
-        ``analysis_first`` only TGI gets a constraint: a regex that lets the analysis come first.
+        In the ``training`` layout the messages go as the raw string the model was trained on
+        (``render_mistral_raw``, as the replies): to TGI's native ``/generate``, whose ``grammar``
+        takes ``json_schema`` in the shape ``dialects`` gives (with ``analysis_first``, a regex that
+        lets the analysis come first); elsewhere to ``/v1/completions`` unconstrained (the caller
+        parses the last JSON object). A TGI that refuses grammars (``--disable-grammar-support``:
+        422) is asked once more without one, and is not sent one again.
+        In the ``chat`` layout the chat API: ``json_schema`` goes out in the server's own
+        ``response_format`` shape (see ``dialects``); servers without guided JSON get none.
         """
-        extra: dict[str, Any] = {}
         dialect = await self.dialect()
+        self._tell_layout()
+        if self.layout == "training":
+            try:
+                prompt = render_mistral_raw(messages, bos="")
+            except ValueError:
+                prompt = None  # not a conversation the training layout can express: the chat API takes it
+            if prompt is not None:
+                if dialect is not None and dialect.kind == "tgi":
+                    grammar = None
+                    if json_schema is not None and not self._grammar_refused:
+                        grammar = dialect.response_format(json_schema, analysis_first=analysis_first)
+                    return await self._generate(prompt, max_tokens, temperature, grammar)
+                body = {
+                    "model": self.model,
+                    "prompt": prompt,
+                    "max_tokens": max_tokens,
+                    "temperature": temperature,
+                    "stop": [RAW_STOP],
+                    "stream": False,
+                }
+                return "".join([part async for part in self._retrying(lambda: self._completion_json(body))])
+        return await self._chat_complete(messages, dialect, max_tokens, temperature, json_schema, analysis_first)
+
+    async def _chat_complete(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        dialect: Dialect | None,
+        max_tokens: int,
+        temperature: float,
+        json_schema: Mapping[str, Any] | None,
+        analysis_first: bool,
+    ) -> str:
+        extra: dict[str, Any] = {}
         if json_schema is not None and dialect is not None:
             response_format = dialect.response_format(json_schema, analysis_first=analysis_first)
             if response_format is not None:
@@ -601,6 +645,70 @@ class ModelClient:
 
         parts = [part async for part in self._retrying(attempt)]
         return "".join(parts)
+
+    async def _generate(self, prompt: str, max_tokens: int, temperature: float, grammar: Mapping[str, Any] | None) -> str:
+        """One answer from TGI's native ``/generate`` (``{"inputs", "parameters"}`` -> ``{"generated_text"}``)."""
+        parameters: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": [RAW_STOP], "details": False}
+        if temperature > 0:
+            parameters.update(do_sample=True, temperature=temperature)
+        else:  # TGI's native API refuses temperature 0: greedy is do_sample false
+            parameters["do_sample"] = False
+        if grammar is not None:
+            parameters["grammar"] = dict(grammar)
+        body = {"inputs": prompt, "parameters": parameters}
+        try:
+            return "".join([part async for part in self._retrying(lambda: self._generate_json(body))])
+        except GrammarRefused as exc:
+            self._grammar_refused = True
+            log.warning("%s; appraisals go without a grammar from now on (the last JSON object of the answer is read)", exc)
+            parameters.pop("grammar", None)
+            return "".join([part async for part in self._retrying(lambda: self._generate_json(body))])
+
+    async def _generate_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        """One ``/generate`` request posted as is (yields the answer once)."""
+        client = await self._http_client()
+        try:
+            response = await client.post("/generate", json=body)
+        except httpx.HTTPError as exc:
+            raise transport_error(self.where, exc, self.first_token_timeout_s, url_setting=self.url_setting) from exc
+        if response.status_code >= 400:
+            detail = _detail_from_body(response.content)
+            error = status_error(self.where, response.status_code, detail, retry_after(response.headers), url_setting=self.url_setting)
+            if response.status_code == 422 and "grammar" in body.get("parameters", {}) and "grammar" in (detail or "").lower():
+                raise GrammarRefused(str(error), retryable=False, status=422)
+            raise error
+        try:
+            answer = response.json()
+            if isinstance(answer, list):  # TGI's compat route answers a list of one
+                answer = answer[0]
+            text = answer["generated_text"]
+            if not isinstance(text, str):
+                raise TypeError("generated_text is not text")
+        except (ValueError, LookupError, TypeError) as exc:
+            raise ModelError(
+                f"the model server at {self.where} sent a malformed answer ({_clip(response.text)})", retryable=False
+            ) from exc
+        yield text
+
+    async def _completion_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        """One non-streamed ``/v1/completions`` request posted as is (yields the answer once)."""
+        client = await self._http_client()
+        try:
+            response = await client.post("/v1/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise transport_error(self.where, exc, self.first_token_timeout_s, url_setting=self.url_setting) from exc
+        if response.status_code >= 400:
+            raise status_error(
+                self.where, response.status_code, _detail_from_body(response.content), retry_after(response.headers), url_setting=self.url_setting
+            )
+        try:
+            choices = response.json().get("choices") or []
+            text = (choices[0].get("text") or "") if choices else ""
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ModelError(
+                f"the model server at {self.where} sent a malformed answer ({_clip(response.text)})", retryable=False
+            ) from exc
+        yield text
 
     async def count_tokens(self, text: str) -> int:
         """The server's own token count where it has a tokenize route (see ``dialects``), else ``estimate_tokens``."""

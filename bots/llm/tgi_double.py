@@ -25,7 +25,9 @@ Wire format, as TGI 3.x sends it (see reference/tgi_protocol.md): SSE events ``d
 separated by a blank line, ``data: [DONE]`` at the end; errors before the stream as HTTP status
 with ``{"error", "error_type"}``; errors after the stream started as an event inside the 200 stream:
 ``{"error": {"message", "http_status_code"}}`` on ``/v1/chat/completions`` and
-``{"error", "error_type"}`` on ``/v1/completions`` and ``/generate_stream``.
+``{"error", "error_type"}`` on ``/v1/completions`` and ``/generate_stream``. The native
+``/generate`` (``{"inputs", "parameters": {max_new_tokens, temperature, stop, grammar, ...}}`` ->
+``{"generated_text"}``) is recorded like the others; with ``grammar_support=False`` a grammar is a 422.
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ class TGIServer:
       tgi: False makes the server look like a plain OpenAI-style server (no /info, /tokenize).
       max_concurrent_requests: like TGI's flag: requests past it are refused ("overloaded").
       api_key: when set, generation routes need ``Authorization: Bearer <key>`` (bare 401).
+      grammar_support: False makes it act like TGI run with ``--disable-grammar-support``: any
+        request with a grammar (``response_format`` on the chat route, ``parameters.grammar`` on
+        ``/generate``) gets a 422 ("grammar is not supported").
       alignment: an ``AlignmentAnswers`` (``alignment=True`` makes one): appraisal requests (the
         BeyondDialogue alignment tasks) get its answers (analysis then JSON, fractions, code fences,
         no JSON, JSON cut short) and ``alignment.said`` logs them; other requests get ``reply``.
@@ -163,6 +168,7 @@ class TGIServer:
         max_stop_sequences: int = 4,
         api_key: str | None = None,
         alignment: bool | AlignmentAnswers = False,
+        grammar_support: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -174,6 +180,7 @@ class TGIServer:
             tgi=tgi,
             max_concurrent_requests=max_concurrent_requests,
             api_key=api_key,
+            grammar_support=grammar_support,
         )
         self.reply = reply
         self.chunks = chunks
@@ -182,6 +189,7 @@ class TGIServer:
         self.tgi = tgi
         self.max_concurrent_requests = max_concurrent_requests
         self.api_key = api_key
+        self.grammar_support = grammar_support
         self.model_id = model_id
         if alignment is True:
             alignment = AlignmentAnswers()
@@ -206,6 +214,7 @@ class TGIServer:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/completions", self._completions, methods=["POST"]),
+                Route("/generate", self._generate, methods=["POST"]),
                 Route("/generate_stream", self._generate_stream, methods=["POST"]),
                 Route("/tokenize", self._tokenize, methods=["POST"]),
                 Route("/info", self._info, methods=["GET"]),
@@ -426,6 +435,8 @@ class TGIServer:
         temperature = body.get("temperature")
         if temperature is not None and temperature < 0:
             return self._error(422, "Input validation error: `temperature` must be >= 0", "validation")
+        if chat and body.get("response_format") and not self.grammar_support:
+            return self._error(422, GRAMMAR_REFUSED, "validation")
         if chat and body.get("response_format") and body.get("tools"):
             return self._error(422, "Grammar and tools are mutually exclusive", "grammar and tools")
         return None
@@ -649,6 +660,47 @@ class TGIServer:
 
         return self._stream(events, failure, error_event)
 
+    def _validate_generate(self, body: Any) -> Response | None:
+        """TGI's checks on ``/generate`` (a subset): ``inputs``, ``parameters``, grammar support."""
+        if (invalid := _validate_inputs(body)) is not None:
+            return invalid
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            return self._error(422, "Failed to deserialize the JSON body: parameters", "validation")
+        max_new = parameters.get("max_new_tokens")
+        if max_new is not None and (not isinstance(max_new, int) or max_new < 1):
+            return self._error(422, "Input validation error: `max_new_tokens` must be strictly positive", "validation")
+        temperature = parameters.get("temperature")
+        if temperature is not None and temperature <= 0:
+            return self._error(422, "Input validation error: `temperature` must be strictly positive", "validation")
+        if len(parameters.get("stop") or []) > self.max_stop_sequences:
+            return self._error(422, f"Input validation error: `stop` supports up to {self.max_stop_sequences} stop sequences", "validation")
+        grammar = parameters.get("grammar")
+        if grammar is not None:
+            if not self.grammar_support:
+                return self._error(422, GRAMMAR_REFUSED, "validation")
+            if not isinstance(grammar, dict) or grammar.get("type") not in ("json", "json_object", "regex") or "value" not in grammar:
+                return self._error(422, "Failed to deserialize the JSON body: parameters.grammar", "validation")
+        return None
+
+    async def _generate(self, request: Request) -> Response:
+        """TGI's native ``/generate``: ``{"inputs", "parameters"}`` -> ``{"generated_text"}`` (not streamed)."""
+        opened = await self._open(request, self._validate_generate)
+        if isinstance(opened, Response):
+            return opened
+        body, _, failure = opened
+        text = self._reply_text(body)
+        try:
+            if failure is not None and failure.kind == "drop":
+                return _DropResponse()
+            if failure is not None and failure.kind == "hang":
+                await asyncio.sleep(failure.hang_s)
+            if self.gate is not None:
+                await self.gate.wait()
+        finally:
+            self._leave()
+        return JSONResponse({"generated_text": text})
+
     async def _generate_stream(self, request: Request) -> Response:
         opened = await self._open(request, _validate_inputs, always_stream=True)
         if isinstance(opened, Response):
@@ -731,6 +783,7 @@ class TGIServer:
         return Response(f"tgi_request_count {self.count()}\n", media_type="text/plain")
 
 
+GRAMMAR_REFUSED = "Input validation error: grammar is not supported"  # TGI with --disable-grammar-support
 _ERROR_TYPES = {429: "overloaded", 422: "validation", 424: "generation", 500: "incomplete_generation"}
 
 
@@ -780,6 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=None)
     parser.add_argument("--max-concurrent-requests", type=int, default=128)
     parser.add_argument("--reply", default=DEFAULT_REPLY)
+    parser.add_argument("--no-grammar", action="store_true", help="act like TGI with --disable-grammar-support (a grammar is a 422)")
     args = parser.parse_args(argv)
     server = TGIServer(
         port=args.port,
@@ -787,6 +841,7 @@ def main(argv: list[str] | None = None) -> None:
         token_delay=args.token_delay,
         chunks=args.chunks,
         max_concurrent_requests=args.max_concurrent_requests,
+        grammar_support=not args.no_grammar,
     )
 
     async def run() -> None:

@@ -58,6 +58,10 @@ class VLLMServer(TGIServer):
                 return self._openai_error(400, "response_format.json_schema.schema is required", "BadRequestError")
         return super()._validate(body, chat=chat)
 
+    async def _generate(self, request: Request) -> Response:
+        await self._record(request)  # TGI's native route: vLLM and SGLang have none
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
+
     async def _info(self, request: Request) -> Response:
         await self._record(request)
         return JSONResponse({"detail": "Not Found"}, status_code=404)
