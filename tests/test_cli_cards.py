@@ -37,8 +37,11 @@ async def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
-async def cli(*args: str, input: str | None = None):
-    return await asyncio.to_thread(runner.invoke, app, list(args), input=input)
+async def cli(*args: str, input: str | None = None, env: dict[str, str | None] | None = None):
+    return await asyncio.to_thread(runner.invoke, app, list(args), input=input, env=env)
+
+
+NO_MODEL_SERVER = {"PERSONAE_LLM_URL": None}  # for one command: as if PERSONAE_LLM_URL were unset
 
 
 async def character(url: str, name: str):
@@ -235,7 +238,8 @@ async def tgi(db, monkeypatch) -> AsyncIterator[TGIServer]:
 
 
 async def imported(db: str, tmp_path: Path, card: dict[str, Any] | None = None):
-    result = await cli("characters", "import", str(write(tmp_path, "in.png", png_card(card))))
+    """Import a card as it comes, with no model server (so nothing is derived on import)."""
+    result = await cli("characters", "import", str(write(tmp_path, "in.png", png_card(card))), env=NO_MODEL_SERVER)
     assert result.exit_code == 0, result.output
     stored, _ = await character(db, "Ophelia")
     return stored
