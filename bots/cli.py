@@ -287,7 +287,15 @@ def characters_list() -> None:
 @characters_app.command("show")
 def characters_show(name: str) -> None:
     """Show a character's profile."""
-    run(lambda: _with_commands(lambda c: _async_outcome(c.show_character(_cli_actor(), name))))
+    from core.commands import describe
+
+    async def work(commands):
+        outcome = await commands.show_character(_cli_actor(), name)
+        if not outcome.ok:
+            fail(outcome.message)
+        typer.echo(describe(outcome.character, edit=CLI_EDIT.replace("NAME", repr(outcome.character.name))))
+
+    run(lambda: _with_commands(work))
 
 
 async def _async_outcome(awaitable) -> None:

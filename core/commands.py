@@ -398,11 +398,12 @@ NO_CHARACTER_HERE = "No character plays in this channel."
 NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and /use."
 
 
-def describe(character: Character) -> str:
+def describe(character: Character, *, edit: str = CHAT_EDIT) -> str:
     """A short human description of a character's profile.
 
     A field the card lacks shows the value the prompt uses instead, marked "missing"; a field the
-    model proposed is marked "derived" until an admin edits it.
+    model proposed is marked "derived" until an admin edits it. ``edit`` names the edit command
+    where the person reads this.
     """
     p = character.profile
 
@@ -424,7 +425,7 @@ def describe(character: Character) -> str:
     if p.scene:
         lines.append(f"Scene: {p.scene[:300]}{'…' if len(p.scene) > 300 else ''}")
     if p.missing:
-        fill = f"set them with {CHAT_EDIT}" + (f" or {derive_command(p.name)}" if missing_derivable(p) else "")
+        fill = f"set them with {edit}" + (f" or {derive_command(p.name)}" if missing_derivable(p) else "")
         lines.append(f"Missing profile fields: {', '.join(p.missing)} ({fill}).")
     return "\n".join(lines)
 
