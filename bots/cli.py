@@ -277,6 +277,8 @@ def characters_list() -> None:
             flags = [] if c.public else ["private"]
             if c.profile.missing:
                 flags.append("missing " + ",".join(c.profile.missing))
+            if c.profile.derived:
+                flags.append("derived " + ",".join(c.profile.derived))
             typer.echo(f"{c.name}\t{c.profile.language}\t{c.profile.mbti or '-'}" + (f"\t({'; '.join(flags)})" if flags else ""))
         if not outcome.characters:
             typer.echo(outcome.message)

@@ -208,9 +208,16 @@ class Commands:
         try:
             async with asyncio.timeout(self.derive_timeout_s):
                 proposal = await derive.propose_profile(self.derive_model, character.card)
-            changes = derive.changes_to_apply(character.card, proposal)
-            card = cards.edit_card(character.card, changes, derived=True)
-            updated = await self.store.characters.replace(character.id, card)
+            # Read again: an admin may have edited it while the model thought; their fields stay.
+            current = await self.store.characters.get(character.id)
+            if current is None:
+                raise NotFound(f"{character.name} was deleted while the model proposed its profile")
+            character = current
+            changes = derive.changes_to_apply(current.card, proposal)
+            if not changes:
+                return current, (), None
+            card = cards.edit_card(current.card, changes, derived=True)
+            updated = await self.store.characters.replace(current.id, card)
         except TimeoutError:
             return character, (), f"the model server gave no proposal within {self.derive_timeout_s:g} s"
         except InvalidInput as exc:

@@ -386,6 +386,8 @@ async def test_import_with_a_model_server_stores_the_derived_fields_marked_and_a
     assert shown.exit_code == 0, shown.output
     assert "\nMBTI: ISFJ (derived by the model)\n" in shown.stdout
     assert "\nWorld: The Danish court at Elsinore (derived by the model)\n" in shown.stdout
+    listed = await cli("characters", "list")
+    assert "Ophelia\ten\tISFJ\t(missing language,emotion,relationship; derived world,traits,mbti,style)\n" in listed.stdout
 
     assert (await cli("characters", "edit", "Ophelia", "mbti=INFP")).exit_code == 0
     shown = await cli("characters", "show", "Ophelia")
