@@ -177,21 +177,28 @@ def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g.
 # -- characters -------------------------------------------------------------------------------
 
 
-async def _with_commands(work: Callable[[Any], Awaitable[T]]) -> T:
-    """Open the store and cache (no model server) and run ``work(app_parts)`` with the samples present."""
-    from bots.compose import open_cache, open_store
+async def _with_commands(work: Callable[[Any], Awaitable[T]], *, derive: bool = False) -> T:
+    """Open the store and cache and run ``work(commands)`` with the samples present.
+
+    With ``derive`` and PERSONAE_LLM_URL set, the commands get a client for that model server (an
+    import asks it for the fields a card lacks); it is not probed first: a server that is down
+    leaves the import done with a note. The bundled model is never started here.
+    """
+    from bots.compose import command_layer, model_client, open_cache, open_store
     from bots.samples import ensure_samples
-    from core.commands import Commands
     from core.hot import HotState
 
     s = settings()
     store = await open_store(s)
     cache = await open_cache(s)
+    model = model_client(s, s.llm_url) if derive and s.llm_url is not None else None
     try:
         await ensure_samples(store)
-        commands = Commands(store, cache, HotState(store, cache, ttl_s=s.cache_ttl_s), max_card_bytes=s.max_card_bytes)
+        commands = command_layer(s, store, cache, HotState(store, cache, ttl_s=s.cache_ttl_s), model)
         return await work(commands)
     finally:
+        if model is not None:
+            await model.close()
         await cache.close()
         await store.close()
 
@@ -227,9 +234,19 @@ def _missing_note(missing: tuple[str, ...]) -> str:
     return f"note: this card has no {', '.join(missing)}: the prompt uses fallbacks"
 
 
+CLI_EDIT = "`personae characters edit NAME field=value`"
+
+
 @characters_app.command("import")
 def characters_import(file: Path = typer.Argument(..., help="A Character Card: PNG, CharX (.charx) or JSON (V1/V2/V3).")) -> None:
-    """Import a character card (and the avatar a PNG or CharX carries); print the imported name."""
+    """Import a character card (and the avatar a PNG or CharX carries); print the imported name.
+
+    With PERSONAE_LLM_URL set, the model proposes the world, traits, MBTI and style the card lacks
+    (stored marked as derived); notes about the profile go to stderr.
+    """
+    from core.commands import derive_command
+    from core.profile_notes import derived_note, missing_note
+
     raw = _read_card_bytes(file, settings().max_card_bytes)
 
     async def work(commands):
@@ -238,14 +255,16 @@ def characters_import(file: Path = typer.Argument(..., help="A Character Card: P
             fail(outcome.message)
         character = outcome.character
         typer.echo(character.name)
+        edit = CLI_EDIT.replace("NAME", repr(character.name))
+        if outcome.derived:
+            typer.echo(f"note: {derived_note(character.profile, outcome.derived, edit=edit)}", err=True)
         if character.profile.missing:
-            typer.echo(
-                f"{_missing_note(character.profile.missing)}; fill them with "
-                f"`personae characters edit` or `personae characters derive {character.name!r}`",
-                err=True,
+            note = missing_note(
+                character.profile, edit=edit, derive=derive_command(character.name), failed=outcome.derive_failed, subject="this card"
             )
+            typer.echo(f"note: {note}", err=True)
 
-    run(lambda: _with_commands(work))
+    run(lambda: _with_commands(work, derive=True))
 
 
 @characters_app.command("list")
@@ -258,6 +277,8 @@ def characters_list() -> None:
             flags = [] if c.public else ["private"]
             if c.profile.missing:
                 flags.append("missing " + ",".join(c.profile.missing))
+            if c.profile.derived:
+                flags.append("derived " + ",".join(c.profile.derived))
             typer.echo(f"{c.name}\t{c.profile.language}\t{c.profile.mbti or '-'}" + (f"\t({'; '.join(flags)})" if flags else ""))
         if not outcome.characters:
             typer.echo(outcome.message)
@@ -268,7 +289,15 @@ def characters_list() -> None:
 @characters_app.command("show")
 def characters_show(name: str) -> None:
     """Show a character's profile."""
-    run(lambda: _with_commands(lambda c: _async_outcome(c.show_character(_cli_actor(), name))))
+    from core.commands import describe
+
+    async def work(commands):
+        outcome = await commands.show_character(_cli_actor(), name)
+        if not outcome.ok:
+            fail(outcome.message)
+        typer.echo(describe(outcome.character, edit=CLI_EDIT.replace("NAME", repr(outcome.character.name))))
+
+    run(lambda: _with_commands(work))
 
 
 async def _async_outcome(awaitable) -> None:
@@ -370,7 +399,7 @@ def characters_derive(
         if not typer.confirm("Write these fields?", default=False):
             typer.echo("not written", err=True)
             return
-    run(lambda: _with_commands(lambda c: _async_outcome(c.edit_character(_cli_actor(), None, character.name, changes))))
+    run(lambda: _with_commands(lambda c: _async_outcome(c.edit_character(_cli_actor(), None, character.name, changes, derived=True))))
 
 
 @characters_app.command("delete")

@@ -14,6 +14,7 @@ from core.dynamics import Dynamics
 from core.engine import Engine, EngineConfig, NoStateChange
 from core.errors import ConfigurationError
 from core.feelings import Feelings
+from core.hot import HotState
 from core.ports import Appraiser, Cache, ChatModel, StateUpdater, Store
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,21 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
             cadence=appraisal_cadence(settings, appraiser),
         )
     engine.state_updater = updater
-    commands = Commands(store, cache, engine.hot, max_card_bytes=settings.max_card_bytes, feelings=updater)
+    commands = command_layer(settings, store, cache, engine.hot, model, feelings=updater)
     return App(settings, store, cache, model, engine, commands)
+
+
+def command_layer(
+    settings: Settings, store: Store, cache: Cache, hot: HotState, model: ChatModel | None, *, feelings: StateUpdater | None = None
+) -> Commands:
+    """The command layer; ``model`` proposes the profile fields an imported card lacks, but only when
+    it is a configured model server (PERSONAE_LLM_URL): the bundled model is too small to judge a
+    character, and a command-line import should not start it."""
+    derive_model = model if settings.llm_url is not None else None
+    return Commands(
+        store, cache, hot, max_card_bytes=settings.max_card_bytes, feelings=feelings,
+        derive_model=derive_model, derive_timeout_s=settings.derive_timeout_s,
+    )
 
 
 async def open_store(settings: Settings) -> Store:

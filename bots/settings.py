@@ -115,6 +115,9 @@ class Settings(BaseSettings):
 
     # Character cards
     max_card_bytes: int = Field(default=20_000_000, gt=0)  # the largest card file (PNG, CharX, JSON) imported
+    # With PERSONAE_LLM_URL set, an import asks the model for the world, traits, MBTI and style a card
+    # lacks; the import reply waits this long at most for that proposal (then it says how to fill them).
+    derive_timeout_s: float = Field(default=20.0, gt=0)
 
     # Feelings: how emotions and intimacy move
     appraiser: Literal["auto", "lexicon", "model", "none"] = "auto"  # auto: model if LLM_URL is set, else lexicon

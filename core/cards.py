@@ -12,6 +12,7 @@ import math
 from typing import Any, Mapping
 
 from core.character import (
+    DERIVABLE_FIELDS,
     MAX_NAME_CHARS,
     PROFILE_FIELDS,
     CharacterProfile,
@@ -26,6 +27,7 @@ from core.errors import InvalidInput
 from core.text import clean_value
 
 EXTENSION_KEY = "personae"
+DERIVED_KEY = "derived"  # in our extension: the profile fields the model proposed, until an admin edits them
 MAX_CARD_JSON_BYTES = 2_000_000
 MAX_FIELD_CHARS = 32_000
 MAX_SCENE_CHARS = 4_000
@@ -179,7 +181,20 @@ def profile_from_card(card: Mapping[str, Any]) -> CharacterProfile:
         relationship=check_level("relationship", ext.get("relationship", 3)),
         greeting=data.get("first_mes") or "",
         missing=missing,
+        derived=derived_fields(ext),
     )
+
+
+def derived_fields(ext: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields our extension ``ext`` marks as derived (and still holds), in profile order.
+
+    A mark is only ever written by personae; a card from elsewhere with a strange one is not
+    refused for it: what is not a derivable field name is ignored.
+    """
+    marked = ext.get(DERIVED_KEY)
+    if not isinstance(marked, list):
+        return ()
+    return tuple(f for f in DERIVABLE_FIELDS if f in marked and f in ext)
 
 
 def _first_sentence(text: str) -> str:
@@ -261,8 +276,12 @@ EDITABLE = {
 }
 
 
-def edit_card(card: Mapping[str, Any], changes: Mapping[str, object]) -> dict[str, Any]:
-    """Return a copy of ``card`` with profile fields changed; the result is validated whole."""
+def edit_card(card: Mapping[str, Any], changes: Mapping[str, object], *, derived: bool = False) -> dict[str, Any]:
+    """Return a copy of ``card`` with profile fields changed; the result is validated whole.
+
+    A changed field loses its derived mark (a person set it); with ``derived`` the changed
+    derivable fields get the mark instead (they are the model's proposal).
+    """
     unknown = [k for k in changes if k not in EDITABLE]
     if unknown:
         raise InvalidInput(f"cannot edit {unknown[0]!r}; editable fields: {', '.join(EDITABLE)}")
@@ -286,7 +305,17 @@ def edit_card(card: Mapping[str, Any], changes: Mapping[str, object]) -> dict[st
         elif key == "public":
             value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
         (data if where == "data" else ext)[field] = value
+    _mark_derived(ext, [k for k in changes if k in DERIVABLE_FIELDS], derived)
     return normalise_card(new)
+
+
+def _mark_derived(ext: dict[str, Any], fields: list[str], derived: bool) -> None:
+    marked = set(derived_fields(ext))
+    marked = (marked | set(fields)) if derived else (marked - set(fields))
+    if marked:
+        ext[DERIVED_KEY] = [f for f in DERIVABLE_FIELDS if f in marked]
+    else:
+        ext.pop(DERIVED_KEY, None)
 
 
 def card_json(card: Mapping[str, Any]) -> str:

@@ -14,6 +14,8 @@ MBTI_LETTERS = ("EI", "NS", "TF", "JP")
 MAX_NAME_CHARS = 64
 # Fields the BeyondDialogue prompt needs that a card from elsewhere may not carry.
 PROFILE_FIELDS = ("world", "traits", "mbti", "style", "language", "emotion", "relationship")
+# The ones the model can propose from a card's description and dialogue (``core.derive``).
+DERIVABLE_FIELDS = ("world", "traits", "mbti", "style")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -90,6 +92,8 @@ class CharacterProfile:
     greeting: str = ""
     # Profile fields the card did not supply; the prompt falls back on what the card has.
     missing: tuple[str, ...] = ()
+    # Profile fields the model proposed (``core.derive``) and no admin has edited since.
+    derived: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name)

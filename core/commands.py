@@ -7,10 +7,12 @@ A refused or invalid command changes nothing and says why.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from core import cards
+from core import cards, derive
 from core.card_dialogue import pick_greeting
 from core.card_files import MAX_FILE_BYTES, read_card_file
 from core.character import Character, check_name
@@ -18,14 +20,25 @@ from core.emotions import check_level
 from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
 from core.events import ConversationKey, PersonKey, Trigger
 from core.hot import HotState, person_prefixes, rate_key
+from core.profile_notes import derived_note, field_value, missing_derivable, missing_note
 from core.prompt import estimate_tokens
 from core.text import clean_text, clean_value
-from core.ports import Cache, StateUpdater, Store
+from core.ports import Cache, ChatModel, StateUpdater, Store
 from core.state import Binding, RelationshipState
 
 MAX_SCENE_CHARS = cards.MAX_SCENE_CHARS
 MOOD_COURSE = 20  # state changes /mood shows the course of
 AVATAR_EXT_CHARS = 8  # what the store keeps of an avatar's file extension
+DERIVE_TIMEOUT_S = 20.0  # the longest an import waits for the model's proposal (PERSONAE_DERIVE_TIMEOUT_S)
+# The commands that fill a card's missing fields, as a person in a chat reads them.
+CHAT_EDIT = "/character edit"
+
+
+def derive_command(name: str) -> str:
+    """The command line that asks the model for a character's missing fields."""
+    return f"`personae characters derive {name!r}`"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +79,8 @@ class Outcome:
     binding: Binding | None = None
     counts: dict[str, int] = field(default_factory=dict)
     greeting: str | None = None  # /use on first contact only: the character's opening line, just stored
+    derived: tuple[str, ...] = ()  # import: the profile fields the model proposed and that were stored
+    derive_failed: str | None = None  # import: why deriving the missing fields did not work, if it was tried
     course: list[RelationshipState] = field(default_factory=list)  # /mood: the recent states, oldest first, ending now
 
 
@@ -81,13 +96,25 @@ class Commands:
     """Platform-free implementations of the bot's commands."""
 
     def __init__(
-        self, store: Store, cache: Cache, hot: HotState, *, max_card_bytes: int = MAX_FILE_BYTES, feelings: StateUpdater | None = None
+        self,
+        store: Store,
+        cache: Cache,
+        hot: HotState,
+        *,
+        max_card_bytes: int = MAX_FILE_BYTES,
+        feelings: StateUpdater | None = None,
+        derive_model: ChatModel | None = None,
+        derive_timeout_s: float = DERIVE_TIMEOUT_S,
     ) -> None:
         self.store = store
         self.cache = cache
         self.hot = hot
         self.feelings = feelings  # reads a state as of now (drift); None: as stored
         self.max_card_bytes = max_card_bytes  # the largest card file (PNG, CharX or JSON) accepted
+        # The model server that proposes the fields an imported card lacks (None: none is configured,
+        # and the import says what the prompt uses instead).
+        self.derive_model = derive_model
+        self.derive_timeout_s = derive_timeout_s
 
     # -- characters -------------------------------------------------------------------------
 
@@ -152,12 +179,63 @@ class Commands:
             character = await self.store.characters.add(found.card, avatar, ext if avatar is not None else None)
         except (InvalidInput, Conflict) as exc:
             return refused(f"Could not import the card: {_sentence(exc)}")
-        note = ""
+        derived: tuple[str, ...] = ()
+        failed: str | None = None
+        if self.derive_model is not None and missing_derivable(character.profile):
+            character, derived, failed = await self._derive_missing(character)
+        lines = [f"Imported {character.name}."]
+        if derived:
+            lines.append(derived_note(character.profile, derived, edit=CHAT_EDIT))
         if character.profile.missing:
-            note = f" It has no {', '.join(character.profile.missing)} yet: an admin can add them with edit."
-        return Outcome(True, f"Imported {character.name}.{note}", character=character)
+            lines.append(missing_note(character.profile, edit=CHAT_EDIT, derive=derive_command(character.name), failed=failed))
+        return Outcome(True, " ".join(lines), character=character, derived=derived, derive_failed=failed)
 
-    async def edit_character(self, actor: Actor, place: Place | None, name: str, changes: Mapping[str, Any]) -> Outcome:
+    async def _derive_missing(self, character: Character) -> tuple[Character, tuple[str, ...], str | None]:
+        """Ask the model for the world, traits, MBTI and style the imported card lacks, and store them
+        marked as derived; the character, the fields stored, and why nothing was (None: it worked).
+
+        Inline, bounded by ``derive_timeout_s`` (PERSONAE_DERIVE_TIMEOUT_S, 20 s by default), rather
+        than in the background: the answer is one small JSON object (about 60 tokens; on TGI the
+        schema is enforced from the first token), a second or two on a GPU serving BD-RP, and only
+        the admin who imports waits (Discord's deferred reply has 15 minutes, and both adapters
+        handle other people's messages meanwhile). Inline, the import reply says what was derived,
+        and no one can chat with the character before it has its profile; a background task would
+        need a way to post a later note on every platform, and the character's first turns could
+        reach the model with "MBTI: not specified". Past the timeout (or on any failure) the card
+        stays imported and the reply says what the prompt uses and which command fills the fields.
+        """
+        assert self.derive_model is not None
+        try:
+            async with asyncio.timeout(self.derive_timeout_s):
+                proposal = await derive.propose_profile(self.derive_model, character.card)
+            # Read again: an admin may have edited it while the model thought; their fields stay.
+            current = await self.store.characters.get(character.id)
+            if current is None:
+                raise NotFound(f"{character.name} was deleted while the model proposed its profile")
+            character = current
+            changes = derive.changes_to_apply(current.card, proposal)
+            if not changes:
+                return current, (), None
+            card = cards.edit_card(current.card, changes, derived=True)
+            updated = await self.store.characters.replace(current.id, card)
+        except TimeoutError:
+            return character, (), f"the model server gave no proposal within {self.derive_timeout_s:g} s"
+        except InvalidInput as exc:
+            return character, (), f"the model's proposal was not usable: {_one_line(exc)}"
+        except PersonaeError as exc:  # ModelError (server down, refused), NotFound or Conflict (changed meanwhile)
+            return character, (), _one_line(exc)
+        except Exception as exc:  # noqa: BLE001  the card is stored: a surprise here must not lose the reply
+            log.warning("deriving the profile of imported %s failed", character.name, exc_info=True)
+            return character, (), f"unexpected {type(exc).__name__}"
+        self.hot.forget_character(character.id)
+        log.info("derived %s for imported %s", ", ".join(changes), character.name)
+        return updated, tuple(f for f in derive.DERIVED_FIELDS if f in changes), None
+
+    async def edit_character(
+        self, actor: Actor, place: Place | None, name: str, changes: Mapping[str, Any], *, derived: bool = False
+    ) -> Outcome:
+        """Change profile fields; each one changed loses its derived mark (``derived``: the changes
+        are the model's proposal, e.g. ``personae characters derive --accept``, and get the mark)."""
         name = clean_text(name)
         if (why := self._may_manage(actor, place)) is not None:
             return refused(why)
@@ -167,7 +245,7 @@ class Commands:
         if not changes:
             return refused("Say what to change, e.g. world=..., traits=a,b, mbti=INTJ.")
         try:
-            card = cards.edit_card(character.card, clean_value(dict(changes)))  # type: ignore[arg-type]
+            card = cards.edit_card(character.card, clean_value(dict(changes)), derived=derived)  # type: ignore[arg-type]
             updated = await self.store.characters.replace(character.id, card)
         except (InvalidInput, Conflict, NotFound) as exc:
             return refused(_sentence(exc))
@@ -327,21 +405,35 @@ NO_CHARACTER_HERE = "No character plays in this channel."
 NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and /use."
 
 
-def describe(character: Character) -> str:
-    """A short human description of a character's profile."""
+def describe(character: Character, *, edit: str = CHAT_EDIT) -> str:
+    """A short human description of a character's profile.
+
+    A field the card lacks shows the value the prompt uses instead, marked "missing"; a field the
+    model proposed is marked "derived" until an admin edits it. ``edit`` names the edit command
+    where the person reads this.
+    """
     p = character.profile
+
+    def shown(field: str, value: str) -> str:
+        if field in p.missing:
+            return f"{field_value(p, field)} (missing: the prompt uses this)"
+        if field in p.derived:
+            return f"{value} (derived by the model)"
+        return value
+
     lines = [
         f"{p.name} ({'public' if character.public else 'private'}, {p.language})",
-        f"World: {p.world}",
-        f"Traits: {', '.join(p.traits)}",
-        f"MBTI: {p.mbti or 'not set'}",
-        f"Style: {', '.join(p.style)}",
+        f"World: {shown('world', p.world)}",
+        f"Traits: {shown('traits', ', '.join(p.traits))}",
+        f"MBTI: {shown('mbti', p.mbti or '')}",
+        f"Style: {shown('style', ', '.join(p.style))}",
         f"Baseline: {p.emotion.render('en')}; intimacy {p.relationship}",
     ]
     if p.scene:
         lines.append(f"Scene: {p.scene[:300]}{'…' if len(p.scene) > 300 else ''}")
     if p.missing:
-        lines.append(f"Missing profile fields: {', '.join(p.missing)}")
+        fill = f"set them with {edit}" + (f" or {derive_command(p.name)}" if missing_derivable(p) else "")
+        lines.append(f"Missing profile fields: {', '.join(p.missing)} ({fill}).")
     return "\n".join(lines)
 
 
@@ -349,6 +441,11 @@ def _words(value: Any) -> list[str]:
     if isinstance(value, str):
         return [w.strip() for w in value.split(",") if w.strip()]
     return list(value)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _sentence(exc: PersonaeError | ValueError) -> str:

@@ -16,12 +16,12 @@ import json
 from typing import Any, Mapping
 
 from core.cards import edit_card, profile_from_card
-from core.character import MAX_NAME_CHARS, check_mbti, check_text, check_words
+from core.character import DERIVABLE_FIELDS, MAX_NAME_CHARS, check_mbti, check_text, check_words
 from core.errors import InvalidInput
 from core.ports import ChatModel
 from core.prompt import fill_placeholders
 
-DERIVED_FIELDS = ("world", "traits", "mbti", "style")
+DERIVED_FIELDS = DERIVABLE_FIELDS
 MAX_WORLD_CHARS = MAX_NAME_CHARS * 4  # what ``profile_from_card`` accepts for a world
 # How much of each card field goes into the prompt: enough to judge a character, short enough
 # for a 4,096-token model with room for the answer.

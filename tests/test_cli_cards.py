@@ -37,8 +37,11 @@ async def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
-async def cli(*args: str, input: str | None = None):
-    return await asyncio.to_thread(runner.invoke, app, list(args), input=input)
+async def cli(*args: str, input: str | None = None, env: dict[str, str | None] | None = None):
+    return await asyncio.to_thread(runner.invoke, app, list(args), input=input, env=env)
+
+
+NO_MODEL_SERVER = {"PERSONAE_LLM_URL": None}  # for one command: as if PERSONAE_LLM_URL were unset
 
 
 async def character(url: str, name: str):
@@ -235,7 +238,8 @@ async def tgi(db, monkeypatch) -> AsyncIterator[TGIServer]:
 
 
 async def imported(db: str, tmp_path: Path, card: dict[str, Any] | None = None):
-    result = await cli("characters", "import", str(write(tmp_path, "in.png", png_card(card))))
+    """Import a card as it comes, with no model server (so nothing is derived on import)."""
+    result = await cli("characters", "import", str(write(tmp_path, "in.png", png_card(card))), env=NO_MODEL_SERVER)
     assert result.exit_code == 0, result.output
     stored, _ = await character(db, "Ophelia")
     return stored
@@ -348,3 +352,102 @@ async def test_characters_edit_of_one_emotion_keeps_the_others(db) -> None:
     assert result.exit_code == 0, result.output
     mira, _ = await character(db, "Mira")
     assert mira.profile.emotion.as_dict() == {"happiness": 9, "sadness": 4, "disgust": 0, "fear": 1, "surprise": 3, "anger": 2}
+
+
+# -- import with a model server: the missing fields are derived ---------------------------------
+
+FOUR = ("world", "traits", "mbti", "style")
+FALLBACKS = (
+    "World: A noblewoman of Denmark; Traits: gentle, obedient, fragile; MBTI: not specified; Style: natural; "
+    "Language: English; Emotion: happiness 0, sadness 0, disgust 0, fear 0, surprise 0, anger 0; Relationship: 3."
+)
+HOW_TO_FILL = "Set them with `personae characters edit 'Ophelia' field=value` or `personae characters derive 'Ophelia'`."
+
+
+def derive_answers(proposal: str):
+    """The double's reply: ``proposal`` to the derive request, a role-play line to anything else."""
+    return lambda body: proposal if "expert in character analysis" in body["messages"][-1]["content"] else "(smiles)"
+
+
+async def test_import_with_a_model_server_stores_the_derived_fields_marked_and_an_edit_unmarks_one(db, tgi, tmp_path) -> None:
+    tgi.reply = derive_answers(json.dumps(PROPOSAL))
+
+    result = await cli("characters", "import", str(write(tmp_path, "ophelia.png", png_card())))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Ophelia\n"
+    assert result.stderr.splitlines() == [
+        "note: Derived by the model from the card (change any with `personae characters edit 'Ophelia' field=value`): "
+        "World: The Danish court at Elsinore; Traits: gentle, obedient, fragile; MBTI: ISFJ; Style: soft, hesitant.",
+        "note: this card has no language, emotion, relationship yet, so the prompt uses Language: English; "
+        "Emotion: happiness 0, sadness 0, disgust 0, fear 0, surprise 0, anger 0; Relationship: 3. "
+        "Set them with `personae characters edit 'Ophelia' field=value`.",
+    ]
+    stored, avatar = await character(db, "Ophelia")
+    assert {k: stored.card["data"]["extensions"]["personae"][k] for k in PROPOSAL} == PROPOSAL
+    assert stored.profile.derived == FOUR and avatar is not None
+    assert tgi.count("/v1/chat/completions") == 1
+
+    shown = await cli("characters", "show", "Ophelia")
+    assert shown.exit_code == 0, shown.output
+    assert "\nMBTI: ISFJ (derived by the model)\n" in shown.stdout
+    assert "\nWorld: The Danish court at Elsinore (derived by the model)\n" in shown.stdout
+    listed = await cli("characters", "list")
+    assert "Ophelia\ten\tISFJ\t(missing language,emotion,relationship; derived world,traits,mbti,style)\n" in listed.stdout
+
+    assert (await cli("characters", "edit", "Ophelia", "mbti=INFP")).exit_code == 0
+    shown = await cli("characters", "show", "Ophelia")
+    assert "\nMBTI: INFP\n" in shown.stdout and "\nStyle: soft, hesitant (derived by the model)\n" in shown.stdout
+    assert (await character(db, "Ophelia"))[0].profile.derived == ("world", "traits", "style")
+
+
+@pytest.mark.parametrize(
+    "setup, reason",
+    [
+        (lambda tgi, mp: setattr(tgi, "reply", "She seems kind and shy."), "the model's proposal was not usable: the model's answer holds no JSON object"),
+        (lambda tgi, mp: mp.setenv("PERSONAE_LLM_URL", "http://127.0.0.1:1"), "the model server at http://127.0.0.1:1 refused the connection"),
+    ],
+    ids=["unusable-answer", "server-down"],
+)
+async def test_import_keeps_the_card_when_deriving_fails_and_says_so_in_one_line(db, tgi, tmp_path, monkeypatch, setup, reason) -> None:
+    setup(tgi, monkeypatch)
+
+    result = await cli("characters", "import", str(write(tmp_path, "ophelia.png", png_card())))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "Ophelia\n"
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        "note: this card has no world, traits, mbti, style, language, emotion, relationship yet (deriving them failed: "
+    )
+    assert reason in line and f"so the prompt uses {FALLBACKS} {HOW_TO_FILL}" in line, line
+    stored, _ = await character(db, "Ophelia")
+    assert set(FOUR) <= set(stored.profile.missing) and stored.profile.derived == ()
+
+
+async def test_import_without_a_model_server_says_what_the_prompt_uses_and_show_marks_it(db, tmp_path) -> None:
+    result = await cli("characters", "import", str(write(tmp_path, "ophelia.png", png_card())))
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        "note: this card has no world, traits, mbti, style, language, emotion, relationship yet, "
+        f"so the prompt uses {FALLBACKS} {HOW_TO_FILL}\n"
+    )
+    shown = await cli("characters", "show", "Ophelia")
+    assert shown.exit_code == 0, shown.output
+    assert "\nMBTI: not specified (missing: the prompt uses this)\n" in shown.stdout
+    assert "\nStyle: natural (missing: the prompt uses this)\n" in shown.stdout
+    assert shown.stdout.endswith(
+        "Missing profile fields: world, traits, mbti, style, language, emotion, relationship (set them with "
+        "`personae characters edit 'Ophelia' field=value` or `personae characters derive 'Ophelia'`).\n"
+    )
+
+
+async def test_derive_accept_marks_what_it_wrote_as_derived(db, tgi, tmp_path) -> None:
+    await imported(db, tmp_path)
+    tgi.reply = json.dumps(PROPOSAL)
+
+    assert (await cli("characters", "derive", "Ophelia", "--accept")).exit_code == 0
+
+    stored, _ = await character(db, "Ophelia")
+    assert stored.profile.derived == FOUR

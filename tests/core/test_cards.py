@@ -134,3 +134,22 @@ def test_emotion_line_parsing_names_unknown_emotions() -> None:
         EmotionState.parse("joy=2")
     with pytest.raises(InvalidInput, match="expected name=value"):
         EmotionState.parse("happiness")
+
+
+def test_derived_marks_are_set_by_a_derived_edit_and_removed_by_a_person_s_edit() -> None:
+    card = normalise_card(v2())
+    derived = edit_card(card, {"world": "Elsinore", "mbti": "ISFJ", "scene": "x"}, derived=True)
+    assert derived["data"]["extensions"]["personae"]["derived"] == ["world", "mbti"]  # only derivable fields
+    assert profile_from_card(derived).derived == ("world", "mbti")
+
+    edited = edit_card(derived, {"mbti": "INFP"})
+    assert profile_from_card(edited).derived == ("world",)
+    cleared = edit_card(edited, {"world": "Denmark"})
+    assert "derived" not in cleared["data"]["extensions"]["personae"] and profile_from_card(cleared).derived == ()
+
+
+@pytest.mark.parametrize("mark", ["world", {"world": True}, ["colour", "world", 3], ["relationship"]])
+def test_a_strange_derived_mark_in_a_card_is_ignored_not_refused(mark) -> None:
+    card = normalise_card(v2(extensions={"personae": {**EXT, "derived": mark}}))
+    expected = ("world",) if isinstance(mark, list) and "world" in mark else ()
+    assert profile_from_card(card).derived == expected
