@@ -366,7 +366,12 @@ HOW_TO_FILL = "Set them with `personae characters edit 'Ophelia' field=value` or
 
 def derive_answers(proposal: str):
     """The double's reply: ``proposal`` to the derive request, a role-play line to anything else."""
-    return lambda body: proposal if "expert in character analysis" in body["messages"][-1]["content"] else "(smiles)"
+    def answer(body) -> str:
+        # A BD-RP server (the double's model) gets the raw training layout; others the chat request.
+        prompt = body["inputs"] if "inputs" in body else body.get("prompt") or body["messages"][-1]["content"]
+        return proposal if "expert in character analysis" in prompt else "(smiles)"
+
+    return answer
 
 
 async def test_import_with_a_model_server_stores_the_derived_fields_marked_and_an_edit_unmarks_one(db, tgi, tmp_path) -> None:
@@ -386,7 +391,7 @@ async def test_import_with_a_model_server_stores_the_derived_fields_marked_and_a
     stored, avatar = await character(db, "Ophelia")
     assert {k: stored.card["data"]["extensions"]["personae"][k] for k in PROPOSAL} == PROPOSAL
     assert stored.profile.derived == FOUR and avatar is not None
-    assert tgi.count("/v1/chat/completions") == 1
+    assert tgi.count("/generate") == 1  # the training layout: a BD-RP server
 
     shown = await cli("characters", "show", "Ophelia")
     assert shown.exit_code == 0, shown.output
