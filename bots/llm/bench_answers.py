@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from bots.llm.alignment_answers import AlignmentAnswers
 
@@ -42,14 +42,16 @@ ANALYSIS = (
     " at modest levels and the other emotions close to absent."
 )
 
-_next_reply = itertools.cycle(range(len(REPLIES)))
-_lock = threading.Lock()
+def replies() -> Callable[[Mapping[str, Any]], str]:
+    """A reply function for the double: ``REPLIES`` in turn, whatever the request."""
+    order = itertools.cycle(REPLIES)
+    lock = threading.Lock()
 
+    def reply(body: Mapping[str, Any]) -> str:
+        with lock:
+            return next(order)
 
-def reply(body: Mapping[str, Any]) -> str:
-    """The next of ``REPLIES`` (in turn, whatever the request)."""
-    with _lock:
-        return REPLIES[next(_next_reply)]
+    return reply
 
 
 def alignment() -> AlignmentAnswers:

@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.bench_answers:
         from bots.llm import bench_answers
 
-        reply, alignment = bench_answers.reply, bench_answers.alignment()
+        reply, alignment = bench_answers.replies(), bench_answers.alignment()
     server = TGIServer(
         port=args.port,
         reply=reply,

@@ -45,7 +45,7 @@ def test_the_estimate_counts_three_bytes_a_token() -> None:
 
 async def test_every_route_is_counted_and_answers_usage_from_the_ledger() -> None:
     appraisal = EMOTION_APPRAISAL_EN.replace("{{", "{").replace("}}", "}")  # the markers, as sent
-    async with TGIServer(reply=bench_answers.reply, alignment=bench_answers.alignment()) as server:
+    async with TGIServer(reply=bench_answers.replies(), alignment=bench_answers.alignment()) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
             chat = await http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello"}]})
             completion = await http.post("/v1/completions", json={"prompt": "[INST] hello [/INST]", "max_tokens": 60})
