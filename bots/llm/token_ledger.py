@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
@@ -102,8 +101,7 @@ def _load_smollm2_vocab() -> Any:
     try:
         from bots.llm.embedded import find_bundled_gguf
 
-        path = find_bundled_gguf()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = find_bundled_gguf()  # a local file: llama.cpp never asks the Hugging Face hub for it
         import llama_cpp
     except Exception:  # noqa: BLE001 - any reason means: estimate instead
         return None
