@@ -56,6 +56,7 @@ async def test_a_tiny_run_adds_up_with_the_model_appraiser(tmp_path) -> None:
     entries = server.ledger.entries
     turns = 2 * 3
     assert report.layout == "training" and report.appraiser == "model"
+    assert report.tokenizer.startswith("estimate")  # the in-process double counts with the estimate, and says so
     assert report.requests_per_turn == 3 and len(entries) == 3 * turns
     replies = [e for e in entries if e.kind == "reply"]
     appraisals = [e for e in entries if e.kind != "reply"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 from bots.llm.alignment_answers import task_in_text
@@ -93,6 +92,8 @@ class Tokenizer:
         return [int.from_bytes(data[i : i + 3], "big") for i in range(0, len(data), 3)]
 
     def count(self, text: str) -> int:
+        if self._llama is None:
+            return -(-len(text.encode("utf-8")) // 3)  # the number of ids() pieces, without making them
         return len(self.ids(text))
 
 
@@ -123,21 +124,51 @@ def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-@dataclass(slots=True)
 class Entry:
-    """One generation request as a server would count it.
+    """One generation request as a server would count it; counted when first asked (the double
+    answers at once, and a benchmark's throughput is not spent on tokenizing).
 
     kind: ``reply``, or the appraisal task ``emotion`` / ``relationship`` (read from the prompt).
     """
 
-    api: str
-    kind: str
-    prompt_tokens: int
-    completion_tokens: int
-    prompt_ids: list[int]
+    __slots__ = ("api", "kind", "prompt", "completion", "_tokenizer", "_ids", "_completion_tokens")
+
+    def __init__(self, api: str, kind: str, prompt: str, completion: str, tokenizer: Tokenizer) -> None:
+        self.api, self.kind, self.prompt, self.completion = api, kind, prompt, completion
+        self._tokenizer = tokenizer
+        self._ids: list[int] | None = None
+        self._completion_tokens: int | None = None
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        if self._ids is None:
+            self._ids = self._tokenizer.ids(self.prompt)
+        return self._ids
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._ids) if self._ids is not None else self._tokenizer.count(self.prompt)
+
+    @property
+    def completion_tokens(self) -> int:
+        if self._completion_tokens is None:
+            self._completion_tokens = self._tokenizer.count(self.completion)
+        return self._completion_tokens
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI/TGI ``usage``."""
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        ids = self.prompt_ids
+        return {
+            "api": self.api,
+            "kind": self.kind,
+            "prompt_tokens": len(ids),
+            "completion_tokens": self.completion_tokens,
+            "prompt_ids": ids,
+        }
 
 
 class Ledger:
@@ -152,13 +183,6 @@ class Ledger:
         if found is None:
             return None
         api, prompt = found
-        ids = self.tokenizer.ids(prompt)
-        entry = Entry(api, task_in_text(prompt) or "reply", len(ids), self.tokenizer.count(completion), ids)
+        entry = Entry(api, task_in_text(prompt) or "reply", prompt, completion, self.tokenizer)
         self.entries.append(entry)
         return entry
-
-    def usage(self, entry: Entry | None) -> dict[str, int]:
-        """OpenAI/TGI ``usage`` for ``entry``."""
-        prompt = entry.prompt_tokens if entry else 0
-        completion = entry.completion_tokens if entry else 0
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

