@@ -281,7 +281,7 @@ async def _token_pass(settings: Settings, url: str, conversations: int, turns: i
     tokenizer = ""
     async with bench_world(settings, url) as (app, channel), httpx.AsyncClient(base_url=url, timeout=30) as http:
         for c in range(conversations):
-            since = (await http.get("/ledger", params={"since": 1 << 30})).json()["size"]
+            since = (await http.get("/ledger", params={"since": 1 << 30})).json()["size"]  # entries so far
             for t in range(turns):
                 await app.engine.handle(_event(channel, f"tokens-{c}", f"Turn {t}: tell me about the weather, please.")).collect()
                 await app.engine.drain()

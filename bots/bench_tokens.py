@@ -60,6 +60,7 @@ class TokenReport:
     appraisal: dict[str, float] = field(default_factory=dict)
     appraisal_share_of_decoded: float = 0.0
     requests_per_turn: float = 0.0
+    reply_requests: int = 0  # one per turn unless a turn failed or a request was sent again
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +103,7 @@ def report(conversations: Sequence[Sequence[Mapping[str, Any]]], turns: int, **a
     decoded = totals["reply"].completion + totals["appraisal"].completion
     out.appraisal_share_of_decoded = totals["appraisal"].completion / decoded if decoded else 0.0
     out.requests_per_turn = (totals["reply"].requests + totals["appraisal"].requests) / all_turns if all_turns else 0.0
+    out.reply_requests = totals["reply"].requests
     return out
 
 
@@ -124,4 +126,9 @@ def table(r: TokenReport) -> str:
             f"{row['shared_prefix']:.0f} tokens = {row['shared_share']:.0%} | {row['shared_any_earlier_share']:.0%} |"
         )
     lines.append(f"  appraisal share of decoded tokens: {r.appraisal_share_of_decoded:.0%}")
+    if r.reply_requests != r.conversations * r.turns:
+        lines.append(
+            f"  note: {r.reply_requests} reply requests for {r.conversations * r.turns} turns "
+            "(a turn failed or a request was sent again): the figures are off by that much"
+        )
     return "\n".join(lines)

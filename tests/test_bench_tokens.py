@@ -43,6 +43,8 @@ def test_shared_prefixes_are_taken_per_kind_within_a_conversation() -> None:
     assert report.appraisal_share_of_decoded == pytest.approx(100 / 112)
     assert report.requests_per_turn == pytest.approx(8 / 4)
     assert "appraisal share of decoded tokens: 89%" in bench_tokens.table(report)
+    assert "note: 4 reply requests for 4 turns" not in bench_tokens.table(report)
+    assert "note: 4 reply requests for 6 turns" in bench_tokens.table(bench_tokens.report([one, other], turns=3))
 
 
 def _settings(tmp_path, **values) -> Settings:

@@ -1,7 +1,8 @@
 """What a model server would count for each generation request: the test double keeps this ledger.
 
 Counting is route-agnostic: the prompt a server tokenizes is read from the request body whatever
-the route (``messages`` on ``/v1/chat/completions``, rendered with the served model's chat template;
+the route (``messages`` on ``/v1/chat/completions``, rendered with Mistral-Nemo's chat template, the
+one TGI applies for the BD-RP model the double says it serves;
 ``prompt`` on ``/v1/completions``; ``inputs`` on ``/generate`` and ``/generate_stream``).
 
 Tokens are counted with the bundled SmolLM2 tokenizer when it can be loaded offline (the GGUF
