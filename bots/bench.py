@@ -1,8 +1,11 @@
 """``personae bench``: simulated people through the Engine against an instant model server, with figures.
 
-The model server is the TGI-protocol test double, run in its own process and answering instantly,
-so what is measured is personae itself: the engine, storage and cache round trips, and the client.
-The same number of requests is then sent as a bare loop of ``AsyncInferenceClient`` calls for scale.
+The model server is the TGI-protocol test double, run in its own process and answering instantly
+(with replies and appraisals of realistic length, ``bots.llm.bench_answers``), so what is measured
+is personae itself: the engine, storage and cache round trips, and the client. The same number of
+requests is then sent as a bare loop of ``AsyncInferenceClient`` calls for scale. Last, a few
+conversations are run one at a time and the double's ledger gives the model tokens per turn
+(``bots.bench_tokens``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 import httpx
 import psutil
 
+from bots import bench_tokens
 from bots.compose import model_client, open_cache, open_store, wire
+from bots.llm import bench_answers
 from bots.settings import Settings
 from core.cards import new_card
 from core.commands import Actor, Place
@@ -31,7 +36,7 @@ from core.errors import PersonaeError
 from core.events import ChatEvent, Platform
 
 SERVER_MODULE = "bots.llm.tgi_double"
-REPLY = "(smiles) The rain has stopped, and the road home is clear at last."
+TOKEN_CONVERSATIONS = 4  # conversations run one at a time for the token figures
 
 
 # The time the current turn spent waiting on the model server (each simulated person is a task).
@@ -96,6 +101,7 @@ class Figures:
     database: str = ""
     cache: str = ""
     failed_turns: int = 0
+    tokens: dict[str, Any] = field(default_factory=dict)  # model tokens per turn (bench_tokens.TokenReport)
     notes: list[str] = field(default_factory=list)
 
 
@@ -106,11 +112,12 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def instant_model_server() -> AsyncIterator[str]:
-    """Start the TGI-protocol double in its own process; yield its base URL."""
+async def instant_model_server(*options: str) -> AsyncIterator[str]:
+    """Start the TGI-protocol double in its own process (answers of realistic length, in 4 stream
+    events, and ``options``); yield its base URL."""
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", SERVER_MODULE, "--port", str(port), "--chunks", "4",
+        sys.executable, "-m", SERVER_MODULE, "--port", str(port), "--chunks", "4", "--bench-answers", *options,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
@@ -174,7 +181,7 @@ async def bench_world(settings: Settings, url: str) -> AsyncIterator[tuple[Any, 
     cache = await open_cache(settings)
     model = TimedModel(model_client(settings, url))
     app = wire(settings, store, cache, model)
-    name = f"bench-{uuid.uuid4().hex[:10]}"
+    name = f"bench-{uuid.uuid4().int % 10**10:010d}"  # digits: the same number of tokens every run
     channel = f"bench-{uuid.uuid4().hex[:10]}"
     character = await store.characters.add(
         new_card(name=name, world="a benchmark", traits=["steady"], mbti="ISTJ", style=["brief"], scene="A quiet room.")
@@ -267,6 +274,31 @@ async def _round_trip_pass(settings: Settings, url: str, turns: int, figures: Fi
     figures.overhead_p99_ms = _pct(overheads[1:], 0.99) * 1000
 
 
+async def _token_pass(settings: Settings, url: str, conversations: int, turns: int) -> bench_tokens.TokenReport:
+    """``conversations`` people, one after the other, ``turns`` turns each (the state update of each
+    turn finished before the next): the double's ledger, read per conversation, in tokens per turn."""
+    grouped: list[list[dict[str, Any]]] = []
+    tokenizer = ""
+    async with bench_world(settings, url) as (app, channel), httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for c in range(conversations):
+            since = (await http.get("/ledger", params={"since": 1 << 30})).json()["size"]  # entries so far
+            for t in range(turns):
+                await app.engine.handle(_event(channel, f"tokens-{c}", f"Turn {t}: tell me about the weather, please.")).collect()
+                await app.engine.drain()
+            ledger = (await http.get("/ledger", params={"since": since})).json()
+            tokenizer = ledger["tokenizer"]
+            grouped.append(ledger["entries"])
+        layout = getattr(app.model.inner, "layout", "?")
+    return bench_tokens.report(
+        grouped, turns, tokenizer=tokenizer, answers=bench_answers.DESCRIPTION, layout=layout, appraiser=_appraiser(settings)
+    )
+
+
+def _appraiser(settings: Settings) -> str:
+    """The appraiser ``wire`` builds for the bench: model or none when asked for, else the lexicon."""
+    return settings.appraiser if settings.appraiser in ("model", "none") else "lexicon"
+
+
 async def _bare_pass(url: str, users: int, turns: int, settings: Settings) -> float:
     from huggingface_hub import AsyncInferenceClient
 
@@ -299,7 +331,7 @@ async def run_bench(settings: Settings, *, users: int, turns: int, as_json: bool
     figures = Figures(users=users, turns=turns)
     figures.database = settings.database_url.split("://", 1)[0]
     figures.cache = "redis" if settings.redis_url else "in-process"
-    figures.appraiser = settings.appraiser
+    figures.appraiser = _appraiser(settings)
     async with instant_model_server() as url:
         await _round_trip_pass(settings, url, turns, figures)
         say(
@@ -318,6 +350,11 @@ async def run_bench(settings: Settings, *, users: int, turns: int, as_json: bool
         figures.ratio_vs_bare_client = figures.turns_per_s / figures.bare_requests_per_s
         say(f"bare client: {figures.bare_requests_per_s:.0f} requests/s; ratio {figures.ratio_vs_bare_client:.2f}")
         say(f"peak RSS {figures.peak_rss_mb:.0f} MB; failed turns {figures.failed_turns}")
+    # A double of its own that counts with SmolLM2's tokenizer (too slow for the passes above).
+    async with instant_model_server("--tokenizer", "smollm2") as url:
+        tokens = await _token_pass(settings, url, TOKEN_CONVERSATIONS, max(turns, 2))
+    figures.tokens = tokens.to_json()
+    say(bench_tokens.table(tokens))
     if as_json:
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.__dict__.items()}))
     return figures

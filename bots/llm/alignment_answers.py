@@ -52,6 +52,15 @@ def half_up(value: float) -> int:
     return max(0, min(10, math.floor(value + 0.5)))
 
 
+def task_in_text(text: str) -> str | None:
+    """``emotion`` or ``relationship`` when ``text`` (a prompt, in any layout) carries an alignment task, else None."""
+    if any(m in text for m in _EMOTION_MARKERS):
+        return "emotion"
+    if any(m in text for m in _RELATIONSHIP_MARKERS):
+        return "relationship"
+    return None
+
+
 def prompt_text(body: Mapping[str, Any]) -> str | None:
     """The text a request asks about: the last chat message, the ``/generate`` inputs or the completion prompt."""
     messages = body.get("messages")
@@ -68,19 +77,13 @@ def task_of(body: Mapping[str, Any]) -> str | None:
     """``emotion`` or ``relationship`` when ``body`` carries an alignment task (a chat request, or a
     raw prompt in the training layout), else None."""
     content = prompt_text(body)
-    if content is None:
-        return None
-    if any(m in content for m in _EMOTION_MARKERS):
-        return "emotion"
-    if any(m in content for m in _RELATIONSHIP_MARKERS):
-        return "relationship"
-    return None
+    return None if content is None else task_in_text(content)
 
 
 class AlignmentAnswers:
     """Gives each alignment request the next shape in ``shapes`` (cycled) with seeded random scores."""
 
-    def __init__(self, shapes: tuple[str, ...] = SHAPES, *, seed: int = 12) -> None:
+    def __init__(self, shapes: tuple[str, ...] = SHAPES, *, seed: int = 12, analysis: str | None = None) -> None:
         unknown = set(shapes) - set(SHAPES)
         if unknown or not shapes:
             raise ValueError(f"unknown answer shapes {sorted(unknown)}; use some of {', '.join(SHAPES)}")
@@ -88,6 +91,7 @@ class AlignmentAnswers:
         self._random = random.Random(seed)
         self._turns = {"emotion": 0, "relationship": 0}
         self.said: list[Said] = []
+        self.analysis_en = analysis or _ANALYSIS_EN  # the English analysis ("{name}": the role)
 
     def __call__(self, body: Mapping[str, Any]) -> str | None:
         """The answer to ``body``, or None when it is no alignment task."""
@@ -122,7 +126,7 @@ class AlignmentAnswers:
 
     def _answer(self, task: str, shape: str, zh: bool) -> Said:
         written, levels = self._scores(task, shape, zh)
-        analysis = (_ANALYSIS_ZH if zh else _ANALYSIS_EN).format(name="角色" if zh else "The role")
+        analysis = (_ANALYSIS_ZH if zh else self.analysis_en).format(name="角色" if zh else "The role")
         obj = json.dumps(written, ensure_ascii=False)
         if shape in ("analysis", "float"):
             text = f"{analysis}\n{obj}"

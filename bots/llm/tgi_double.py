@@ -51,6 +51,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bots.llm.alignment_answers import AlignmentAnswers
+from bots.llm.token_ledger import Ledger, Tokenizer, prompt_text
 
 DEFAULT_REPLY = "(smiles) The rain has stopped, and the road home is clear at last."
 MODEL_ID = "yuyouyu/Mistral-Nemo-BD-RP"
@@ -150,7 +151,10 @@ class TGIServer:
         no JSON, JSON cut short) and ``alignment.said`` logs them; other requests get ``reply``.
       gate: an ``asyncio.Event``; while set to one that is not set, streams wait before their first
         event (tests order things with it instead of with delays).
-    Records: ``requests`` (every request, in order), ``count(path)``, ``max_in_flight``.
+    Records: ``requests`` (every request, in order), ``count(path)``, ``max_in_flight``, and
+    ``ledger``: per generation request, on every route, the prompt and completion tokens a server
+    would count (``bots.llm.token_ledger``; also sent as ``usage`` like TGI does, and served at
+    ``GET /ledger`` for a double in another process).
     """
 
     def __init__(
@@ -169,6 +173,7 @@ class TGIServer:
         api_key: str | None = None,
         alignment: bool | AlignmentAnswers = False,
         grammar_support: bool = True,
+        tokenizer: Tokenizer | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -200,6 +205,8 @@ class TGIServer:
         self.host = host
         self.port = port
         self.requests: list[Recorded] = []
+        # Counted with the project's estimate unless a tokenizer is given (loading SmolLM2's costs time).
+        self.ledger = Ledger(tokenizer or Tokenizer(use_model=False))
         self.gate: asyncio.Event | None = None
         self.failures: deque[Failure] = deque()
         self.in_flight = 0
@@ -221,6 +228,7 @@ class TGIServer:
                 Route("/health", self._health, methods=["GET"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/ledger", self._ledger, methods=["GET"]),
             ]
         )
 
@@ -281,6 +289,7 @@ class TGIServer:
         for name, value in self._defaults.items():
             setattr(self, name, value)
         self.requests.clear()
+        self.ledger.entries.clear()
         self.failures.clear()
         self._counts.clear()
         self.max_in_flight = 0
@@ -391,11 +400,17 @@ class TGIServer:
         return None
 
     def _reply_text(self, body: Mapping[str, Any]) -> str:
+        """The answer to a generation request (every route asks here), entered in the ledger."""
+        text = None
         if self.alignment is not None:
-            answer = self.alignment(body)
-            if answer is not None:
-                return answer
-        return self.reply(body) if callable(self.reply) else self.reply
+            text = self.alignment(body)
+        if text is None:
+            text = self.reply(body) if callable(self.reply) else self.reply
+        self.ledger.add(body, text)
+        return text
+
+    def _usage(self, body: Mapping[str, Any], text: str) -> dict[str, int]:
+        return _usage(body, text, self.ledger.tokenizer)
 
     def _enter(self) -> bool:
         """Count one generation request in flight; False if over ``max_concurrent_requests``."""
@@ -570,7 +585,7 @@ class TGIServer:
                             "finish_reason": "stop",
                         }
                     ],
-                    "usage": _usage(body, text),
+                    "usage": self._usage(body, text),
                 }
             )
         parts = split_tokens(text, self.chunks)
@@ -604,7 +619,7 @@ class TGIServer:
                     "model": self.model_id,
                     "system_fingerprint": fingerprint,
                     "choices": [],
-                    "usage": _usage(body, text),
+                    "usage": self._usage(body, text),
                 }
             )
 
@@ -636,7 +651,7 @@ class TGIServer:
                     "model": self.model_id,
                     "system_fingerprint": "3.3.6-fake",
                     "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
-                    "usage": _usage(body, text),
+                    "usage": self._usage(body, text),
                 }
             )
         parts = split_tokens(text, self.chunks)
@@ -652,7 +667,7 @@ class TGIServer:
                 "choices": [choice],
             }
             if last:
-                event["usage"] = _usage(body, text)
+                event["usage"] = self._usage(body, text)
             events.append(event)
 
         def error_event(status: int, message: str) -> dict[str, Any]:
@@ -708,6 +723,15 @@ class TGIServer:
         body, _, failure = opened
         text = self._reply_text(body)
         parts = split_tokens(text, self.chunks)
+        details = None
+        if (body.get("parameters") or {}).get("details"):
+            usage = self._usage(body, text)
+            details = {
+                "finish_reason": "eos_token",
+                "generated_tokens": usage["completion_tokens"],
+                "input_length": usage["prompt_tokens"],
+                "seed": None,
+            }
         events = []
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -717,7 +741,7 @@ class TGIServer:
                     "token": {"id": 1000 + i, "text": part, "logprob": -0.1, "special": False},
                     "top_tokens": None,
                     "generated_text": text if last else None,
-                    "details": None,
+                    "details": details if last else None,
                 }
             )
 
@@ -778,6 +802,17 @@ class TGIServer:
             {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": 0, "owned_by": self.model_id}]}
         )
 
+    async def _ledger(self, request: Request) -> Response:
+        """The ledger from entry ``?since=N`` on (not recorded: reading it is no request to the model)."""
+        since = int(request.query_params.get("since", "0") or 0)
+        return JSONResponse(
+            {
+                "tokenizer": self.ledger.tokenizer.name,
+                "size": len(self.ledger.entries),
+                "entries": [e.to_json() for e in self.ledger.entries[since:]],
+            }
+        )
+
     async def _metrics(self, request: Request) -> Response:
         await self._record(request)
         return Response(f"tgi_request_count {self.count()}\n", media_type="text/plain")
@@ -819,10 +854,14 @@ def _sse(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
-def _usage(body: Mapping[str, Any], text: str) -> dict[str, int]:
-    prompt = body.get("prompt") or " ".join(str(m.get("content", "")) for m in body.get("messages") or ())
-    prompt_tokens = len(split_tokens(str(prompt), None)) if prompt else 0
-    completion = len(split_tokens(text, None))
+_ESTIMATE = Tokenizer(use_model=False)
+
+
+def _usage(body: Mapping[str, Any], text: str, tokenizer: Tokenizer = _ESTIMATE) -> dict[str, int]:
+    """TGI's ``usage``: the prompt as the server would tokenize it (any route) and the answer."""
+    found = prompt_text(body)
+    prompt_tokens = tokenizer.count(found[1]) if found else 0
+    completion = tokenizer.count(text)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
 
@@ -834,10 +873,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-concurrent-requests", type=int, default=128)
     parser.add_argument("--reply", default=DEFAULT_REPLY)
     parser.add_argument("--no-grammar", action="store_true", help="act like TGI with --disable-grammar-support (a grammar is a 422)")
+    parser.add_argument(
+        "--bench-answers", action="store_true",
+        help="answer with replies and appraisals of realistic length (bots.llm.bench_answers)",
+    )
+    parser.add_argument(
+        "--tokenizer", choices=("estimate", "smollm2"), default="estimate",
+        help="count tokens with the bundled SmolLM2 tokenizer (falls back to the estimate if it cannot load)",
+    )
     args = parser.parse_args(argv)
+    reply: str | Callable[[Mapping[str, Any]], str] = args.reply
+    alignment: bool | AlignmentAnswers = False
+    if args.bench_answers:
+        from bots.llm import bench_answers
+
+        reply, alignment = bench_answers.replies(), bench_answers.alignment()
     server = TGIServer(
         port=args.port,
-        reply=args.reply,
+        reply=reply,
+        alignment=alignment,
+        tokenizer=Tokenizer(use_model=args.tokenizer == "smollm2"),
         token_delay=args.token_delay,
         chunks=args.chunks,
         max_concurrent_requests=args.max_concurrent_requests,

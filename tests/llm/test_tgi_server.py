@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.tgi_server import DEFAULT_REPLY, TGIServer, split_tokens
+from tests.tgi_server import DEFAULT_REPLY, TGIServer
 
 CHAT = {"model": "tgi", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "stream": True}
 
@@ -36,7 +36,8 @@ async def test_chat_stream_wire_format(tgi: TGIServer) -> None:
 async def test_usage_chunk_when_asked(tgi: TGIServer) -> None:
     _, events = await sse_lines(tgi, {**CHAT, "stream_options": {"include_usage": True}})
     last = json.loads(events[-3][len("data: ") :])
-    assert last["choices"] == [] and last["usage"]["completion_tokens"] == len(split_tokens(DEFAULT_REPLY, None))
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == tgi.ledger.tokenizer.count(DEFAULT_REPLY)
+    assert last["usage"]["prompt_tokens"] == tgi.ledger.entries[-1].prompt_tokens > 0
 
 
 async def test_error_event_wire_format(tgi: TGIServer) -> None:
