@@ -282,3 +282,25 @@ async def test_the_example_setting_applies_unless_the_character_says(store, cach
     await world.say("hello")
     contents = [m["content"] for m in tgi.bodies()[-1]["messages"][1:]]
     assert contents == (["Who are you?", "A prince.", "hello"] if sent else ["hello"])
+
+
+@pytest.mark.parametrize("window, sees_greeting", [(4, True), (3, False)])
+async def test_the_greeting_is_sent_while_the_history_window_holds_the_conversation_from_its_start(
+    store, cache, tgi, window, sees_greeting
+) -> None:
+    world = await build_world(store, cache, tgi, history_turns=window)
+    character = await store.characters.get_by_name(world.character_name)
+    from core.cards import edit_card
+
+    card = edit_card(character.card, {"greeting": "(bows) Welcome."})
+    card["data"]["alternate_greetings"] = []
+    await store.characters.replace(character.id, card)
+    world.app.engine.hot.forget_character(character.id)
+    world.tgi.script(reply="a1")
+    await world.say("u1")
+    await world.say("u2")
+    # Window 4 holds greeting, u1, a1 (all of it); window 3 is full, so its leading reply may be a cut-off tail.
+    contents = [m["content"] for m in tgi.bodies()[-1]["messages"][1:]]
+    opening = f"(Elena approaches {world.character_name}.)"
+    assert contents == ([opening, "(bows) Welcome.", "u1", "a1", "u2"] if sees_greeting else ["u1", "a1", "u2"])
+
