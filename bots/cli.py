@@ -345,7 +345,8 @@ def characters_export(
 
 @characters_app.command("edit")
 def characters_edit(name: str, changes: list[str] = typer.Argument(..., help="field=value, e.g. mbti=INTJ traits=calm,wry")) -> None:
-    """Change profile fields (world, traits, mbti, style, language, scene, greeting, emotion, relationship, public, name)."""
+    """Change profile fields (world, traits, mbti, style, language, scene, greeting, emotion, relationship, public, name,
+    examples=on|off|default: whether the card's example dialogue goes to the model)."""
     parsed: dict[str, str] = {}
     for change in changes:
         key, sep, value = change.partition("=")
@@ -418,36 +419,67 @@ def prompt(
     scene: Optional[str] = typer.Option(None, "--scene", help="The scene (default: the card's scenario)."),
     emotion: Optional[str] = typer.Option(None, "--emotion", help="e.g. happiness=1,sadness=8,disgust=5,fear=7,surprise=6,anger=4"),
     relationship: Optional[int] = typer.Option(None, "--relationship", help="Intimacy 0-10 (default: the card's)."),
-    history: Optional[Path] = typer.Option(None, "--history", help='JSON list of {"role", "content"} turns.'),
+    history: Optional[Path] = typer.Option(
+        None, "--history",
+        help='JSON list of {"role", "content"} turns from the start of the conversation (a greeting first, as shown). '
+        "Without it, --message is a first message: the card's greeting comes before it, as the bots send it.",
+    ),
     message: Optional[str] = typer.Option(None, "--message", help="The new user message to end with."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {\"messages\": [...]}."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {\"messages\": [...]} (with --raw: {\"prompt\": \"...\"})."),
+    raw: bool = typer.Option(False, "--raw", help="Print the training layout's exact string (what a BD-RP server gets)."),
 ) -> None:
-    """Print exactly the chat messages that would go to the model server (no database or model needed)."""
+    """Print exactly what would go to the model server, built by the engine's own function (no database or model needed)."""
+    from bots.llm import dialects
     from core.card_files import MAX_FILE_BYTES, read_card_file
-    from core.cards import profile_from_card
+    from core.cards import examples_switch, profile_from_card
     from core.emotions import EmotionState, check_level
-    from core.prompt import Turn, alternate, render_system_prompt
+    from core.model_input import model_messages, render_mistral_raw
+    from core.prompt import Turn, estimate_tokens, fill_placeholders
 
-    raw = _read_card_bytes(card_file, MAX_FILE_BYTES)
+    s = settings()
+    raw_bytes = _read_card_bytes(card_file, MAX_FILE_BYTES)
+    notes: list[str] = []
     try:
-        profile = profile_from_card(read_card_file(raw, card_file.name).card)
+        card = read_card_file(raw_bytes, card_file.name).card
+        profile = profile_from_card(card)
         state = EmotionState.parse(emotion) if emotion is not None else None
         level = check_level("relationship", relationship) if relationship is not None else None
-        system = render_system_prompt(profile, chat_role=user, scene=scene, emotion=state, relationship=level)
         turns: list[Turn] = []
         if history is not None:
             turns = _read_history(history)
-        if message is not None:
-            turns.append(Turn("user", message))
-        turns = alternate(turns)
+        elif message is not None and profile.greeting.strip():
+            # First contact: the bots show the card's greeting, and the model sees it (the engine's rule).
+            turns = [Turn("assistant", fill_placeholders(profile.greeting, char=profile.name, user=user).strip())]
+            if card["data"].get("alternate_greetings"):
+                notes.append("note: the bots pick the greeting at random among first_mes and alternate_greetings; this shows first_mes")
+        switch = examples_switch(card)
+        inputs = dict(
+            user=user, text=message or "", history=turns, scene=scene, emotion=state, intimacy=level,
+            examples=card["data"].get("mes_example") or "", use_examples=s.card_examples if switch is None else switch,
+        )
+        messages = model_messages(profile, **inputs)
+        budget = s.max_input_tokens - s.max_tokens
+        if sum(estimate_tokens(m["content"]) for m in messages) > budget:
+            # The engine counts exactly with the model server here; this counts by the (higher) estimate.
+            messages = model_messages(profile, **inputs, budget=budget, count=estimate_tokens)
+            notes.append(f"note: over the estimated budget of {budget} tokens; old turns left out by estimate")
     except OSError as exc:
         fail(f"cannot read {exc.filename}: {exc.strerror}")
     except PersonaeError as exc:
         fail(str(exc))
     if profile.missing:
-        typer.echo(_missing_note(profile.missing), err=True)
-    messages = [{"role": "system", "content": system}] + [{"role": t.role, "content": t.content} for t in turns]
-    if as_json:
+        notes.append(_missing_note(profile.missing))
+    if s.prompt_layout == "auto" and not s.llm_model:
+        notes.append("layout: auto: training (--raw) if the server's model names BD-RP, chat (--json) otherwise; the server is not asked here")
+    else:
+        layout, why = dialects.choose_layout(s.prompt_layout, None, s.llm_model)
+        notes.append(f"layout: {layout} ({why})")
+    for note in notes:
+        typer.echo(note, err=True)
+    if raw:
+        text = render_mistral_raw(messages, bos="")
+        typer.echo(json.dumps({"prompt": text}, ensure_ascii=False) if as_json else text, nl=as_json)
+    elif as_json:
         typer.echo(json.dumps({"messages": messages}, ensure_ascii=False))
     else:
         for m in messages:
@@ -628,7 +660,7 @@ def evaluate(
     s = settings()
     config = EvalConfig(
         turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
-        partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
+        card_examples=s.card_examples, partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
     )
     request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)
     typer.echo(run(lambda: run_eval(s, request, lambda line: typer.echo(line, err=True))))

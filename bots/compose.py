@@ -43,6 +43,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         temperature=settings.temperature,
         max_input_tokens=settings.max_input_tokens,
         history_turns=settings.history_turns,
+        card_examples=settings.card_examples,
         rate_limit_messages=settings.rate_limit_messages,
         rate_limit_window_s=settings.rate_limit_window_s,
         cache_ttl_s=settings.cache_ttl_s,

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
 
     # Conversation
     history_turns: int = Field(default=40, ge=0)
+    # A card's example dialogue (mes_example) sent as leading turns, for characters that do not set
+    # examples=on|off themselves; off by default: BeyondDialogue was never trained on such turns.
+    card_examples: bool = False
     rate_limit_messages: int = Field(default=20, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
     cache_ttl_s: float = Field(default=3600.0, gt=0)

@@ -122,6 +122,7 @@ def normalise_card(card: object) -> dict[str, Any]:
         raise InvalidInput("extensions must be an object")
     _check_numbers(card)
     profile_from_card(card)  # validates our extension, if any
+    examples_switch(card)
     return card
 
 
@@ -210,6 +211,30 @@ def is_public(card: Mapping[str, Any]) -> bool:
     return bool(ext.get("public", True))
 
 
+def examples_switch(card: Mapping[str, Any]) -> bool | None:
+    """Whether the card's example dialogue goes to the model as leading turns
+    (``extensions.personae.examples``); None: the setting decides (PERSONAE_CARD_EXAMPLES)."""
+    ext = card["data"].get("extensions", {}).get(EXTENSION_KEY) or {}
+    value = ext.get("examples")
+    if value is not None and not isinstance(value, bool):
+        raise InvalidInput("examples must be on, off or default")
+    return value
+
+
+def parse_switch(name: str, value: object) -> bool | None:
+    """``on``/``off``/``default`` (or a bool, or None) as True/False/None."""
+    if value is None or isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("on", "true", "yes", "1"):
+        return True
+    if word in ("off", "false", "no", "0"):
+        return False
+    if word in ("default", ""):
+        return None
+    raise InvalidInput(f"{name} must be on, off or default, not {str(value)[:40]!r}")
+
+
 def new_card(
     *,
     name: str,
@@ -273,6 +298,7 @@ EDITABLE = {
     "emotion": ("ext", "emotion"),
     "relationship": ("ext", "relationship"),
     "public": ("ext", "public"),
+    "examples": ("ext", "examples"),  # on, off or default (PERSONAE_CARD_EXAMPLES)
 }
 
 
@@ -304,6 +330,11 @@ def edit_card(card: Mapping[str, Any], changes: Mapping[str, object], *, derived
             value = check_mbti(value)
         elif key == "public":
             value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        elif key == "examples":
+            value = parse_switch("examples", value)
+            if value is None:
+                ext.pop(field, None)  # default: the setting decides
+                continue
         (data if where == "data" else ext)[field] = value
     _mark_derived(ext, [k for k in changes if k in DERIVABLE_FIELDS], derived)
     return normalise_card(new)

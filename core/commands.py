@@ -405,6 +405,9 @@ NO_CHARACTER_HERE = "No character plays in this channel."
 NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and /use."
 
 
+EXAMPLES_SHOWN = 600  # characters of a card's example dialogue /character show quotes
+
+
 def describe(character: Character, *, edit: str = CHAT_EDIT) -> str:
     """A short human description of a character's profile.
 
@@ -434,6 +437,12 @@ def describe(character: Character, *, edit: str = CHAT_EDIT) -> str:
     if p.missing:
         fill = f"set them with {edit}" + (f" or {derive_command(p.name)}" if missing_derivable(p) else "")
         lines.append(f"Missing profile fields: {', '.join(p.missing)} ({fill}).")
+    if character.examples.strip():
+        switch = cards.examples_switch(character.card)
+        sent = "setting PERSONAE_CARD_EXAMPLES" if switch is None else ("on" if switch else "off")
+        text = character.examples.strip()
+        lines.append(f"Example dialogue (sent to the model: {sent}; change with edit examples=on|off|default):")
+        lines.append(f"{text[:EXAMPLES_SHOWN]}{'…' if len(text) > EXAMPLES_SHOWN else ''}")
     return "\n".join(lines)
 
 

@@ -50,6 +50,9 @@ class EngineConfig:
     stop: tuple[str, ...] = ()
     max_input_tokens: int = 3500
     history_turns: int = 40
+    # Whether a card's example dialogue goes to the model as leading turns, for characters that do not
+    # say (``examples=on|off`` on the card); off: BeyondDialogue was never trained on such turns.
+    card_examples: bool = False
     rate_limit_messages: int = 20
     rate_limit_window_s: float = 60.0
     cache_ttl_s: float = 3600.0

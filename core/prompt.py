@@ -144,8 +144,8 @@ def alternate(turns: Sequence[Turn]) -> list[Turn]:
     """Make turns strictly alternate user/assistant, starting with a user turn.
 
     Consecutive turns of one role are merged (a reply that failed leaves two user turns in a row);
-    a leading assistant turn (a greeting) is kept only if it can be preceded by nothing, so it is
-    dropped here: chat templates reject a conversation that does not start with the user.
+    a leading assistant turn is left out: chat templates and the training layout start with the user.
+    A greeting gets its opening user turn before it comes here (``core.model_input.with_opening``).
     """
     out: list[Turn] = []
     for turn in turns:

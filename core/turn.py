@@ -12,14 +12,16 @@ import logging
 import random
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
 
-from core.card_dialogue import parse_examples, pick_greeting
+from core.card_dialogue import pick_greeting
+from core.cards import examples_switch
 from core.character import Character
 from core.errors import ModelError, PersonaeError
 from core.events import ConversationKey, PersonKey
 from core.flood import ReplyBudget
 from core.hot import HotState, encode_history, encode_state, history_key, lock_key, rate_key, state_key
 from core.ports import AdmitRequest, Held
-from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
+from core.model_input import model_messages
+from core.prompt import estimate_tokens
 from core.reply import NOTICE_BUDGET, NOTICE_CUT, NOTICE_INTERRUPTED, NOTICE_RATE, NOTICE_UNAVAILABLE, Reply, ReplyStatus
 from core.state import Binding, Exchange, Intake, MessageStatus, RelationshipState
 from core.text import clean_text
@@ -132,21 +134,11 @@ class ChatTurn:
         return True
 
     async def compose(self) -> list[dict[str, str]]:
-        """The model's messages: the system prompt, the card's examples, the history, the new text."""
-        character, state = self.character, self.state
-        assert state is not None
+        """The model's messages (``core.model_input.model_messages``): the system prompt, the card's
+        examples if they are on, the history from the greeting's opening line, the new text."""
+        character = self.character
         self.scene = self.binding.scene if self.binding.scene is not None else character.profile.scene
-        system = render_system_prompt(
-            character.profile,
-            chat_role=self.display_name,
-            scene=self.scene,
-            emotion=state.emotion,
-            relationship=state.intimacy,
-        )
-        examples = (
-            parse_examples(character.examples, char=character.name, user=self.display_name) if character.examples else []
-        )
-        return await self._fit(system, examples, HotState.turns(self.history))
+        return await self._fit()
 
     async def generate(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
         """Stream the reply within the turn deadline; a failure or a shutdown cut ends it with a notice."""
@@ -249,24 +241,41 @@ class ChatTurn:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    async def _fit(self, system: str, examples: list[Turn], history: list[Turn]) -> list[dict[str, str]]:
+    def _inputs(self) -> dict:
+        """Everything ``model_messages`` is given for this turn but the budget."""
+        character, state = self.character, self.state
+        assert state is not None
+        switch = examples_switch(character.card)
+        return dict(
+            user=self.display_name,
+            text=self.text,
+            history=HotState.turns(self.history),
+            scene=self.scene,
+            emotion=state.emotion,
+            intimacy=state.intimacy,
+            examples=character.examples,
+            use_examples=self.config.card_examples if switch is None else switch,
+            # The window holds the whole conversation unless it is full: then a leading reply is a cut-off tail.
+            from_start=self.greeting is not None or len(self.history) < self.config.history_turns,
+        )
+
+    async def _fit(self) -> list[dict[str, str]]:
         """The messages for the model within the input budget.
 
         The estimate over-counts, so when it fits nothing is asked of the model server; only a
         prompt near the budget is counted exactly (``/tokenize`` on TGI).
         """
-        cfg, text, model = self.config, self.text, self.engine.model
+        cfg, text, model, profile = self.config, self.text, self.engine.model, self.character.profile
+        inputs = self._inputs()
         budget = cfg.max_input_tokens - cfg.max_tokens
-        estimated = estimate_tokens(system) + self.user_tokens + sum(
-            t.tokens or estimate_tokens(t.content) for t in (*examples, *history)
-        )
-        if estimated <= budget:
-            return build_messages(system, history, text, examples=examples)
+        messages = model_messages(profile, **inputs)
+        if sum(estimate_tokens(m["content"]) for m in messages) <= budget:
+            return messages
+        system = messages[0]["content"]
         exact = dict(zip((system, text), await asyncio.gather(model.count_tokens(system), model.count_tokens(text))))
         self.user_tokens = exact[text]
-        return build_messages(
-            system, history, text, examples=examples, budget=budget,
-            count=lambda s: exact[s] if s in exact else estimate_tokens(s),
+        return model_messages(
+            profile, **inputs, budget=budget, count=lambda s: exact[s] if s in exact else estimate_tokens(s)
         )
 
 

@@ -216,9 +216,9 @@ async def test_prompt_reads_a_png_card_and_says_which_fields_fall_back(tmp_path,
     result = await cli("prompt", str(write(tmp_path, "ophelia.png", png_card())), "--user", "Hamlet", "--json")
 
     assert result.exit_code == 0, result.output
-    assert result.stderr == (
-        "note: this card has no world, traits, mbti, style, language, emotion, relationship: the prompt uses fallbacks\n"
-    )
+    notes = result.stderr.splitlines()
+    assert notes[0] == "note: this card has no world, traits, mbti, style, language, emotion, relationship: the prompt uses fallbacks"
+    assert len(notes) == 2 and notes[1].startswith("layout: auto: ")  # which layout a server would get
     system = json.loads(result.stdout)["messages"][0]["content"]
     assert "Ophelia's character traits are gentle, obedient, fragile." in system
     assert "MBTI personality type is not specified." in system

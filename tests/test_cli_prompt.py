@@ -83,3 +83,50 @@ def test_a_file_that_is_not_a_card_is_refused(tmp_path: Path) -> None:
     result = prompt(str(bad), "--user", "X", "--json")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the card is not JSON")
+
+
+HAMLET_GREETING = "(turns from the torchlight) Elena... what visions do you weave tonight?"
+
+
+def hamlet_system() -> str:
+    from core.cards import profile_from_card
+    from core.prompt import render_system_prompt
+
+    return render_system_prompt(profile_from_card(json.loads((SAMPLES / "hamlet.json").read_text())), chat_role="Elena")
+
+
+def test_a_first_message_comes_after_the_greeting_and_its_opening_line_and_raw_prints_the_training_string() -> None:
+    result = prompt(str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "Who goes there?", "--raw")
+    assert result.exit_code == 0, result.output
+    # Exactly the string a BD-RP server gets (the server adds <s>); no newline after it.
+    assert result.stdout == (
+        f"{hamlet_system()}[INST] (Elena approaches Hamlet.) [/INST]{HAMLET_GREETING}</s>[INST] Who goes there? [/INST]"
+    )
+    as_json = prompt(str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "Who goes there?", "--raw", "--json")
+    assert json.loads(as_json.stdout) == {"prompt": result.stdout}
+
+
+def test_a_history_file_is_the_conversation_from_its_start_with_the_greeting_first(tmp_path: Path) -> None:
+    history = tmp_path / "h.json"
+    history.write_text(json.dumps([
+        {"role": "assistant", "content": "Well met."}, {"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1"},
+    ]))
+    result = prompt(str(SAMPLES / "hamlet.json"), "--user", "Elena", "--history", str(history), "--message", "u2", "--json")
+    assert result.exit_code == 0, result.output
+    assert [m["content"] for m in json.loads(result.stdout)["messages"][1:]] == [
+        "(Elena approaches Hamlet.)", "Well met.", "u1", "a1", "u2",
+    ]
+
+
+def test_example_dialogue_is_left_out_unless_the_setting_or_the_card_turns_it_on(tmp_path: Path) -> None:
+    args = (str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "hi", "--json")
+    off = runner.invoke(app, ["prompt", *args], env={"PERSONAE_CARD_EXAMPLES": "off"})
+    assert "Why do you linger" not in off.stdout
+    on = runner.invoke(app, ["prompt", *args], env={"PERSONAE_CARD_EXAMPLES": "on"})
+    assert json.loads(on.stdout)["messages"][1]["content"] == "Why do you linger in the dark, my lord?"
+    card = json.loads((SAMPLES / "hamlet.json").read_text())
+    card["data"]["extensions"]["personae"]["examples"] = False
+    (tmp_path / "hamlet.json").write_text(json.dumps(card))
+    switched = runner.invoke(app, ["prompt", str(tmp_path / "hamlet.json"), *args[1:]], env={"PERSONAE_CARD_EXAMPLES": "on"})
+    assert switched.exit_code == 0, switched.output
+    assert "Why do you linger" not in switched.stdout

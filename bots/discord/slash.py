@@ -189,18 +189,20 @@ class CharacterCommands(app_commands.Group, name="character", description="Creat
         greeting="what it says first", description="a short description",
         emotion="baseline emotions to change, e.g. happiness=6,sadness=2 (the others stay)", relationship="baseline intimacy 0-10",
         public="whether anyone may pick it in a DM",
+        examples="send the card's example dialogue to the model (default: PERSONAE_CARD_EXAMPLES)",
     )
     async def edit(
         self, interaction: discord.Interaction, name: str, new_name: Optional[str] = None, world: Optional[str] = None,
         traits: Optional[str] = None, mbti: Optional[str] = None, style: Optional[str] = None,
         language: Optional[Literal["en", "zh"]] = None, scene: Optional[str] = None, greeting: Optional[str] = None,
         description: Optional[str] = None, emotion: Optional[str] = None, relationship: Optional[Level] = None,
-        public: Optional[bool] = None,
+        public: Optional[bool] = None, examples: Optional[Literal["on", "off", "default"]] = None,
     ) -> None:
         await begin(interaction)
         given = dict(
             name=new_name, world=world, traits=traits, mbti=mbti, style=style, language=language, scene=scene,
             greeting=greeting, description=description, emotion=emotion, relationship=relationship, public=public,
+            examples=examples,
         )
         changes = {k: v for k, v in given.items() if v is not None}
         app = app_of(interaction)

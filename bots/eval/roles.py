@@ -49,7 +49,7 @@ class EvalRole:
     role_candidates: str | None = None  # "A. ...\nB. ..." (None: role choice is not asked)
     role_answer: str | None = None  # the right letter
     source: str = ""
-    examples: str = ""  # the card's example dialogue (stored characters only), sent as the engine does
+    examples: str = ""  # the card's example dialogue (stored characters only), sent as the engine would (off by default)
     card: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,8 +1,8 @@
 """The evaluation loop: for every (role, scene, sample) play a dialogue, judge it, appraise it, append the result.
 
 The role is played exactly as the bots play it: its system prompt from ``core.prompt``'s
-``render_system_prompt`` with the scene's emotion and intimacy, the turns through ``build_messages``
-within the same input budget, streamed through the configured model client with the bots'
+``render_system_prompt`` with the scene's emotion and intimacy, the turns through ``model_messages``
+(the engine's builder) within the same input budget, streamed through the configured model client with the bots'
 ``PERSONAE_MAX_TOKENS`` and ``PERSONAE_TEMPERATURE``. Results go to a JSONL file one line per item as
 soon as it is finished, so a rerun skips what is done and retries what failed (reusing a failed
 item's dialogue when only its judging failed).
@@ -19,11 +19,12 @@ from typing import Any, Callable, Iterable, Sequence
 from bots.eval.judge import DIMENSIONS, Case, judge
 from bots.eval.partner import partner_line
 from bots.eval.roles import EvalChat, EvalRole
-from core.card_dialogue import parse_examples
+from core.cards import examples_switch
 from core.emotions import EMOTIONS
 from core.errors import ModelError
 from core.ports import Appraiser, ChatModel
-from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
+from core.model_input import model_messages
+from core.prompt import Turn, estimate_tokens
 from core.state import Exchange, RelationshipState
 from core.text import clean_text
 
@@ -36,6 +37,7 @@ class EvalConfig:
     max_tokens: int = 96  # the role's reply budget (PERSONAE_MAX_TOKENS)
     temperature: float = 0.7  # the role's temperature (PERSONAE_TEMPERATURE)
     max_input_tokens: int = 3500
+    card_examples: bool = False  # PERSONAE_CARD_EXAMPLES, for roles whose card does not say
     partner_max_tokens: int = 64
     partner_temperature: float = 0.7
     judge_max_tokens: int = 768
@@ -114,13 +116,13 @@ def append_result(path: Path, record: dict[str, Any]) -> None:
 
 
 def actor_messages(role: EvalRole, chat: EvalChat, history: Sequence[Turn], text: str, config: EvalConfig) -> list[dict[str, str]]:
-    """What the model sees as the role, built as ``Engine`` builds a turn (same functions, same budget)."""
-    system = render_system_prompt(
-        role.profile, chat_role=chat.partner, scene=chat.scene, emotion=chat.emotion, relationship=chat.relationship
-    )
-    examples = parse_examples(role.examples, char=role.name, user=chat.partner) if role.examples else []
-    return build_messages(
-        system, history, text, examples=examples,
+    """What the model sees as the role, built by the engine's own function (``core.model_input.model_messages``)
+    within the same budget (counted by estimate)."""
+    switch = examples_switch(role.card) if role.card else None
+    return model_messages(
+        role.profile, user=chat.partner, text=text, history=history, scene=chat.scene, emotion=chat.emotion,
+        intimacy=chat.relationship, examples=role.examples,
+        use_examples=config.card_examples if switch is None else switch,
         budget=config.max_input_tokens - config.max_tokens, count=estimate_tokens,
     )
 

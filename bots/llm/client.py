@@ -46,6 +46,7 @@ from huggingface_hub import errors as hub_errors
 from bots.llm import dialects
 from bots.llm.dialects import Dialect
 from core.errors import ModelError
+from core.model_input import render_mistral_raw
 from core.prompt import estimate_tokens
 from core.text import neutralise_controls
 
@@ -124,37 +125,7 @@ _TRANSPORT_ERRORS = (httpx.TransportError, hub_httpx.TransportError)
 _HTTP_ERRORS = (httpx.HTTPError, hub_httpx.HTTPError)
 
 
-# ---- the raw prompt layout ----------------------------------------------------------------------
-
-
-def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>", eos: str = "</s>") -> str:
-    """Render a conversation in LLaMA-Factory's ``mistral`` template (the layout BD-RP was most likely
-    trained in): ``<s>{system}[INST] {user1} [/INST]{assistant1}</s>[INST] {user2} [/INST]``.
-
-    The system text appears once, before the first ``[INST]``; every finished assistant turn ends
-    with ``</s>``; a conversation that ends with an assistant turn is left open (a prefill). Control
-    strings inside the messages are neutralised (``core.text.neutralise_controls``): the only
-    control tokens in the result are the ones this function writes.
-    Servers add the BOS token themselves when they tokenize a raw prompt (TGI, vLLM and llama.cpp
-    all do), so the client sends this with ``bos=""``.
-    """
-    out = [bos]
-    for index, message in enumerate(messages):
-        # Text from people and cards must not become [INST], </s> or any other control token.
-        role, content = message["role"], neutralise_controls(message["content"])
-        if role == "system":
-            if index != 0:
-                raise ValueError("the mistral layout takes one system message, first")
-            out.append(content)
-        elif role == "user":
-            out.append(f"[INST] {content} [/INST]")
-        elif role == "assistant":
-            out.append(content)
-            if index != len(messages) - 1:
-                out.append(eos)
-        else:
-            raise ValueError(f"the mistral layout has no role {role!r}")
-    return "".join(out)
+# ---- the chat layout's payload (the training layout: ``core.model_input.render_mistral_raw``) ----
 
 
 def chat_payload(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:

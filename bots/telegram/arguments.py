@@ -32,7 +32,7 @@ Group admins, and bot owners anywhere
 /character create name=…; world=…; traits=a,b; mbti=ENFJ; style=a,b
    optional: language=en|zh; scene=…; greeting=…; description=…; emotion=happiness=3,sadness=2; relationship=3; public=yes|no
    (fields are separated by ";" or new lines)
-/character edit NAME field=value; field=value
+/character edit NAME field=value; field=value   (also examples=on|off|default: send the card's example dialogue)
 /character import – as the caption of a card file (PNG, CharX or JSON), in reply to one, or followed by the JSON itself
 
 In private chats only bot owners create, import, edit or delete characters."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from core.engine import NOTICE_RATE, NOTICE_UNAVAILABLE, NoStateChange, ReplyStatus
 from core.events import ConversationKey, Platform
 from tests.engine.conftest import build_world
@@ -250,17 +252,27 @@ async def test_first_contact_stores_and_shows_the_greeting_once(store, cache, tg
     again, _ = await world.say("and again")
     assert again.greeting is None
     assert [role for role, _ in await stored(world)] == ["assistant", "user", "assistant", "user", "assistant"]
-    # The model never sees a leading assistant turn (chat templates reject it).
-    assert [m["role"] for m in tgi.bodies()[-1]["messages"]] == ["system", "user", "assistant", "user"]
+    # The model sees the greeting as shown, after the opening line (chat templates start with the user).
+    first, second = tgi.bodies()[-2]["messages"], tgi.bodies()[-1]["messages"]
+    assert first[1:] == [
+        {"role": "user", "content": "(Elena approaches " + world.character_name + ".)"},
+        {"role": "assistant", "content": reply.greeting},
+        {"role": "user", "content": "hello"},
+    ]
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert second[1:3] == first[1:3]
 
 
-async def test_example_dialogue_leads_the_prompt_and_goes_before_history(store, cache, tgi) -> None:
+async def test_example_dialogue_leads_the_prompt_and_goes_before_history_when_switched_on(store, cache, tgi) -> None:
     world = await build_world(store, cache, tgi, max_input_tokens=700, max_tokens=50)
     character = await store.characters.get_by_name(world.character_name)
     card = dict(character.card)
     card["data"] = dict(card["data"], mes_example="<START>\n{{user}}: Who are you?\n{{char}}: (sighs) {{char}}, prince of nothing.")
     await store.characters.replace(character.id, card)
     world.app.engine.hot.forget_character(character.id)
+    await world.say("zeroth")
+    assert [m["content"] for m in tgi.bodies()[-1]["messages"][1:]] == ["zeroth"]  # off by default
+    assert (await world.app.commands.edit_character(world.admin, world.place, world.character_name, {"examples": "on"})).ok
     await world.say("first")
     messages = tgi.bodies()[-1]["messages"]
     assert messages[1:3] == [
@@ -272,3 +284,40 @@ async def test_example_dialogue_leads_the_prompt_and_goes_before_history(store, 
     messages = tgi.bodies()[-1]["messages"]
     assert not any(m["content"] == "Who are you?" for m in messages)  # examples dropped first
     assert messages[-1]["content"].startswith("question 5 ")
+
+
+@pytest.mark.parametrize("setting, switch, sent", [(True, None, True), (True, "off", False), (False, "on", True), (False, "default", False)])
+async def test_the_example_setting_applies_unless_the_character_says(store, cache, tgi, setting, switch, sent) -> None:
+    world = await build_world(store, cache, tgi, card_examples=setting)
+    character = await store.characters.get_by_name(world.character_name)
+    card = dict(character.card)
+    card["data"] = dict(card["data"], mes_example="<START>\n{{user}}: Who are you?\n{{char}}: A prince.")
+    await store.characters.replace(character.id, card)
+    world.app.engine.hot.forget_character(character.id)
+    if switch is not None:
+        assert (await world.app.commands.edit_character(world.admin, world.place, world.character_name, {"examples": switch})).ok
+    await world.say("hello")
+    contents = [m["content"] for m in tgi.bodies()[-1]["messages"][1:]]
+    assert contents == (["Who are you?", "A prince.", "hello"] if sent else ["hello"])
+
+
+@pytest.mark.parametrize("window, sees_greeting", [(4, True), (3, False)])
+async def test_the_greeting_is_sent_while_the_history_window_holds_the_conversation_from_its_start(
+    store, cache, tgi, window, sees_greeting
+) -> None:
+    world = await build_world(store, cache, tgi, history_turns=window)
+    character = await store.characters.get_by_name(world.character_name)
+    from core.cards import edit_card
+
+    card = edit_card(character.card, {"greeting": "(bows) Welcome."})
+    card["data"]["alternate_greetings"] = []
+    await store.characters.replace(character.id, card)
+    world.app.engine.hot.forget_character(character.id)
+    world.tgi.script(reply="a1")
+    await world.say("u1")
+    await world.say("u2")
+    # Window 4 holds greeting, u1, a1 (all of it); window 3 is full, so its leading reply may be a cut-off tail.
+    contents = [m["content"] for m in tgi.bodies()[-1]["messages"][1:]]
+    opening = f"(Elena approaches {world.character_name}.)"
+    assert contents == ([opening, "(bows) Welcome.", "u1", "a1", "u2"] if sees_greeting else ["u1", "a1", "u2"])
+

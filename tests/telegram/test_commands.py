@@ -17,6 +17,8 @@ async def test_a_group_admin_manages_characters(bot: Harness) -> None:
         ("/character create name=Ophelia; world=Denmark; traits=gentle,devoted; mbti=isfp; style=soft,hesitant; public=no",
          "Created Ophelia."),
         ("/character edit Ophelia mbti=INFP; greeting=My lord?", "Updated Ophelia."),
+        ("/character edit Ophelia examples=on", "Updated Ophelia."),
+        ("/character edit Ophelia examples=maybe", "Examples must be on, off or default"),
         ("/character list", "Characters: Ophelia"),
         ("/character show Ophelia", "Ophelia (private, en)\nWorld: Denmark\nTraits: gentle, devoted\nMBTI: INFP"),
         ("/bind Ophelia all", "Ophelia now plays here and answers every message."),
@@ -28,6 +30,19 @@ async def test_a_group_admin_manages_characters(bot: Harness) -> None:
         await bot.idle()
         assert tg.texts(GROUP)[-1].startswith(expected), (command, tg.texts(GROUP)[-1])
     assert await bot.app.store.characters.get_by_name("Ophelia") is None
+
+
+async def test_the_example_dialogue_switch_is_set_from_the_chat(bot: Harness) -> None:
+    tg = bot.tg
+    owner = tg.user(OWNER_ID, "Olga")
+    chat = tg.private(owner)
+    await bot.add_character("Ophelia")
+    for command, expected in [("/character edit Ophelia examples=on", True), ("/character edit Ophelia examples=default", None)]:
+        tg.say(chat, owner, command)
+        await bot.idle()
+        assert tg.texts(chat["id"])[-1].startswith("Updated Ophelia.")
+        character = await bot.app.store.characters.get_by_name("Ophelia")
+        assert character.card["data"]["extensions"]["personae"].get("examples") is expected
 
 
 async def test_character_commands_explain_their_syntax(bot: Harness) -> None:

@@ -1,0 +1,103 @@
+"""What the model sees for a reply, built in one place: the engine and ``personae prompt`` both call
+``model_messages``; ``render_mistral_raw`` writes those messages in the training layout.
+
+The greeting a person is shown opens the conversation the model sees too: it is the first assistant
+turn, after a short opening stage line (``OPENING_LINES``) that the training layout can express
+(``{system}[INST] (Elena approaches Hamlet.) [/INST]{greeting}</s>[INST] {u1} [/INST]``). The
+opening line is composed for the model only; the stored history keeps the greeting alone.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+from core.card_dialogue import parse_examples
+from core.character import CharacterProfile
+from core.emotions import EmotionState
+from core.prompt import Turn, build_messages, render_system_prompt
+from core.text import neutralise_controls, one_line_name
+
+# The user turn in front of the greeting: a stage line in the character's language, in the
+# parenthesised action style of the training dialogues. ``{user}`` is the person, ``{char}`` the character.
+OPENING_LINES = {
+    "en": "({user} approaches {char}.)",
+    "zh": "（{user}走向{char}。）",
+}
+
+
+def opening_line(profile: CharacterProfile, user: str) -> str:
+    """The opening stage line for ``user`` meeting ``profile``'s character (the names are one line)."""
+    template = OPENING_LINES.get(profile.language, OPENING_LINES["en"])
+    return template.format(user=one_line_name(user), char=one_line_name(profile.name))
+
+
+def with_opening(profile: CharacterProfile, user: str, history: Sequence[Turn], *, from_start: bool = True) -> list[Turn]:
+    """``history`` with the opening line in front of a leading greeting.
+
+    A leading assistant turn is the greeting when ``history`` starts at the start of the conversation
+    (``from_start``); otherwise it is the tail of an exchange cut off by the history window and is left
+    out (``build_messages`` keeps user turns first).
+    """
+    turns = [t for t in history if t.content]
+    if turns and turns[0].role == "assistant" and from_start:
+        return [Turn("user", opening_line(profile, user)), *turns]
+    return turns
+
+
+def model_messages(
+    profile: CharacterProfile,
+    *,
+    user: str,
+    text: str,
+    history: Sequence[Turn] = (),
+    scene: str | None = None,
+    emotion: EmotionState | None = None,
+    intimacy: int | None = None,
+    examples: str = "",
+    use_examples: bool = False,
+    from_start: bool = True,
+    budget: int | None = None,
+    count: Callable[[str], int] | None = None,
+) -> list[dict[str, str]]:
+    """The messages the model gets for ``user``'s new ``text`` to ``profile``'s character.
+
+    ``history`` is the conversation so far, oldest first, the greeting (if any) as its first assistant
+    turn; ``scene``, ``emotion`` and ``intimacy`` default to the card's. ``examples`` is the card's
+    example dialogue (``mes_example``), sent as leading turns only with ``use_examples``. With
+    ``budget`` and ``count``, example dialogue and then the oldest exchanges (the opening line and the
+    greeting as one) are left out until the messages fit.
+    """
+    system = render_system_prompt(profile, chat_role=user, scene=scene, emotion=emotion, relationship=intimacy)
+    leading = parse_examples(examples, char=profile.name, user=user) if use_examples and examples else []
+    turns = with_opening(profile, user, history, from_start=from_start)
+    return build_messages(system, turns, text, examples=leading, budget=budget, count=count)
+
+
+def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>", eos: str = "</s>") -> str:
+    """Render a conversation in LLaMA-Factory's ``mistral`` template (the layout BD-RP was most likely
+    trained in): ``<s>{system}[INST] {user1} [/INST]{assistant1}</s>[INST] {user2} [/INST]``.
+
+    The system text appears once, before the first ``[INST]``; every finished assistant turn ends
+    with ``</s>``; a conversation that ends with an assistant turn is left open (a prefill). Control
+    strings inside the messages are neutralised (``core.text.neutralise_controls``): the only
+    control tokens in the result are the ones this function writes.
+    Servers add the BOS token themselves when they tokenize a raw prompt (TGI, vLLM and llama.cpp
+    all do), so the client sends this with ``bos=""``.
+    """
+    out = [bos]
+    for index, message in enumerate(messages):
+        # Text from people and cards must not become [INST], </s> or any other control token.
+        role, content = message["role"], neutralise_controls(message["content"])
+        if role == "system":
+            if index != 0:
+                raise ValueError("the mistral layout takes one system message, first")
+            out.append(content)
+        elif role == "user":
+            out.append(f"[INST] {content} [/INST]")
+        elif role == "assistant":
+            out.append(content)
+            if index != len(messages) - 1:
+                out.append(eos)
+        else:
+            raise ValueError(f"the mistral layout has no role {role!r}")
+    return "".join(out)
