@@ -59,10 +59,14 @@ async def test_in_a_private_chat_only_owners_manage_characters(cworld) -> None:
     assert not refused.ok and "owner" in refused.message
     allowed = await cworld.app.commands.import_character(OWNER, dm, card_bytes("Private-Import"))
     assert allowed.ok and allowed.character.name == "Private-Import"
-    # The card names no profile field: the owner is told which ones to add, and how.
+    # The card names no profile field and the model's proposal was not usable (the double answers a
+    # role-play line): the owner is told which ones are missing, what the prompt uses, and how to set them.
     assert allowed.message == (
-        "Imported Private-Import. It has no world, traits, mbti, style, language, emotion, relationship yet: "
-        "an admin can add them with edit."
+        "Imported Private-Import. It has no world, traits, mbti, style, language, emotion, relationship yet "
+        "(deriving them failed: the model's proposal was not usable: the model's answer holds no JSON object), "
+        "so the prompt uses World: Private-Import's own world; Traits: genuine; MBTI: not specified; Style: natural; "
+        "Language: English; Emotion: happiness 0, sadness 0, disgust 0, fear 0, surprise 0, anger 0; Relationship: 3. "
+        "Set them with /character edit or `personae characters derive 'Private-Import'`."
     )
 
 
