@@ -198,6 +198,22 @@ class Cache(Protocol):
     async def close(self) -> None: ...
 
 
+class ModelSlots(Protocol):
+    """The model budget of the whole deployment: at most a cap of requests in flight per model
+    server across every replica, one channel at most a share of it, and low-priority requests
+    (appraisals) only while no reply waits. A slot is a lease its holder renews while it holds it:
+    a replica that dies gives its slots back when their leases run out.
+
+    Implementations never raise for a cache outage: the request then goes ahead on the process's
+    own cap alone.
+    """
+
+    def slot(self, server: str, channel: str, *, low: bool = False) -> AsyncContextManager[None]:
+        """Wait for a slot on ``server`` for a request of ``channel`` and hold it for the block."""
+
+    async def close(self) -> None: ...
+
+
 class ChatModel(Protocol):
     """A model server with the OpenAI-style chat API (TGI, vLLM, SGLang, llama.cpp)."""
 

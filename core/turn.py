@@ -20,6 +20,7 @@ from core.events import ConversationKey, PersonKey
 from core.flood import ReplyBudget
 from core.hot import HotState, encode_history, encode_state, history_key, lock_key, rate_key, state_key
 from core.ports import AdmitRequest, Held
+from core.slots import MODEL_CHANNEL, channel_of
 from core.model_input import model_messages
 from core.prompt import estimate_tokens
 from core.reply import NOTICE_BUDGET, NOTICE_CUT, NOTICE_INTERRUPTED, NOTICE_RATE, NOTICE_UNAVAILABLE, Reply, ReplyStatus
@@ -146,6 +147,9 @@ class ChatTurn:
         parts: list[str] = []
         failure: str | None = None
         budget = ReplyBudget(cfg.max_tokens)
+        # The model budget's fair shares are per channel: say whose request this is (its appraisal,
+        # started from this task, inherits it).
+        MODEL_CHANNEL.set(channel_of(self.conversation.platform, self.conversation.channel_id))
         try:
             async with self.engine.cuttable(cfg.turn_deadline_s):
                 stream = self.engine.model.stream(messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop)
