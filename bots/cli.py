@@ -184,14 +184,14 @@ async def _with_commands(work: Callable[[Any], Awaitable[T]], *, derive: bool = 
     import asks it for the fields a card lacks); it is not probed first: a server that is down
     leaves the import done with a note. The bundled model is never started here.
     """
-    from bots.compose import command_layer, model_client, open_cache, open_store
+    from bots.compose import command_layer, model_pool, open_cache, open_store
     from bots.samples import ensure_samples
     from core.hot import HotState
 
     s = settings()
     store = await open_store(s)
     cache = await open_cache(s)
-    model = model_client(s, s.llm_url) if derive and s.llm_url is not None else None
+    model = model_pool(s, s.llm_url) if derive and s.llm_url is not None else None
     try:
         await ensure_samples(store)
         commands = command_layer(s, store, cache, HotState(store, cache, ttl_s=s.cache_ttl_s), model)

@@ -12,10 +12,10 @@ from core.cadence import Cadence
 from core.commands import Commands
 from core.dynamics import Dynamics
 from core.engine import Engine, EngineConfig, NoStateChange
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, ModelError
 from core.feelings import Feelings
 from core.hot import HotState
-from core.ports import Appraiser, Cache, ChatModel, StateUpdater, Store
+from core.ports import Appraiser, Cache, ChatModel, ModelSlots, StateUpdater, Store
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,11 @@ def model_client(
     embedded: bool = False,
     url_setting: str = "PERSONAE_LLM_URL",
     model: str | None = None,
+    slots: ModelSlots | None = None,
+    low_priority: bool = False,
 ) -> ChatModel:
-    """A client for ``base_url``; ``url_setting`` is the setting its errors name, ``model`` overrides PERSONAE_LLM_MODEL."""
+    """A client for ``base_url``; ``url_setting`` is the setting its errors name, ``model`` overrides
+    PERSONAE_LLM_MODEL; ``slots`` is the deployment's model budget (``low_priority``: appraisals)."""
     from bots.llm.client import ModelClient
 
     return ModelClient(
@@ -187,12 +190,48 @@ def model_client(
         concurrency=concurrency or settings.llm_concurrency,
         retries=settings.llm_retries,
         layout=settings.prompt_layout,
+        slots=slots,
+        low_priority=low_priority,
     )
+
+
+def split_urls(urls: str) -> list[str]:
+    return [u.strip() for u in urls.split(",") if u.strip()]
+
+
+def model_pool(
+    settings: Settings,
+    urls: str,
+    *,
+    url_setting: str = "PERSONAE_LLM_URL",
+    concurrency: int | None = None,
+    slots: ModelSlots | None = None,
+    low_priority: bool = False,
+) -> ChatModel:
+    """One client for one URL; for a comma-separated list, a pool that sends each request to the
+    healthy server with the fewest in flight (``bots.llm.pool``). Each server has its own budget."""
+    clients = [
+        model_client(settings, url, concurrency=concurrency, url_setting=url_setting, slots=slots, low_priority=low_priority)
+        for url in split_urls(urls)
+    ]
+    if len(clients) == 1:
+        return clients[0]
+    from bots.llm.client import ModelClient
+    from bots.llm.pool import ModelPool
+
+    return ModelPool([c for c in clients if isinstance(c, ModelClient)])
+
+
+def open_slots(settings: Settings, cache: Cache) -> ModelSlots:
+    """The model budget: shared by every replica on Redis, this process's own with the in-process cache."""
+    from storage.slots import open_slots as _open
+
+    return _open(cache, settings.llm_max_in_flight, settings.llm_channel_share, settings.llm_slot_lease_s)
 
 
 @contextlib.asynccontextmanager
 async def open_model(
-    settings: Settings, *, model_url: str | None = None, about: list[str] | None = None
+    settings: Settings, *, model_url: str | None = None, about: list[str] | None = None, slots: ModelSlots | None = None
 ) -> AsyncIterator[ChatModel]:
     """The model client for ``PERSONAE_LLM_URL`` (or ``model_url``); with neither, the embedded model
     server, started here and supervised (a death is reported in one sentence; it is restarted once).
@@ -217,10 +256,22 @@ async def open_model(
     from bots.llm.probe import served_model
 
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    served = await served_model(url, api_key=api_key)
+    urls = split_urls(url)
+    served: str | None = None
+    failure: ModelError | None = None
+    for one in urls:
+        # A pool starts when one of its servers answers; the pool probes the others back in.
+        try:
+            served = await served_model(one, api_key=api_key)
+            failure = None
+            break
+        except ModelError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
     if about is not None:
         about.append(f"model server: {url}, model {settings.llm_model or served or '(the server default)'}")
-    model = model_client(settings, url)
+    model = model_pool(settings, url, slots=slots)
     try:
         yield model
     finally:
@@ -228,7 +279,9 @@ async def open_model(
 
 
 @contextlib.asynccontextmanager
-async def open_appraiser(settings: Settings, model_url: str | None) -> AsyncIterator[Appraiser | None]:
+async def open_appraiser(
+    settings: Settings, model_url: str | None, slots: ModelSlots | None = None
+) -> AsyncIterator[Appraiser | None]:
     """The appraiser the settings ask for; the model appraiser gets a client of its own (its own URL
     if PERSONAE_APPRAISER_URL is set, its own cap on requests in flight), closed on exit."""
     kind = appraiser_kind(settings)
@@ -238,7 +291,11 @@ async def open_appraiser(settings: Settings, model_url: str | None) -> AsyncIter
         url = settings.appraiser_url or model_url or settings.llm_url
         if url is None:
             raise ConfigurationError("PERSONAE_APPRAISER=model needs a model server: set PERSONAE_LLM_URL or PERSONAE_APPRAISER_URL")
-        client = model_client(settings, url, concurrency=settings.appraiser_concurrency)
+        # The same model budget as replies, at a lower priority: a waiting reply goes first.
+        setting = "PERSONAE_APPRAISER_URL" if settings.appraiser_url else "PERSONAE_LLM_URL"
+        client = model_pool(
+            settings, url, url_setting=setting, concurrency=settings.appraiser_concurrency, slots=slots, low_priority=True
+        )
         try:
             yield model_appraiser(settings, client)
         finally:
@@ -284,11 +341,13 @@ async def open_app(
         cache = await open_cache(settings)
         stack.push_async_callback(cache.close)
         about = [f"database: {describe_database(settings)}", f"cache: {describe_cache(cache)}"]
-        model = await stack.enter_async_context(open_model(settings, model_url=model_url, about=about))
+        slots = open_slots(settings, cache)
+        stack.push_async_callback(slots.close)
+        model = await stack.enter_async_context(open_model(settings, model_url=model_url, about=about, slots=slots))
         if platforms:
             about.append(f"starting: {', '.join(platforms)}")
         log.info("; ".join(about))
-        appraiser = await stack.enter_async_context(open_appraiser(settings, model_url))
+        appraiser = await stack.enter_async_context(open_appraiser(settings, model_url, slots))
         app = wire(settings, store, cache, model, appraiser=appraiser)
         stack.push_async_callback(app.engine.drain)
         yield app

@@ -118,7 +118,8 @@ async def check_cache(settings: Settings) -> Line:
 async def _server_url(settings: Settings) -> AsyncIterator[tuple[str | None, str, Line | None, int | None]]:
     """(base URL or None, how it was found, a failure line or None, the bundled server's context or None)."""
     if settings.llm_url:
-        yield settings.llm_url, "PERSONAE_LLM_URL", None, None
+        # A pool is checked on its first server (`personae doctor` reads one).
+        yield settings.llm_urls[0], "PERSONAE_LLM_URL", None, None
         return
     from bots.llm.embedded import INSTALL_HINT, EmbeddedModelServer, embedded_available
 

@@ -34,6 +34,8 @@ URL_EXAMPLES = {
     "eval_judge_url": "http://judge-host:8000",
 }
 PROMPT_LAYOUTS = ("auto", "training", "chat")
+# URL settings that may list several servers, comma-separated (a pool: bots.llm.pool).
+LISTED_URLS = ("llm_url", "appraiser_url")
 LAYOUT_ALIASES = {"mistral-raw": "training"}  # the training layout's earlier name
 
 
@@ -89,7 +91,12 @@ class Settings(BaseSettings):
     max_tokens: int = Field(default=96, ge=1)
     temperature: float = Field(default=0.7, ge=0, le=5)
     max_input_tokens: int = Field(default=3500, ge=64)
-    llm_concurrency: int = Field(default=96, ge=1)
+    llm_concurrency: int = Field(default=96, ge=1)  # this process's requests in flight at most
+    # The whole deployment's requests in flight per model server (every replica on PERSONAE_REDIS_URL);
+    # one channel takes at most LLM_CHANNEL_SHARE of it; a dead replica's slots return after LLM_SLOT_LEASE_S.
+    llm_max_in_flight: int = Field(default=96, ge=1)
+    llm_channel_share: float = Field(default=0.25, gt=0, le=1)
+    llm_slot_lease_s: float = Field(default=15.0, gt=0)
     llm_timeout_s: float = Field(default=30.0, gt=0)  # the longest wait between one streamed delta and the next
     llm_connect_timeout_s: float = Field(default=5.0, gt=0)  # to open a connection to the model server
     llm_first_token_timeout_s: float = Field(default=60.0, gt=0)  # from the request to its first text (a busy GPU queues)
@@ -167,6 +174,16 @@ class Settings(BaseSettings):
         if value is None:
             return value
         field = info.field_name or ""
+        if field in LISTED_URLS:
+            # Several model servers, comma-separated: each one must be a URL.
+            urls = [u.strip() for u in value.split(",") if u.strip()]
+            if not urls:
+                raise ValueError(f"lists no URL; expected e.g. {URL_EXAMPLES[field]} or several, comma-separated")
+            return ",".join(cls._one_url(u, field) for u in urls)
+        return cls._one_url(value, field)
+
+    @staticmethod
+    def _one_url(value: str, field: str) -> str:
         allowed = URL_SCHEMES[field]
         example = URL_EXAMPLES.get(field, f"{allowed[0]}://host")
         scheme = value.partition("://")[0].lower() if "://" in value else ""
@@ -184,6 +201,15 @@ class Settings(BaseSettings):
             if not parts.hostname:
                 raise ValueError(f"names no host; expected e.g. {example}")
         return value
+
+    @property
+    def llm_urls(self) -> list[str]:
+        """The model servers PERSONAE_LLM_URL lists (none: the bundled model)."""
+        return self.llm_url.split(",") if self.llm_url else []
+
+    @property
+    def appraiser_urls(self) -> list[str]:
+        return self.appraiser_url.split(",") if self.appraiser_url else []
 
     @field_validator("appraisal_cadence", mode="after")
     @classmethod

@@ -47,6 +47,8 @@ from bots.llm import dialects
 from bots.llm.dialects import Dialect
 from core.errors import ModelError
 from core.model_input import render_mistral_raw
+from core.ports import ModelSlots
+from core.slots import MODEL_CHANNEL
 from core.prompt import estimate_tokens
 from core.text import neutralise_controls
 
@@ -420,7 +422,9 @@ class ModelClient:
     worked on it: it was not reached, or it answered 429 or 503 (after its ``Retry-After``, if any).
     ``sleep`` waits between attempts (tests pass one that records the delays).
     ``url_setting`` is the setting errors name as the way to point personae at the server; None for
-    a server personae started itself (the embedded one).
+    a server personae started itself (the embedded one). ``slots``: the deployment's model budget
+    (``core.ports.ModelSlots``), taken per request after the process's own cap, for the channel in
+    ``core.slots.MODEL_CHANNEL``; ``low_priority`` requests (appraisals) give way to waiting replies.
     """
 
     def __init__(
@@ -438,6 +442,8 @@ class ModelClient:
         first_token_timeout_s: float = FIRST_TOKEN_TIMEOUT_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         url_setting: str | None = URL_SETTING,
+        slots: ModelSlots | None = None,
+        low_priority: bool = False,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"the model server URL must start with http:// or https://, got {_safe_url(base_url)!r}")
@@ -471,6 +477,9 @@ class ModelClient:
         self._api_key = api_key or None
         self._sem = asyncio.Semaphore(concurrency)
         self._in_flight = 0
+        # The deployment's budget for this server (every replica's requests), past the process's own cap.
+        self._slots = slots
+        self._low_priority = low_priority
         self._hub = _HubClients(self._make_hub, ROTATE_AFTER_STREAMS)
         self._http: httpx.AsyncClient | None = None
         self._http_lock = asyncio.Lock()
@@ -715,6 +724,15 @@ class ModelClient:
 
     # ---- server facts ---------------------------------------------------------------------
 
+    async def reachable(self) -> bool:
+        """Whether the server answers ``/v1/models`` below 500 now (the pool's probe of a server taken out)."""
+        try:
+            client = await self._http_client()
+            response = await client.get("/v1/models", timeout=self.connect_timeout_s + 1)
+        except (httpx.HTTPError, ModelError, OSError):
+            return False
+        return response.status_code < 500
+
     async def info(self) -> dict[str, Any] | None:
         """TGI's ``/info`` when the server is TGI, else None."""
         await self.dialect()
@@ -858,7 +876,11 @@ class ModelClient:
         async with self._sem:
             self._in_flight += 1
             try:
-                yield
+                if self._slots is None:
+                    yield
+                else:
+                    async with self._slots.slot(self.where, MODEL_CHANNEL.get(), low=self._low_priority):
+                        yield
             finally:
                 self._in_flight -= 1
 

@@ -1,0 +1,161 @@
+"""Several model servers behind one ``core.ports.ChatModel`` (PERSONAE_LLM_URL listing several).
+
+Each request goes to the healthy server with the fewest requests in flight from this pool. A
+server that fails (it cannot be reached, answers 5xx, or times out twice running) is taken out, and
+a background probe with backoff asks it ``/v1/models`` until it answers, then puts it back. A
+request that failed before its first text goes to the next server; while every server is out,
+requests still try them all (a probe may lag behind a recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+
+from bots.llm.client import ModelClient, ServerBusy, ServerNotReached
+from core.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+PROBE_FIRST_S = 1.0
+PROBE_LONGEST_S = 30.0
+TIMEOUTS_OUT = 2  # timeouts in a row that take a server out
+
+
+class ModelPool:
+    def __init__(
+        self,
+        clients: Sequence[ModelClient],
+        *,
+        probe_first_s: float = PROBE_FIRST_S,
+        probe_longest_s: float = PROBE_LONGEST_S,
+        timeouts_out: int = TIMEOUTS_OUT,
+    ) -> None:
+        if not clients:
+            raise ValueError("a model pool needs at least one server")
+        self.clients = list(clients)
+        self.probe_first_s = probe_first_s
+        self.probe_longest_s = probe_longest_s
+        self.timeouts_out = timeouts_out
+        self.busy = [0] * len(self.clients)  # requests in flight per server, from this pool
+        self.sent = [0] * len(self.clients)  # requests sent per server, ever
+        self._timeouts = [0] * len(self.clients)
+        self._probes: dict[int, asyncio.Task[None]] = {}
+        self.where = ", ".join(c.where for c in self.clients)
+
+    def __getattr__(self, name: str) -> Any:
+        # What callers read of one client (layout, model, dialect, ...): the first server's.
+        if name.startswith("__") or name == "clients":
+            raise AttributeError(name)
+        return getattr(self.clients[0], name)
+
+    def healthy(self, index: int) -> bool:
+        return index not in self._probes
+
+    def _choose(self, tried: set[int]) -> int | None:
+        left = [i for i in range(len(self.clients)) if i not in tried]
+        up = [i for i in left if self.healthy(i)] or left
+        if not up:
+            return None
+        return min(up, key=lambda i: (self.busy[i], self.sent[i]))
+
+    # ---- ChatModel --------------------------------------------------------------------------
+
+    async def stream(
+        self, messages: Sequence[Mapping[str, str]], *, max_tokens: int, temperature: float, stop: Sequence[str] = ()
+    ) -> AsyncIterator[str]:
+        tried: set[int] = set()
+        while True:
+            index = self._pick(tried)
+            client = self.clients[index]
+            yielded = False
+            try:
+                stream = client.stream(messages, max_tokens=max_tokens, temperature=temperature, stop=stop)
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                    async for delta in stream:
+                        yielded = True
+                        yield delta
+                self._succeeded(index)
+                return
+            except ModelError as exc:
+                if not self._failed(index, exc) or yielded or len(tried) == len(self.clients):
+                    raise
+            finally:
+                self.busy[index] -= 1
+
+    async def complete(self, messages: Sequence[Mapping[str, str]], **options: Any) -> str:
+        return await self._each(lambda client: client.complete(messages, **options))
+
+    async def count_tokens(self, text: str) -> int:
+        index = self._choose(set())
+        return await self.clients[index or 0].count_tokens(text)
+
+    async def close(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
+        self._probes.clear()
+        for client in self.clients:
+            await client.close()
+
+    # ---- health -----------------------------------------------------------------------------
+
+    def _pick(self, tried: set[int]) -> int:
+        index = self._choose(tried)
+        if index is None:  # not reached: callers stop once every server was tried
+            raise ModelError("no model server is left to try (PERSONAE_LLM_URL)", retryable=True)
+        tried.add(index)
+        self.busy[index] += 1
+        self.sent[index] += 1
+        return index
+
+    async def _each(self, call: Callable[[ModelClient], Awaitable[str]]) -> str:
+        tried: set[int] = set()
+        while True:
+            index = self._pick(tried)
+            try:
+                answer = await call(self.clients[index])
+                self._succeeded(index)
+                return answer
+            except ModelError as exc:
+                if not self._failed(index, exc) or len(tried) == len(self.clients):
+                    raise
+            finally:
+                self.busy[index] -= 1
+
+    def _succeeded(self, index: int) -> None:
+        self._timeouts[index] = 0
+
+    def _failed(self, index: int, error: ModelError) -> bool:
+        """Note a failure; True when it is the server's (then the request may go to another)."""
+        if isinstance(error, ServerBusy):
+            return True  # busy, not broken: another server may take it, this one stays in
+        if isinstance(error, ServerNotReached) or (error.status is not None and error.status >= 500):
+            self._take_out(index, error)
+            return True
+        if error.status is None and error.retryable:  # a timeout or a connection cut off
+            self._timeouts[index] += 1
+            if self._timeouts[index] >= self.timeouts_out:
+                self._take_out(index, error)
+            return True
+        return False  # the request itself was refused (4xx): no other server would take it
+
+    def _take_out(self, index: int, error: ModelError) -> None:
+        if index in self._probes or len(self.clients) == 1:
+            return
+        log.warning("model server %s is taken out (%s); probing it until it answers", self.clients[index].where, error)
+        self._probes[index] = asyncio.get_running_loop().create_task(self._probe(index))
+
+    async def _probe(self, index: int) -> None:
+        delay = self.probe_first_s
+        client = self.clients[index]
+        while True:
+            await asyncio.sleep(delay)
+            if await client.reachable():
+                break
+            delay = min(delay * 2, self.probe_longest_s)
+        self._timeouts[index] = 0
+        self._probes.pop(index, None)
+        log.warning("model server %s answers again; it is back in", client.where)
