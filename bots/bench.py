@@ -27,7 +27,7 @@ import httpx
 import psutil
 
 from bots import bench_tokens
-from bots.compose import model_client, open_cache, open_store, wire
+from bots.compose import model_client, open_cache, open_slots, open_store, wire
 from bots.llm import bench_answers
 from bots.settings import Settings
 from core.cards import new_card
@@ -96,6 +96,11 @@ class Figures:
     redis_round_trips_first_turn: float = 0.0
     state_update_db_round_trips: float = 0.0  # off the critical path, after the reply
     state_update_redis_round_trips: float = 0.0
+    # The deployment's model budget (PERSONAE_LLM_MAX_IN_FLIGHT), per turn of one person: Redis round
+    # trips to take and give back a slot (part of redis_round_trips_per_turn), and their ms.
+    admission_round_trips_per_turn: float = 0.0
+    admission_acquire_ms: float = 0.0
+    admission_release_ms: float = 0.0
     appraiser: str = ""
     peak_rss_mb: float = 0.0
     database: str = ""
@@ -179,8 +184,10 @@ async def bench_world(settings: Settings, url: str) -> AsyncIterator[tuple[Any, 
     """
     store = await open_store(settings)
     cache = await open_cache(settings)
-    model = TimedModel(model_client(settings, url))
+    slots = open_slots(settings, cache)
+    model = TimedModel(model_client(settings, url, slots=slots))
     app = wire(settings, store, cache, model)
+    app.slots = slots
     name = f"bench-{uuid.uuid4().int % 10**10:010d}"  # digits: the same number of tokens every run
     channel = f"bench-{uuid.uuid4().hex[:10]}"
     character = await store.characters.add(
@@ -197,6 +204,7 @@ async def bench_world(settings: Settings, url: str) -> AsyncIterator[tuple[Any, 
         await app.engine.drain()
         await store.characters.delete(character.id)
         await model.close()
+        await slots.close()
         await cache.close()
         await store.close()
 
@@ -252,7 +260,8 @@ async def _round_trip_pass(settings: Settings, url: str, turns: int, figures: Fi
     background = []
     overheads = []
     async with bench_world(settings, url) as (app, channel):
-        store, cache = app.store, app.cache
+        store, cache, slots = app.store, app.cache, app.slots
+        counted = _slot_costs(slots)
         for t in range(max(turns, 3) * 20):
             db0, rd0 = store.round_trips, cache.round_trips
             waited = [0.0]
@@ -264,6 +273,13 @@ async def _round_trip_pass(settings: Settings, url: str, turns: int, figures: Fi
             per_turn.append((db1 - db0, rd1 - rd0))
             await app.engine.drain()
             background.append((store.round_trips - db1, cache.round_trips - rd1))
+            if t == 0:
+                counted = _slot_costs(slots)  # the first turn also loads the script
+        hot_turns = len(per_turn) - 1
+        spent = [now - then for now, then in zip(_slot_costs(slots), counted)]
+        figures.admission_round_trips_per_turn = (spent[0] + spent[1]) / hot_turns
+        figures.admission_acquire_ms = spent[2] / hot_turns * 1000
+        figures.admission_release_ms = spent[3] / hot_turns * 1000
     figures.db_round_trips_first_turn, figures.redis_round_trips_first_turn = per_turn[0]
     hot = per_turn[1:]
     figures.db_round_trips_per_turn = statistics.mean(d for d, _ in hot)
@@ -291,6 +307,14 @@ async def _token_pass(settings: Settings, url: str, conversations: int, turns: i
         layout = getattr(app.model.inner, "layout", "?")
     return bench_tokens.report(
         grouped, turns, tokenizer=tokenizer, answers=bench_answers.DESCRIPTION, layout=layout, appraiser=_appraiser(settings)
+    )
+
+
+def _slot_costs(slots: Any) -> tuple[float, float, float, float]:
+    """(acquire round trips, release round trips, acquire s, release s) so far; zeros in one process."""
+    return (
+        getattr(slots, "acquire_trips", 0), getattr(slots, "release_trips", 0),
+        getattr(slots, "acquire_s", 0.0), getattr(slots, "release_s", 0.0),
     )
 
 
@@ -339,6 +363,11 @@ async def run_bench(settings: Settings, *, users: int, turns: int, as_json: bool
             f"cache {figures.redis_round_trips_per_turn:.2f} hot / {figures.redis_round_trips_first_turn} first; "
             f"state update after the reply: database {figures.state_update_db_round_trips:.2f}, "
             f"cache {figures.state_update_redis_round_trips:.2f}"
+        )
+        say(
+            f"model budget (PERSONAE_LLM_MAX_IN_FLIGHT) per turn: {figures.admission_round_trips_per_turn:.2f} Redis round trips, "
+            f"take {figures.admission_acquire_ms:.2f} ms, give back {figures.admission_release_ms:.2f} ms"
+            + ("" if settings.redis_url else " (in-process: no Redis)")
         )
         await _engine_pass(settings, url, users, turns, figures, say)
         say(

@@ -30,6 +30,7 @@ class App:
     model: ChatModel
     engine: Engine
     commands: Commands
+    slots: ModelSlots | None = None  # the model budget the clients take slots from (set by open_app)
 
     def is_owner(self, platform: str, user_id: str) -> bool:
         """Owner ids are written plain (any platform) or as ``platform:id``."""
@@ -349,5 +350,6 @@ async def open_app(
         log.info("; ".join(about))
         appraiser = await stack.enter_async_context(open_appraiser(settings, model_url, slots))
         app = wire(settings, store, cache, model, appraiser=appraiser)
+        app.slots = slots
         stack.push_async_callback(app.engine.drain)
         yield app
