@@ -27,7 +27,7 @@ from bots.telegram.replies import Replies, parse_regenerate_data, prepend
 from core.commands import Actor, Outcome, Place
 from core.engine import NOTICE_UNAVAILABLE, RecoveredTurn, Reply, ReplyStatus
 from core.errors import InvalidInput
-from core.events import ChatEvent, Platform
+from core.events import ChatEvent, Platform, Trigger
 from core.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Handlers:
         event = chat_event(message, context.bot) if message is not None else None
         if event is None or message is None:
             return
+        typing = await self._may_answer(event)
         reply = self.app.engine.handle(event)
         await self.replies.answer(
             reply,
@@ -91,9 +92,17 @@ class Handlers:
             reply_to=None if event.private else message.message_id,
             thread_id=message.message_thread_id if message.is_topic_message else None,
             shown=lambda message_id: self._showing(reply, message_id),
+            typing=typing,
         )
         if reply.status is ReplyStatus.NO_CHARACTER:
             await self._offer_characters(update, context, PICK_FIRST)
+
+    async def _may_answer(self, event: ChatEvent) -> bool:
+        """Whether the Engine will probably answer (then "typing…" is shown); the Engine still decides."""
+        if event.private:
+            return True  # a private chat's messages are answered (with the character chosen there)
+        binding = await self.app.engine.binding_for(event)
+        return binding is not None and (binding.trigger is Trigger.ALL or event.addressed)
 
     async def _showing(self, reply: Reply, message_id: int) -> None:
         if reply.intake is not None and reply.status is ReplyStatus.PENDING:

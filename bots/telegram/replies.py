@@ -6,12 +6,13 @@ of at most 4,096 characters. The newest reply carries a "regenerate" button for 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from typing import AsyncIterator, Awaitable, Callable
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
-from telegram.constants import ChatType, MessageLimit
+from telegram.constants import ChatAction, ChatType, MessageLimit
 from telegram.error import BadRequest, TelegramError
 
 from bots.streaming import EditBudget, StreamedMessage, greeting_first
@@ -25,6 +26,30 @@ log = logging.getLogger(__name__)
 
 LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4,096 characters
 REGENERATE = "regen"
+TYPING_EVERY_S = 4.5  # Telegram shows "typing…" for 5 s per sendChatAction
+
+
+async def typing_until_first(
+    deltas: AsyncIterator[str], show: Callable[[], Awaitable[object]], every_s: float = TYPING_EVERY_S
+) -> AsyncIterator[str]:
+    """``deltas``, with "typing…" kept up (``show`` every ``every_s``) until the first one arrives."""
+
+    async def keep_typing() -> None:
+        while True:
+            try:
+                await show()
+            except TelegramError as exc:
+                log.debug("typing indicator failed: %s", exc)
+                return
+            await asyncio.sleep(every_s)
+
+    typing = asyncio.get_running_loop().create_task(keep_typing())
+    try:
+        async for delta in deltas:
+            typing.cancel()
+            yield delta
+    finally:
+        typing.cancel()
 
 
 def regenerate_data(reply_message_id: int, conversation: ConversationKey) -> str:
@@ -92,13 +117,19 @@ class Replies:
         thread_id: int | None = None,
         shown: Callable[[int], Awaitable[None]] | None = None,
         reuse: list[int] | None = None,
+        typing: bool = False,
     ) -> list[int]:
         """Stream ``reply`` into the chat; returns the ids of the messages it ended up in.
 
         ``shown(message_id)`` is told of the first message sent while the reply is still streaming
         (a crash would leave it half-shown); ``reuse``: messages to write over first (that half).
+        ``typing``: show "typing…" until the first text (a turn may wait for the model budget).
         """
         deltas = greeting_first(reply, lambda text: self.bot.send_message(chat_id, text, message_thread_id=thread_id))
+        if typing:
+            deltas = typing_until_first(
+                deltas, lambda: self.bot.send_chat_action(chat_id, ChatAction.TYPING, message_thread_id=thread_id)
+            )
         if chat_type == ChatType.PRIVATE and self.drafts_available and not reuse:
             ids = await self._through_drafts(reply, deltas, chat_id)
         else:
