@@ -110,3 +110,24 @@ def test_settings_take_a_list_of_model_servers() -> None:
     with pytest.raises(ValueError) as refused:
         Settings(_env_file=None, llm_url="http://a:8080,gpu-host:8080")
     assert "must be a URL starting with http://" in str(refused.value)
+
+
+async def test_open_model_builds_a_pool_that_starts_when_one_server_answers(servers) -> None:
+    from bots.compose import open_model
+
+    one, _ = servers
+    settings = Settings(_env_file=None, llm_url=f"http://127.0.0.1:1,{one.base_url}", llm_retries=0)
+    async with open_model(settings) as model:
+        assert isinstance(model, ModelPool)
+        assert await reply(model)
+        assert not model.healthy(0) and model.healthy(1)  # the dead one was taken out by the first turn
+
+
+async def test_open_model_says_in_one_line_which_setting_when_no_server_answers() -> None:
+    from bots.compose import open_model
+
+    settings = Settings(_env_file=None, llm_url="http://127.0.0.1:1,http://127.0.0.1:2")
+    with pytest.raises(ModelError) as failed:
+        async with open_model(settings):
+            pass
+    assert "PERSONAE_LLM_URL" in str(failed.value) and "\n" not in str(failed.value)
