@@ -80,7 +80,9 @@ class ChatTurn:
         if self.intake is not None:
             # The database keeps the record of deliveries (the stored message); the cache counts the rate.
             admit = AdmitRequest(None, 0.0, rate_key(self.conversation.platform, self.conversation.user_id), cfg.rate_limit_window_s)
-        with observe.in_turn(self.conversation.cache_key(), self.intake.id if self.intake is not None else (self.replace or (None,))[0]):
+        # The turn's id in log lines: the stored message it answers (for a regenerate, the one it answers again).
+        turn = self.intake.id if self.intake is not None else self.replace[0] if self.replace is not None else None
+        with observe.in_turn(self.conversation.cache_key(), turn):
             async with self.engine.cache.hold(lock_key(self.conversation), ttl=cfg.turn_deadline_s + 5, read=keys, admit=admit) as held:
                 notice = await self.admit(held)
                 if notice is not None:

@@ -31,6 +31,7 @@ from bots.discord.chat import (
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
 from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
 from bots.recovering import keep_recovering
+from core import observe
 from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import ConfigurationError, PersonaeError
 from core.events import ChatEvent, ConversationKey, Platform, Trigger
@@ -251,7 +252,8 @@ class PersonaeClient(discord.Client):
             if event is not None:
                 reply = self.app.engine.handle(event)
                 await self.answer(message, event, reply)
-        except Exception:
+        except Exception as exc:
+            observe.metrics.error("adapter", exc)
             log.exception("failed to answer message %s in channel %s", message.id, message.channel.id)
         finally:
             self.dispatch("turn_finished", message, reply)
