@@ -24,6 +24,7 @@ CACHE_KINDS = ("binding", "state", "history")
 STORAGE_PARTS = ("database", "redis")
 RATE_REASONS = ("arrival", "admission", "overflow")
 ERROR_PLACES = ("model", "turn_deadline", "database", "appraisal", "adapter")
+OUTCOMES = frozenset(s.value for s in ReplyStatus if s is not ReplyStatus.PENDING)
 
 # Seconds: a chat reply is felt from a tenth of a second to a minute (a busy GPU queues).
 HUMAN_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120)
@@ -31,7 +32,7 @@ ROUND_TRIP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 60, 80, 120, 200)
 
 
-def _one_of(value: str, allowed: tuple[str, ...]) -> str:
+def _one_of(value: str, allowed: tuple[str, ...] | frozenset[str]) -> str:
     return value if value in allowed else "other"
 
 
@@ -87,7 +88,7 @@ class PrometheusMetrics:
     # -- core.observe.Metrics -----------------------------------------------------------------
 
     def turn(self, outcome: str) -> None:
-        self.turns.labels(_one_of(outcome, tuple(s.value for s in ReplyStatus))).inc()
+        self.turns.labels(outcome if outcome in OUTCOMES else "other").inc()
 
     def first_text(self, platform: str, seconds: float) -> None:
         self.first_text_seconds.labels(_one_of(platform, PLATFORMS)).observe(seconds)
