@@ -60,6 +60,7 @@ def settings():
 OWN_LOGGERS = ("personae", "bots", "core", "storage")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _chosen = {"verbose": False, "debug": False}  # from the options before the command name
+_log_format = {"format": "text"}
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -89,7 +90,7 @@ class _StderrHandler(logging.StreamHandler):
 
     def __init__(self) -> None:
         super().__init__()
-        self.setFormatter(_OneLineFormatter(_LOG_FORMAT))
+        self.setFormatter(_formatter())
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
@@ -100,15 +101,41 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(verbose: bool = False, debug: bool = False, *, default: int = logging.WARNING) -> None:
+def _formatter() -> logging.Formatter:
+    if _log_format["format"] == "json":
+        from bots.logs import JsonFormatter
+
+        return JsonFormatter()
+    return _OneLineFormatter(_LOG_FORMAT)
+
+
+def setup_logging(
+    verbose: bool = False, debug: bool = False, *, default: int = logging.WARNING, log_format: str | None = None,
+    message_text: bool | None = None,
+) -> None:
     """``debug``: everything at DEBUG; ``verbose``: personae's own INFO lines, libraries at WARNING;
-    else personae's lines at ``default`` (INFO for ``run``) and libraries at WARNING."""
+    else personae's lines at ``default`` (INFO for ``run``) and libraries at WARNING.
+    ``log_format``: ``text`` (one line each) or ``json`` (PERSONAE_LOG_FORMAT); ``message_text``:
+    whether lines may quote what people wrote (PERSONAE_LOG_MESSAGE_TEXT)."""
     verbose = verbose or _chosen["verbose"]
     debug = debug or _chosen["debug"]
     root = logging.getLogger()
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+    if log_format is not None:
+        _log_format["format"] = log_format
+    if message_text is not None:
+        from core import observe
+
+        observe.message_text_in_logs = message_text
+    handlers = [h for h in root.handlers if isinstance(h, _StderrHandler)]
+    if not handlers:
         root.addHandler(_StderrHandler())
+    else:
+        for handler in handlers:
+            handler.setFormatter(_formatter())
+    from bots.logs import JsonFormatter
+
     _OneLineFormatter.full_tracebacks = debug
+    JsonFormatter.full_tracebacks = debug
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     own = logging.DEBUG if debug else (min(logging.INFO, default) if verbose else default)
     if own == root.level:
@@ -590,8 +617,9 @@ def run_bots(
     from bots.service import run_service
 
     # A service says what it connected to and when it is up: personae's INFO lines show by default.
-    setup_logging(verbose, debug, default=logging.INFO)
-    run(lambda: run_service(settings()))
+    s = settings()
+    setup_logging(verbose, debug, default=logging.INFO, log_format=s.log_format, message_text=s.log_message_text)
+    run(lambda: run_service(s))
 
 
 @app.command("health")

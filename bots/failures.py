@@ -52,6 +52,30 @@ def explain(exc: BaseException) -> Failure:
     )
 
 
+KINDS = ("configuration", "database", "cache", "model", "timeout", "input", "other")
+
+
+def kind(exc: BaseException | None) -> str:
+    """Which of ``KINDS`` an error is (the label of the errors metric): the service to look at."""
+    from core.errors import InvalidInput, ModelError
+
+    if exc is None:
+        return "other"
+    if isinstance(exc, ModelError):
+        return "model"
+    if isinstance(exc, CacheUnavailable) or type(exc).__module__.startswith("redis"):
+        return "cache"
+    if isinstance(exc, DatabaseUnavailable) or type(exc).__module__.startswith(("sqlalchemy", "asyncpg", "aiosqlite", "sqlite3")):
+        return "database"
+    if isinstance(exc, ConfigurationError):
+        return "configuration"
+    if isinstance(exc, InvalidInput):
+        return "input"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "other"
+
+
 def report(exc: BaseException) -> Failure:
     """``explain(exc)``, with the traceback sent to the log at DEBUG (shown by ``--debug``)."""
     log.debug("the command stopped on this error", exc_info=exc)

@@ -49,6 +49,11 @@ def unwatch(name: str) -> None:
         _writer = None
 
 
+def watched() -> list[str]:
+    """The names of the adapters watched now (started and not stopped)."""
+    return list(_probes)
+
+
 def not_connected() -> list[str]:
     """The names of watched adapters that are not connected now (empty: all are)."""
     down = []

@@ -40,8 +40,11 @@ async def run_service(settings: Settings) -> None:
             name for name, token in (("Discord", settings.discord_token), ("Telegram", settings.telegram_token)) if token is not None
         )
         async with open_app(settings, platforms=platforms) as app:
+            from bots.probes import watched_app
+
             await ensure_samples(app.store)
-            await _serve(app, settings, stop)
+            async with watched_app(app):
+                await _serve(app, settings, stop)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     owner_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     heartbeat_file: Path = Field(default_factory=default_heartbeat_file)  # `personae run` writes it; `personae health` reads it
 
+    # What an operator watches: /metrics, /healthz and /readyz on this port (unset: not served), and the log lines
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+    log_message_text: bool = False  # true: log lines may quote what people wrote (off: never)
+
     # Discord
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str | None = None  # None: Discord's own gateway

@@ -7,6 +7,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
+from core import observe
 from core.text import split_point
 
 if TYPE_CHECKING:
@@ -15,12 +16,23 @@ if TYPE_CHECKING:
 H = TypeVar("H")  # a platform's handle of a sent message
 
 
-async def greeting_first(reply: "Reply", send: Callable[[str], Awaitable[object]]) -> AsyncIterator[str]:
+def first_shown(reply: "Reply", platform: str) -> None:
+    """The person can now see the first text of ``reply``: measure the time since their message (once)."""
+    if reply.shown:
+        return
+    reply.shown = True
+    if reply.arrived_at is not None:
+        observe.metrics.first_text(platform, max(0.0, time.time() - reply.arrived_at))
+
+
+async def greeting_first(reply: "Reply", send: Callable[[str], Awaitable[object]], platform: str = "") -> AsyncIterator[str]:
     """The reply's deltas; on first contact the character's greeting is sent on its own before them."""
     async for delta in reply:
         if reply.greeting is not None:
             greeting, reply.greeting = reply.greeting, None
             await send(greeting)
+            if platform:
+                first_shown(reply, platform)
         yield delta
 
 
@@ -59,8 +71,10 @@ class StreamedMessage(Generic[H]):
         edit: Callable[[H, str], Awaitable[None]],
         interval: float = 1.0,
         budget: EditBudget | None = None,
+        on_first: Callable[[], None] | None = None,
     ) -> None:
         self.limit = limit
+        self._on_first = on_first  # told once, when the first message is sent (its text is visible)
         self._send, self._edit = send, edit
         self.interval = interval
         self.budget = budget
@@ -141,4 +155,7 @@ class StreamedMessage(Generic[H]):
                     await self.budget.take()
                 self.handles.append(await self._send(piece))
                 self._shown.append(piece)
+                if self._on_first is not None:
+                    on_first, self._on_first = self._on_first, None
+                    on_first()
         self.pieces = list(self._shown)

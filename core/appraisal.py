@@ -20,11 +20,12 @@ import logging
 import math
 from typing import Any, Mapping
 
+from core import observe
 from core.character import Character, CharacterProfile
 from core.emotions import EMOTIONS, EMOTIONS_ZH, SCALE_MAX, SCALE_MIN
 from core.errors import ModelError
 from core.ports import ChatModel
-from core.prompt import dialogue_lines, fill_placeholders, render_emotion_appraisal, render_relationship_appraisal
+from core.prompt import estimate_tokens, dialogue_lines, fill_placeholders, render_emotion_appraisal, render_relationship_appraisal
 from core.state import Appraisal, Exchange
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def recent_dialogue(exchange: Exchange, profile: CharacterProfile, window: int) 
 
 
 def _clip(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
+    """A model answer about an exchange, for a log line (hidden unless PERSONAE_LOG_MESSAGE_TEXT)."""
+    text = observe.quoted(" ".join(text.split()))
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -175,10 +177,14 @@ class ModelAppraiser:
 
     async def _ask(self, prompt: str, schema: Mapping[str, Any]) -> str | None:
         messages = [{"role": "system", "content": APPRAISAL_SYSTEM}, {"role": "user", "content": prompt}]
+        observe.metrics.appraisal_tokens("prompt", sum(estimate_tokens(m["content"]) for m in messages))
         try:
-            return await self.model.complete(
+            answer = await self.model.complete(
                 messages, max_tokens=self.max_tokens, temperature=self.temperature, json_schema=schema, analysis_first=True
             )
         except ModelError as exc:
+            observe.metrics.error("appraisal", exc)
             log.warning("model appraisal failed: %s; nothing changed", exc)
             return None
+        observe.metrics.appraisal_tokens("answer", estimate_tokens(answer))
+        return answer

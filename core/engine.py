@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 import logging
 import time
-import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
+from core import observe
 from core.events import ChatEvent, ConversationKey, Trigger
 from core.flood import ArrivalWindow, Verdict, WaitingTurns
 from core.hot import HotState, history_key, lock_key
@@ -314,6 +314,8 @@ class Engine:
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
         person = f"{event.platform}:{event.channel_id}:{event.user_id}"
         arrived = event.sent_at if event.sent_at is not None else time.time()
+        reply.queued_at = time.monotonic()
+        reply.arrived_at = arrived
         # Judged before the first await, so the bound holds however many arrive at once.
         if self._waiting.full(person):
             async for delta in self._overflow(event, reply, person, arrived):
@@ -334,7 +336,8 @@ class Engine:
             try:
                 async with self._turns:  # a burst queues here too, not in the database pool
                     found = await self._intake(event)
-            except Exception:  # noqa: BLE001 - the database's own errors; the notice says what matters
+            except Exception as exc:  # noqa: BLE001 - the database's own errors; the notice says what matters
+                observe.metrics.error("database", exc)
                 log.exception("could not store message %s of %s", event.message_id, event.platform)
                 if self.storage_notice_due(f"{event.platform}:{event.user_id}"):
                     reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_STORAGE
@@ -353,6 +356,7 @@ class Engine:
             # The person's earlier messages were judged before this one (arrival order), by when they arrived.
             verdict = self._arrival_rate.judge(f"{event.platform}:{event.user_id}", arrived)
             if verdict is not Verdict.ADMIT:
+                observe.metrics.rate_limited("arrival")
                 await self._settle_unanswered(found)
                 async for delta in self._rate_notice(reply, verdict):
                     yield delta
@@ -371,6 +375,7 @@ class Engine:
         else:
             await self._settle_unanswered(accepted)  # stored on arrival: recovery must not answer it later
         self._waiting.dropped += 1  # counted here, where it is logged
+        observe.metrics.rate_limited("overflow")
         told = self._arrival_rate.tell(f"{event.platform}:{event.user_id}", arrived)
         mine, everyone = self._waiting.waiting(person)
         log.warning(
@@ -412,8 +417,10 @@ class Engine:
             return
         reply.character = character
         self._in_flight.add(intake.id)
+        queued = reply.queued_at if reply.queued_at is not None else time.monotonic()
         try:
             async with self._turns, self._running():
+                observe.metrics.queue_wait(observe.since(queued))
                 turn = ChatTurn(
                     self, reply, character, binding, intake.conversation, intake.display_name, intake.text, intake=intake
                 )

@@ -12,9 +12,11 @@ all; a skipped one moves nothing and asks no model.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import Callable
 
+from core import observe
 from core.cadence import Cadence, EveryExchange
 from core.character import Character
 from core.dynamics import Dynamics, describe_change, same_feelings
@@ -72,7 +74,14 @@ class Feelings:
             if not await self.cadence.due(exchange, character):
                 log.debug("reply %s: not appraised (PERSONAE_APPRAISAL_CADENCE=%s)", exchange.reply_message_id, self.cadence.name)
                 return
-            appraisal = await self.appraiser.appraise(exchange, character)
+            started = time.monotonic()
+            try:
+                appraisal = await self.appraiser.appraise(exchange, character)
+            except Exception as exc:
+                observe.metrics.error("appraisal", exc)
+                raise
+            finally:
+                observe.metrics.appraisal(getattr(self.appraiser, "name", "other"), observe.since(started))
             if appraisal is None or appraisal.empty:
                 return
             baseline = character.profile.emotion

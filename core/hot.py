@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 
+from core import observe
 from core.character import Character
 from core.events import ConversationKey, PersonKey, Trigger
 from core.ports import Cache, Store
@@ -117,6 +118,7 @@ class HotState:
         out: list[Binding | None] = []
         fill: dict[str, bytes] = {}
         for key, channel_id, raw in zip(keys, channel_ids, raws):
+            observe.metrics.cache_lookup("binding", raw is not None)
             if raw is not None:
                 out.append(decode_binding(platform, channel_id, raw))
                 continue
@@ -150,6 +152,7 @@ class HotState:
 
     async def state(self, person: PersonKey, character: Character, raw: bytes | None = None) -> tuple[RelationshipState, bool]:
         """The person's state (created at the card's baselines on first contact); True if read from the database."""
+        observe.metrics.cache_lookup("state", raw is not None)
         if raw is not None:
             return decode_state(person, raw), False
         stored = await self.store.relationships.get_or_create(
@@ -174,6 +177,7 @@ class HotState:
         self, conversation: ConversationKey, limit: int, raw: bytes | None = None
     ) -> tuple[list[tuple[int, str, str, int]], bool]:
         """Recent (id, role, content, tokens) entries oldest first; True if read from the database."""
+        observe.metrics.cache_lookup("history", raw is not None)
         if raw is not None:
             return decode_history(raw), False
         rows = await self.store.messages.recent(conversation, limit)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from enum import StrEnum
 from typing import TYPE_CHECKING, AsyncIterator, Callable
+
+from core import observe
 
 if TYPE_CHECKING:
     from core.character import Character
@@ -52,8 +55,23 @@ class Reply:
         # Why the model server gave no (complete) reply, in a line an operator can act on.
         self.problem: str | None = None
 
+        # Set by the engine when the turn starts to wait (time.monotonic()), for the queue-wait metric.
+        self.queued_at: float | None = None
+        # The platform's time of the person's message (time.time()), and whether text was shown since.
+        self.arrived_at: float | None = None
+        self.shown = False
+
     def __aiter__(self) -> AsyncIterator[str]:
-        return self._run(self)
+        return self._counted()
+
+    async def _counted(self) -> AsyncIterator[str]:
+        try:
+            async with contextlib.aclosing(self._run(self)) as deltas:  # type: ignore[type-var]
+                async for delta in deltas:
+                    yield delta
+        finally:
+            if self.status is not ReplyStatus.PENDING:
+                observe.metrics.turn(self.status.value)
 
     async def collect(self) -> str:
         """Run the turn to the end and return the whole text."""

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
 
+from core import observe
 from core.card_dialogue import pick_greeting
 from core.cards import examples_switch
 from core.character import Character
@@ -79,20 +81,23 @@ class ChatTurn:
         if self.intake is not None:
             # The database keeps the record of deliveries (the stored message); the cache counts the rate.
             admit = AdmitRequest(None, 0.0, rate_key(self.conversation.platform, self.conversation.user_id), cfg.rate_limit_window_s)
-        async with self.engine.cache.hold(lock_key(self.conversation), ttl=cfg.turn_deadline_s + 5, read=keys, admit=admit) as held:
-            notice = await self.admit(held)
-            if notice is not None:
-                if notice:
-                    yield notice
-                return
-            if not await self.load(held):
-                return
-            messages = await self.compose()
-            async for delta in self.generate(messages):
-                yield delta
-            stored = await self.persist(held)
-        if stored:
-            self.after()
+        # The turn's id in log lines: the stored message it answers (for a regenerate, the one it answers again).
+        turn = self.intake.id if self.intake is not None else self.replace[0] if self.replace is not None else None
+        with observe.in_turn(self.conversation.cache_key(), turn):
+            async with self.engine.cache.hold(lock_key(self.conversation), ttl=cfg.turn_deadline_s + 5, read=keys, admit=admit) as held:
+                notice = await self.admit(held)
+                if notice is not None:
+                    if notice:
+                        yield notice
+                    return
+                if not await self.load(held):
+                    return
+                messages = await self.compose()
+                async for delta in self.generate(messages):
+                    yield delta
+                stored = await self.persist(held)
+            if stored:
+                self.after()
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -102,6 +107,7 @@ class ChatTurn:
         if held.admission is None or held.admission.count <= cfg.rate_limit_messages:
             return None
         assert self.intake is not None
+        observe.metrics.rate_limited("admission")
         await self.engine.store.messages.finish(self.intake, MessageStatus.NOTICE, None)
         if held.admission.count == cfg.rate_limit_messages + 1:
             reply.status, reply.text = ReplyStatus.NOTICE, NOTICE_RATE
@@ -150,11 +156,16 @@ class ChatTurn:
         # The model budget's fair shares are per channel: say whose request this is (its appraisal,
         # started from this task, inherits it).
         MODEL_CHANNEL.set(channel_of(self.conversation.platform, self.conversation.channel_id))
+        asked = time.monotonic()
+        first: float | None = None
         try:
             async with self.engine.cuttable(cfg.turn_deadline_s):
                 stream = self.engine.model.stream(messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, stop=cfg.stop)
                 async with contextlib.aclosing(stream):  # type: ignore[type-var]
                     async for delta in stream:
+                        if first is None and delta:
+                            first = time.monotonic()
+                            observe.metrics.model_first_token(first - asked)
                         delta = budget.take(clean_text(delta))
                         if delta:
                             parts.append(delta)
@@ -171,8 +182,16 @@ class ChatTurn:
         except ModelError as exc:
             failure = str(exc)
             reply.problem = failure
-        except TimeoutError:
+            observe.metrics.error("model", exc)
+        except TimeoutError as exc:
             failure = "shutdown" if self.engine.cutting else f"no complete reply within the {cfg.turn_deadline_s:g} s turn deadline"
+            if not self.engine.cutting:
+                observe.metrics.error("turn_deadline", exc)
+        if first is not None and budget.deltas > 1:
+            # The pace after the first token: deltas past the first over the time they took.
+            took = time.monotonic() - first
+            if took > 0:
+                observe.metrics.model_tokens_per_second((budget.deltas - 1) / took)
         self.answer = "".join(parts).strip()
         if failure is not None:
             log.warning("model failure for %s: %s", self.conversation.cache_key(), failure)

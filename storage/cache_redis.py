@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from core import observe
 from core.ports import Admission, AdmitRequest
 from storage.connect_errors import cache_failure
 from storage.held import StagedWrites
@@ -136,8 +137,12 @@ class RedisCache:
             pipe.delete(*stale)
         build(pipe)
         self.round_trips += 1
+        started = time.monotonic()
         try:
-            results = await pipe.execute(raise_on_error=False)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            finally:
+                observe.metrics.storage("redis", observe.since(started))
             for result in results:
                 if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
                     raise result

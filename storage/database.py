@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from core import observe
 from storage.connect_errors import database_errors
 from storage.errors import DatabaseUnavailable, InvalidDatabaseURL, SchemaNotReady
 from storage.repositories import (
@@ -123,6 +125,8 @@ class RoundTripCounter:
         self._target = engine.sync_engine
         self._listeners = (
             ("before_cursor_execute", self._statement),
+            ("after_cursor_execute", self._statement_done),
+            ("handle_error", self._statement_failed),
             ("begin", self._transaction),
             ("commit", self._transaction),
             ("rollback", self._transaction),
@@ -130,8 +134,22 @@ class RoundTripCounter:
         for name, listener in self._listeners:
             event.listen(self._target, name, listener)
 
-    def _statement(self, *_args: Any) -> None:
+    def _statement(self, _conn: Any, _cursor: Any, _statement: Any, _parameters: Any, context: Any, _many: Any) -> None:
         self.count += 1
+        if context is not None:
+            context._personae_started = time.monotonic()
+
+    @staticmethod
+    def _statement_done(_conn: Any, _cursor: Any, _statement: Any, _parameters: Any, context: Any, _many: Any) -> None:
+        started = getattr(context, "_personae_started", None)
+        if started is not None:
+            observe.metrics.storage("database", observe.since(started))
+
+    @staticmethod
+    def _statement_failed(exception_context: Any) -> None:
+        started = getattr(exception_context.execution_context, "_personae_started", None)
+        if started is not None:
+            observe.metrics.storage("database", observe.since(started))
 
     def driver_call(self) -> None:
         """A statement sent with the driver directly (``Db.pg_fetch``)."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from core import observe
 
 
 def utcnow() -> dt.datetime:
@@ -45,7 +48,11 @@ class Db:
         async with self.autocommit.connect() as conn:
             raw = await conn.get_raw_connection()
             self.on_driver_call()
-            return await raw.driver_connection.fetch(sql, *args)
+            started = time.monotonic()
+            try:
+                return await raw.driver_connection.fetch(sql, *args)
+            finally:
+                observe.metrics.storage("database", observe.since(started))
 
     def connect(self) -> AsyncConnection:
         """A connection for one statement, which is its own transaction."""

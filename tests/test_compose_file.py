@@ -27,6 +27,7 @@ from bots.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_SERVERS = {"tgi", "vllm", "sglang"}
 ALWAYS = {"postgres", "redis", "migrate", "bots"}
+OBSERVABILITY = {"prometheus", "grafana"}
 
 
 def compose() -> dict:
@@ -62,7 +63,7 @@ def flags(command: list[str]) -> dict[str, str]:
 # ---- the Compose specification ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("profiles", [set(), {"tgi"}, {"vllm"}, {"sglang"}])
+@pytest.mark.parametrize("profiles", [set(), {"tgi"}, {"vllm"}, {"sglang"}, {"observability"}, {"tgi", "observability"}])
 def test_the_file_validates_against_the_compose_specification(profiles: set[str]) -> None:
     schema = compose_schema()
     validator = jsonschema.Draft202012Validator(schema)
@@ -82,7 +83,7 @@ def test_the_ports_override_validates_and_publishes_on_loopback_only() -> None:
     override = yaml.safe_load((ROOT / "docker-compose.ports.yml").read_text())
     validator = jsonschema.Draft202012Validator(compose_schema())
     assert not list(validator.iter_errors(override))
-    assert set(override["services"]) == {"postgres", "redis"} | MODEL_SERVERS
+    assert set(override["services"]) == {"postgres", "redis"} | MODEL_SERVERS | OBSERVABILITY
     for service in override["services"].values():
         assert all(port.startswith("127.0.0.1:") for port in service["ports"])
 
@@ -296,3 +297,67 @@ def test_the_build_context_leaves_out_secrets_and_the_virtualenv() -> None:
     for sources in copied:
         for source in sources.split():
             assert source.rstrip("/") + "/" not in ignored and source not in ignored, f"the Dockerfile copies {source}, which .dockerignore leaves out"
+
+
+# ---- the observability profile -----------------------------------------------------------------
+
+
+def test_the_observability_profile_adds_prometheus_and_grafana_to_the_stack() -> None:
+    assert set(resolve(compose(), {"tgi", "observability"})["services"]) == ALWAYS | {"tgi"} | OBSERVABILITY
+    assert set(resolve(compose(), {"observability"})["services"]) == ALWAYS | OBSERVABILITY
+    assert not OBSERVABILITY & set(resolve(compose(), {"tgi"})["services"])
+
+
+def test_prometheus_scrapes_the_port_the_bots_serve_metrics_on() -> None:
+    services = compose()["services"]
+    env = services["bots"]["environment"]
+    port = int(env["PERSONAE_METRICS_PORT"])
+    assert env["PERSONAE_METRICS_HOST"] == "0.0.0.0"  # reachable on the compose network; no host port is published
+    Settings(metrics_port=env["PERSONAE_METRICS_PORT"], metrics_host=env["PERSONAE_METRICS_HOST"])
+    mounts = {m.split(":")[1]: ROOT / m.split(":")[0] for m in services["prometheus"]["volumes"] if m.startswith("./")}
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["bots"] and sd["port"] == port
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_prometheus() -> None:
+    grafana = compose()["services"]["grafana"]
+    mounts = {m.split(":")[1]: ROOT / m.split(":")[0] for m in grafana["volumes"] if m.startswith("./")}
+    provisioning, dashboards = mounts["/etc/grafana/provisioning"], mounts["/var/lib/grafana/dashboards"]
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["uid"] == "prometheus"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "personae.yml").read_text())["providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    password = grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD")
+    assert (dashboards / "personae.json").is_file()
+
+
+def test_every_dashboard_panel_asks_for_metrics_personae_serves() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bots.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    metrics.first_text("discord", 1.0)  # labelled histograms show once they have a series
+    metrics.appraisal("model", 1.0)
+    metrics.storage("database", 0.01)
+    served = set()
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        served |= {s.name for s in family.samples} | {family.name + suffix for suffix in ("_total", "_bucket", "_count", "_sum")}
+    dashboard = json.loads((ROOT / "infra" / "grafana" / "dashboards" / "personae.json").read_text())
+    asked = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "prometheus", panel["title"]
+        for target in panel["targets"]:
+            asked |= set(re.findall(r"\b(personae_[a-z_]+)", target["expr"]))
+    assert asked and asked <= served, asked - served
+    wanted = {
+        "personae_turns_total", "personae_first_text_seconds_bucket", "personae_model_first_token_seconds_bucket",
+        "personae_model_tokens_per_second_bucket", "personae_turns_waiting", "personae_queue_wait_seconds_bucket",
+        "personae_appraisal_seconds_bucket", "personae_appraisal_tokens_total", "personae_cache_lookups_total",
+        "personae_storage_seconds_bucket", "personae_rate_limited_total", "personae_errors_total",
+    }
+    assert wanted <= asked, wanted - asked

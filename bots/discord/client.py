@@ -29,8 +29,9 @@ from bots.discord.chat import (
     regenerate_view,
 )
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
-from bots.streaming import EditBudget, StreamedMessage, greeting_first
+from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
 from bots.recovering import keep_recovering
+from core import observe
 from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import ConfigurationError, PersonaeError
 from core.events import ChatEvent, ConversationKey, Platform, Trigger
@@ -251,7 +252,8 @@ class PersonaeClient(discord.Client):
             if event is not None:
                 reply = self.app.engine.handle(event)
                 await self.answer(message, event, reply)
-        except Exception:
+        except Exception as exc:
+            observe.metrics.error("adapter", exc)
             log.exception("failed to answer message %s in channel %s", message.id, message.channel.id)
         finally:
             self.dispatch("turn_finished", message, reply)
@@ -284,6 +286,7 @@ class PersonaeClient(discord.Client):
                 channel,
                 send_first=send_first,
                 button=button,
+                on_first=lambda: first_shown(reply, "discord"),
             )
         finally:
             first_text.set()
@@ -307,7 +310,7 @@ class PersonaeClient(discord.Client):
         self, reply: Reply, message: discord.Message, first_text: asyncio.Event, finished: asyncio.Event
     ) -> AsyncIterator[str]:
         """The reply's deltas (after the greeting, on first contact); once per conversation, a note that attachments were not read."""
-        async for delta in greeting_first(reply, lambda text: message.channel.send(text, allowed_mentions=NO_MENTIONS)):
+        async for delta in greeting_first(reply, lambda text: message.channel.send(text, allowed_mentions=NO_MENTIONS), "discord"):
             first_text.set()
             yield delta
         finished.set()
@@ -325,6 +328,7 @@ class PersonaeClient(discord.Client):
         send_first: Callable[..., Awaitable[discord.Message]],
         reuse: list[discord.PartialMessage] | None = None,
         button: Callable[[], discord.ui.View | None] = lambda: None,
+        on_first: Callable[[], None] | None = None,
     ) -> tuple[StreamedMessage[discord.Message | discord.PartialMessage], int | None]:
         """Render ``deltas``: ``reuse``'d messages are edited first, then ``send_first``, then plain sends.
 
@@ -362,7 +366,7 @@ class PersonaeClient(discord.Client):
                 has_button = target.id
 
         shown: StreamedMessage[discord.Message | discord.PartialMessage] = StreamedMessage(
-            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, budget=self.budget_for(channel)
+            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, budget=self.budget_for(channel), on_first=on_first
         )
         await shown.run(deltas)
         return shown, has_button

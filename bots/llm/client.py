@@ -45,6 +45,7 @@ from huggingface_hub import errors as hub_errors
 
 from bots.llm import dialects
 from bots.llm.dialects import Dialect
+from core import observe
 from core.errors import ModelError
 from core.model_input import render_mistral_raw
 from core.ports import ModelSlots
@@ -666,7 +667,7 @@ class ModelClient:
                 raise TypeError("generated_text is not text")
         except (ValueError, LookupError, TypeError) as exc:
             raise ModelError(
-                f"the model server at {self.where} sent a malformed answer ({_clip(response.text)})", retryable=False
+                f"the model server at {self.where} sent a malformed answer ({observe.quoted(_clip(response.text))})", retryable=False
             ) from exc
         yield text
 
@@ -686,7 +687,7 @@ class ModelClient:
             text = (choices[0].get("text") or "") if choices else ""
         except (ValueError, AttributeError, TypeError) as exc:
             raise ModelError(
-                f"the model server at {self.where} sent a malformed answer ({_clip(response.text)})", retryable=False
+                f"the model server at {self.where} sent a malformed answer ({observe.quoted(_clip(response.text))})", retryable=False
             ) from exc
         yield text
 
@@ -979,7 +980,7 @@ class ModelClient:
                 if exc.doc.strip() == "[DONE]" and finished:
                     return
                 raise ModelError(
-                    f"the model server at {self.where} sent a malformed stream ({_clip(exc.doc)})", retryable=False
+                    f"the model server at {self.where} sent a malformed stream ({observe.quoted(_clip(exc.doc))})", retryable=False
                 ) from exc
             except ModelError:
                 raise
@@ -1000,7 +1001,7 @@ class ModelClient:
             yield (choices[0].get("message") or {}).get("content") or "" if choices else ""
         except (ValueError, AttributeError, TypeError) as exc:
             raise ModelError(
-                f"the model server at {self.where} sent a malformed answer ({_clip(response.text)})", retryable=False
+                f"the model server at {self.where} sent a malformed answer ({observe.quoted(_clip(response.text))})", retryable=False
             ) from exc
 
     async def _raw_stream(self, prompt: str, max_tokens: int, temperature: float, stops: list[str]) -> AsyncIterator[str]:
@@ -1034,7 +1035,7 @@ class ModelClient:
                         event = json.loads(data)
                     except ValueError as exc:
                         raise ModelError(
-                            f"the model server at {self.where} sent a malformed stream ({_clip(data)})", retryable=False
+                            f"the model server at {self.where} sent a malformed stream ({observe.quoted(_clip(data))})", retryable=False
                         ) from exc
                     if not isinstance(event, dict):
                         continue

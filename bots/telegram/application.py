@@ -36,6 +36,7 @@ from bots.telegram.handlers import CHAT_TEXT, FORGET, PLATFORM, USE, Handlers, c
 from bots.telegram.intake import Poller, WebhookServer
 from bots.telegram.replies import REGENERATE, Replies
 from bots.telegram.updates import OrderedUpdates
+from core import observe
 from core.errors import ConfigurationError, PersonaeError
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,8 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     if isinstance(update, Update):
         chat, user = update.effective_chat, update.effective_user
         where = f" (update {update.update_id}, chat {chat.id if chat else '-'}, user {user.id if user else '-'})"
+    if isinstance(context.error, BaseException):
+        observe.metrics.error("adapter", context.error)
     log.error("handling a Telegram update failed%s: %r", where, context.error, exc_info=context.error)
     if isinstance(update, Update) and update.effective_chat and update.effective_chat.type == ChatType.PRIVATE:
         with contextlib.suppress(TelegramError):

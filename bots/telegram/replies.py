@@ -15,7 +15,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParam
 from telegram.constants import ChatAction, ChatType, MessageLimit
 from telegram.error import BadRequest, TelegramError
 
-from bots.streaming import EditBudget, StreamedMessage, greeting_first
+from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
 from bots.telegram.drafts import DraftStream
 from bots.telegram.updates import Recent
 from core.engine import Reply
@@ -125,7 +125,7 @@ class Replies:
         (a crash would leave it half-shown); ``reuse``: messages to write over first (that half).
         ``typing``: show "typing…" until the first text (a turn may wait for the model budget).
         """
-        deltas = greeting_first(reply, lambda text: self.bot.send_message(chat_id, text, message_thread_id=thread_id))
+        deltas = greeting_first(reply, lambda text: self.bot.send_message(chat_id, text, message_thread_id=thread_id), "telegram")
         if typing:
             deltas = typing_until_first(
                 deltas, lambda: self.bot.send_chat_action(chat_id, ChatAction.TYPING, message_thread_id=thread_id)
@@ -159,8 +159,14 @@ class Replies:
 
     async def _through_drafts(self, reply: Reply, deltas: AsyncIterator[str], chat_id: int) -> list[int]:
         draft_id = next(self._draft_ids)
+
+        async def send_draft(text: str) -> object:
+            sent = await self.bot.send_message_draft(chat_id, draft_id, text)
+            first_shown(reply, "telegram")
+            return sent
+
         stream = DraftStream(
-            send_draft=lambda text: self.bot.send_message_draft(chat_id, draft_id, text),
+            send_draft=send_draft,
             budget=self._budget(chat_id, private=True),
             limit=LIMIT,
         )
@@ -243,6 +249,7 @@ class Replies:
             edit=edit,
             interval=self.edit_interval,
             budget=self._budget(chat_id, private=False) if group else None,
+            on_first=lambda: first_shown(reply, "telegram"),
         )
         ids = await streamed.run(tracked())
         button = self._button(reply)

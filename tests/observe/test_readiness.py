@@ -1,0 +1,70 @@
+"""/readyz: 200 while the database, Redis, the model server and the adapters are all there; 503 naming what is not."""
+
+from __future__ import annotations
+
+import httpx
+
+from bots import heartbeat
+from bots.compose import open_cache, open_store, wire
+from bots.llm.client import ModelClient
+from bots.metrics import PrometheusMetrics
+from bots.probes import checks, serve, web_app
+from bots.settings import Settings
+from storage import migrate
+from tests.tgi_server import TGIServer
+from tests.throwaway import free_port, throwaway_postgres, throwaway_redis
+
+
+async def ready(client: httpx.AsyncClient, port: int) -> tuple[int, dict]:
+    answer = await client.get(f"http://127.0.0.1:{port}/readyz")
+    return answer.status_code, answer.json()
+
+
+async def test_readyz_names_the_part_that_is_down(tmp_path) -> None:
+    connected = {"Discord": True}
+    async with TGIServer() as tgi, throwaway_postgres() as pg, throwaway_redis() as redis:
+        await migrate.upgrade(pg.url)
+        settings = Settings(database_url=pg.url, redis_url=redis.url, llm_url=tgi.base_url, heartbeat_file=tmp_path / "beat")
+        store = await open_store(settings)
+        cache = await open_cache(settings)
+        model = ModelClient(tgi.base_url, timeout_s=5.0, concurrency=4, retries=0)
+        app = wire(settings, store, cache, model, appraiser=None)
+        port = free_port()
+        heartbeat.watch("Discord", lambda: connected["Discord"], tmp_path / "beat")
+        try:
+            async with serve(web_app(PrometheusMetrics(), checks(app)), "127.0.0.1", port), httpx.AsyncClient(trust_env=False, timeout=30) as client:
+                status, body = await ready(client, port)
+                assert (status, body["failing"]) == (200, []), body
+                assert set(body["parts"]) == {"database", "redis", "model", "adapters"}
+
+                await redis.kill()
+                status, body = await ready(client, port)
+                assert (status, body["failing"]) == (503, ["redis"]), body
+                await redis.start()
+                status, body = await ready(client, port)
+                assert (status, body["failing"]) == (200, []), body
+
+                await pg.stop()
+                status, body = await ready(client, port)
+                assert (status, body["failing"]) == (503, ["database"]), body
+                assert "PERSONAE_DATABASE_URL" in body["parts"]["database"]
+                await pg.start()
+                status, body = await ready(client, port)
+                assert (status, body["failing"]) == (200, []), body
+
+                connected["Discord"] = False
+                status, body = await ready(client, port)
+                assert (status, body["failing"]) == (503, ["adapters"]), body
+                assert "Discord" in body["parts"]["adapters"]
+                connected["Discord"] = True
+
+                await tgi.stop()
+                status, body = await ready(client, port)
+                assert (status, body["failing"]) == (503, ["model"]), body
+                assert "PERSONAE_LLM_URL" in body["parts"]["model"]
+                assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        finally:
+            heartbeat.unwatch("Discord")
+            await model.close()
+            await cache.close()
+            await store.close()
