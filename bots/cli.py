@@ -591,15 +591,26 @@ def evaluate(
     judge_max_tokens: int = typer.Option(768, "--judge-max-tokens", min=1, help="The judge reasons before its JSON: give it room."),
     fresh: bool = typer.Option(False, "--fresh", help="Forget earlier results in --out instead of resuming."),
     recorded: bool = typer.Option(False, "--recorded", help="Judge the dialogues recorded in the role files instead of playing new ones."),
+    cadence: Optional[str] = typer.Option(
+        None, "--cadence",
+        help="Appraisal cadences to measure: every, every:N, moved, a comma-separated list, or all "
+             "(every, every:2, every:3, moved on the same answers); default PERSONAE_APPRAISAL_CADENCE.",
+    ),
 ) -> None:
     """Measure role-play quality as BeyondDialogue's AutoRPEval does (partner: PERSONAE_EVAL_PARTNER_URL, judge: PERSONAE_EVAL_JUDGE_URL)."""
     from bots.eval.command import EvalRequest, run_eval
     from bots.eval.run import EvalConfig
 
+    from bots.eval.cadences import cadence_names
+
     s = settings()
+    try:
+        cadences = cadence_names(cadence or s.appraisal_cadence)
+    except ValueError as exc:
+        fail(f"--cadence {exc}")
     config = EvalConfig(
         turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
-        partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
+        partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded, cadences=cadences,
     )
     request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)
     typer.echo(run(lambda: run_eval(s, request, lambda line: typer.echo(line, err=True))))
