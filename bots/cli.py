@@ -566,7 +566,8 @@ def appraisal_check(n: int = typer.Option(120, "--n", min=2, help="Exchanges to 
     from bots.appraisal_check import run_check
 
     logging.getLogger("core.appraisal").setLevel(logging.ERROR)  # the unreadable shapes are meant to fail
-    result = run(lambda: run_check(n))
+    s = settings()
+    result = run(lambda: run_check(n, settings=s))
     typer.echo(result.table())
     if not result.ok:
         raise typer.Exit(1)
