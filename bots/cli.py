@@ -592,6 +592,10 @@ def evaluate(
     judge_max_tokens: int = typer.Option(768, "--judge-max-tokens", min=1, help="The judge reasons before its JSON: give it room."),
     fresh: bool = typer.Option(False, "--fresh", help="Forget earlier results in --out instead of resuming."),
     recorded: bool = typer.Option(False, "--recorded", help="Judge the dialogues recorded in the role files instead of playing new ones."),
+    reappraise: bool = typer.Option(
+        False, "--reappraise",
+        help="Only appraise again the dialogues already done in --out (e.g. another PERSONAE_APPRAISER or --cadence); nothing is played or judged.",
+    ),
     cadence: Optional[str] = typer.Option(
         None, "--cadence",
         help="Appraisal cadences to measure: every, every:N, moved, a comma-separated list, or all "
@@ -612,6 +616,7 @@ def evaluate(
     config = EvalConfig(
         turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
         partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded, cadences=cadences,
+        reappraise=reappraise,
     )
     request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)
     typer.echo(run(lambda: run_eval(s, request, lambda line: typer.echo(line, err=True))))

@@ -22,7 +22,7 @@ from bots.eval.partner import partner_line
 from bots.eval.roles import EvalChat, EvalRole
 from core.card_dialogue import parse_examples
 from core.dynamics import Dynamics
-from core.errors import ModelError
+from core.errors import InvalidInput, ModelError
 from core.ports import Appraiser, ChatModel
 from core.prompt import Turn, build_messages, estimate_tokens, render_system_prompt
 from core.state import Exchange, RelationshipState
@@ -44,6 +44,7 @@ class EvalConfig:
     stop_after_failures: int = 3  # failed items in a row before the run gives up
     recorded: bool = False  # judge the dialogues recorded in the role files instead of playing new ones
     cadences: tuple[str, ...] = ("every",)  # the appraisal cadences measured (bots.eval.cadences), the first one headlined
+    reappraise: bool = False  # only appraise again the dialogues already done (another appraiser or cadences)
 
 
 @dataclass(slots=True)
@@ -255,6 +256,8 @@ async def run_items(
     ``config.stop_after_failures`` failures in a row (a server is down) it stops early.
     """
     before = read_results(results)
+    if config.reappraise:
+        return await reappraise_items(endpoints, items, config, results, before, say)
     todo = [item for item in items if before.get(item.id, {}).get("status") != "done"]
     if len(todo) < len(items):
         say(f"{len(items) - len(todo)} of {len(items)} dialogues already done in {results}; doing the other {len(todo)}")
@@ -280,3 +283,31 @@ async def run_items(
     last_error = last_error or next(r["error"] for r in reversed(records) if r["status"] != "done")
     return Outcome(records, f"{left} of {len(items)} dialogues not done (last error: {last_error}); "
                             "run the same command again to resume")
+
+
+async def reappraise_items(
+    endpoints: Endpoints,
+    items: Sequence[Item],
+    config: EvalConfig,
+    results: Path,
+    before: dict[str, dict[str, Any]],
+    say: Callable[[str], None],
+) -> Outcome:
+    """Appraise the done dialogues of ``results`` again (with ``endpoints.appraiser`` and
+    ``config.cadences``), keeping their dialogue and judging; nothing is played or judged."""
+    if endpoints.appraiser is None:
+        raise InvalidInput("--reappraise needs an appraiser: PERSONAE_APPRAISER is none")
+    done = [item for item in items if before.get(item.id, {}).get("status") == "done"]
+    for n, item in enumerate(done, start=1):
+        record = dict(before[item.id])
+        lines = [tuple(x) for x in record["dialogue"]]
+        record["appraiser"] = await appraise(endpoints, item, lines, config)  # type: ignore[arg-type]
+        append_result(results, record)
+        before[item.id] = record
+        say(f"[{n}/{len(done)}] {item.role.name} with {item.chat.partner} #{item.sample}: appraised again")
+    records = [before[item.id] for item in items if item.id in before]
+    left = len(items) - len(done)
+    if not left:
+        return Outcome(records)
+    return Outcome(records, f"{left} of {len(items)} dialogues are not done, so not appraised again; "
+                            "run without --reappraise to finish them")

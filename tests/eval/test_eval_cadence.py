@@ -4,6 +4,7 @@ it would have reached, measured on the same appraisal answers (each exchange ask
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,20 @@ async def test_the_command_takes_the_cadence_and_refuses_a_wrong_one_in_one_line
     summary = json.loads((tmp_path / "out" / SUMMARY).read_text())
     assert summary["about"]["cadences"] == ["every", "every:2"]
     assert summary["appraiser"]["cadences"]["every:2"]["calls"] == 2
+
+
+async def test_reappraise_replays_the_done_dialogues_with_another_appraiser_without_playing_or_judging(tmp_path: Path) -> None:
+    async with TGIServer(reply=ScriptedModel()) as server:
+        await run_eval(settings(server.base_url, tmp_path), run(tmp_path, ("every",), turns=2), lambda _: None)
+        sent = len(server.bodies())
+        request = run(tmp_path, ALL, turns=2)
+        request = replace(request, config=replace(request.config, reappraise=True))
+        lines: list[str] = []
+        lexicon = settings(server.base_url, tmp_path).model_copy(update={"appraiser": "lexicon"})
+        await run_eval(lexicon, request, lines.append)
+        assert len(server.bodies()) == sent  # nothing played, judged or asked of the model
+    summary = json.loads((tmp_path / "out" / SUMMARY).read_text())
+    assert summary["appraiser"]["kind"] == "lexicon" and list(summary["appraiser"]["cadences"]) == ["start", *ALL]
+    assert summary["appraiser"]["cadences"]["every"]["calls"] == 0 and summary["dialogues"] == 1
+    assert summary["dimensions"]["role_choice"]["mean"] == 100  # the judging was kept
+    assert any("appraised again" in line for line in lines)
