@@ -3,7 +3,7 @@
 It starts the TGI-protocol double with alignment answers (analysis then JSON, fractional scores,
 code fences, bare objects, no JSON, JSON cut short), sends ``n`` varied exchanges (English and
 Chinese characters, different people and lines) through the real ``ModelAppraiser`` and
-``ModelClient``, and compares what was read with what was said. The parse rate is taken over the
+``ModelClient``, built as the bots build them (same settings, layout and ``complete`` path), and compares what was read with what was said. The parse rate is taken over the
 shapes a reader can read; the unreadable shapes must change nothing.
 """
 
@@ -13,15 +13,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from bots.llm.alignment_answers import READABLE, SHAPES, AlignmentAnswers, Said
-from bots.llm.client import ModelClient
 from bots.llm.tgi_double import TGIServer
-from core.appraisal import DEFAULT_MAX_TOKENS, ModelAppraiser
+from bots.settings import Settings
 from core.cards import new_card, profile_from_card
 from core.character import Character
 from core.emotions import EmotionState
 from core.state import Appraisal, Exchange, RelationshipState
 
 REQUIRED_RATE = 0.95
+ROUTES = ("/generate", "/v1/chat/completions", "/v1/completions")
 
 _PEOPLE = ("Elena", "Bob", "小明", "Ada Lovelace", "kai_77")
 _LINES = (
@@ -40,6 +40,8 @@ class CheckResult:
     answers: Counter[str] = field(default_factory=Counter)  # shape -> answers given
     read_right: Counter[str] = field(default_factory=Counter)  # shape -> answers read with the levels said
     changed_unreadable: int = 0  # unreadable answers that nevertheless moved something
+    layout: str = ""  # the prompt layout the appraisals went in, and why
+    routes: Counter[str] = field(default_factory=Counter)  # the double's generation routes -> requests they got
 
     @property
     def readable(self) -> int:
@@ -54,7 +56,8 @@ class CheckResult:
         return self.parse_rate >= REQUIRED_RATE and self.changed_unreadable == 0
 
     def table(self) -> str:
-        lines = [f"{'shape':<10} {'answers':>8} {'read':>6}"]
+        lines = [f"layout: {self.layout}"] if self.layout else []
+        lines.append(f"{'shape':<10} {'answers':>8} {'read':>6}")
         for shape in SHAPES:
             if self.answers[shape]:
                 lines.append(f"{shape:<10} {self.answers[shape]:>8} {self.read_right[shape]:>6}")
@@ -91,14 +94,28 @@ def _compare(result: CheckResult, said: Said, read: dict[str, int] | None) -> No
         result.read_right[said.shape] += 1
 
 
-async def run_check(n: int = 120, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> CheckResult:
-    """Appraise ``n`` exchanges against the double; exchanges run one after another so answers pair up."""
+async def run_check(n: int = 120, *, max_tokens: int | None = None, settings: Settings | None = None) -> CheckResult:
+    """Appraise ``n`` exchanges against the double; exchanges run one after another so answers pair up.
+
+    The appraiser and its client are built as the bots build them (``bots.compose.model_client`` and
+    ``model_appraiser`` with ``settings``: the layout PERSONAE_PROMPT_LAYOUT picks, the answer budget,
+    window and temperature), pointed at the double, so the requests take the real ``complete`` path:
+    with ``auto`` the double's BD-RP model id picks the training layout (TGI ``/generate``, the raw
+    string and the grammar that lets the analysis come first). ``max_tokens`` overrides the budget."""
+    from bots.compose import model_appraiser, model_client
+
+    settings = settings or Settings(_env_file=None)
+    update: dict[str, object] = {"llm_retries": 0, "llm_timeout_s": 10.0}
+    if max_tokens is not None:
+        update["appraisal_max_tokens"] = max_tokens
+    settings = settings.model_copy(update=update)
     answers = AlignmentAnswers()
     result = CheckResult()
     characters = _characters()
     async with TGIServer(alignment=answers) as server:
-        client = ModelClient(server.base_url, timeout_s=10.0, concurrency=4, retries=0)
-        appraiser = ModelAppraiser(client, max_tokens=max_tokens)
+        client = model_client(settings, server.base_url, url_setting="PERSONAE_LLM_URL",
+                              concurrency=settings.appraiser_concurrency)
+        appraiser = model_appraiser(settings, client)
         try:
             for index in range(n):
                 character = characters[index % len(characters)]
@@ -109,6 +126,8 @@ async def run_check(n: int = 120, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> Ch
                 intimacy = appraisal.intimacy if appraisal else None
                 _compare(result, given["emotion"], emotion)
                 _compare(result, given["relationship"], None if intimacy is None else {"relationship": intimacy})
+            result.layout = f"{getattr(client, 'layout', '?')} ({getattr(client, 'layout_reason', '')})"
+            result.routes = Counter({path: server.count(path) for path in ROUTES if server.count(path)})
         finally:
             await client.close()
     return result

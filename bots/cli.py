@@ -655,7 +655,8 @@ def appraisal_check(n: int = typer.Option(120, "--n", min=2, help="Exchanges to 
     from bots.appraisal_check import run_check
 
     logging.getLogger("core.appraisal").setLevel(logging.ERROR)  # the unreadable shapes are meant to fail
-    result = run(lambda: run_check(n))
+    s = settings()
+    result = run(lambda: run_check(n, settings=s))
     typer.echo(result.table())
     if not result.ok:
         raise typer.Exit(1)
@@ -680,15 +681,31 @@ def evaluate(
     judge_max_tokens: int = typer.Option(768, "--judge-max-tokens", min=1, help="The judge reasons before its JSON: give it room."),
     fresh: bool = typer.Option(False, "--fresh", help="Forget earlier results in --out instead of resuming."),
     recorded: bool = typer.Option(False, "--recorded", help="Judge the dialogues recorded in the role files instead of playing new ones."),
+    reappraise: bool = typer.Option(
+        False, "--reappraise",
+        help="Only appraise again the dialogues already done in --out (e.g. another PERSONAE_APPRAISER or --cadence); nothing is played or judged.",
+    ),
+    cadence: Optional[str] = typer.Option(
+        None, "--cadence",
+        help="Appraisal cadences to measure: every, every:N, moved, a comma-separated list, or all "
+             "(every, every:2, every:3, moved on the same answers); default PERSONAE_APPRAISAL_CADENCE.",
+    ),
 ) -> None:
     """Measure role-play quality as BeyondDialogue's AutoRPEval does (partner: PERSONAE_EVAL_PARTNER_URL, judge: PERSONAE_EVAL_JUDGE_URL)."""
     from bots.eval.command import EvalRequest, run_eval
     from bots.eval.run import EvalConfig
 
+    from bots.eval.cadences import cadence_names
+
     s = settings()
+    try:
+        cadences = cadence_names(cadence or s.appraisal_cadence)
+    except ValueError as exc:
+        fail(f"--cadence {exc}")
     config = EvalConfig(
         turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
         card_examples=s.card_examples, partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
+        cadences=cadences, reappraise=reappraise,
     )
     request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)
     typer.echo(run(lambda: run_eval(s, request, lambda line: typer.echo(line, err=True))))

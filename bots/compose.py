@@ -89,16 +89,25 @@ def appraisal_cadence(settings: Settings, appraiser: Appraiser) -> Cadence:
     """Which exchanges ``appraiser`` reads (PERSONAE_APPRAISAL_CADENCE); the cadence paces the model
     appraiser only (the lexicon costs nothing). ``moved`` asks the lexicon whether this exchange
     moves the feelings by the same dynamics."""
+    from core.cadence import EveryExchange
+
+    if getattr(appraiser, "name", None) != "model":
+        return EveryExchange()
+    return cadence_named(settings.appraisal_cadence, dynamics(settings))
+
+
+def cadence_named(value: str, moves: Dynamics) -> Cadence:
+    """The cadence ``value`` names (``every``, ``every:N``, ``moved``; ValueError otherwise); ``moved``
+    asks the lexicon whether the exchange moves the feelings by ``moves``. ``personae eval`` builds
+    its cadences here too, so it measures the ones the bots run."""
     from core.cadence import EveryExchange, EveryNth, WhenMoved, parse_cadence
 
-    kind, n = parse_cadence(settings.appraisal_cadence)
-    if getattr(appraiser, "name", None) != "model" or (kind == "every" and n == 1):
-        return EveryExchange()
+    kind, n = parse_cadence(value)
     if kind == "every":
-        return EveryNth(n)
+        return EveryExchange() if n == 1 else EveryNth(n)
     from bots.lexicon import LexiconAppraiser, feelings_moved
 
-    return WhenMoved(feelings_moved(LexiconAppraiser(), dynamics(settings)))
+    return WhenMoved(feelings_moved(LexiconAppraiser(), moves))
 
 
 def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, appraiser: Appraiser | None = None) -> App:

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Sequence
 
-from bots.compose import appraiser_kind, model_appraiser, model_client, open_appraiser, open_model
+from bots.compose import appraiser_kind, dynamics, model_appraiser, model_client, open_appraiser, open_model
 from bots.eval import report
+from bots.eval.cadences import CountingModel, frozen_clock
 from bots.eval.roles import EvalRole, bundled_role_files, load_role_file, role_from_character
 from bots.eval.run import EvalConfig, Endpoints, items_for, run_items
 from bots.settings import Settings
+from core.appraisal import ModelAppraiser
 from core.errors import InvalidInput, PersonaeError
 from core.ports import ChatModel
 
@@ -88,6 +90,9 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
             appraiser = model_appraiser(settings, actor)  # the bundled model appraises itself
         else:
             appraiser = await stack.enter_async_context(open_appraiser(settings, None))
+        meter = None
+        if isinstance(appraiser, ModelAppraiser):  # count its requests and tokens, per cadence
+            meter = appraiser.model = CountingModel(appraiser.model)
         where = {
             "model": "; ".join(a.removeprefix("model: ") for a in about),
             "layout": settings.prompt_layout,
@@ -95,7 +100,7 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
             "judge": settings.eval_judge_url or "the model under test",
             "appraiser": appraiser_kind(settings),
         }
-        yield Endpoints(actor, partner, judge, appraiser, where)
+        yield Endpoints(actor, partner, judge, appraiser, where, meter=meter, dynamics=frozen_clock(dynamics(settings)))
 
 
 async def run_eval(settings: Settings, request: EvalRequest, say: Callable[[str], None]) -> str:
@@ -118,6 +123,7 @@ async def run_eval(settings: Settings, request: EvalRequest, say: Callable[[str]
     summary = report.summarize(outcome.records, about={
         **endpoints.where, "turns": request.config.turns, "max_tokens": request.config.max_tokens,
         "temperature": request.config.temperature, "judge_max_tokens": request.config.judge_max_tokens,
+        "cadences": list(request.config.cadences),
     })
     report.write_json(summary, request.out / SUMMARY)
     report.write_chart(summary, request.out / CHART)

@@ -83,9 +83,81 @@ def summarize(records: Sequence[Mapping[str, Any]], *, about: Mapping[str, Any] 
             "emotion_error": _stat([a["emotion_error"] for a in appraised if a["emotion_error"] is not None]),
             "relationship_error": _stat([a["relationship_error"] for a in appraised if a["relationship_error"] is not None]),
         }
+        cadences = cadence_summary(appraised)
+        if cadences:
+            summary["appraiser"]["cadences"] = cadences
     if about:
         summary["about"] = dict(about)
     return summary
+
+
+def cadence_summary(appraised: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per cadence (``bots.eval.cadences``), over the dialogues that measured it: what it asked and
+    what it cost in all, the share of its appraisals that gave a reading, the readings' error and the
+    error of the state it reached (mean over a dialogue's exchanges, then over dialogues); ``start``
+    is the state no appraisal moves, for reference."""
+    measured = [a for a in appraised if isinstance(a.get("cadences"), dict)]
+    if not measured:
+        return {}
+    out: dict[str, Any] = {
+        "start": {
+            "dialogues": len(measured),
+            "state_emotion_error": _stat([a["start_emotion_error"] for a in measured]),
+            "state_relationship_error": _stat([a["start_relationship_error"] for a in measured]),
+        }
+    }
+    names: list[str] = []
+    for a in measured:
+        names += [n for n in a["cadences"] if n not in names]
+    for name in names:
+        rows = [a["cadences"][name] for a in measured if name in a["cadences"]]
+        appraisals = sum(r["appraised"] for r in rows)
+        exchanges = sum(a["exchanges"] for a in measured if name in a["cadences"])
+        pct = lambda k: _round(100.0 * sum(r[k] for r in rows) / appraisals) if appraisals else None  # noqa: E731
+        out[name] = {
+            "dialogues": len(rows),
+            "exchanges": exchanges,
+            "appraised": appraisals,
+            "calls": sum(r["calls"] for r in rows),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "answer_tokens": sum(r["answer_tokens"] for r in rows),
+            "emotion_parsed": pct("emotion_read"),
+            "relationship_parsed": pct("relationship_read"),
+            "emotion_error": _stat([r["emotion_error"] for r in rows if r["emotion_error"] is not None]),
+            "relationship_error": _stat([r["relationship_error"] for r in rows if r["relationship_error"] is not None]),
+            "state_emotion_error": _stat([r["state_emotion_error"] for r in rows if r["state_emotion_error"] is not None]),
+            "state_relationship_error": _stat(
+                [r["state_relationship_error"] for r in rows if r["state_relationship_error"] is not None]),
+            "final_emotion_error": _stat([r["final_emotion_error"] for r in rows if r["final_emotion_error"] is not None]),
+            "final_relationship_error": _stat(
+                [r["final_relationship_error"] for r in rows if r["final_relationship_error"] is not None]),
+        }
+    return out
+
+
+def cadence_table(summary: Mapping[str, Any]) -> str:
+    """The cadences side by side: cost (appraisals, model requests, tokens) against accuracy; '' if none was measured."""
+    cadences = (summary.get("appraiser") or {}).get("cadences")
+    if not cadences:
+        return ""
+    rows = [("cadence", "appraised", "requests", "tokens in/out", "parsed E/R",
+             "reading E err", "reading R err", "state E err", "state R err")]
+    for name, c in cadences.items():
+        if name == "start":
+            continue
+        rows.append((
+            name, f"{c['appraised']}/{c['exchanges']}", str(c["calls"]), f"{c['prompt_tokens']}/{c['answer_tokens']}",
+            f"{_pct(c['emotion_parsed'])}/{_pct(c['relationship_parsed'])}",
+            _cell(c["emotion_error"]), _cell(c["relationship_error"]),
+            _cell(c["state_emotion_error"]), _cell(c["state_relationship_error"]),
+        ))
+    start = cadences["start"]
+    rows.append(("(start, no appraisal)", "0", "0", "0/0", "-", "-", "-",
+                 _cell(start["state_emotion_error"]), _cell(start["state_relationship_error"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def _cell(stat: Mapping[str, Any]) -> str:
@@ -115,6 +187,9 @@ def table(summary: Mapping[str, Any]) -> str:
             f"emotion error {_cell(appraiser['emotion_error'])} (parsed {_pct(appraiser['emotion_parsed'])}), "
             f"relationship error {_cell(appraiser['relationship_error'])} (parsed {_pct(appraiser['relationship_parsed'])})"
         )
+        cadences = cadence_table(summary)
+        if cadences:
+            lines += ["", "appraisal cadences (errors in percent; state: after each exchange, from emotions 0, intimacy 5):", cadences]
     return "\n".join(lines)
 
 

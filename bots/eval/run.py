@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from bots.eval.cadences import CountingModel, frozen_clock, replay
 from bots.eval.judge import DIMENSIONS, Case, judge
 from bots.eval.partner import partner_line
 from bots.eval.roles import EvalChat, EvalRole
 from core.cards import examples_switch
-from core.emotions import EMOTIONS
-from core.errors import ModelError
+from core.dynamics import Dynamics
+from core.errors import InvalidInput, ModelError
 from core.ports import Appraiser, ChatModel
 from core.model_input import model_messages
 from core.prompt import Turn, estimate_tokens
@@ -44,6 +45,8 @@ class EvalConfig:
     judge_temperature: float = 0.0
     stop_after_failures: int = 3  # failed items in a row before the run gives up
     recorded: bool = False  # judge the dialogues recorded in the role files instead of playing new ones
+    cadences: tuple[str, ...] = ("every",)  # the appraisal cadences measured (bots.eval.cadences), the first one headlined
+    reappraise: bool = False  # only appraise again the dialogues already done (another appraiser or cadences)
 
 
 @dataclass(slots=True)
@@ -55,6 +58,8 @@ class Endpoints:
     judge: ChatModel
     appraiser: Appraiser | None
     where: dict[str, str] = field(default_factory=dict)  # name -> where it runs, for the report
+    meter: CountingModel | None = None  # counts the model appraiser's requests and tokens
+    dynamics: Dynamics | None = None  # the update rule the cadences are replayed with (on a fixed clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,39 +163,34 @@ def _judge_lines(lines: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(who, " ".join(text.split()) or "…") for who, text in lines]
 
 
-async def appraise(appraiser: Appraiser, item: Item, lines: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Appraise every exchange as the bots do after each reply; error against the scene's labels."""
+async def appraise(endpoints: Endpoints, item: Item, lines: Sequence[tuple[str, str]], config: EvalConfig) -> dict[str, Any]:
+    """Appraise the exchanges as the bots do after each reply, under each of ``config.cadences``
+    (``bots.eval.cadences``: each exchange asked once, each cadence replayed on those answers).
+
+    The record's top-level figures are those of the first cadence: its appraisals' readings against
+    the scene's labels, as the eval always reported them."""
     role, chat = item.role, item.chat
-    character = role.character()
-    state = RelationshipState(0, "eval", "eval", chat.emotion, chat.relationship)
-    emotion_errors: list[float] = []
-    relationship_errors: list[float] = []
-    asked = 0
-    for i in range(1, len(lines), 2):
-        history = tuple(("user" if who == chat.partner else "assistant", text) for who, text in lines[: i - 1])
-        exchange = Exchange(
+    exchanges = [
+        Exchange(
             character_id=0, platform="eval", channel_id=item.id, user_id="eval", display_name=chat.partner,
-            scene=chat.scene, state_before=state, history=history, user_text=lines[i - 1][1],
-            reply_text=lines[i][1], user_message_id=i, reply_message_id=i + 1,
+            scene=chat.scene, state_before=RelationshipState(0, "eval", "eval", chat.emotion, chat.relationship),
+            history=tuple(("user" if who == chat.partner else "assistant", text) for who, text in lines[: i - 1]),
+            user_text=lines[i - 1][1], reply_text=lines[i][1], user_message_id=i, reply_message_id=i + 1,
         )
-        asked += 1
-        reading = await appraiser.appraise(exchange, character)
-        if reading is None:
-            continue
-        label = chat.emotion.as_dict()
-        named = [e for e in EMOTIONS if e in reading.emotion]
-        if named:
-            emotion_errors.append(100.0 * sum(abs(reading.emotion[e] - label[e]) for e in named) / len(named) / 10)
-        if reading.intimacy is not None:
-            relationship_errors.append(100.0 * abs(reading.intimacy - chat.relationship) / 10)
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        for i in range(1, len(lines), 2)
+    ]
+    dynamics = endpoints.dynamics or frozen_clock(Dynamics())
+    figures = await replay(endpoints.appraiser, endpoints.meter, role.character(), exchanges, config.cadences,
+                           dynamics, chat.emotion, chat.relationship)
+    first = figures["cadences"][config.cadences[0]]
     return {
-        "kind": appraiser.name,
-        "asked": asked,
-        "emotion_read": len(emotion_errors),
-        "relationship_read": len(relationship_errors),
-        "emotion_error": mean(emotion_errors),
-        "relationship_error": mean(relationship_errors),
+        "kind": endpoints.appraiser.name,
+        "asked": first["appraised"],
+        "emotion_read": first["emotion_read"],
+        "relationship_read": first["relationship_read"],
+        "emotion_error": first["emotion_error"],
+        "relationship_error": first["relationship_error"],
+        **figures,
     }
 
 
@@ -211,7 +211,7 @@ async def evaluate(endpoints: Endpoints, item: Item, config: EvalConfig, previou
         except ModelError as exc:
             raise StageFailed("judge", exc, lines) from exc
         if endpoints.appraiser is not None:
-            record["appraiser"] = await appraise(endpoints.appraiser, item, lines)
+            record["appraiser"] = await appraise(endpoints, item, lines, config)
     except StageFailed as failed:
         record.update(status="failed", stage=failed.stage, error=str(failed), dialogue=[list(x) for x in failed.lines])
         return record
@@ -258,6 +258,8 @@ async def run_items(
     ``config.stop_after_failures`` failures in a row (a server is down) it stops early.
     """
     before = read_results(results)
+    if config.reappraise:
+        return await reappraise_items(endpoints, items, config, results, before, say)
     todo = [item for item in items if before.get(item.id, {}).get("status") != "done"]
     if len(todo) < len(items):
         say(f"{len(items) - len(todo)} of {len(items)} dialogues already done in {results}; doing the other {len(todo)}")
@@ -283,3 +285,31 @@ async def run_items(
     last_error = last_error or next(r["error"] for r in reversed(records) if r["status"] != "done")
     return Outcome(records, f"{left} of {len(items)} dialogues not done (last error: {last_error}); "
                             "run the same command again to resume")
+
+
+async def reappraise_items(
+    endpoints: Endpoints,
+    items: Sequence[Item],
+    config: EvalConfig,
+    results: Path,
+    before: dict[str, dict[str, Any]],
+    say: Callable[[str], None],
+) -> Outcome:
+    """Appraise the done dialogues of ``results`` again (with ``endpoints.appraiser`` and
+    ``config.cadences``), keeping their dialogue and judging; nothing is played or judged."""
+    if endpoints.appraiser is None:
+        raise InvalidInput("--reappraise needs an appraiser: PERSONAE_APPRAISER is none")
+    done = [item for item in items if before.get(item.id, {}).get("status") == "done"]
+    for n, item in enumerate(done, start=1):
+        record = dict(before[item.id])
+        lines = [tuple(x) for x in record["dialogue"]]
+        record["appraiser"] = await appraise(endpoints, item, lines, config)  # type: ignore[arg-type]
+        append_result(results, record)
+        before[item.id] = record
+        say(f"[{n}/{len(done)}] {item.role.name} with {item.chat.partner} #{item.sample}: appraised again")
+    records = [before[item.id] for item in items if item.id in before]
+    left = len(items) - len(done)
+    if not left:
+        return Outcome(records)
+    return Outcome(records, f"{left} of {len(items)} dialogues are not done, so not appraised again; "
+                            "run without --reappraise to finish them")

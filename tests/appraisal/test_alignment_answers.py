@@ -100,3 +100,14 @@ async def test_personae_appraisal_check_prints_the_parse_rate_and_exits_0(tmp_pa
     assert finished.code == 0, finished.output
     assert "parse rate over readable shapes: 100.0% of 16" in finished.output
     assert re.search(r"^no_json\s+4\s+0$", finished.output, re.M) and re.search(r"^float\s+4\s+4$", finished.output, re.M)
+
+
+async def test_the_check_asks_in_the_layout_the_real_appraiser_uses() -> None:
+    from bots.settings import Settings
+
+    # auto: the double serves a BD-RP model id, so the appraisals go as the raw training string on /generate
+    trained = await run_check(4, settings=Settings(_env_file=None))
+    assert trained.layout.startswith("training") and set(trained.routes) == {"/generate"}
+    assert trained.routes["/generate"] >= 8 and trained.ok
+    chat = await run_check(4, settings=Settings(_env_file=None, prompt_layout="chat"))
+    assert chat.layout.startswith("chat") and set(chat.routes) == {"/v1/chat/completions"} and chat.ok

@@ -23,7 +23,7 @@ async def test_one_dialogue_is_played_judged_appraised_and_reported_on_the_bundl
         _env_file=None, llm_url=llama_server.base_url, database_url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}",
         appraiser="model", appraisal_max_tokens=32, llm_retries=1,
     )
-    config = EvalConfig(turns=2, samples=1, max_tokens=24, partner_max_tokens=24, judge_max_tokens=32)
+    config = EvalConfig(turns=2, samples=1, max_tokens=24, partner_max_tokens=24, judge_max_tokens=32, cadences=("every", "every:2"))
     hamlet = next(p for p in bundled_role_files() if p.stem == "Hamlet")
     lines: list[str] = []
     table = await run_eval(settings, EvalRequest(role_files=(hamlet,), out=tmp_path, chats=1, config=config), lines.append)
@@ -43,6 +43,10 @@ async def test_one_dialogue_is_played_judged_appraised_and_reported_on_the_bundl
     appraiser = summary["appraiser"]
     assert appraiser["kind"] == "model" and appraiser["exchanges"] == 2
     assert 0 <= appraiser["emotion_parsed"] <= 100 and 0 <= appraiser["relationship_parsed"] <= 100
+    # The two cadences on the same answers: every:2 appraised the second exchange only, two requests.
+    every, second = appraiser["cadences"]["every"], appraiser["cadences"]["every:2"]
+    assert (every["appraised"], every["calls"], second["appraised"], second["calls"]) == (2, 4, 1, 2)
+    assert second["answer_tokens"] <= every["answer_tokens"]
     with Image.open(tmp_path / CHART) as image:
         assert image.format == "PNG"
     assert "Character" in table and "dialogues: 1" in table
