@@ -22,6 +22,9 @@ async def test_one_dialogue_is_played_judged_appraised_and_reported_on_the_bundl
     settings = Settings(
         _env_file=None, llm_url=llama_server.base_url, database_url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}",
         appraiser="model", appraisal_max_tokens=32, llm_retries=1,
+        # A busy machine (CI with other jobs beside it) can queue a request for minutes: this test is
+        # about the harness, not the speed, so it waits as long as a slow GPU deployment would.
+        llm_first_token_timeout_s=600, llm_timeout_s=300,
     )
     config = EvalConfig(turns=2, samples=1, max_tokens=24, partner_max_tokens=24, judge_max_tokens=32, cadences=("every", "every:2"))
     hamlet = next(p for p in bundled_role_files() if p.stem == "Hamlet")
