@@ -173,10 +173,10 @@ async def test_without_a_model_server_the_import_and_show_say_what_the_prompt_us
     assert "\nTraits: gentle, obedient, fragile (missing: the prompt uses this)\n" in shown
     assert "\nMBTI: not specified (missing: the prompt uses this)\n" in shown
     assert "\nStyle: natural (missing: the prompt uses this)\n" in shown
-    assert shown.endswith(
+    assert (
         "Missing profile fields: world, traits, mbti, style, language, emotion, relationship "
         "(set them with /character edit or `personae characters derive 'Ophelia'`)."
-    )
+    ) in shown.splitlines()
 
 
 async def test_a_card_with_every_derivable_field_asks_the_model_nothing(world) -> None:
