@@ -15,14 +15,15 @@ Which exchanges are appraised at all is the cadence's call (``core.cadence``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
+import re
 from typing import Any, Mapping
 
 from core.character import Character, CharacterProfile
 from core.emotions import EMOTIONS, EMOTIONS_ZH, SCALE_MAX, SCALE_MIN
 from core.errors import ModelError
+from core.json_answer import last_json_object
 from core.ports import ChatModel
 from core.prompt import dialogue_lines, fill_placeholders, render_emotion_appraisal, render_relationship_appraisal
 from core.state import Appraisal, Exchange
@@ -57,44 +58,47 @@ def relationship_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {RELATIONSHIP_KEY: _level_schema()}, "required": [RELATIONSHIP_KEY]}
 
 
-def last_json_object(text: str) -> dict[str, Any] | None:
-    """The last ``{...}`` in ``text`` that parses as a JSON object, or None."""
-    decoder = json.JSONDecoder()
-    at = text.rfind("{")
-    while at != -1:
-        try:
-            value, _ = decoder.raw_decode(text, at)
-        except ValueError:
-            value = None
-        if isinstance(value, dict):
-            return value
-        at = text.rfind("{", 0, at)
-    return None
-
-
 class BadAnswer(ValueError):
     """A model answer that cannot be used; the message says why."""
 
 
+# A quoted score as BeyondDialogue's data writes one: plain ASCII decimal ("7", "7.5", "-2"); not
+# "7_5" (Python's float would read 75), "1e3", "0x10", "inf" or other scripts' digits.
+_PLAIN_NUMBER = re.compile(r"[-+]?[0-9]+(?:\.[0-9]+)?")
+
+
 def _level(name: str, value: object) -> int:
-    """A score as a level 0-10: fractions rounded half up (the alignment data has ``7.5``), clamped to the scale."""
+    """A score as a level 0-10: fractions rounded half up (the alignment data has ``7.5``), clamped to the scale.
+
+    Anything else (a boolean, NaN, an exotic string) is a BadAnswer; so is nothing: a score of any
+    size, even 400 digits, is clamped, never an overflow.
+    """
     if isinstance(value, str):
-        try:  # "7" or "7.5": a model that quotes its numbers still said them
-            value = float(value.strip())
-        except ValueError:
-            raise BadAnswer(f"{name} is {value!r}, not a number") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        text = value.strip()
+        if not _PLAIN_NUMBER.fullmatch(text):  # "7" or "7.5": a model that quotes its numbers still said them
+            raise BadAnswer(f"{name} is {_clip(value, 40)!r}, not a number")
+        value = float(text) if "." in text else int(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadAnswer(f"{name} is {_clip(repr(value), 40)}, not a number")
+    if isinstance(value, int):  # exact: a huge int never goes through a float
+        return max(SCALE_MIN, min(SCALE_MAX, value))
+    if not math.isfinite(value):
         raise BadAnswer(f"{name} is {value!r}, not a number")
     # Half up, not Python's round() (banker's rounding would make 6.5 a 6 and 7.5 an 8).
     level = math.floor(value + 0.5)
     return max(SCALE_MIN, min(SCALE_MAX, level))
 
 
+# What reading an answer may raise: BadAnswer, and (should a case slip past it) any other trouble a
+# stranger's text can cause; each costs that one answer, logged in one line, never the other answer.
+_UNUSABLE = (BadAnswer, ValueError, ArithmeticError, RecursionError, TypeError)
+
+
 def read_emotions(answer: str, language: str) -> dict[str, int]:
     """The six levels from an emotion answer (keys in the character's language, or English)."""
     found = last_json_object(answer)
     if found is None:
-        raise BadAnswer("has no JSON object")
+        raise BadAnswer("has no usable JSON object at its end")
     levels: dict[str, int] = {}
     for name, key in zip(EMOTIONS, emotion_keys(language)):
         value = found.get(key, found.get(name))
@@ -107,7 +111,7 @@ def read_emotions(answer: str, language: str) -> dict[str, int]:
 def read_relationship(answer: str) -> int:
     found = last_json_object(answer)
     if found is None:
-        raise BadAnswer("has no JSON object")
+        raise BadAnswer("has no usable JSON object at its end")
     if RELATIONSHIP_KEY not in found:
         raise BadAnswer("has no relationship score")
     return _level(RELATIONSHIP_KEY, found[RELATIONSHIP_KEY])
@@ -161,12 +165,12 @@ class ModelAppraiser:
         if emotion_answer is not None:
             try:
                 emotion = read_emotions(emotion_answer, language)
-            except BadAnswer as exc:
+            except _UNUSABLE as exc:
                 log.warning("model appraisal of %s: the emotion answer %s; emotions unchanged: %r", where, exc, _clip(emotion_answer))
         if relationship_answer is not None:
             try:
                 intimacy = read_relationship(relationship_answer)
-            except BadAnswer as exc:
+            except _UNUSABLE as exc:
                 log.warning("model appraisal of %s: the relationship answer %s; intimacy unchanged: %r", where, exc, _clip(relationship_answer))
         if not emotion and intimacy is None:
             return None

@@ -165,9 +165,10 @@ async def test_a_malformed_or_partial_answer_changes_nothing(store, cache, tgi, 
         await close(world)
 
 
-async def test_a_bad_relationship_answer_leaves_intimacy_but_a_good_emotion_answer_counts(store, cache, tgi) -> None:
+@pytest.mark.parametrize("relationship", ['{"relationship": "very close"}', 'Close. {"relationship": 1e999}', '{"relationship": 5} {"a": ' + "[" * 100_000])
+async def test_a_bad_relationship_answer_leaves_intimacy_but_a_good_emotion_answer_counts(store, cache, tgi, relationship) -> None:
     world = await model_world(store, cache, tgi)
-    tgi.reply = Answers(VALID_EMOTION, '{"relationship": "very close"}')
+    tgi.reply = Answers(VALID_EMOTION, relationship)
     try:
         await world.say("Good evening.")
         await world.app.engine.drain()
