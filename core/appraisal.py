@@ -27,6 +27,7 @@ from core.json_answer import last_json_object
 from core.ports import ChatModel
 from core.prompt import dialogue_lines, fill_placeholders, render_emotion_appraisal, render_relationship_appraisal
 from core.state import Appraisal, Exchange
+from core.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ class ModelAppraiser:
     def prompts(self, exchange: Exchange, character: Character) -> tuple[str, str]:
         """The emotion and relationship prompts for ``exchange``, exactly as the model was trained on them."""
         profile = character.profile
-        scene = fill_placeholders(exchange.scene, char=profile.name, user=exchange.display_name)
+        # One line: a scene (an admin's text) must not add a line such as ``[Dialogues]`` to the task.
+        scene = one_line(fill_placeholders(exchange.scene, char=profile.name, user=exchange.display_name)).strip()
         dialogues = recent_dialogue(exchange, profile, self.window)
         return (
             render_emotion_appraisal(profile, scene=scene, dialogues=dialogues),
