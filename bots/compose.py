@@ -85,7 +85,7 @@ def model_appraiser(settings: Settings, model: ChatModel) -> Appraiser:
     )
 
 
-def appraisal_cadence(settings: Settings, appraiser: Appraiser) -> Cadence:
+def appraisal_cadence(settings: Settings, appraiser: Appraiser, store: Store) -> Cadence:
     """Which exchanges ``appraiser`` reads (PERSONAE_APPRAISAL_CADENCE); the cadence paces the model
     appraiser only (the lexicon costs nothing). ``moved`` asks the lexicon whether this exchange
     moves the feelings by the same dynamics."""
@@ -95,7 +95,14 @@ def appraisal_cadence(settings: Settings, appraiser: Appraiser) -> Cadence:
     if getattr(appraiser, "name", None) != "model" or (kind == "every" and n == 1):
         return EveryExchange()
     if kind == "every":
-        return EveryNth(n)
+        from core.events import ConversationKey
+        from core.state import Exchange
+
+        async def position(exchange: Exchange) -> int:  # the exchange's number in its conversation, stored
+            conversation = ConversationKey(exchange.character_id, exchange.platform, exchange.channel_id, exchange.user_id)
+            return await store.messages.position(conversation, exchange.user_message_id)
+
+        return EveryNth(n, position)
     from bots.lexicon import LexiconAppraiser, feelings_moved
 
     return WhenMoved(feelings_moved(LexiconAppraiser(), dynamics(settings)))
@@ -120,7 +127,7 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
         updater = Feelings(
             store, cache, engine.hot, appraiser, dynamics(settings),
             cache_ttl_s=settings.cache_ttl_s, lock_ttl_s=settings.turn_deadline_s + 5,
-            cadence=appraisal_cadence(settings, appraiser),
+            cadence=appraisal_cadence(settings, appraiser, store),
         )
     engine.state_updater = updater
     commands = command_layer(settings, store, cache, engine.hot, model, feelings=updater)
