@@ -82,6 +82,7 @@ def model_appraiser(settings: Settings, model: ChatModel) -> Appraiser:
         window=settings.appraisal_window,
         max_tokens=settings.appraisal_max_tokens,
         temperature=settings.appraisal_temperature,
+        max_input_tokens=settings.max_input_tokens,
     )
 
 

@@ -18,14 +18,14 @@ import asyncio
 import logging
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from core.character import Character, CharacterProfile
 from core.emotions import EMOTIONS, EMOTIONS_ZH, SCALE_MAX, SCALE_MIN
 from core.errors import ModelError
 from core.json_answer import last_json_object
 from core.ports import ChatModel
-from core.prompt import dialogue_lines, fill_placeholders, render_emotion_appraisal, render_relationship_appraisal
+from core.prompt import dialogue_lines, estimate_tokens, fill_placeholders, render_emotion_appraisal, render_relationship_appraisal
 from core.state import Appraisal, Exchange
 from core.text import one_line
 
@@ -118,11 +118,30 @@ def read_relationship(answer: str) -> int:
     return _level(RELATIONSHIP_KEY, found[RELATIONSHIP_KEY])
 
 
-def recent_dialogue(exchange: Exchange, profile: CharacterProfile, window: int) -> str:
-    """The last ``window`` exchanges as ``Name: text`` lines (the person's display name, the character's name)."""
+def recent_turns(exchange: Exchange, profile: CharacterProfile, window: int) -> list[tuple[str, str]]:
+    """The last ``window`` exchanges as (name, text): the person's display name, the character's name."""
     turns = [*exchange.history, ("user", exchange.user_text), ("assistant", exchange.reply_text)]
     names = {"user": exchange.display_name, "assistant": profile.name}
-    return dialogue_lines([(names[role], text) for role, text in turns[-2 * window :] if text])
+    return [(names[role], text) for role, text in turns[-2 * window :] if text]
+
+
+def recent_dialogue(exchange: Exchange, profile: CharacterProfile, window: int) -> str:
+    """The last ``window`` exchanges as ``Name: text`` lines."""
+    return dialogue_lines(recent_turns(exchange, profile, window))
+
+
+# Fitting the tasks to the server's input budget (PERSONAE_MAX_INPUT_TOKENS less the answer's
+# PERSONAE_APPRAISAL_MAX_TOKENS): the oldest exchanges of the window go first, then over-long
+# utterances are cut (an ellipsis marks the cut), never below this many characters each.
+MIN_UTTERANCE_CHARS = 200
+CUT_MARK = "…"
+# The layout's own tokens around the task (``You are a helpful assistant.[INST] ... [/INST]``).
+_LAYOUT_TOKENS = 8
+
+
+def cut_turns(turns: Sequence[tuple[str, str]], limit: int) -> list[tuple[str, str]]:
+    """``turns`` with every text longer than ``limit`` characters cut to ``limit``, the cut marked."""
+    return [(name, text if len(text) <= limit else text[:limit].rstrip() + CUT_MARK) for name, text in turns]
 
 
 def _clip(text: str, limit: int = 300) -> str:
@@ -135,28 +154,94 @@ class ModelAppraiser:
 
     name = "model"
 
-    def __init__(self, model: ChatModel, *, window: int = 3, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.2) -> None:
+    def __init__(
+        self,
+        model: ChatModel,
+        *,
+        window: int = 3,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 0.2,
+        max_input_tokens: int | None = None,
+    ) -> None:
         if window < 1:
             raise ValueError("the appraisal window must be at least one exchange")
         self.model = model
         self.window = window
         self.max_tokens = max_tokens
         self.temperature = temperature
+        # What the prompt may take: the server's input budget less the answer's (None: not fitted).
+        self.budget = None if max_input_tokens is None else max_input_tokens - max_tokens
 
-    def prompts(self, exchange: Exchange, character: Character) -> tuple[str, str]:
-        """The emotion and relationship prompts for ``exchange``, exactly as the model was trained on them."""
+    def prompts(
+        self, exchange: Exchange, character: Character, turns: Sequence[tuple[str, str]] | None = None
+    ) -> tuple[str, str]:
+        """The emotion and relationship prompts for ``exchange``, exactly as the model was trained on them
+        (``turns``: the dialogue's (name, text) utterances, by default the window's)."""
         profile = character.profile
         # One line: a scene (an admin's text) must not add a line such as ``[Dialogues]`` to the task.
         scene = one_line(fill_placeholders(exchange.scene, char=profile.name, user=exchange.display_name)).strip()
-        dialogues = recent_dialogue(exchange, profile, self.window)
+        dialogues = dialogue_lines(recent_turns(exchange, profile, self.window) if turns is None else turns)
         return (
             render_emotion_appraisal(profile, scene=scene, dialogues=dialogues),
             render_relationship_appraisal(profile, target_name=exchange.display_name, scene=scene, dialogues=dialogues),
         )
 
+    async def fitted_prompts(self, exchange: Exchange, character: Character) -> tuple[str, str]:
+        """``prompts`` within the budget: the oldest exchanges dropped first, then long utterances cut.
+
+        As for the replies (``core.turn``), the estimate over-counts, so a prompt it fits costs no
+        request; only one near the budget is counted by the model server, and a fit found on the
+        estimate scaled to the server's count is checked by it once more.
+        """
+        turns = recent_turns(exchange, character.profile, self.window)
+        pair = self.prompts(exchange, character, turns)
+        budget = self.budget
+        if budget is None or self._estimate(pair) <= budget:
+            return pair
+        exact = await self._count(pair)
+        if exact <= budget:
+            return pair
+        scale = exact / max(1, self._estimate(pair))
+        for factor in (scale * 1.05, 1.0):  # the server's ratio with a margin, then the plain (over-counting) estimate
+            fitted = self._fit(exchange, character, turns, budget, factor)
+            if factor == 1.0 or await self._count(fitted) <= budget:
+                return fitted
+        return fitted  # pragma: no cover - the loop always returns
+
+    def _fit(
+        self, exchange: Exchange, character: Character, turns: list[tuple[str, str]], budget: int, factor: float
+    ) -> tuple[str, str]:
+        size = lambda pair: self._estimate(pair) * factor  # noqa: E731
+        # The oldest exchanges first (the newest exchange always stays; its user turn stays first).
+        while len(turns) > 2 and size(self.prompts(exchange, character, turns)) > budget:
+            turns = turns[2:] if len(turns) % 2 == 0 else turns[1:]
+        pair = self.prompts(exchange, character, turns)
+        if size(pair) <= budget:
+            return pair
+        # Then cut long utterances: the largest length per utterance that fits (binary search).
+        low, high = MIN_UTTERANCE_CHARS, max((len(text) for _, text in turns), default=0)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if size(self.prompts(exchange, character, cut_turns(turns, mid))) <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        fitted = self.prompts(exchange, character, cut_turns(turns, low))
+        if size(fitted) > budget:
+            log.warning("the appraisal prompt for reply %s is over the input budget even cut down (PERSONAE_MAX_INPUT_TOKENS)", exchange.reply_message_id)
+        return fitted
+
+    @staticmethod
+    def _estimate(pair: tuple[str, str]) -> int:
+        return max(estimate_tokens(APPRAISAL_SYSTEM + prompt) for prompt in pair) + _LAYOUT_TOKENS
+
+    async def _count(self, pair: tuple[str, str]) -> int:
+        counts = await asyncio.gather(*(self.model.count_tokens(APPRAISAL_SYSTEM + prompt) for prompt in pair))
+        return max(counts) + _LAYOUT_TOKENS
+
     async def appraise(self, exchange: Exchange, character: Character) -> Appraisal | None:
         language = character.profile.language
-        emotion_prompt, relationship_prompt = self.prompts(exchange, character)
+        emotion_prompt, relationship_prompt = await self.fitted_prompts(exchange, character)
         emotion_answer, relationship_answer = await asyncio.gather(
             self._ask(emotion_prompt, emotion_schema(language)),
             self._ask(relationship_prompt, relationship_schema()),
