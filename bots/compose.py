@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from bots.settings import Settings
 from core.cadence import Cadence
@@ -16,6 +16,7 @@ from core.errors import ConfigurationError, ModelError
 from core.feelings import Feelings
 from core.hot import HotState
 from core.ports import Appraiser, Cache, ChatModel, ModelSlots, StateUpdater, Store
+from core.state import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,11 @@ def model_appraiser(settings: Settings, model: ChatModel) -> Appraiser:
         window=settings.appraisal_window,
         max_tokens=settings.appraisal_max_tokens,
         temperature=settings.appraisal_temperature,
+        max_input_tokens=settings.max_input_tokens,
     )
 
 
-def appraisal_cadence(settings: Settings, appraiser: Appraiser) -> Cadence:
+def appraisal_cadence(settings: Settings, appraiser: Appraiser, store: Store) -> Cadence:
     """Which exchanges ``appraiser`` reads (PERSONAE_APPRAISAL_CADENCE); the cadence paces the model
     appraiser only (the lexicon costs nothing). ``moved`` asks the lexicon whether this exchange
     moves the feelings by the same dynamics."""
@@ -93,18 +95,25 @@ def appraisal_cadence(settings: Settings, appraiser: Appraiser) -> Cadence:
 
     if getattr(appraiser, "name", None) != "model":
         return EveryExchange()
-    return cadence_named(settings.appraisal_cadence, dynamics(settings))
+    from core.events import ConversationKey
+
+    async def position(exchange: Exchange) -> int:  # the exchange's number in its conversation, stored
+        conversation = ConversationKey(exchange.character_id, exchange.platform, exchange.channel_id, exchange.user_id)
+        return await store.messages.position(conversation, exchange.user_message_id)
+
+    return cadence_named(settings.appraisal_cadence, dynamics(settings), position)
 
 
-def cadence_named(value: str, moves: Dynamics) -> Cadence:
+def cadence_named(value: str, moves: Dynamics, position: Callable[[Exchange], Awaitable[int]]) -> Cadence:
     """The cadence ``value`` names (``every``, ``every:N``, ``moved``; ValueError otherwise); ``moved``
-    asks the lexicon whether the exchange moves the feelings by ``moves``. ``personae eval`` builds
-    its cadences here too, so it measures the ones the bots run."""
+    asks the lexicon whether the exchange moves the feelings by ``moves``; ``position`` numbers an
+    exchange in its conversation (``every:N``). ``personae eval`` builds its cadences here too, so it
+    measures the ones the bots run."""
     from core.cadence import EveryExchange, EveryNth, WhenMoved, parse_cadence
 
     kind, n = parse_cadence(value)
     if kind == "every":
-        return EveryExchange() if n == 1 else EveryNth(n)
+        return EveryExchange() if n == 1 else EveryNth(n, position)
     from bots.lexicon import LexiconAppraiser, feelings_moved
 
     return WhenMoved(feelings_moved(LexiconAppraiser(), moves))
@@ -129,7 +138,7 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
         updater = Feelings(
             store, cache, engine.hot, appraiser, dynamics(settings),
             cache_ttl_s=settings.cache_ttl_s, lock_ttl_s=settings.turn_deadline_s + 5,
-            cadence=appraisal_cadence(settings, appraiser),
+            cadence=appraisal_cadence(settings, appraiser, store),
         )
     engine.state_updater = updater
     commands = command_layer(settings, store, cache, engine.hot, model, feelings=updater)

@@ -13,7 +13,6 @@ by ``bots.compose``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Awaitable, Callable, Protocol
 
 from core.character import Character
@@ -21,7 +20,6 @@ from core.state import Exchange
 
 EVERY = "every"
 MOVED = "moved"
-MAX_PEOPLE = 100_000  # people whose count ``EveryNth`` keeps; the least recently seen are forgotten first
 
 
 class Cadence(Protocol):
@@ -42,36 +40,26 @@ class EveryExchange:
 
 
 class EveryNth:
-    """The Nth, 2Nth, … exchange of each person with each character is appraised.
+    """The Nth, 2Nth, … exchange of each conversation (the key of its history and of the appraisal
+    window: character, platform, channel, person) is appraised.
 
-    The count is kept in this process (a restart starts it again); with the model appraiser's
-    window (PERSONAE_APPRAISAL_WINDOW) at least N, every exchange is still read once.
+    An exchange's number is read from stored data (``position``: how many of the person's messages
+    the conversation holds up to this one), not counted in this process: the exchanges of two
+    channels do not share a count (each channel's window reads its own), a regenerated reply has
+    the number of the exchange it answers again, so it takes the same decision, after a restart too.
+    With the model appraiser's window (PERSONAE_APPRAISAL_WINDOW) at least N, every exchange is read once.
     """
 
-    def __init__(self, n: int, *, max_people: int = MAX_PEOPLE) -> None:
+    def __init__(self, n: int, position: Callable[[Exchange], Awaitable[int]]) -> None:
         if n < 1:
             raise ValueError("the appraisal cadence N must be at least 1")
         self.n = n
         self.name = f"{EVERY}:{n}"
-        self._max_people = max_people
-        # (character, platform, user) -> [exchanges counted, the last one's user message id, its decision]
-        self._people: OrderedDict[tuple[int, str, str], list] = OrderedDict()
+        self._position = position
 
     async def due(self, exchange: Exchange, character: Character) -> bool:
-        key = (exchange.character_id, exchange.platform, exchange.user_id)
-        entry = self._people.get(key)
-        if entry is None:
-            entry = self._people[key] = [0, None, False]
-            while len(self._people) > self._max_people:
-                self._people.popitem(last=False)
-        else:
-            self._people.move_to_end(key)
-        if exchange.regenerated and entry[1] == exchange.user_message_id:
-            return entry[2]  # the same exchange answered again: the same decision, not another count
-        entry[0] += 1
-        entry[1] = exchange.user_message_id
-        entry[2] = entry[0] % self.n == 0
-        return entry[2]
+        number = await self._position(exchange)
+        return number > 0 and number % self.n == 0
 
 
 class WhenMoved:

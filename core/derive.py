@@ -12,12 +12,12 @@ Everything here is pure except ``propose_profile``, which makes one call on the 
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
 from core.cards import edit_card, profile_from_card
 from core.character import DERIVABLE_FIELDS, MAX_NAME_CHARS, check_mbti, check_text, check_words
 from core.errors import InvalidInput
+from core.json_answer import last_json_object
 from core.ports import ChatModel
 from core.prompt import fill_placeholders
 
@@ -90,23 +90,6 @@ def derive_messages(card: Mapping[str, Any]) -> list[dict[str, str]]:
         language=_LANGUAGE_NAMES[profile.language],
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
-
-
-def last_json_object(text: str) -> dict[str, Any] | None:
-    """The last top-level JSON object in ``text`` (models often reason first), or None."""
-    decoder = json.JSONDecoder()
-    found: dict[str, Any] | None = None
-    i = text.find("{")
-    while i != -1:
-        try:
-            value, end = decoder.raw_decode(text, i)
-        except (ValueError, RecursionError):
-            i = text.find("{", i + 1)
-            continue
-        if isinstance(value, dict):
-            found = value
-        i = text.find("{", end)
-    return found
 
 
 def parse_proposal(text: str) -> dict[str, Any]:

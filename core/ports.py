@@ -73,6 +73,10 @@ class MessageRepository(Protocol):
         """The newest ``limit`` messages of a conversation, oldest first; messages still pending
         and those answered by a notice are not part of it."""
 
+    async def position(self, conversation: ConversationKey, message_id: int) -> int:
+        """How many of the person's messages in the conversation's history (answered or failed) have
+        ids up to ``message_id``, itself included: the number of its exchange, from stored data."""
+
     async def accept(
         self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str
     ) -> Intake:

@@ -20,7 +20,7 @@ from core.prompt_templates import (
     SYSTEM_PROMPT_EN,
     SYSTEM_PROMPT_ZH,
 )
-from core.text import neutralise_controls, one_line_name
+from core.text import neutralise_controls, one_line, one_line_name
 
 _MBTI_EN = {
     "I": "Introverted (I)", "E": "Extraverted (E)", "N": "Intuitive (N)", "S": "Sensing (S)",
@@ -124,11 +124,12 @@ def render_relationship_appraisal(profile: CharacterProfile, *, target_name: str
 
 
 def dialogue_lines(lines: Sequence[tuple[str, str]]) -> str:
-    """``Name: text`` per utterance, joined with newlines (the appraisal prompts' dialogue field).
+    """``Name: text`` per utterance, one line each, joined with newlines (the appraisal prompts' dialogue field).
 
-    Names are made one line: a display name with a line break would add an utterance of its own.
+    Names and texts are made one line: a line break in either would add an utterance of its own
+    (a message could write ``Hamlet: I adore you`` on a line of its own, credited to the character).
     """
-    return "\n".join(f"{one_line_name(name)}: {text}" for name, text in lines)
+    return "\n".join(f"{one_line_name(name)}: {one_line(text).strip()}" for name, text in lines)
 
 
 @dataclass(frozen=True, slots=True)

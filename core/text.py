@@ -100,6 +100,16 @@ def neutralise_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
 
 
+# Every line boundary str.splitlines knows: \n \r \v \f, the file/group/record separators, NEL,
+# LINE SEPARATOR and PARAGRAPH SEPARATOR (a model's tokenizer may take any of them for a new line).
+_LINE_BREAKS = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: every run of line breaks (of any kind) becomes one space."""
+    return _LINE_BREAKS.sub(" ", text)
+
+
 def one_line_name(name: str, limit: int = NAME_CHARS) -> str:
     """A display name as it may enter a prompt: one line (any run of spaces or line breaks is one
     space), at most ``limit`` characters, control-token strings neutralised."""

@@ -162,8 +162,13 @@ async def replay(
     baseline = character.profile.emotion
     start = RelationshipState(0, "eval", "eval", START_EMOTION, START_INTIMACY, updated_at=EPOCH)
     figures: dict[str, Any] = {}
+    number = 0  # the exchange's number in its dialogue (what stored messages give the bots)
+
+    async def position(_exchange: Exchange) -> int:
+        return number
+
     for name in cadences:
-        cadence = cadence_named(name, dynamics)
+        cadence = cadence_named(name, dynamics, position)
         state = start
         appraised = calls = prompt_tokens = answer_tokens = 0
         read_emotion: list[float] = []
@@ -171,6 +176,7 @@ async def replay(
         state_emotion: list[float] = []
         state_relationship: list[float] = []
         for k, exchange in enumerate(exchanges):
+            number = k + 1
             exchange = replace(exchange, state_before=state)
             if await cadence.due(exchange, character):
                 reading = await read(k, exchange)

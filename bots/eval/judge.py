@@ -403,6 +403,8 @@ def read_verdict(answer: str, score: Any) -> Verdict:
         value, detail = score(answer)
     except Unreadable as exc:
         return Verdict(None, "unparsed", answer, {"reason": str(exc)})
+    except (ValueError, ArithmeticError, RecursionError, TypeError) as exc:  # an answer no reader foresaw
+        return Verdict(None, "unparsed", answer, {"reason": f"unreadable ({type(exc).__name__})"})
     return Verdict(round(value, 4), "ok", answer, detail)
 
 

@@ -80,6 +80,15 @@ ROTATE_AFTER_STREAMS = 512
 HUB_POOL_CONNECTIONS = 100  # httpx2's default pool size, used by huggingface_hub
 RAW_STOP = "[INST]"  # in the raw layout, the model must not write the next user turn
 _DETAIL_CHARS = 300
+# The most of a whole (non-streamed) answer read from the server: 64 KB, plus 64 bytes a token of the
+# request's budget (a token is a few UTF-8 bytes; JSON escapes it to at most six per character).
+# An answer past it is not a model's answer to a short task, and is not read to the end.
+ANSWER_BYTES_BASE = 65_536
+ANSWER_BYTES_PER_TOKEN = 64
+# TGI's refusal when it runs with --disable-grammar-support (router/src/validation.rs,
+# ValidationError::Grammar: "grammar is not supported", sent as "Input validation error: ...").
+# Other 422s that name the grammar ("grammar is not valid: ...") are about this grammar, not support.
+GRAMMAR_UNSUPPORTED = "grammar is not supported"
 URL_SETTING = "PERSONAE_LLM_URL"  # what points personae at a model server it did not start
 
 _TIMEOUTS = (hub_errors.InferenceTimeoutError, httpx.TimeoutException, hub_httpx.TimeoutException, TimeoutError)
@@ -94,6 +103,11 @@ class ServerNotReached(ModelError):
 
 class GrammarRefused(ModelError):
     """TGI refused a grammar (422; it runs with ``--disable-grammar-support``)."""
+
+
+def answer_limit(max_tokens: int) -> int:
+    """How many bytes of a whole answer to ``max_tokens`` are read before it is refused as too large."""
+    return ANSWER_BYTES_BASE + ANSWER_BYTES_PER_TOKEN * max(0, int(max_tokens))
 
 
 class ServerBusy(ModelError):
@@ -640,22 +654,25 @@ class ModelClient:
         try:
             return "".join([part async for part in self._retrying(lambda: self._generate_json(body))])
         except GrammarRefused as exc:
-            self._grammar_refused = True
-            log.warning("%s; appraisals go without a grammar from now on (the last JSON object of the answer is read)", exc)
+            if not self._grammar_refused:
+                self._grammar_refused = True
+                log.warning("%s; appraisals go without a grammar from now on (the last JSON object of the answer is read)", exc)
             parameters.pop("grammar", None)
             return "".join([part async for part in self._retrying(lambda: self._generate_json(body))])
 
     async def _generate_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
-        """One ``/generate`` request posted as is (yields the answer once)."""
-        client = await self._http_client()
-        try:
-            response = await client.post("/generate", json=body)
-        except httpx.HTTPError as exc:
-            raise transport_error(self.where, exc, self.first_token_timeout_s, url_setting=self.url_setting) from exc
+        """One ``/generate`` request posted as is (yields the answer once).
+
+        Runs inside the concurrency slot: a grammar is left out when an earlier request (perhaps one
+        that held the slot just now) learnt that this TGI refuses grammars.
+        """
+        if self._grammar_refused and "grammar" in body.get("parameters", {}):
+            body = {**body, "parameters": {k: v for k, v in body["parameters"].items() if k != "grammar"}}
+        response = await self._post_capped("/generate", body, body.get("parameters", {}).get("max_new_tokens", 0), self.first_token_timeout_s)
         if response.status_code >= 400:
             detail = _detail_from_body(response.content)
             error = status_error(self.where, response.status_code, detail, retry_after(response.headers), url_setting=self.url_setting)
-            if response.status_code == 422 and "grammar" in body.get("parameters", {}) and "grammar" in (detail or "").lower():
+            if response.status_code == 422 and "grammar" in body.get("parameters", {}) and GRAMMAR_UNSUPPORTED in (detail or "").lower():
                 raise GrammarRefused(str(error), retryable=False, status=422)
             raise error
         try:
@@ -673,11 +690,7 @@ class ModelClient:
 
     async def _completion_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
         """One non-streamed ``/v1/completions`` request posted as is (yields the answer once)."""
-        client = await self._http_client()
-        try:
-            response = await client.post("/v1/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise transport_error(self.where, exc, self.first_token_timeout_s, url_setting=self.url_setting) from exc
+        response = await self._post_capped("/v1/completions", body, body.get("max_tokens", 0), self.first_token_timeout_s)
         if response.status_code >= 400:
             raise status_error(
                 self.where, response.status_code, _detail_from_body(response.content), retry_after(response.headers), url_setting=self.url_setting
@@ -690,6 +703,32 @@ class ModelClient:
                 f"the model server at {self.where} sent a malformed answer ({observe.quoted(_clip(response.text))})", retryable=False
             ) from exc
         yield text
+
+    async def _post_capped(self, route: str, body: dict[str, Any], max_tokens: Any, timeout_s: float) -> httpx.Response:
+        """POST ``body``; the response, its body read only up to ``answer_limit(max_tokens)`` bytes.
+
+        A longer body is a ModelError (not retried): no model answers a short task with megabytes,
+        and reading and parsing them would hold the event loop.
+        """
+        limit = answer_limit(max_tokens if isinstance(max_tokens, int) else 0)
+        client = await self._http_client()
+        try:
+            async with client.stream("POST", route, json=body) as response:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ModelError(
+                            f"the model server at {self.where} sent an answer of over {limit // 1024} KB to {route}; not read",
+                            retryable=False,
+                        )
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise transport_error(self.where, exc, timeout_s, url_setting=self.url_setting) from exc
+        # The bytes are decoded already: the new response must not decode them again.
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks), request=response.request)
 
     async def count_tokens(self, text: str) -> int:
         """The server's own token count where it has a tokenize route (see ``dialects``), else ``estimate_tokens``."""
@@ -989,11 +1028,7 @@ class ModelClient:
 
     async def _chat_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
         """One non-streamed chat completion posted as is (yields the answer once)."""
-        client = await self._http_client()
-        try:
-            response = await client.post("/v1/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise transport_error(self.where, exc, self.timeout_s, url_setting=self.url_setting) from exc
+        response = await self._post_capped("/v1/chat/completions", body, body.get("max_tokens", 0), self.timeout_s)
         if response.status_code >= 400:
             raise status_error(self.where, response.status_code, _detail_from_body(response.content), url_setting=self.url_setting)
         try:

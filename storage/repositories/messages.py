@@ -91,6 +91,15 @@ class SqlMessageRepository:
             for row in reversed(rows)
         ]
 
+    async def position(self, conversation: ConversationKey, message_id: int) -> int:
+        statement = (
+            sa.select(sa.func.count())
+            .select_from(t)
+            .where(_in(conversation), _IN_HISTORY, t.c.role == "user", t.c.id <= message_id)
+        )
+        async with self._db.connect() as conn:
+            return int((await conn.execute(statement)).scalar_one())
+
     async def add_exchange(
         self,
         conversation: ConversationKey,

@@ -8,9 +8,11 @@ from pydantic import ValidationError
 
 from bots.settings import Settings
 from core.cadence import parse_cadence
+from bots.compose import wire
+from core.commands import Place
 from core.events import ConversationKey, Platform
 from tests.dynamics.conftest import close, person
-from tests.engine.conftest import build_world
+from tests.engine.conftest import build_world, built_apps
 from tests.tgi_server import TGIServer
 
 HELPER = "You are a helpful assistant."
@@ -117,6 +119,46 @@ async def test_regenerating_keeps_the_count_and_undoes_only_what_an_appraisal_di
         changes = list(reversed(await world.app.store.relationships.changes(await person(world))))
         assert [(c.message_id, c.appraiser) for c in changes] == [(second, "model"), (second, "undo"), (second, "model"), (fourth, "model")]
         assert first not in {c.message_id for c in changes}
+    finally:
+        await close(world)
+
+
+async def test_every_nth_counts_each_conversation_and_a_regenerated_reply_decides_alike_after_a_restart(store, cache, tgi) -> None:
+    # The appraisal window is per channel: so is the count, or some exchanges would never be read.
+    world = await build_world(store, cache, tgi, appraiser="model", appraisal_cadence="every:2")
+    tgi.reply = SwingingAnswers()
+    other = f"{world.channel}-b"
+    assert (await world.app.commands.bind(world.admin, Place(Platform.DISCORD, world.chat, other), world.character_name, "all")).ok
+    character = await world.app.store.characters.get_by_name(world.character_name)
+    try:
+        async def say(text: str, channel: str) -> int:
+            reply, _ = await world.say(text, channel_id=channel)
+            await world.app.engine.drain()
+            return reply.reply_message_id
+
+        async def regenerate(reply_id: int, channel: str) -> None:
+            again = world.app.engine.regenerate(ConversationKey(character.id, Platform.DISCORD, channel, "u1"), "Elena", reply_id)
+            await again.collect()
+            assert again.status.value == "answered"
+            await world.app.engine.drain()
+
+        await say("One.", world.channel)  # first of channel A: skipped
+        b1 = await say("One.", other)  # first of channel B: skipped
+        assert appraisal_requests(tgi) == 0
+        b2 = await say("Two.", other)  # second of B: appraised
+        assert appraisal_requests(tgi) == 2
+        a2 = await say("Two.", world.channel)  # second of A: appraised
+        assert appraisal_requests(tgi) == 4
+        await say("Three.", world.channel)  # third of A: skipped
+        assert appraisal_requests(tgi) == 4
+
+        # A restart: nothing kept in the process; the decision comes from what is stored.
+        world.app = wire(world.app.settings, store, cache, world.app.model)
+        built_apps.append(world.app)
+        await regenerate(b2, other)  # appraised as it was: its change undone, the new reply appraised
+        assert appraisal_requests(tgi) == 6
+        changes = list(reversed(await world.app.store.relationships.changes(await person(world))))
+        assert [(c.message_id, c.appraiser) for c in changes] == [(b2, "model"), (a2, "model"), (b2, "undo"), (b2, "model")]
     finally:
         await close(world)
 

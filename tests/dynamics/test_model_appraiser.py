@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bots.llm.tgi_double import split_tokens
 from bots.llm.vllm_double import VLLMServer
 from tests.dynamics.conftest import close, levels, person, stored_state, zh_world
 from tests.engine.conftest import build_world
@@ -165,9 +166,10 @@ async def test_a_malformed_or_partial_answer_changes_nothing(store, cache, tgi, 
         await close(world)
 
 
-async def test_a_bad_relationship_answer_leaves_intimacy_but_a_good_emotion_answer_counts(store, cache, tgi) -> None:
+@pytest.mark.parametrize("relationship", ['{"relationship": "very close"}', 'Close. {"relationship": 1e999}', '{"relationship": 5} {"a": ' + "[" * 100_000])
+async def test_a_bad_relationship_answer_leaves_intimacy_but_a_good_emotion_answer_counts(store, cache, tgi, relationship) -> None:
     world = await model_world(store, cache, tgi)
-    tgi.reply = Answers(VALID_EMOTION, '{"relationship": "very close"}')
+    tgi.reply = Answers(VALID_EMOTION, relationship)
     try:
         await world.say("Good evening.")
         await world.app.engine.drain()
@@ -211,3 +213,31 @@ async def test_on_vllm_no_schema_forces_the_object_first_and_the_answer_moves_th
             assert levels(await stored_state(world)) == {"happiness": 3, "sadness": 6, "disgust": 3, "fear": 5, "surprise": 8, "anger": 2, "intimacy": 8}
         finally:
             await close(world)
+
+
+def appraisal_task_tokens(tgi: TGIServer, body) -> int:
+    """The task's tokens as the server counts them (its /tokenize)."""
+    return sum(len(split_tokens(m["content"], None)) for m in body["messages"])
+
+
+@pytest.mark.parametrize("appraisal_max_tokens, cut", [(1200, False), (2500, True)])
+async def test_the_appraisal_prompt_is_fitted_to_the_input_budget_oldest_exchanges_first(store, cache, tgi, appraisal_max_tokens, cut) -> None:
+    # Three long messages, each under the engine's 4000-character cap, make a window far over the budget
+    # (PERSONAE_MAX_INPUT_TOKENS less PERSONAE_APPRAISAL_MAX_TOKENS): TGI would refuse it (422).
+    world = await model_world(store, cache, tgi, max_input_tokens=3500, appraisal_max_tokens=appraisal_max_tokens)
+    tgi.reply = Answers(VALID_EMOTION, '{"relationship": 9}')
+    try:
+        for i in range(3):
+            await world.say(f"Message {i} begins. " + "I want to tell you something. " * 125 + f"Message {i} ends.")
+            await world.app.engine.drain()
+        last_two = appraisal_bodies(tgi)[-2:]
+        assert len(last_two) == 2
+        for body in last_two:
+            task = body["messages"][1]["content"]
+            assert appraisal_task_tokens(tgi, body) + 8 <= 3500 - appraisal_max_tokens
+            assert "Message 0 begins" not in task  # the oldest went first
+            assert "Message 2 begins" in task and REPLY in task  # the newest exchange stays
+            assert ("Message 2 ends" not in task and "…" in task) if cut else "Message 2 ends." in task
+        assert levels(await stored_state(world))["intimacy"] != HAMLET["intimacy"]  # the answer was used
+    finally:
+        await close(world)

@@ -98,6 +98,19 @@ async def test_a_score_that_cannot_be_read_is_counted_as_unparsed_not_invented(t
     assert "dialogues: 2" in table
 
 
+async def test_an_answer_that_breaks_the_reader_is_unparsed_and_the_run_goes_on(tmp_path: Path) -> None:
+    # Nesting too deep to decode (RecursionError) after a valid object; a 400-digit score is clamped, not an OverflowError.
+    deep = '{"relationship": 5} {"a": ' + "[" * 100_000
+    model = ScriptedModel(judge=deep, appraisal=deep)
+    async with TGIServer(reply=model) as server:
+        await run_eval(settings(server.base_url, tmp_path), request(tmp_path / "out"), lambda _: None)
+    records = [json.loads(x) for x in (tmp_path / "out" / RESULTS).read_text().splitlines()]
+    assert [r["status"] for r in records] == ["done", "done"]
+    summary = json.loads((tmp_path / "out" / SUMMARY).read_text())
+    assert summary["appraiser"]["emotion_parsed"] == 0 and summary["appraiser"]["relationship_parsed"] == 0
+    assert all(summary["dimensions"][dim]["unparsed"] == 2 for dim in EXPECTED)
+
+
 async def test_a_judge_that_is_down_leaves_failed_items_that_a_rerun_finishes(tmp_path: Path) -> None:
     down = f"http://127.0.0.1:{closed_port()}"
     async with TGIServer(reply=ScriptedModel()) as server:

@@ -3,6 +3,7 @@ TGI's native ``/generate`` with its grammar (or ``/v1/completions`` elsewhere); 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -107,3 +108,43 @@ async def test_the_chat_layout_keeps_the_chat_api(make_client, tgi: TGIServer) -
     assert tgi.count("/generate") == tgi.count("/v1/completions") == 0
     (body,) = tgi.bodies()
     assert body["messages"][0] == MESSAGES[0] and body["response_format"]["type"] == "regex"
+
+
+async def test_a_422_about_an_invalid_grammar_does_not_turn_grammars_off(make_client, tgi: TGIServer) -> None:
+    # TGI's refusal for --disable-grammar-support is "grammar is not supported"; "grammar is not valid: ..."
+    # is about this one grammar, and must not cost every later appraisal its grammar.
+    tgi.fail("error_event", status=422, message="Input validation error: grammar is not valid: regex compile failed")
+    client = training(make_client, tgi.base_url)
+    with pytest.raises(ModelError):
+        await client.complete(MESSAGES, max_tokens=64, temperature=0.2, json_schema=SCHEMA, analysis_first=True)
+    assert tgi.count("/generate") == 1
+    await client.complete(MESSAGES, max_tokens=64, temperature=0.2, json_schema=SCHEMA, analysis_first=True)
+    assert "grammar" in tgi.bodies("/generate")[-1]["parameters"]
+
+
+async def test_concurrent_calls_stop_sending_a_grammar_once_one_is_refused(make_client) -> None:
+    async with TGIServer(grammar_support=False, reply='Strangers.\n{"relationship": 2}') as tgi:
+        client = training(make_client, tgi.base_url, concurrency=2)
+        answers = await asyncio.gather(
+            *[client.complete(MESSAGES, max_tokens=64, temperature=0.2, json_schema=SCHEMA, analysis_first=True) for _ in range(20)]
+        )
+        assert answers == ['Strangers.\n{"relationship": 2}'] * 20
+        with_grammar = [b for b in tgi.bodies("/generate") if "grammar" in b["parameters"]]
+        assert len(with_grammar) <= 2  # at most the calls that were in the slots when the first 422 came
+
+
+@pytest.mark.parametrize("route_server", ["tgi", "vllm"])
+async def test_an_answer_far_past_its_token_budget_is_not_read_to_the_end(make_client, tgi: TGIServer, route_server) -> None:
+    huge = "{" * 2_000_000
+    if route_server == "tgi":
+        tgi.reply = huge
+        client = training(make_client, tgi.base_url)
+        with pytest.raises(ModelError, match="KB"):
+            await client.complete(MESSAGES, max_tokens=64, temperature=0.2, json_schema=SCHEMA, analysis_first=True)
+        tgi.reply = "fine " * 1000 + '{"relationship": 2}'  # long, but within the budget's bytes
+        assert (await client.complete(MESSAGES, max_tokens=1024, temperature=0.2, json_schema=SCHEMA)).endswith("2}")
+    else:
+        async with VLLMServer(reply=huge) as vllm:
+            client = training(make_client, vllm.base_url)
+            with pytest.raises(ModelError, match="KB"):
+                await client.complete(MESSAGES, max_tokens=64, temperature=0.2, json_schema=SCHEMA)
