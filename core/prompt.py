@@ -153,7 +153,10 @@ def alternate(turns: Sequence[Turn]) -> list[Turn]:
             continue
         if out and out[-1].role == turn.role:
             prev = out[-1]
-            out[-1] = Turn(turn.role, prev.content + "\n" + turn.content, prev.tokens + turn.tokens)
+            # A count is known only when both sides' are: 0 (unknown) makes ``build_messages`` count the
+            # merged text in full, the new text included.
+            tokens = prev.tokens + turn.tokens if prev.tokens and turn.tokens else 0
+            out[-1] = Turn(turn.role, prev.content + "\n" + turn.content, tokens)
         elif not out and turn.role != "user":
             continue
         else:
@@ -172,8 +175,8 @@ def build_messages(
 ) -> list[dict[str, str]]:
     """System message, example dialogue, alternating history, then the new text, within ``budget`` tokens.
 
-    Over the budget the example dialogue goes first, then whole exchanges oldest first; the
-    system message and the new text always stay.
+    Over the budget the example dialogue goes first, then whole exchanges oldest first, then user
+    text left unanswered before the new text; the system message and the new text always stay.
     """
     turns = alternate([*history, Turn("user", user_text)])
     leading = list(examples)
@@ -191,6 +194,10 @@ def build_messages(
         turns = turns[start:]
         if turns and turns[0].role != "user":
             turns = turns[1:]
+        if total > budget and turns and turns[-1].content != user_text:
+            # Still over: the last turn carries earlier user text no reply answered (a failed reply);
+            # it goes too, or one text that never fits would overflow every later prompt.
+            turns = [Turn("user", user_text)]
     return [
         {"role": "system", "content": system},
         *({"role": t.role, "content": t.content} for t in [*leading, *turns]),

@@ -158,3 +158,25 @@ def test_example_dialogue_blocks_become_alternating_turns() -> None:
         ("user", "ok"),
         ("assistant", "Bye."),
     ]
+
+
+def test_a_merged_user_turn_is_counted_in_full_against_the_budget() -> None:
+    # A failed reply leaves a stored user turn (its count known) before the new text (count unknown):
+    # the merged turn must be counted whole, or the prompt runs past the budget.
+    history = []
+    for i in range(4):
+        text = f"exchange {i} " + "words " * 60
+        history += [Turn("user", text, estimate_tokens(text)), Turn("assistant", "(smiles) fine.", estimate_tokens("(smiles) fine."))]
+    history.append(Turn("user", "short one", estimate_tokens("short one")))
+    new = "long message " * 300
+    messages = build_messages("S" * 300, history, new, budget=1404, count=estimate_tokens)
+    assert sum(estimate_tokens(m["content"]) for m in messages) <= 1404
+    assert messages[-1]["content"].endswith(new)
+
+
+def test_unanswered_user_text_goes_when_it_alone_would_overflow_every_later_prompt() -> None:
+    # A text too long for the budget failed (no reply); the next short message must still fit.
+    stuck = "long message " * 300
+    history = [Turn("user", "hi", 2), Turn("assistant", "hello", 2), Turn("user", stuck, estimate_tokens(stuck))]
+    messages = build_messages("S" * 300, history, "short one", budget=400, count=estimate_tokens)
+    assert messages == [{"role": "system", "content": "S" * 300}, {"role": "user", "content": "short one"}]
