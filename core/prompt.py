@@ -20,7 +20,7 @@ from core.prompt_templates import (
     SYSTEM_PROMPT_EN,
     SYSTEM_PROMPT_ZH,
 )
-from core.text import neutralise_controls, one_line_name
+from core.text import neutralise_controls, one_line, one_line_name
 
 _MBTI_EN = {
     "I": "Introverted (I)", "E": "Extraverted (E)", "N": "Intuitive (N)", "S": "Sensing (S)",
@@ -82,8 +82,9 @@ def render_system_prompt(
         chat_role=chat_role,
         relationship=str(relationship),
     )
-    # Card fields and scenes are typed by admins: none of them may become a control token.
-    return template.format(**{k: neutralise_controls(v) for k, v in fields.items()})
+    # Card fields and scenes are typed by admins and proposed by the model: none of them may become a
+    # control token or a line of its own (each slot of the template is one line).
+    return template.format(**{k: neutralise_controls(one_line(v)) for k, v in fields.items()})
 
 
 def traits_text(profile: CharacterProfile) -> str:
@@ -99,28 +100,25 @@ def style_text(profile: CharacterProfile) -> str:
 def render_emotion_appraisal(profile: CharacterProfile, *, scene: str, dialogues: str) -> str:
     """The alignment task that rates the six emotions ``profile`` shows in ``dialogues``."""
     template = EMOTION_APPRAISAL_ZH if profile.language == "zh" else EMOTION_APPRAISAL_EN
-    return template.format(
-        role_name=profile.name,
-        character=traits_text(profile),
-        MBTI=expand_mbti(profile.mbti, profile.language),
-        style=style_text(profile),
-        scene=scene,
-        dialogues=dialogues,
-    )
+    return template.format(**_profile_slots(profile, scene), dialogues=dialogues)
 
 
 def render_relationship_appraisal(profile: CharacterProfile, *, target_name: str, scene: str, dialogues: str) -> str:
     """The alignment task that rates the intimacy between ``profile`` and ``target_name``."""
     template = RELATIONSHIP_APPRAISAL_ZH if profile.language == "zh" else RELATIONSHIP_APPRAISAL_EN
-    return template.format(
+    return template.format(**_profile_slots(profile, scene), target_name=one_line_name(target_name), dialogues=dialogues)
+
+
+def _profile_slots(profile: CharacterProfile, scene: str) -> dict[str, str]:
+    """The appraisal prompts' one-line slots: the profile and the scene (the dialogues are many lines)."""
+    slots = dict(
         role_name=profile.name,
-        target_name=one_line_name(target_name),
         character=traits_text(profile),
         MBTI=expand_mbti(profile.mbti, profile.language),
         style=style_text(profile),
         scene=scene,
-        dialogues=dialogues,
     )
+    return {k: one_line(v) for k, v in slots.items()}
 
 
 def dialogue_lines(lines: Sequence[tuple[str, str]]) -> str:

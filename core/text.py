@@ -100,6 +100,17 @@ def neutralise_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
 
 
+# Every character a renderer or a model may read as the end of a line (str.splitlines' set), with the
+# spaces around it: one space in its place keeps a field's text on its line.
+_LINE_BREAK = re.compile(r"\s*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]\s*")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: each line break (``\\r``, ``\\v``, ``\\f``, U+0085, U+2028, U+2029 too), with the
+    spaces around it, becomes one space. Text without a line break is returned as it is."""
+    return _LINE_BREAK.sub(" ", text)
+
+
 def one_line_name(name: str, limit: int = NAME_CHARS) -> str:
     """A display name as it may enter a prompt: one line (any run of spaces or line breaks is one
     space), at most ``limit`` characters, control-token strings neutralised."""
