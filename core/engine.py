@@ -447,6 +447,7 @@ class Engine:
         self, conversation: ConversationKey, display_name: str, reply_message_id: int, reply: Reply
     ) -> AsyncIterator[str]:
         reply.conversation = conversation
+        display_name = one_line_name(clean_text(display_name))  # as intake cleans a new message's name
         character = await self.hot.character(conversation.character_id)
         binding = await self._binding_of(conversation)
         if character is None or binding is None:
