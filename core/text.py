@@ -80,12 +80,25 @@ def clean_value(value: object) -> object:
     return value
 
 
-# Strings a model's tokenizer turns into control tokens when they appear in a prompt's text:
-# Mistral's (Nemo's Tekken: <s>, </s>, <unk>, <pad>, [INST], [/INST], [SYSTEM_PROMPT],
-# [AVAILABLE_TOOLS], [TOOL_RESULTS], [TOOL_CALLS], [PREFIX], [MIDDLE], [SUFFIX], [IMG], ...,
-# <SPECIAL_n>) and ChatML's (<|im_start|>, <|im_end|>: the bundled SmolLM2). Any bracketed
-# upper-case word is treated as one, so a token a later tokenizer adds is covered too.
-_CONTROL = re.compile(r"</?s>|<unk>|<pad>|<SPECIAL_\d+>|\[/?[A-Z][A-Z_]*\]|<\|[A-Za-z_][A-Za-z0-9_]*\|>")
+# Strings a model's tokenizer turns into control tokens when they appear in a prompt's text, one
+# compiled pattern for every family:
+# - Mistral's (Nemo's Tekken: <s>, </s>, <unk>, <pad>, [INST], [/INST], [SYSTEM_PROMPT], [TOOL_CALLS],
+#   [PREFIX], [IMG], ..., <SPECIAL_n>, and the older [control_n]): any bracketed upper-case word is
+#   treated as one, so a token a later tokenizer adds is covered too;
+# - <|...|> and DeepSeek's fullwidth <｜...｜> (ChatML's <|im_start|>, Llama 3's <|start_header_id|>,
+#   <|eot_id|>, <|begin▁of▁sentence|>, <｜User｜>, ...); Llama 2's <<SYS>>;
+# - the bundled SmolLM2's StarCoder tokens (<filename>, <file_sep>, <repo_name>, <gh_stars>,
+#   <issue_start>, <jupyter_code>, <empty_output>, <fim_prefix>, ...: its GGUF vocab's whole list);
+# - Gemma's (<start_of_turn>, <end_of_turn>, <bos>, <eos>, <unusedN>, ...) and Qwen's added tags
+#   (<tool_call>, <think>, ...).
+_CONTROL = re.compile(
+    r"</?s>|<unk>|<pad>|<SPECIAL_\d+>|<</?SYS>>|\[/?[A-Z][A-Z_]*\]|\[control_\d+\]"
+    r"|<[|｜][^|｜<>\s]{1,64}[|｜]>"
+    r"|</?(?:bos|eos|mask|start_of_turn|end_of_turn|start_of_image|end_of_image|unused\d+"
+    r"|repo_?name|file_sep|filename|gh_stars|issue_(?:start|comment|closed)"
+    r"|jupyter_(?:start|text|code|output|script)|empty_output|fim_(?:prefix|middle|suffix|pad)"
+    r"|tool_call|tool_response|think)>"
+)
 # U+2060 WORD JOINER: invisible, kept by NFC and NFKC (fullwidth brackets would be folded back to
 # ASCII by an NFKC normaliser), and it breaks the exact string a special token is matched on.
 WORD_JOINER = "\u2060"
