@@ -74,12 +74,17 @@ def decode_state(person: PersonKey, raw: bytes) -> RelationshipState:
 
 
 
-def encode_history(entries: list[tuple[int, str, str, int]]) -> bytes:
-    return json.dumps(entries, ensure_ascii=False).encode()
+def encode_history(entries: list[tuple[int, str, str, int]], from_start: bool) -> bytes:
+    """A history window and whether it starts at the start of the conversation."""
+    return json.dumps({"start": from_start, "entries": entries}, ensure_ascii=False).encode()
 
 
-def decode_history(raw: bytes) -> list[tuple[int, str, str, int]]:
-    return [tuple(e) for e in json.loads(raw)]  # type: ignore[misc]
+def decode_history(raw: bytes) -> tuple[list[tuple[int, str, str, int]], bool] | None:
+    """The window and its start mark; None for a window cached without the mark (read the database)."""
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        return None
+    return [tuple(e) for e in value["entries"]], bool(value["start"])  # type: ignore[misc]
 
 
 class HotState:
@@ -173,11 +178,14 @@ class HotState:
     async def history(
         self, conversation: ConversationKey, limit: int, raw: bytes | None = None
     ) -> tuple[list[tuple[int, str, str, int]], bool]:
-        """Recent (id, role, content, tokens) entries oldest first; True if read from the database."""
-        if raw is not None:
-            return decode_history(raw), False
-        rows = await self.store.messages.recent(conversation, limit)
-        return [(m.id, m.role, m.content, m.tokens) for m in rows], True
+        """The last ``limit`` (id, role, content, tokens) entries oldest first, and True when they
+        start at the conversation's start (one more entry is read to know: no guess from the count)."""
+        if raw is not None and (cached := decode_history(raw)) is not None:
+            return cached
+        rows = await self.store.messages.recent(conversation, limit + 1)
+        entries = [(m.id, m.role, m.content, m.tokens) for m in rows]
+        from_start = len(entries) <= limit
+        return (entries if from_start else entries[1:]), from_start
 
     async def forget_conversation(self, conversation: ConversationKey) -> None:
         await self.cache.delete(history_key(conversation))
