@@ -12,6 +12,7 @@ import time
 from core.character import Character
 from core.events import ConversationKey, PersonKey, Trigger
 from core.ports import Cache, Store
+from core.model_input import history_window
 from core.prompt import Turn
 from core.state import Binding, RelationshipState
 
@@ -183,9 +184,7 @@ class HotState:
         if raw is not None and (cached := decode_history(raw)) is not None:
             return cached
         rows = await self.store.messages.recent(conversation, limit + 1)
-        entries = [(m.id, m.role, m.content, m.tokens) for m in rows]
-        from_start = len(entries) <= limit
-        return (entries if from_start else entries[1:]), from_start
+        return history_window([(m.id, m.role, m.content, m.tokens) for m in rows], limit)
 
     async def forget_conversation(self, conversation: ConversationKey) -> None:
         await self.cache.delete(history_key(conversation))

@@ -124,6 +124,16 @@ def one_line(text: str) -> str:
     return _LINE_BREAK.sub(" ", text)
 
 
+def message_text(text: str) -> str:
+    """A person's message as the engine takes it in (and ``personae prompt`` shows it): clean, stripped."""
+    return clean_text(text).strip()
+
+
+def display_name(name: str) -> str:
+    """A platform display name as the engine takes it in (and ``personae prompt`` uses it)."""
+    return one_line_name(clean_text(name))
+
+
 def one_line_name(name: str, limit: int = NAME_CHARS) -> str:
     """A display name as it may enter a prompt: one line (any run of spaces or line breaks is one
     space), at most ``limit`` characters, control-token strings neutralised."""
