@@ -457,31 +457,37 @@ def prompt(
 ) -> None:
     """Print exactly what would go to the model server, built by the engine's own function (no database or model needed)."""
     from bots.llm import dialects
+    from core.card_dialogue import greeting_options
     from core.card_files import MAX_FILE_BYTES, read_card_file
     from core.cards import examples_switch, profile_from_card
     from core.emotions import EmotionState, check_level
-    from core.model_input import model_messages, render_mistral_raw
-    from core.prompt import Turn, estimate_tokens, fill_placeholders
+    from core.model_input import history_window, model_messages, render_mistral_raw
+    from core.prompt import Turn, estimate_tokens
+    from core.text import display_name, message_text
 
     s = settings()
     raw_bytes = _read_card_bytes(card_file, MAX_FILE_BYTES)
     notes: list[str] = []
+    # The engine's own intake: the name and the message cleaned as a platform's are.
+    user, text = display_name(user), message_text(message) if message is not None else ""
     try:
         card = read_card_file(raw_bytes, card_file.name).card
         profile = profile_from_card(card)
         state = EmotionState.parse(emotion) if emotion is not None else None
         level = check_level("relationship", relationship) if relationship is not None else None
-        turns: list[Turn] = []
-        if history is not None:
-            turns = _read_history(history)
-        elif message is not None and profile.greeting.strip():
+        # The engine's window: the last PERSONAE_HISTORY_TURNS turns; a leading reply is the greeting
+        # only when they reach the conversation's start.
+        turns, from_start = history_window(_read_history(history) if history is not None else [], s.history_turns)
+        if not turns and message is not None:
             # First contact: the bots show the card's greeting, and the model sees it (the engine's rule).
-            turns = [Turn("assistant", fill_placeholders(profile.greeting, char=profile.name, user=user).strip())]
-            if card["data"].get("alternate_greetings"):
-                notes.append("note: the bots pick the greeting at random among first_mes and alternate_greetings; this shows first_mes")
+            options = greeting_options(card, profile.greeting, char=profile.name, user=user)
+            if options:
+                turns = [Turn("assistant", options[0], estimate_tokens(options[0]))]
+            if len(options) > 1:
+                notes.append("note: the bots pick the greeting at random among first_mes and alternate_greetings; this shows the first")
         switch = examples_switch(card)
         inputs = dict(
-            user=user, text=message or "", history=turns, scene=scene, emotion=state, intimacy=level,
+            user=user, text=text, history=turns, scene=scene, emotion=state, intimacy=level, from_start=from_start,
             examples=card["data"].get("mes_example") or "", use_examples=s.card_examples if switch is None else switch,
         )
         messages = model_messages(profile, **inputs)

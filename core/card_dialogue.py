@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Any, Mapping
 
 from core.character import Character
 from core.prompt import Turn, alternate, fill_placeholders
@@ -41,10 +42,14 @@ def parse_examples(mes_example: str, *, char: str, user: str) -> list[Turn]:
     return [Turn(t.role, fill_placeholders(t.content, char=char, user=user)) for t in turns]
 
 
+def greeting_options(card: Mapping[str, Any], first_mes: str, *, char: str, user: str) -> list[str]:
+    """The greetings a card offers (``first_mes``, then ``alternate_greetings``), non-empty, names filled in."""
+    alternates = card["data"].get("alternate_greetings") or ()
+    options = [g for g in (first_mes, *alternates) if isinstance(g, str) and g.strip()]
+    return [fill_placeholders(g, char=char, user=user).strip() for g in options]
+
+
 def pick_greeting(character: Character, user: str) -> str:
     """The card's greeting (``first_mes`` or one of ``alternate_greetings``, at random), names filled in."""
-    alternates = character.card["data"].get("alternate_greetings") or ()
-    options = [g for g in (character.profile.greeting, *alternates) if g and g.strip()]
-    if not options:
-        return ""
-    return fill_placeholders(random.choice(options), char=character.name, user=user).strip()
+    options = greeting_options(character.card, character.profile.greeting, char=character.name, user=user)
+    return random.choice(options) if options else ""

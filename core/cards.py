@@ -24,7 +24,7 @@ from core.character import (
 )
 from core.emotions import EMOTIONS, EmotionState, check_level, parse_emotion_pairs
 from core.errors import InvalidInput
-from core.text import clean_value
+from core.text import clean_value, one_line
 
 EXTENSION_KEY = "personae"
 DERIVED_KEY = "derived"  # in our extension: the profile fields the model proposed, until an admin edits them
@@ -316,8 +316,12 @@ def edit_card(card: Mapping[str, Any], changes: Mapping[str, object], *, derived
     ext = data.setdefault("extensions", {}).setdefault(EXTENSION_KEY, {})
     for key, value in changes.items():
         where, field = EDITABLE[key]
-        if key in ("traits", "style") and isinstance(value, str):
-            value = list(check_words(key, value))
+        if key in ("traits", "style"):
+            value = list(check_words(key, value)) if isinstance(value, str) else value
+            if isinstance(value, list):
+                value = [one_line(v).strip() if isinstance(v, str) else v for v in value]
+        elif key in ("world", "scene") and isinstance(value, str):
+            value = one_line(value).strip()  # one line of the system prompt each
         elif key == "emotion":
             # Only the emotions named change: "happiness=9" leaves the other five where they were.
             named = parse_emotion_pairs(value) if isinstance(value, str) else dict(value)  # type: ignore[call-overload]

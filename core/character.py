@@ -8,6 +8,7 @@ from typing import Any
 
 from core.emotions import EmotionState, check_level
 from core.errors import InvalidInput
+from core.text import one_line
 
 LANGUAGES = ("en", "zh")
 MBTI_LETTERS = ("EI", "NS", "TF", "JP")
@@ -67,7 +68,8 @@ def check_words(name: str, value: object, *, limit: int = 16) -> tuple[str, ...]
         value = [w for w in re.split(r"[,，、]", value)]
     if not isinstance(value, (list, tuple)):
         raise InvalidInput(f"{name} must be a list of words")
-    words = tuple(check_text(name, w, limit=80).strip() for w in value)
+    # Each word goes into one line of the system prompt: a line break in it becomes a space.
+    words = tuple(one_line(check_text(name, w, limit=80)).strip() for w in value)
     words = tuple(w for w in words if w)
     if not words:
         raise InvalidInput(f"{name} needs at least one word")

@@ -22,7 +22,7 @@ from core.events import ConversationKey, PersonKey, Trigger
 from core.hot import HotState, person_prefixes, rate_key
 from core.profile_notes import derived_note, field_value, missing_derivable, missing_note
 from core.prompt import estimate_tokens
-from core.text import clean_text, clean_value
+from core.text import clean_text, clean_value, one_line
 from core.ports import Cache, ChatModel, StateUpdater, Store
 from core.state import Binding, RelationshipState
 
@@ -323,7 +323,7 @@ class Commands:
         binding = await self.store.bindings.get(place.platform, place.channel_id)
         if binding is None:
             return refused("No character is bound here.")
-        scene = clean_text(text or "").strip() or None
+        scene = one_line(clean_text(text or "")).strip() or None  # one line of the system prompt
         if scene is not None and len(scene) > MAX_SCENE_CHARS:
             return refused(f"The scene must be plain text under {MAX_SCENE_CHARS:,} characters.")
         new = Binding(binding.platform, binding.chat_id, binding.channel_id, binding.character_id, binding.trigger, scene, binding.private)

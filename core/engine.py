@@ -34,7 +34,8 @@ from core.reply import (  # noqa: F401 - the adapters' names for these live here
 )
 from core.state import Binding, Exchange, Intake, MessageStatus, RelationshipState
 from core.character import Character
-from core.text import clean_text, one_line_name
+from core.text import display_name as clean_display_name
+from core.text import message_text
 from core.turn import ChatTurn, with_backoff
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ class Engine:
 
     async def _answerable(self, event: ChatEvent) -> tuple[str, Binding] | ReplyStatus:
         """The cleaned text and the binding when a character answers ``event``; else why not."""
-        text = clean_text(event.text).strip()  # the adapters clean too; nothing unclean reaches storage
+        text = message_text(event.text)  # the adapters clean too; nothing unclean reaches storage
         if not text:
             return ReplyStatus.IGNORED
         binding = await self.binding_for(event)
@@ -308,7 +309,7 @@ class Engine:
             return ReplyStatus.IGNORED
         conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
         return await self.store.messages.accept(
-            conversation, text, estimate_tokens(text), event.message_id, one_line_name(clean_text(event.display_name))
+            conversation, text, estimate_tokens(text), event.message_id, clean_display_name(event.display_name)
         )
 
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
@@ -454,6 +455,7 @@ class Engine:
         self, conversation: ConversationKey, display_name: str, reply_message_id: int, reply: Reply
     ) -> AsyncIterator[str]:
         reply.conversation = conversation
+        display_name = clean_display_name(display_name)  # as intake cleans a new message's name
         character = await self.hot.character(conversation.character_id)
         binding = await self._binding_of(conversation)
         if character is None or binding is None:

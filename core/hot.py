@@ -13,6 +13,7 @@ from core import observe
 from core.character import Character
 from core.events import ConversationKey, PersonKey, Trigger
 from core.ports import Cache, Store
+from core.model_input import history_window
 from core.prompt import Turn
 from core.state import Binding, RelationshipState
 
@@ -75,12 +76,17 @@ def decode_state(person: PersonKey, raw: bytes) -> RelationshipState:
 
 
 
-def encode_history(entries: list[tuple[int, str, str, int]]) -> bytes:
-    return json.dumps(entries, ensure_ascii=False).encode()
+def encode_history(entries: list[tuple[int, str, str, int]], from_start: bool) -> bytes:
+    """A history window and whether it starts at the start of the conversation."""
+    return json.dumps({"start": from_start, "entries": entries}, ensure_ascii=False).encode()
 
 
-def decode_history(raw: bytes) -> list[tuple[int, str, str, int]]:
-    return [tuple(e) for e in json.loads(raw)]  # type: ignore[misc]
+def decode_history(raw: bytes) -> tuple[list[tuple[int, str, str, int]], bool] | None:
+    """The window and its start mark; None for a window cached without the mark (read the database)."""
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        return None
+    return [tuple(e) for e in value["entries"]], bool(value["start"])  # type: ignore[misc]
 
 
 class HotState:
@@ -176,12 +182,13 @@ class HotState:
     async def history(
         self, conversation: ConversationKey, limit: int, raw: bytes | None = None
     ) -> tuple[list[tuple[int, str, str, int]], bool]:
-        """Recent (id, role, content, tokens) entries oldest first; True if read from the database."""
+        """The last ``limit`` (id, role, content, tokens) entries oldest first, and True when they
+        start at the conversation's start (one more entry is read to know: no guess from the count)."""
         observe.metrics.cache_lookup("history", raw is not None)
-        if raw is not None:
-            return decode_history(raw), False
-        rows = await self.store.messages.recent(conversation, limit)
-        return [(m.id, m.role, m.content, m.tokens) for m in rows], True
+        if raw is not None and (cached := decode_history(raw)) is not None:
+            return cached
+        rows = await self.store.messages.recent(conversation, limit + 1)
+        return history_window([(m.id, m.role, m.content, m.tokens) for m in rows], limit)
 
     async def forget_conversation(self, conversation: ConversationKey) -> None:
         await self.cache.delete(history_key(conversation))

@@ -9,13 +9,15 @@ opening line is composed for the model only; the stored history keeps the greeti
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 from core.card_dialogue import parse_examples
 from core.character import CharacterProfile
 from core.emotions import EmotionState
 from core.prompt import Turn, build_messages, render_system_prompt
 from core.text import neutralise_controls, one_line_name
+
+T = TypeVar("T")
 
 # The user turn in front of the greeting: a stage line in the character's language, in the
 # parenthesised action style of the training dialogues. ``{user}`` is the person, ``{char}`` the character.
@@ -29,6 +31,13 @@ def opening_line(profile: CharacterProfile, user: str) -> str:
     """The opening stage line for ``user`` meeting ``profile``'s character (the names are one line)."""
     template = OPENING_LINES.get(profile.language, OPENING_LINES["en"])
     return template.format(user=one_line_name(user), char=one_line_name(profile.name))
+
+
+def history_window(entries: Sequence[T], limit: int) -> tuple[list[T], bool]:
+    """The last ``limit`` of ``entries`` (the conversation from its start, or its last ``limit + 1``
+    turns), and True when they reach the conversation's start: then a leading reply is the greeting."""
+    from_start = len(entries) <= limit
+    return list(entries[len(entries) - limit :] if not from_start else entries), from_start
 
 
 def with_opening(profile: CharacterProfile, user: str, history: Sequence[Turn], *, from_start: bool = True) -> list[Turn]:

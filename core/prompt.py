@@ -82,8 +82,9 @@ def render_system_prompt(
         chat_role=chat_role,
         relationship=str(relationship),
     )
-    # Card fields and scenes are typed by admins: none of them may become a control token.
-    return template.format(**{k: neutralise_controls(v) for k, v in fields.items()})
+    # Card fields and scenes are typed by admins and proposed by the model: none of them may become a
+    # control token or a line of its own (each slot of the template is one line).
+    return template.format(**{k: neutralise_controls(one_line(v)) for k, v in fields.items()})
 
 
 def traits_text(profile: CharacterProfile) -> str:
@@ -99,28 +100,25 @@ def style_text(profile: CharacterProfile) -> str:
 def render_emotion_appraisal(profile: CharacterProfile, *, scene: str, dialogues: str) -> str:
     """The alignment task that rates the six emotions ``profile`` shows in ``dialogues``."""
     template = EMOTION_APPRAISAL_ZH if profile.language == "zh" else EMOTION_APPRAISAL_EN
-    return template.format(
-        role_name=profile.name,
-        character=traits_text(profile),
-        MBTI=expand_mbti(profile.mbti, profile.language),
-        style=style_text(profile),
-        scene=scene,
-        dialogues=dialogues,
-    )
+    return template.format(**_profile_slots(profile, scene), dialogues=dialogues)
 
 
 def render_relationship_appraisal(profile: CharacterProfile, *, target_name: str, scene: str, dialogues: str) -> str:
     """The alignment task that rates the intimacy between ``profile`` and ``target_name``."""
     template = RELATIONSHIP_APPRAISAL_ZH if profile.language == "zh" else RELATIONSHIP_APPRAISAL_EN
-    return template.format(
+    return template.format(**_profile_slots(profile, scene), target_name=one_line_name(target_name), dialogues=dialogues)
+
+
+def _profile_slots(profile: CharacterProfile, scene: str) -> dict[str, str]:
+    """The appraisal prompts' one-line slots: the profile and the scene (the dialogues are many lines)."""
+    slots = dict(
         role_name=profile.name,
-        target_name=one_line_name(target_name),
         character=traits_text(profile),
         MBTI=expand_mbti(profile.mbti, profile.language),
         style=style_text(profile),
         scene=scene,
-        dialogues=dialogues,
     )
+    return {k: one_line(v) for k, v in slots.items()}
 
 
 def dialogue_lines(lines: Sequence[tuple[str, str]]) -> str:
@@ -154,7 +152,10 @@ def alternate(turns: Sequence[Turn]) -> list[Turn]:
             continue
         if out and out[-1].role == turn.role:
             prev = out[-1]
-            out[-1] = Turn(turn.role, prev.content + "\n" + turn.content, prev.tokens + turn.tokens)
+            # A count is known only when both sides' are: 0 (unknown) makes ``build_messages`` count the
+            # merged text in full, the new text included.
+            tokens = prev.tokens + turn.tokens if prev.tokens and turn.tokens else 0
+            out[-1] = Turn(turn.role, prev.content + "\n" + turn.content, tokens)
         elif not out and turn.role != "user":
             continue
         else:
@@ -173,8 +174,8 @@ def build_messages(
 ) -> list[dict[str, str]]:
     """System message, example dialogue, alternating history, then the new text, within ``budget`` tokens.
 
-    Over the budget the example dialogue goes first, then whole exchanges oldest first; the
-    system message and the new text always stay.
+    Over the budget the example dialogue goes first, then whole exchanges oldest first, then user
+    text left unanswered before the new text; the system message and the new text always stay.
     """
     turns = alternate([*history, Turn("user", user_text)])
     leading = list(examples)
@@ -192,6 +193,10 @@ def build_messages(
         turns = turns[start:]
         if turns and turns[0].role != "user":
             turns = turns[1:]
+        if total > budget and turns and turns[-1].content != user_text:
+            # Still over: the last turn carries earlier user text no reply answered (a failed reply);
+            # it goes too, or one text that never fits would overflow every later prompt.
+            turns = [Turn("user", user_text)]
     return [
         {"role": "system", "content": system},
         *({"role": t.role, "content": t.content} for t in [*leading, *turns]),

@@ -80,12 +80,25 @@ def clean_value(value: object) -> object:
     return value
 
 
-# Strings a model's tokenizer turns into control tokens when they appear in a prompt's text:
-# Mistral's (Nemo's Tekken: <s>, </s>, <unk>, <pad>, [INST], [/INST], [SYSTEM_PROMPT],
-# [AVAILABLE_TOOLS], [TOOL_RESULTS], [TOOL_CALLS], [PREFIX], [MIDDLE], [SUFFIX], [IMG], ...,
-# <SPECIAL_n>) and ChatML's (<|im_start|>, <|im_end|>: the bundled SmolLM2). Any bracketed
-# upper-case word is treated as one, so a token a later tokenizer adds is covered too.
-_CONTROL = re.compile(r"</?s>|<unk>|<pad>|<SPECIAL_\d+>|\[/?[A-Z][A-Z_]*\]|<\|[A-Za-z_][A-Za-z0-9_]*\|>")
+# Strings a model's tokenizer turns into control tokens when they appear in a prompt's text, one
+# compiled pattern for every family:
+# - Mistral's (Nemo's Tekken: <s>, </s>, <unk>, <pad>, [INST], [/INST], [SYSTEM_PROMPT], [TOOL_CALLS],
+#   [PREFIX], [IMG], ..., <SPECIAL_n>, and the older [control_n]): any bracketed upper-case word is
+#   treated as one, so a token a later tokenizer adds is covered too;
+# - <|...|> and DeepSeek's fullwidth <｜...｜> (ChatML's <|im_start|>, Llama 3's <|start_header_id|>,
+#   <|eot_id|>, <|begin▁of▁sentence|>, <｜User｜>, ...); Llama 2's <<SYS>>;
+# - the bundled SmolLM2's StarCoder tokens (<filename>, <file_sep>, <repo_name>, <gh_stars>,
+#   <issue_start>, <jupyter_code>, <empty_output>, <fim_prefix>, ...: its GGUF vocab's whole list);
+# - Gemma's (<start_of_turn>, <end_of_turn>, <bos>, <eos>, <unusedN>, ...) and Qwen's added tags
+#   (<tool_call>, <think>, ...).
+_CONTROL = re.compile(
+    r"</?s>|<unk>|<pad>|<SPECIAL_\d+>|<</?SYS>>|\[/?[A-Z][A-Z_]*\]|\[control_\d+\]"
+    r"|<[|｜][^|｜<>\s]{1,64}[|｜]>"
+    r"|</?(?:bos|eos|mask|start_of_turn|end_of_turn|start_of_image|end_of_image|unused\d+"
+    r"|repo_?name|file_sep|filename|gh_stars|issue_(?:start|comment|closed)"
+    r"|jupyter_(?:start|text|code|output|script)|empty_output|fim_(?:prefix|middle|suffix|pad)"
+    r"|tool_call|tool_response|think)>"
+)
 # U+2060 WORD JOINER: invisible, kept by NFC and NFKC (fullwidth brackets would be folded back to
 # ASCII by an NFKC normaliser), and it breaks the exact string a special token is matched on.
 WORD_JOINER = "\u2060"
@@ -100,14 +113,25 @@ def neutralise_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
 
 
-# Every line boundary str.splitlines knows: \n \r \v \f, the file/group/record separators, NEL,
-# LINE SEPARATOR and PARAGRAPH SEPARATOR (a model's tokenizer may take any of them for a new line).
-_LINE_BREAKS = re.compile(r"[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+")
+# Every character a renderer or a model may read as the end of a line (str.splitlines' set), with the
+# spaces around it: one space in its place keeps a field's text on its line.
+_LINE_BREAK = re.compile(r"\s*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]\s*")
 
 
 def one_line(text: str) -> str:
-    """``text`` on one line: every run of line breaks (of any kind) becomes one space."""
-    return _LINE_BREAKS.sub(" ", text)
+    """``text`` on one line: each line break (``\\r``, ``\\v``, ``\\f``, U+0085, U+2028, U+2029 too), with the
+    spaces around it, becomes one space. Text without a line break is returned as it is."""
+    return _LINE_BREAK.sub(" ", text)
+
+
+def message_text(text: str) -> str:
+    """A person's message as the engine takes it in (and ``personae prompt`` shows it): clean, stripped."""
+    return clean_text(text).strip()
+
+
+def display_name(name: str) -> str:
+    """A platform display name as the engine takes it in (and ``personae prompt`` uses it)."""
+    return one_line_name(clean_text(name))
 
 
 def one_line_name(name: str, limit: int = NAME_CHARS) -> str:

@@ -69,6 +69,7 @@ class ChatTurn:
         self.state: RelationshipState | None = None
         self.history: list[Entry] = []
         self.greeting: str | None = None
+        self.from_start = True  # the history window starts at the conversation's start (a leading reply is the greeting)
         self.scene: str | None = None
         self.answer = ""
         self.user_tokens = estimate_tokens(text)
@@ -122,7 +123,7 @@ class ChatTurn:
         if from_db:
             held.stage(state_key(self.person), encode_state(state), cfg.cache_ttl_s)
         self.state = self.engine.state_updater.as_of_now(state, self.character)  # idle emotions drift back
-        history, _ = await hot.history(self.conversation, cfg.history_turns, held.values[1])
+        history, self.from_start = await hot.history(self.conversation, cfg.history_turns, held.values[1])
         if self.intake is not None and any(entry[0] == self.intake.id for entry in history):
             reply.status = ReplyStatus.DUPLICATE  # answered while this turn waited for the lock
             return False
@@ -237,8 +238,10 @@ class ChatTurn:
             new = [(user_id, "user", self.text, self.user_tokens)]
             if reply_id is not None:
                 new.append((reply_id, "assistant", self.answer, stored_reply[1]))  # type: ignore[index]
-        window = (self.history + new)[-cfg.history_turns :]
-        held.stage(h_key, encode_history(window), cfg.cache_ttl_s)
+        window = self.history + new
+        from_start = self.from_start and len(window) <= cfg.history_turns
+        window = window[len(window) - cfg.history_turns :] if len(window) > cfg.history_turns else window
+        held.stage(h_key, encode_history(window, from_start), cfg.cache_ttl_s)
         return reply.reply_message_id is not None
 
     def after(self) -> None:
@@ -278,8 +281,9 @@ class ChatTurn:
             intimacy=state.intimacy,
             examples=character.examples,
             use_examples=self.config.card_examples if switch is None else switch,
-            # The window holds the whole conversation unless it is full: then a leading reply is a cut-off tail.
-            from_start=self.greeting is not None or len(self.history) < self.config.history_turns,
+            # A leading reply is the greeting only when the window reaches the conversation's start
+            # (known exactly: ``HotState.history``); otherwise it is a reply cut from its message.
+            from_start=self.from_start,
         )
 
     async def _fit(self) -> list[dict[str, str]]:

@@ -51,4 +51,5 @@ async def test_an_edit_with_bad_bytes_stores_clean_text(db) -> None:
 
     assert result.exit_code == 0, result.output
     stored, _ = await character(db, "Mira")
-    assert stored.card["data"]["scenario"] == "By the \ufffdsea, at dusk.\nLater."
+    # Clean, and one line (the scene is one line of the system prompt).
+    assert stored.card["data"]["scenario"] == "By the \ufffdsea, at dusk. Later."

@@ -102,3 +102,80 @@ async def test_personae_prompt_prints_the_chat_messages_the_engine_sent(store, c
         finally:
             await world.app.engine.drain()
             await world.app.model.close()
+
+
+# -- edge cases: `personae prompt` goes through the engine's own functions -------------------------------
+
+R = "(smiles) The rain has stopped."
+
+
+def _alt_greeting(card: dict) -> None:
+    card["data"]["first_mes"] = ""
+    card["data"]["alternate_greetings"] = ["Who goes there, {{user}}?"]
+
+
+def _greeting(text: str):
+    def change(card: dict) -> None:
+        card["data"]["first_mes"] = text
+        card["data"]["alternate_greetings"] = []
+    return change
+
+
+# name: (card change, user, earlier messages, new message, history file: None, "empty" or "stored",
+#        fail the reply before the new message, settings)
+EDGES = {
+    "alternate-greeting-only": (_alt_greeting, "Elena", [], "Hi.", None, False, {}),
+    "padded-message": (_greeting(""), "Elena", [], "  Hi.\r\nThere  ", None, False, {}),
+    "spaced-name-in-greeting": (_greeting("Welcome, {{user}}."), "Eve   Smith", [], "Hi.", None, False, {}),
+    "history-over-the-window": (_greeting("Welcome."), "Elena", [f"m{i}" for i in range(5)], "last", "stored", False,
+                                {"history_turns": 6}),
+    "empty-history-file": (_greeting("Welcome."), "Elena", [], "Hi.", "empty", False, {}),
+    "budget-after-a-failed-reply": (_greeting(""), "Elena", [f"exchange {i} " + "words " * 60 for i in range(4)] + ["short one"],
+                                    ("long message " * 120).strip(), "stored", True, {"max_input_tokens": 1000, "max_tokens": 96}),
+}
+
+
+@pytest.mark.parametrize("case", EDGES)
+async def test_personae_prompt_matches_the_engine_at_the_edges(store, cache, tmp_path, case) -> None:
+    from bots.compose import model_client, wire
+    from tests.engine.conftest import build_world, built_apps, make_settings
+
+    change, user, earlier, message, history_file, fail_last, overrides = EDGES[case]
+    async with TGIServer(tgi=False, model_id=SMOL, reply=R) as tgi:
+        world = await build_world(store, cache, tgi)
+        await world.app.model.close()
+        settings = make_settings(llm_url=tgi.base_url, appraiser="none", llm_retries=0, **overrides)
+        world.app = wire(settings, store, cache, model_client(settings, tgi.base_url))
+        built_apps.append(world.app)
+        try:
+            character = await store.characters.get_by_name(world.character_name)
+            card = json.loads(card_json(character.card))
+            change(card)
+            await store.characters.replace(character.id, card)
+            world.app.engine.hot.forget_character(character.id)
+            reply = None
+            for i, text in enumerate(earlier):
+                if fail_last and i == len(earlier) - 1:
+                    tgi.fail("500", times=1)
+                reply, _ = await world.say(text, name=user)
+            if history_file == "stored":
+                rows = await store.messages.recent(reply.conversation, 10_000)
+                history = [{"role": m.role, "content": m.content} for m in rows]
+            else:
+                history = [] if history_file == "empty" else None
+            await world.say(message, name=user)
+            sent = tgi.bodies("/v1/chat/completions")[-1]["messages"]
+        finally:
+            await world.app.engine.drain()
+            await world.app.model.close()
+    path = tmp_path / "card.json"
+    path.write_text(card_json((await store.characters.get_by_name(world.character_name)).card), encoding="utf-8")
+    args = ["prompt", str(path), "--user", user, "--message", message, "--json"]
+    if history is not None:
+        (tmp_path / "history.json").write_text(json.dumps(history, ensure_ascii=False), encoding="utf-8")
+        args += ["--history", str(tmp_path / "history.json")]
+    env = {"PERSONAE_CARD_EXAMPLES": "off", "PERSONAE_PROMPT_LAYOUT": "auto"}
+    env.update({f"PERSONAE_{k.upper()}": str(v) for k, v in overrides.items()})
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"messages": sent}
