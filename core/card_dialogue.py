@@ -7,6 +7,7 @@ import re
 
 from core.character import Character
 from core.prompt import Turn, alternate, fill_placeholders
+from core.text import one_line_name
 
 _SPEAKER = re.compile(r"^\s*(\{\{user\}\}|\{\{char\}\}|<USER>|<BOT>)\s*:\s?", re.IGNORECASE)
 
@@ -47,4 +48,4 @@ def pick_greeting(character: Character, user: str) -> str:
     options = [g for g in (character.profile.greeting, *alternates) if g and g.strip()]
     if not options:
         return ""
-    return fill_placeholders(random.choice(options), char=character.name, user=user).strip()
+    return fill_placeholders(random.choice(options), char=character.name, user=one_line_name(user)).strip()
