@@ -30,7 +30,7 @@ def test_hamlet_prompt_is_the_model_card_template_filled_byte_for_byte() -> None
         character="extreme, strong, decisive",
         personality="Extraverted (E), Intuitive (N), Feeling (F), Judging (J)",
         style="indecisive, decisive, sentimental",
-        scene=card["data"]["scenario"],
+        scene=card["data"]["scenario"].replace("{{user}}", "Elena"),  # the card names the person {{user}}
         emotion="happiness: 1, sadness: 8, disgust: 5, fear: 7, surprise: 6, anger: 4",
         chat_role="Elena",
         relationship="7",
