@@ -295,7 +295,8 @@ def characters_show(name: str) -> None:
         outcome = await commands.show_character(_cli_actor(), name)
         if not outcome.ok:
             fail(outcome.message)
-        typer.echo(describe(outcome.character, edit=CLI_EDIT.replace("NAME", repr(outcome.character.name))))
+        edit = CLI_EDIT.replace("NAME", repr(outcome.character.name))
+        typer.echo(describe(outcome.character, edit=edit, card_examples=commands.card_examples))
 
     run(lambda: _with_commands(work))
 
