@@ -18,7 +18,7 @@ from core.events import ChatEvent, ConversationKey, Platform
 from core.text import clean_text, one_line_name
 
 HELP = (
-    "Commands: /characters, /use NAME, /mood, /undo (take back the last reply), /reset, /help, /quit. "
+    "Commands: /characters, /use NAME, /mood, /undo (take back the last exchange), /reset, /help, /quit. "
     "Anything else is said to the character."
 )
 
@@ -117,7 +117,7 @@ class ConsoleChat:
                 self.write("There is no reply to take back in this session.\n")
             elif await self.app.engine.delete_reply(last.conversation, last.reply_message_id):
                 self.last = None
-                self.write("The last reply is taken back, and what it did to the character's mood with it.\n")
+                self.write("The last exchange is taken back (your message and the reply), and what it did to the character's mood with it.\n")
             else:
                 self.write("Only the newest reply can be taken back.\n")
         elif name == "reset":
