@@ -125,3 +125,16 @@ async def test_a_display_name_is_one_line_and_capped_like_the_other_adapters(sto
     assert "Eve\n" not in forged
     welcome = long.split("Welcome, ", 1)[1].split(".", 1)[0]
     assert welcome == "N" * 63 + "…"
+
+
+async def test_a_notice_is_printed_without_a_made_up_speaker(store, cache, tgi) -> None:
+    # A message over PERSONAE_MAX_MESSAGE_CHARS gets the engine's notice, which no character says.
+    world = await build_world(store, cache, tgi)
+    try:
+        text = await run_console(world.app, f"/use {world.character_name}", "x" * 4001, "/quit")
+    finally:
+        await world.app.engine.drain()
+        await world.app.model.close()
+    notice = next(line for line in text.splitlines() if "too long" in line)
+    assert not notice.startswith("…") and not notice.startswith(f"{world.character_name}:")
+    assert tgi.count("/v1/chat/completions") == 0
