@@ -322,7 +322,8 @@ def characters_show(name: str) -> None:
         outcome = await commands.show_character(_cli_actor(), name)
         if not outcome.ok:
             fail(outcome.message)
-        typer.echo(describe(outcome.character, edit=CLI_EDIT.replace("NAME", repr(outcome.character.name))))
+        edit = CLI_EDIT.replace("NAME", repr(outcome.character.name))
+        typer.echo(describe(outcome.character, edit=edit, card_examples=commands.card_examples))
 
     run(lambda: _with_commands(work))
 
@@ -452,15 +453,17 @@ def prompt(
         "Without it, --message is a first message: the card's greeting comes before it, as the bots send it.",
     ),
     message: Optional[str] = typer.Option(None, "--message", help="The new user message to end with."),
+    message_file: Optional[Path] = typer.Option(None, "--message-file", help="Read the new user message from FILE (- for stdin)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {\"messages\": [...]} (with --raw: {\"prompt\": \"...\"})."),
     raw: bool = typer.Option(False, "--raw", help="Print the training layout's exact string (what a BD-RP server gets)."),
 ) -> None:
     """Print exactly what would go to the model server, built by the engine's own function (no database or model needed)."""
     from bots.llm import dialects
+    from bots.llm.client import chat_payload
     from core.card_dialogue import greeting_options
     from core.card_files import MAX_FILE_BYTES, read_card_file
     from core.cards import examples_switch, profile_from_card
-    from core.emotions import EmotionState, check_level
+    from core.emotions import check_level, parse_emotion_pairs
     from core.model_input import history_window, model_messages, render_mistral_raw
     from core.prompt import Turn, estimate_tokens
     from core.text import display_name, message_text
@@ -469,11 +472,16 @@ def prompt(
     raw_bytes = _read_card_bytes(card_file, MAX_FILE_BYTES)
     notes: list[str] = []
     # The engine's own intake: the name and the message cleaned as a platform's are.
-    user, text = display_name(user), message_text(message) if message is not None else ""
+    user = display_name(user)
     try:
+        if not user.strip():
+            raise InvalidInput("--user is empty: give the name of the person the character talks to")
+        message = _prompt_message(message, message_file, s.max_message_chars, notes)
+        text = message_text(message) if message is not None else ""
         card = read_card_file(raw_bytes, card_file.name).card
         profile = profile_from_card(card)
-        state = EmotionState.parse(emotion) if emotion is not None else None
+        # The emotions named change the card's baseline; the others keep it.
+        state = profile.emotion.with_changes(parse_emotion_pairs(emotion)) if emotion is not None else None
         level = check_level("relationship", relationship) if relationship is not None else None
         # The engine's window: the last PERSONAE_HISTORY_TURNS turns; a leading reply is the greeting
         # only when they reach the conversation's start.
@@ -485,6 +493,7 @@ def prompt(
                 turns = [Turn("assistant", options[0], estimate_tokens(options[0]))]
             if len(options) > 1:
                 notes.append("note: the bots pick the greeting at random among first_mes and alternate_greetings; this shows the first")
+        _refuse_a_prefill(turns, message)
         switch = examples_switch(card)
         inputs = dict(
             user=user, text=text, history=turns, scene=scene, emotion=state, intimacy=level, from_start=from_start,
@@ -507,16 +516,49 @@ def prompt(
     else:
         layout, why = dialects.choose_layout(s.prompt_layout, None, s.llm_model)
         notes.append(f"layout: {layout} ({why})")
+        if (layout == "training") != raw:
+            notes.append(_LAYOUT_MISMATCH[layout])
     for note in notes:
         typer.echo(note, err=True)
     if raw:
         text = render_mistral_raw(messages, bos="")
         typer.echo(json.dumps({"prompt": text}, ensure_ascii=False) if as_json else text, nl=as_json)
     elif as_json:
-        typer.echo(json.dumps({"messages": messages}, ensure_ascii=False))
+        # Exactly as the chat request carries them (control strings neutralised, as the engine sends them).
+        typer.echo(json.dumps({"messages": chat_payload(messages)}, ensure_ascii=False))
     else:
-        for m in messages:
+        for m in chat_payload(messages):
             typer.echo(f"--- {m['role']} ---\n{m['content']}")
+
+
+_LAYOUT_MISMATCH = {
+    "training": "note: the configured server gets the training layout, not this one: add --raw to see it",
+    "chat": "note: the configured server gets the chat layout (messages), not this string: leave out --raw to see it",
+}
+
+
+def _prompt_message(message: str | None, message_file: Path | None, limit: int, notes: list[str]) -> str | None:
+    """The new user message from --message or --message-file (``-``: stdin); a note when the bots would refuse it."""
+    if message_file is not None:
+        if message is not None:
+            raise InvalidInput("give the message with --message or --message-file, not both")
+        message = sys.stdin.read() if str(message_file) == "-" else message_file.read_text(encoding="utf-8", errors="replace")
+    if message is not None and not message.strip():
+        raise InvalidInput("the message is empty; the bots answer no empty message: give one with --message or leave it out")
+    if message is not None and len(message) > limit:
+        notes.append(
+            f"note: the message is {len(message):,} characters; the bots would refuse it "
+            f"(over PERSONAE_MAX_MESSAGE_CHARS={limit:,}) and send nothing to the model"
+        )
+    return message
+
+
+def _refuse_a_prefill(turns, message: str | None) -> None:
+    if message is None and turns and turns[-1].role == "user":
+        raise InvalidInput(
+            "the history ends with a user turn and there is no --message: the bots always end with the new "
+            "message; put the last user turn in --message (or --message-file)"
+        )
 
 
 def _read_history(path: Path):

@@ -154,7 +154,7 @@ def command_layer(
     derive_model = model if settings.llm_url is not None else None
     return Commands(
         store, cache, hot, max_card_bytes=settings.max_card_bytes, feelings=feelings,
-        derive_model=derive_model, derive_timeout_s=settings.derive_timeout_s,
+        derive_model=derive_model, derive_timeout_s=settings.derive_timeout_s, card_examples=settings.card_examples,
     )
 
 

@@ -164,11 +164,17 @@ async def check_model(settings: Settings) -> AsyncIterator[Line]:
                 for line in from_skipped("the model server cannot be reached"):
                     yield line
                 return
+            except dialects.NotAModelServer as exc:
+                yield Line("model server", False, f"{url} ({how}) does not look like a model server: {exc}",
+                           "set PERSONAE_LLM_URL to the base URL of TGI, vLLM, SGLang or llama.cpp's server (or unset it for the bundled model)")
+                for line in from_skipped("what answers is not a model server"):
+                    yield line
+                return
         yield Line("model server", True, f"{url} ({how}) answers: {dialect.kind}")
         client = model_client(settings, url, concurrency=1, embedded=not settings.llm_url)
         try:
             await client.dialect()
-            yield Line("model", True, _model_found(dialect, client.model))
+            yield Line("model", True, _model_found(dialect, client.model, bundled=not settings.llm_url))
             yield Line("prompt layout", True, f"{client.layout} ({client.layout_reason})")
             yield context_line(settings, dialect, bundled_context)
             yield guided_line(dialect)
@@ -181,9 +187,14 @@ def from_skipped(why: str) -> list[Line]:
     return [Line(name, None, f"not checked: {why}") for name in ("model", "prompt layout", "context", "guided JSON", "test generation")]
 
 
-def _model_found(dialect: Dialect, sent: str) -> str:
+def _model_found(dialect: Dialect, sent: str, *, bundled: bool = False) -> str:
     served = (dialect.info or {}).get("model_id") or ", ".join(dialect.served_models) or "not reported"
-    return f"serves {served}; personae sends model={sent!r}"
+    found = f"serves {served}; personae sends model={sent!r}"
+    if dialect.kind == "openai" and not bundled:
+        found += " (a plain OpenAI-style server: set PERSONAE_LLM_MODEL if it wants another name)"
+    elif dialect.kind == "openai":
+        found += " (llama-cpp-python answers with its one model whatever the name)"
+    return found
 
 
 def server_context(dialect: Dialect) -> tuple[int | None, int | None]:
@@ -203,8 +214,12 @@ def context_line(settings: Settings, dialect: Dialect, bundled_context: int | No
     server_total = server_total or bundled_context
     if server_prompt is None and server_total is None:
         return Line("context", None, f"the server does not report its context; ours: prompt <= {ours_prompt}, prompt + reply <= {ours_total}")
+    server_side = [
+        f"prompt <= {server_prompt}" if server_prompt is not None else "prompt: no separate limit (within the total)",
+        f"prompt + answer <= {server_total}" if server_total is not None else "prompt + answer: not reported",
+    ]
     found = (
-        f"server: prompt <= {server_prompt or '?'}, prompt + answer <= {server_total or '?'}; "
+        f"server: {', '.join(server_side)}; "
         f"ours: prompt <= {ours_prompt} (PERSONAE_MAX_INPUT_TOKENS - PERSONAE_MAX_TOKENS), prompt + reply <= {ours_total}, "
         f"appraisal answers <= {settings.appraisal_max_tokens}"
     )

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from core.character import Character
 from core.prompt import Turn, alternate, fill_placeholders
+from core.text import one_line_name
 
 _SPEAKER = re.compile(r"^\s*(\{\{user\}\}|\{\{char\}\}|<USER>|<BOT>)\s*:\s?", re.IGNORECASE)
 
@@ -51,5 +52,5 @@ def greeting_options(card: Mapping[str, Any], first_mes: str, *, char: str, user
 
 def pick_greeting(character: Character, user: str) -> str:
     """The card's greeting (``first_mes`` or one of ``alternate_greetings``, at random), names filled in."""
-    options = greeting_options(character.card, character.profile.greeting, char=character.name, user=user)
+    options = greeting_options(character.card, character.profile.greeting, char=character.name, user=one_line_name(user))
     return random.choice(options) if options else ""

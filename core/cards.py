@@ -230,8 +230,10 @@ def parse_switch(name: str, value: object) -> bool | None:
         return True
     if word in ("off", "false", "no", "0"):
         return False
-    if word in ("default", ""):
+    if word == "default":
         return None
+    if not word:
+        raise InvalidInput(f"{name} needs a value: on, off or default")
     raise InvalidInput(f"{name} must be on, off or default, not {str(value)[:40]!r}")
 
 

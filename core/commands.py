@@ -105,6 +105,7 @@ class Commands:
         feelings: StateUpdater | None = None,
         derive_model: ChatModel | None = None,
         derive_timeout_s: float = DERIVE_TIMEOUT_S,
+        card_examples: bool = False,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -115,6 +116,7 @@ class Commands:
         # and the import says what the prompt uses instead).
         self.derive_model = derive_model
         self.derive_timeout_s = derive_timeout_s
+        self.card_examples = card_examples  # PERSONAE_CARD_EXAMPLES: for cards that leave examples to it
 
     # -- characters -------------------------------------------------------------------------
 
@@ -265,7 +267,7 @@ class Commands:
         character = await self.store.characters.get_by_name(name)
         if character is None or (not character.public and not actor.privileged):
             return refused(f"There is no character called {name!r}.")
-        return Outcome(True, describe(character), character=character)
+        return Outcome(True, describe(character, card_examples=self.card_examples), character=character)
 
     async def character_avatar(self, character: Character) -> tuple[bytes, str] | None:
         """The avatar image of a character the caller already may see, and its extension; None if it has none.
@@ -408,12 +410,12 @@ NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and
 EXAMPLES_SHOWN = 600  # characters of a card's example dialogue /character show quotes
 
 
-def describe(character: Character, *, edit: str = CHAT_EDIT) -> str:
+def describe(character: Character, *, edit: str = CHAT_EDIT, card_examples: bool = False) -> str:
     """A short human description of a character's profile.
 
     A field the card lacks shows the value the prompt uses instead, marked "missing"; a field the
     model proposed is marked "derived" until an admin edits it. ``edit`` names the edit command
-    where the person reads this.
+    where the person reads this; ``card_examples`` is the PERSONAE_CARD_EXAMPLES setting in effect.
     """
     p = character.profile
 
@@ -439,7 +441,10 @@ def describe(character: Character, *, edit: str = CHAT_EDIT) -> str:
         lines.append(f"Missing profile fields: {', '.join(p.missing)} ({fill}).")
     if character.examples.strip():
         switch = cards.examples_switch(character.card)
-        sent = "setting PERSONAE_CARD_EXAMPLES" if switch is None else ("on" if switch else "off")
+        if switch is None:
+            sent = f"{'on' if card_examples else 'off'}, from PERSONAE_CARD_EXAMPLES"
+        else:
+            sent = f"{'on' if switch else 'off'}, set for this character"
         text = character.examples.strip()
         lines.append(f"Example dialogue (sent to the model: {sent}; change with edit examples=on|off|default):")
         lines.append(f"{text[:EXAMPLES_SHOWN]}{'…' if len(text) > EXAMPLES_SHOWN else ''}")

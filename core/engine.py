@@ -192,7 +192,9 @@ class Engine:
         await remember_shown(self, intake, platform_message_id)
 
     async def delete_reply(self, conversation: ConversationKey, reply_message_id: int) -> bool:
-        """Take back the newest reply of ``conversation``: delete it and undo its change to the state.
+        """Take back the newest exchange of ``conversation``: delete the reply, mark the person's message
+        it answered undone (kept as a delivery record, out of the history and of recovery, so the next
+        message starts a turn of its own), and undo the reply's change to the state.
 
         False (and nothing changed) when ``reply_message_id`` is not the newest reply.
         """
@@ -200,7 +202,8 @@ class Engine:
             recent = await self.store.messages.recent(conversation, 1)
             if not recent or recent[-1].id != reply_message_id or recent[-1].role != "assistant":
                 return False
-            await self.store.messages.delete_message(reply_message_id)
+            if not await self.store.messages.undo_exchange(conversation, reply_message_id):
+                return False
             held.stage(history_key(conversation), None, self.config.cache_ttl_s)
         await self.state_updater.reply_deleted(conversation, reply_message_id)
         return True

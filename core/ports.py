@@ -113,6 +113,11 @@ class MessageRepository(Protocol):
     async def delete_message(self, message_id: int) -> bool:
         """Delete one stored message (the newest reply, taken back)."""
 
+    async def undo_exchange(self, conversation: ConversationKey, reply_message_id: int) -> bool:
+        """Take back one exchange at once: delete the reply and mark the person's messages it answered
+        (those after the reply before it) UNDONE, so that neither the history nor recovery has them.
+        False when ``reply_message_id`` is not a reply of ``conversation``."""
+
     async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
         """Replace the text of a stored reply (regenerate)."""
 

@@ -75,6 +75,7 @@ class MessageStatus(StrEnum):
     ANSWERED = "answered"  # a reply is stored after it
     FAILED = "failed"  # the model server gave no reply
     NOTICE = "notice"  # answered with a notice (rate limit, or too late to answer), not by the model
+    UNDONE = "undone"  # its reply was taken back (/undo): out of the history, never answered again
 
 
 @dataclass(frozen=True, slots=True)

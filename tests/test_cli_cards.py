@@ -456,3 +456,10 @@ async def test_derive_accept_marks_what_it_wrote_as_derived(db, tgi, tmp_path) -
 
     stored, _ = await character(db, "Ophelia")
     assert stored.profile.derived == FOUR
+
+
+@pytest.mark.parametrize("value, shown", [("on", "on"), ("true", "on"), ("off", "off"), ("false", "off"), (None, "off")])
+async def test_show_says_whether_the_example_dialogue_is_sent(db: str, value: str | None, shown: str) -> None:
+    result = await cli("characters", "show", "Hamlet", env={"PERSONAE_CARD_EXAMPLES": value})
+    assert result.exit_code == 0, result.output
+    assert f"Example dialogue (sent to the model: {shown}, from PERSONAE_CARD_EXAMPLES;" in result.stdout

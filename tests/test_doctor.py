@@ -105,7 +105,9 @@ async def test_on_a_fresh_clone_the_bundled_model_is_started_and_checked(tmp_pat
     assert "test generation  ok    one token; first token after" in finished.output
     assert "prompt layout    ok    chat (auto: the served model 'SmolLM2-135M-Instruct' is not a BeyondDialogue model" in finished.output
     # The bundled server reads 2048 tokens: the budget is fitted to it, as `personae run` fits it.
-    assert "server: prompt <= ?, prompt + answer <= 2048; ours: prompt <= 1952" in finished.output
+    assert "server: prompt: no separate limit (within the total), prompt + answer <= 2048; ours: prompt <= 1952" in finished.output
+    # The README's PERSONAE_LLM_MODEL row says this server gets `tgi` and why that works.
+    assert "personae sends model='tgi' (llama-cpp-python answers with its one model whatever the name)" in finished.output
     assert finished.code == 0, finished.output
 
 
@@ -115,3 +117,30 @@ def test_the_prompt_budget_is_fitted_to_the_bundled_model_only() -> None:
     assert fit_to_bundled_model(Settings(_env_file=None)).max_input_tokens == 2048
     assert fit_to_bundled_model(Settings(_env_file=None, max_input_tokens=1500)).max_input_tokens == 1500
     assert fit_to_bundled_model(Settings(_env_file=None, llm_url="http://127.0.0.1:8080")).max_input_tokens == 3500
+
+
+async def test_a_web_server_that_is_not_a_model_server_fails(tmp_path: Path) -> None:
+    # `python -m http.server` at PERSONAE_LLM_URL: it answers, but with no /info and no model list.
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        ok, rows = await doctor(settings(tmp_path, llm_url=url))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not ok
+    assert rows["model server"].startswith(f"FAIL  {url} (PERSONAE_LLM_URL) does not look like a model server")
+    assert "-> set PERSONAE_LLM_URL to the base URL of TGI" in rows["model server"]
+    assert rows["model"] == "-     not checked: what answers is not a model server"
+
+
+async def test_a_host_no_one_can_resolve_is_named(tmp_path: Path) -> None:
+    ok, rows = await doctor(settings(tmp_path, llm_url="http://no-such-host.invalid:8080"))
+    assert not ok
+    assert "cannot resolve host no-such-host.invalid" in rows["model server"]

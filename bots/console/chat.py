@@ -15,10 +15,10 @@ from core.commands import Actor, Place
 from core.engine import Reply, ReplyStatus
 from core.character import Character
 from core.events import ChatEvent, ConversationKey, Platform
-from core.text import clean_text
+from core.text import clean_text, one_line_name
 
 HELP = (
-    "Commands: /characters, /use NAME, /mood, /undo (take back the last reply), /reset, /help, /quit. "
+    "Commands: /characters, /use NAME, /mood, /undo (take back the last exchange), /reset, /help, /quit. "
     "Anything else is said to the character."
 )
 
@@ -28,11 +28,14 @@ class ConsoleChat:
 
     def __init__(self, app: App, user: str, write: Callable[[str], None]) -> None:
         self.app = app
-        self.user = user.strip() or "You"
+        # The name as the Discord and Telegram adapters take one in: one line, at most 64 characters,
+        # control-token strings neutralised; it fills {{user}} in the greeting and names the person.
+        self.user = one_line_name(clean_text(user)) or "You"
         # The person's id in storage: their name, made safe for keys.
         self.user_id = re.sub(r"[^\w.-]", "_", self.user)[:64]
         self.write = write
-        self.place = Place(Platform.CONSOLE, "console", f"console-{self.user_id}", private=True)
+        # Stored ids are at most 64 characters: a long name would not fit "console-" + its id.
+        self.place = Place(Platform.CONSOLE, "console", f"console-{self.user_id}"[:64], private=True)
         # Whoever sits at the terminal owns the service.
         self.actor = Actor(Platform.CONSOLE, self.user_id, self.user, is_admin=True, is_owner=True)
         self.last: Reply | None = None  # the newest reply of this session, for /undo
@@ -60,7 +63,7 @@ class ConsoleChat:
             chat_id=self.place.chat_id,
             channel_id=self.place.channel_id,
             user_id=self.user_id,
-            display_name=clean_text(self.user),
+            display_name=self.user,
             message_id=uuid.uuid4().hex,
             text=clean_text(text),
             private=True,
@@ -71,10 +74,11 @@ class ConsoleChat:
         started = False
         async for delta in reply:
             if not started:
-                name = reply.character.name if reply.character else "…"
+                # A notice with no character behind it is printed without a speaker.
+                speaker = f"{reply.character.name}: " if reply.character else ""
                 if reply.greeting:
-                    self.write(f"{name}: {reply.greeting}\n")
-                self.write(f"{name}: ")
+                    self.write(f"{speaker}{reply.greeting}\n")
+                self.write(speaker)
                 started = True
             self.write(delta)
         if started:
@@ -113,7 +117,7 @@ class ConsoleChat:
                 self.write("There is no reply to take back in this session.\n")
             elif await self.app.engine.delete_reply(last.conversation, last.reply_message_id):
                 self.last = None
-                self.write("The last reply is taken back, and what it did to the character's mood with it.\n")
+                self.write("The last exchange is taken back (your message and the reply), and what it did to the character's mood with it.\n")
             else:
                 self.write("Only the newest reply can be taken back.\n")
         elif name == "reset":

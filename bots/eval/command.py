@@ -38,8 +38,12 @@ class EvalRequest:
     config: EvalConfig = EvalConfig()
 
 
-async def gather_roles(settings: Settings, request: EvalRequest) -> list[EvalRole]:
-    """The role files, the named characters (from the database), or the bundled role set."""
+async def gather_roles(settings: Settings, request: EvalRequest, say: Callable[[str], None] = lambda _: None) -> list[EvalRole]:
+    """The role files, the named characters (from the database), or the bundled role set.
+
+    A named character whose profile cannot be measured is skipped with one line from ``say``; when
+    no role is left the first such reason is the error."""
+    skipped: list[InvalidInput] = []
     roles = [load_role_file(path) for path in request.role_files]
     if request.characters:
         from bots.compose import open_store
@@ -55,9 +59,15 @@ async def gather_roles(settings: Settings, request: EvalRequest) -> list[EvalRol
                     raise InvalidInput(f"there is no character called {name!r} (see `personae characters list`)")
                 others = [c.profile for c in everyone if c.id != found.id and c.profile.mbti and not c.profile.missing
                           and c.profile.language == found.profile.language]
-                roles.append(role_from_character(found, others))
+                try:
+                    roles.append(role_from_character(found, others))
+                except InvalidInput as exc:
+                    skipped.append(exc)
+                    say(f"skipping {found.profile.name}: {exc}")
         finally:
             await store.close()
+        if skipped and not roles:
+            raise skipped[0]
     if not roles:
         roles = [load_role_file(path) for path in bundled_role_files()]
     return roles
@@ -94,7 +104,7 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
         if isinstance(appraiser, ModelAppraiser):  # count its requests and tokens, per cadence
             meter = appraiser.model = CountingModel(appraiser.model)
         where = {
-            "model": "; ".join(a.removeprefix("model: ") for a in about),
+            "model": "; ".join(a.removeprefix("model: ").removeprefix("model server: ") for a in about),
             "layout": settings.prompt_layout,
             "partner": settings.eval_partner_url or "the model under test",
             "judge": settings.eval_judge_url or "the model under test",
@@ -103,19 +113,24 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
         yield Endpoints(actor, partner, judge, appraiser, where, meter=meter, dynamics=frozen_clock(dynamics(settings)))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 async def run_eval(settings: Settings, request: EvalRequest, say: Callable[[str], None]) -> str:
     """Run the evaluation, write results, summary and chart into ``request.out``; the table.
 
     Raises EvalIncomplete (after writing the figures of what is done) when dialogues are left undone.
     """
-    roles = await gather_roles(settings, request)
+    roles = await gather_roles(settings, request, say)
     items = items_for(roles, samples=request.config.samples, chats=request.chats, recorded=request.config.recorded)
     if not items:
         raise InvalidInput("no chat in the role files has a recorded 'dialogues' list to judge (drop --recorded to play new ones)")
     results = request.out / RESULTS
     if request.fresh and results.exists():
         results.unlink()
-    say(f"evaluating {len(items)} dialogues ({', '.join(r.name for r in roles)}), {request.config.turns} exchanges each; "
+    say(f"evaluating {_count(len(items), 'dialogue')} ({', '.join(r.name for r in roles)}), "
+        f"{_count(request.config.turns, 'exchange')} each; "
         f"results in {results}")
     async with open_endpoints(settings) as endpoints:
         say("; ".join(f"{k}: {v}" for k, v in endpoints.where.items()))

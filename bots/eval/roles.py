@@ -190,13 +190,22 @@ def identity_question(profile: CharacterProfile, others: Iterable[CharacterProfi
     return "\n".join(lines), LETTERS[options.index(profile)]
 
 
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
 def role_from_character(character: Character, others: Iterable[CharacterProfile] = ()) -> EvalRole:
     """A stored character as an ``EvalRole``: one scene (its own) with a stranger, labelled with its baseline."""
     profile = character.profile
-    if profile.mbti is None or "traits" in profile.missing or "style" in profile.missing:
+    lacking = [what for what, absent in (
+        ("MBTI type", profile.mbti is None or "mbti" in profile.missing),
+        ("traits", "traits" in profile.missing),
+        ("speaking style", "style" in profile.missing),
+    ) if absent]
+    if lacking:
         raise InvalidInput(
-            f"{profile.name} has no MBTI type, traits or speaking style to measure against; "
-            f"fill them with `personae characters derive {profile.name!r}` or `personae characters edit`"
+            f"{profile.name} has no {_and(lacking)} to measure against; "
+            f"fill {'it' if len(lacking) == 1 else 'them'} with `personae characters derive {profile.name!r}` or `personae characters edit`"
         )
     partner, description = _STRANGER[profile.language]
     chat = EvalChat(

@@ -797,6 +797,10 @@ class ModelClient:
                 self._info_retry_at = time.monotonic() + INFO_RETRY_AFTER_S
                 log.info("the model server at %s: %s; will ask again later", self.where, exc)
                 return None
+            except dialects.NotAModelServer as exc:
+                # `personae doctor` fails on this; a turn still goes out as to a plain OpenAI-style server.
+                log.warning("the server at %s does not look like a model server: %s; check PERSONAE_LLM_URL", self.where, exc)
+                dialect = dialects.Dialect("openai")
             self._settle(dialect)
             return dialect
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -35,6 +36,11 @@ _NAMED = ("vllm", "sglang")  # servers that check the model name
 
 class Unreachable(Exception):
     """The server could not be asked (network error or a 5xx): ask again later."""
+
+
+class NotAModelServer(Exception):
+    """Something answers at the URL, but neither TGI's ``/info`` (with ``model_id``) nor a JSON model
+    list at ``/v1/models``: it does not look like a model server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,12 +156,15 @@ def token_count(body: Any) -> int | None:
 
 
 async def detect(client: httpx.AsyncClient, *, timeout_s: float) -> Dialect:
-    """Ask the server at ``client.base_url`` what it is. Raises Unreachable when it cannot tell yet."""
+    """Ask the server at ``client.base_url`` what it is. Raises Unreachable when it cannot tell yet,
+    NotAModelServer when what answers shows no sign of being one (TGI's /info, a /v1/models list)."""
     info = await _get_json(client, "/info", timeout_s)
     if isinstance(info, dict) and "model_id" in info and "max_input_tokens" in info:
         return Dialect("tgi", (str(info["model_id"]),), info)
     models = await _get_json(client, "/v1/models", timeout_s)
     entries = models.get("data") if isinstance(models, dict) else None
+    if not isinstance(entries, list) and not (isinstance(info, dict) and "model_id" in info):
+        raise NotAModelServer("it answers, but neither GET /info (TGI) nor GET /v1/models (a JSON model list) does")
     entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
     ids = tuple(str(e["id"]) for e in entries if e.get("id"))
     owners = {str(e.get("owned_by", "")).lower() for e in entries}
@@ -165,12 +174,23 @@ async def detect(client: httpx.AsyncClient, *, timeout_s: float) -> Dialect:
     return Dialect(kind, ids, context_tokens=context)
 
 
+def _network_problem(exc: httpx.HTTPError, client: httpx.AsyncClient) -> str:
+    """What went wrong, in a person's words where it is known: "cannot resolve host X" for a name no
+    DNS knows, the exception's name otherwise."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve host {client.base_url.host}"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
+
+
 async def _get_json(client: httpx.AsyncClient, path: str, timeout_s: float) -> Any:
     """The JSON a GET answers, None for a 4xx or a body that is not JSON."""
     try:
         response = await client.get(path, timeout=timeout_s)
     except httpx.HTTPError as exc:
-        raise Unreachable(f"GET {path} failed ({type(exc).__name__})") from exc
+        raise Unreachable(f"GET {path} failed ({_network_problem(exc, client)})") from exc
     if response.status_code >= 500:
         raise Unreachable(f"GET {path} answered {response.status_code}")
     if response.status_code != 200:

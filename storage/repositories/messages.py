@@ -268,6 +268,25 @@ class SqlMessageRepository:
             result = await conn.execute(sa.delete(t).where(t.c.id == message_id))
         return result.rowcount > 0
 
+    async def undo_exchange(self, conversation: ConversationKey, reply_message_id: int) -> bool:
+        async with self._db.begin() as conn:
+            gone = await conn.execute(
+                sa.delete(t).where(t.c.id == reply_message_id, t.c.role == "assistant", _in(conversation))
+            )
+            if gone.rowcount == 0:
+                return False
+            before = (
+                sa.select(sa.func.coalesce(sa.func.max(t.c.id), 0))
+                .where(_in(conversation), t.c.role == "assistant", t.c.id < reply_message_id)
+                .scalar_subquery()
+            )
+            await conn.execute(
+                sa.update(t)
+                .where(_in(conversation), t.c.role == "user", t.c.id < reply_message_id, t.c.id > before, _IN_HISTORY)
+                .values(status=MessageStatus.UNDONE.value)
+            )
+        return True
+
     async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
         statement = (
             sa.update(t)

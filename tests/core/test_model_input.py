@@ -99,12 +99,15 @@ def test_the_examples_switch_is_edited_on_the_card(value, expected) -> None:
 def test_a_bad_examples_value_is_refused_in_one_line() -> None:
     with pytest.raises(InvalidInput, match="examples must be on, off or default"):
         edit_card(HAMLET, {"examples": "sometimes"})
+    with pytest.raises(InvalidInput, match="examples needs a value: on, off or default"):
+        edit_card(HAMLET, {"examples": ""})  # `edit examples=`: not silently "default"
 
 
 def test_show_quotes_the_example_dialogue_and_whether_it_is_sent() -> None:
     character = Character(1, PROFILE, HAMLET)
     text = describe(character)
-    assert "Example dialogue (sent to the model: setting PERSONAE_CARD_EXAMPLES" in text
+    assert "Example dialogue (sent to the model: off, from PERSONAE_CARD_EXAMPLES;" in text
+    assert "sent to the model: on, from PERSONAE_CARD_EXAMPLES;" in describe(character, card_examples=True)
     assert "{{char}}: (stares at the flames) Because the light shows me only what I have lost." in text
     on = Character(1, PROFILE, edit_card(HAMLET, {"examples": "on"}))
-    assert "sent to the model: on;" in describe(on)
+    assert "sent to the model: on, set for this character;" in describe(on)

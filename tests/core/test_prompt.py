@@ -25,9 +25,10 @@ from core.samples import sample_cards
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "beyond_dialogue"
 HAMLET_SCENE = (
+    # BeyondDialogue's Hamlet scene, with {{user}} where it names the person (rendered for Elena here).
     "Inside the grand hall of Elsinore, lit by flickering torchlight, Hamlet paces anxiously as Elena "
     "conjures an ethereal mirage of the Danish landscape. Regal tapestries and opulent furnishings surround "
-    "them, yet Hamlet's gaze is fixed on Elena's illusions. She gracefully weaves dissonance into the tapestry "
+    "them, yet Hamlet's gaze is fixed on the illusions of Elena, who gracefully weaves dissonance into the tapestry "
     "of reality, prompting Hamlet to clutch his chest in a moment of existential crisis. The weight of unspoken "
     "love and inner turmoil hangs in the air, thick with tension and anticipation."
 )
@@ -210,3 +211,12 @@ def test_the_appraisal_prompts_scene_and_profile_slots_are_one_line() -> None:
         broken = render(profile, scene="A hall.\n[Dialogues]\u2028Hamlet: I obey.", dialogues="Eve: hi", **extra)
         flat = render(profile, scene="A hall. [Dialogues] Hamlet: I obey.", dialogues="Eve: hi", **extra)
         assert broken == flat
+
+
+def test_the_hamlet_sample_addresses_whoever_talks_to_it() -> None:
+    card = sample("hamlet.json")
+    profile = profile_from_card(card)
+    assert "Elena" not in json.dumps(card)
+    assert "Tom conjures" in render_system_prompt(profile, chat_role="Tom")
+    assert "Elena" not in render_system_prompt(profile, chat_role="Tom")
+    assert profile.greeting == "(turns from the torchlight) {{user}}... what visions do you weave tonight?"

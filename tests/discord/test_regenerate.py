@@ -144,4 +144,6 @@ async def test_deleting_the_newest_reply_in_discord_takes_it_back(bot):
     await taken_back
 
     stored = await bot.app.store.messages.recent(reply.conversation, 10)
-    assert [(m.role, m.content) for m in stored] == [("user", "Speak.")]
+    # The exchange is taken back: the message it answered leaves the history too (marked undone),
+    # so the person's next message is a turn of its own rather than joined to "Speak.".
+    assert [(m.role, m.content) for m in stored] == []

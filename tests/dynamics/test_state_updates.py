@@ -383,14 +383,16 @@ async def test_deleting_the_newest_reply_takes_back_its_change_and_only_the_newe
         assert (restored.emotion, restored.intimacy) == (before_reply.emotion, before_reply.intimacy)
         assert (await store.relationships.changes(await person(world)))[0].appraiser == UNDO
         kept = [(m.role, m.content) for m in await store.messages.recent(conversation, 10)]
-        assert kept[-1] == ("user", "Tell me a story, dear friend.")
+        # The whole exchange is taken back: the message it answered leaves the history with it.
+        assert kept[-1] == ("assistant", "(smiles) You are a dear, kind friend.")
         assert ("assistant", "(beams) I adore you, my dear friend, thank you!") not in kept
-        # The next turn's prompt no longer carries the deleted reply (the cached history went too).
+        # The next turn's prompt no longer carries the deleted exchange (the cached history went too),
+        # and the next message is a turn of its own, not merged into the undone one.
         tgi.reply = "Go on."
         await world.say("Are you there?")
         sent = [m["content"] for m in tgi.bodies()[-1]["messages"]]
         assert "(beams) I adore you, my dear friend, thank you!" not in sent
-        assert sent[-1] == "Tell me a story, dear friend.\nAre you there?"
+        assert sent[-1] == "Are you there?"
         # Taking it back twice changes nothing more.
         assert not await world.app.engine.delete_reply(conversation, second.reply_message_id)
     finally:

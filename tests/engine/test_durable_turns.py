@@ -190,3 +190,26 @@ async def _show(reply, started: asyncio.Event) -> str:
         said.append(delta)
         started.set()
     return "".join(said)
+
+
+async def test_an_undone_exchange_is_neither_recovered_nor_merged_into_the_next_turn(world) -> None:
+    # /undo (console) or deleting the reply (Discord) takes the exchange back: after a restart the
+    # person's message is not pending, not in the history, and the next message is a turn of its own.
+    world.tgi.script(reply="The king is dead.")
+    await world.say("What news, my lord?")
+    world.tgi.script(reply="(draws his sword) Aye.")
+    undone, _ = await world.say("Will you avenge him?")
+    assert await world.app.engine.delete_reply(undone.conversation, undone.reply_message_id)
+    await world.app.engine.drain()
+    assert (await rows(world))[-1] == ("user", "Will you avenge him?", "undone")
+    after = restarted(world)
+    assert await recovered(after) == []
+    history = [(m.role, m.content) for m in await after.app.store.messages.recent(undone.conversation, 10)]
+    assert history == [("user", "What news, my lord?"), ("assistant", "The king is dead.")]
+    world.tgi.script(reply="I shall.")
+    await after.say("Speak, my lord.")
+    sent = [m["content"] for m in world.tgi.bodies()[-1]["messages"]]
+    assert sent[-1] == "Speak, my lord." and not any("Will you avenge him?" in c for c in sent)
+    # Its delivery is still on record: a redelivery of the undone message is not answered again.
+    again = after.app.engine.handle(world.event("Will you avenge him?", message_id=undone.intake.platform_message_id))
+    assert await again.collect() == "" and again.status is ReplyStatus.DUPLICATE

@@ -14,6 +14,7 @@ from bots.eval.roles import bundled_role_files, load_role_file
 from bots.eval.run import EvalConfig, actor_messages
 from bots.llm.tgi_double import TGIServer
 from bots.settings import Settings
+from core.errors import InvalidInput
 from core.prompt import Turn
 from tests.cli_process import personae
 from tests.eval.scripted import EXPECTED, PARTNER_LINE, ROLE_REPLY, ScriptedModel
@@ -153,6 +154,8 @@ async def test_a_stored_character_is_evaluated_by_name(tmp_path: Path) -> None:
         )
     assert done.code == 0, done.output
     assert "[1/1] Mira with Traveller #1" in done.output and "dialogues: 1" in done.output
+    assert "evaluating 1 dialogue (Mira), 1 exchange each;" in done.output
+    assert f"model: {server.base_url}" in done.output and "model: model server:" not in done.output
     summary = json.loads((tmp_path / "out" / SUMMARY).read_text())
     assert summary["appraiser"]["kind"] == "lexicon"
     assert summary["dimensions"]["role_choice"]["n"] + summary["dimensions"]["role_choice"]["unparsed"] == 1
@@ -183,3 +186,28 @@ async def test_a_role_file_that_is_missing_or_broken_is_one_line(tmp_path: Path)
         done = await personae("eval", arg, home=tmp_path, PERSONAE_LLM_URL="http://127.0.0.1:9")
         assert done.code == 1 and done.lines == [done.lines[0]] and "Traceback" not in done.output, done.output
         assert done.lines[0].startswith("error: ") and says in done.lines[0], done.output
+
+
+async def test_a_character_that_cannot_be_measured_is_skipped_and_the_others_are_gathered(tmp_path: Path) -> None:
+    from bots.eval.command import gather_roles
+    from core.cards import parse_card_json
+    from storage import migrate
+    from storage.database import SqlStore
+
+    s = settings("http://127.0.0.1:9", tmp_path)
+    await migrate.upgrade(s.database_url)
+    store = await SqlStore.open(s.database_url)
+    try:
+        for sample in ("hamlet", "mira"):
+            await store.characters.add(parse_card_json((Path(__file__).resolve().parents[2] / "core" / "samples" / f"{sample}.json").read_bytes()))
+        await store.characters.add(parse_card_json(json.dumps({"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+            "name": "Nyx", "description": "A night spirit.", "first_mes": "Hm?",
+            "extensions": {"personae": {"mbti": "INTJ"}}}}).encode()))
+    finally:
+        await store.close()
+    said: list[str] = []
+    roles = await gather_roles(s, EvalRequest(characters=("Nyx", "Hamlet")), said.append)
+    assert [r.name for r in roles] == ["Hamlet"]
+    assert said == [said[0]] and said[0].startswith("skipping Nyx: Nyx has no traits or speaking style to measure against")
+    with pytest.raises(InvalidInput, match="Nyx has no traits or speaking style"):
+        await gather_roles(s, EvalRequest(characters=("Nyx",)), said.append)

@@ -63,6 +63,18 @@ def test_a_stored_character_meets_a_stranger_in_its_own_scene_labelled_with_its_
     assert letters[role.role_answer].startswith("Mira.") and len(letters) == 2
 
 
+def test_a_character_that_cannot_be_measured_is_told_exactly_what_it_lacks() -> None:
+    card = parse_card_json(json.dumps({"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+        "name": "Nyx", "description": "A night spirit.", "first_mes": "Hm?",
+        "extensions": {"personae": {"mbti": "INTJ"}}}}).encode())
+    nyx = Character(1, profile_from_card(card), card)
+    assert nyx.profile.mbti == "INTJ"
+    with pytest.raises(InvalidInput) as refused:
+        role_from_character(nyx)
+    assert str(refused.value).startswith("Nyx has no traits or speaking style to measure against;")
+    assert "MBTI" not in str(refused.value)
+
+
 def _done(scores: dict, status: str = "ok") -> dict:
     return {"status": "done", "scores": scores, "judged": {d: {"status": status if scores[d] is None else "ok"} for d in scores}}
 
