@@ -26,8 +26,12 @@ chat: $(STAMP)
 	@$(VENV)/bin/personae db upgrade >/dev/null
 	$(VENV)/bin/personae chat --character Hamlet --user Elena
 
+# Two workers (pytest-xdist): most of the suite waits on servers and child processes, not the CPU,
+# so two halves side by side take less time on two cores. Each worker has its own test database,
+# Redis key prefix, throwaway servers and llama.cpp server (docs/testing.md).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Figures for docs/performance.md: PERSONAE_DATABASE_URL / PERSONAE_REDIS_URL choose the backends.
 bench: $(STAMP)

@@ -30,6 +30,7 @@ from storage.tables import messages, relationship_states, state_changes
 log = logging.getLogger(__name__)
 
 UPGRADE_HINT = "run `personae db upgrade`"
+CONNECT_TIMEOUT_S = 10.0  # opening a PostgreSQL connection; ?connect_timeout=S in the URL changes it
 # Cards keep their non-ASCII text readable in the database.
 _json_dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
 
@@ -89,6 +90,13 @@ def create_engine(url: str | sa.URL, *, sqlite_foreign_keys: bool = True, **opti
         engine = create_async_engine(url, **options)
         event.listen(engine.sync_engine, "connect", functools.partial(_sqlite_pragmas, foreign_keys=sqlite_foreign_keys))
         return engine
+    connect_timeout = CONNECT_TIMEOUT_S
+    if "connect_timeout" in url.query:  # libpq's parameter, so that one URL serves psql and personae
+        try:
+            connect_timeout = float(url.query["connect_timeout"])  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise InvalidDatabaseURL(f"connect_timeout in the database URL must be a number of seconds, not {url.query['connect_timeout']!r}") from None
+        url = url.difference_update_query(["connect_timeout"])
     if "poolclass" not in options:
         options.setdefault("pool_size", 10)
         options.setdefault("max_overflow", 10)
@@ -97,7 +105,7 @@ def create_engine(url: str | sa.URL, *, sqlite_foreign_keys: bool = True, **opti
     options.setdefault(
         "connect_args",
         {
-            "timeout": 10,
+            "timeout": connect_timeout,
             # No statement of personae's runs for long: one that hangs is an error, not a stuck turn.
             "command_timeout": 30,
             # JIT compilation only slows down personae's short indexed queries.

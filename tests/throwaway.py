@@ -217,9 +217,9 @@ class ThrowawayPostgres:
                          "-v", "ON_ERROR_STOP=1", "-At", "-c", sql)
         return done.stdout.strip()
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; returns its URL."""
-        self.psql(f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template`` (which must have no connections); returns its URL."""
+        self.psql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return self.url(name)
 
     def close(self) -> None:

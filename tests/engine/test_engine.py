@@ -195,8 +195,11 @@ async def test_a_refused_connection_gives_the_notice_and_keeps_the_message(store
 
 
 async def test_slow_tokens_past_the_turn_deadline_end_with_a_notice(store, cache, tgi) -> None:
-    world = await build_world(store, cache, tgi, turn_deadline_s=0.5)
-    tgi.script(reply="slow slow slow slow slow slow slow slow", chunks=8, token_delay=0.2)
+    # A piece a second: well within the client's 5 s between pieces, 8 s in all, past the 3 s deadline.
+    # The first piece has 2 s to spare before the deadline (0.3 s before), so a busy machine does not
+    # turn the cut reply into no reply.
+    world = await build_world(store, cache, tgi, turn_deadline_s=3.0)
+    tgi.script(reply="slow slow slow slow slow slow slow slow", chunks=8, token_delay=1.0)
     reply, deltas = await world.say("quick!")
     assert reply.status is ReplyStatus.PARTIAL
     assert "cut short" in deltas[-1]
