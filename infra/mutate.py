@@ -25,16 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / ".mutate"
 BACKENDS = "not postgresql and not redis"  # SQLite + the in-process cache, where a test offers both
 
-# The module, and the tests that exercise it (the fastest selection that covers it: every test file
-# listed runs once per mutant until one fails).
+# The module, and the tests that exercise it: the fastest selection that covers it (files, or single
+# tests for the adapters, whose files take many seconds), run once per mutant until one fails.
 MODULES: dict[str, list[str]] = {
-    "core/dynamics.py": ["tests/dynamics/test_rules.py", "tests/dynamics/test_state_updates.py"],
+    "core/dynamics.py": ["tests/dynamics/test_rule_edges.py", "tests/dynamics/test_rules.py", "tests/dynamics/test_state_updates.py"],
     "core/feelings.py": ["tests/dynamics/test_rules.py", "tests/dynamics/test_state_updates.py"],
     "core/emotions.py": ["tests/dynamics/test_rules.py", "tests/core/test_prompt.py", "tests/dynamics/test_mood.py"],
     "core/appraisal.py": ["tests/dynamics/test_rules.py", "tests/appraisal"],
     "core/derive.py": ["tests/dynamics/test_rules.py", "tests/dynamics/test_state_updates.py"],
     "core/state.py": ["tests/dynamics/test_rules.py", "tests/dynamics/test_state_updates.py", "tests/dynamics/test_mood.py"],
-    "core/flood.py": ["tests/core/test_flood.py", "tests/telegram/test_flood.py", "tests/discord/test_flood.py"],
+    "core/flood.py": ["tests/core/test_flood.py", "tests/core/test_flood_edges.py", "tests/telegram/test_flood.py", "tests/discord/test_flood.py"],
     "core/text.py": ["tests/core/test_text.py", "tests/core/test_split_edges.py", "tests/core/test_control_text.py"],
     "core/cards.py": ["tests/core/test_cards.py"],
     "core/card_files.py": ["tests/core/test_card_files.py", "tests/core/test_cards.py"],
@@ -43,10 +43,25 @@ MODULES: dict[str, list[str]] = {
     "core/commands.py": ["tests/engine/test_commands.py"],
     "core/engine.py": ["tests/engine/test_engine.py", "tests/engine/test_edges.py"],
     "core/turn.py": ["tests/engine/test_engine.py", "tests/engine/test_edges.py", "tests/engine/test_durable_turns.py"],
-    "bots/streaming.py": ["tests/discord/test_chat.py", "tests/telegram/test_groups.py", "tests/telegram/test_private_chat.py"],
+    "bots/streaming.py": [
+        "tests/telegram/test_groups.py::test_a_reply_streams_by_editing_one_message_at_a_paced_rate",
+        "tests/telegram/test_groups.py::test_a_9000_character_reply_arrives_as_three_messages",
+        "tests/telegram/test_groups.py::test_regenerating_a_long_reply_writes_over_all_its_messages",
+        "tests/discord/test_chat.py::test_a_message_in_a_bound_channel_gets_a_streamed_reply_to_it",
+        "tests/discord/test_chat.py::test_a_long_reply_continues_in_new_messages_of_at_most_2000_characters",
+        "tests/discord/test_chat.py::test_edits_never_exceed_five_per_five_seconds_in_a_channel",
+        "tests/discord/test_chat.py::test_a_rate_limited_edit_is_retried_and_the_whole_reply_arrives",
+        "tests/discord/test_chat.py::test_first_contact_shows_the_characters_greeting_before_the_reply",
+        "tests/telegram/test_private_chat.py::test_refused_drafts_fall_back_to_send_then_edit_for_the_rest_of_the_process",
+    ],
     "bots/telegram/drafts.py": ["tests/telegram/test_private_chat.py"],
     "bots/telegram/replies.py": ["tests/telegram/test_groups.py", "tests/telegram/test_private_chat.py"],
-    "bots/telegram/admins.py": ["tests/telegram/test_groups.py", "tests/telegram/test_commands.py"],
+    "bots/telegram/admins.py": [
+        "tests/telegram/test_groups.py::test_a_non_admin_cannot_bind_and_nothing_changes",
+        "tests/telegram/test_groups.py::test_a_chat_admin_binds_a_character_in_mention_mode_by_default",
+        "tests/telegram/test_commands.py::test_a_group_admin_manages_characters",
+        "tests/telegram/test_commands.py::test_admin_commands_are_refused_to_others",
+    ],
 }
 
 # Operators left out: swaps that mostly make nonsense no test is needed to see (2 ** x for 2 * x,
