@@ -41,6 +41,7 @@ def test_a_move_of_intimacy_alone_is_a_change() -> None:
 def test_the_settings_bounds_are_inclusive_where_documented() -> None:
     Dynamics(weight=1.0)  # "at most 1"
     Dynamics(max_emotion_step=0, max_intimacy_step=0)  # a step of 0 freezes the feelings: allowed
+    Dynamics(half_life_s=0.5)  # any positive half-life
     for bad in (dict(weight=0.0), dict(weight=1.01), dict(max_emotion_step=-1), dict(max_intimacy_step=-1), dict(half_life_s=0.0)):
         with pytest.raises(ValueError):
             Dynamics(**bad)
