@@ -57,6 +57,7 @@ MODULES: dict[str, list[str]] = {
     "bots/telegram/drafts.py": ["tests/telegram/test_private_chat.py"],
     "bots/telegram/replies.py": ["tests/telegram/test_groups.py", "tests/telegram/test_private_chat.py"],
     "bots/telegram/admins.py": [
+        "tests/telegram/test_admin_lookup.py",
         "tests/telegram/test_groups.py::test_a_non_admin_cannot_bind_and_nothing_changes",
         "tests/telegram/test_groups.py::test_a_chat_admin_binds_a_character_in_mention_mode_by_default",
         "tests/telegram/test_commands.py::test_a_group_admin_manages_characters",
