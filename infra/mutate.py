@@ -44,6 +44,7 @@ MODULES: dict[str, list[str]] = {
     "core/engine.py": ["tests/engine/test_engine.py", "tests/engine/test_edges.py"],
     "core/turn.py": ["tests/engine/test_engine.py", "tests/engine/test_edges.py", "tests/engine/test_durable_turns.py"],
     "bots/streaming.py": [
+        "tests/test_edit_budget.py",
         "tests/telegram/test_groups.py::test_a_reply_streams_by_editing_one_message_at_a_paced_rate",
         "tests/telegram/test_groups.py::test_a_9000_character_reply_arrives_as_three_messages",
         "tests/telegram/test_groups.py::test_regenerating_a_long_reply_writes_over_all_its_messages",
