@@ -1,6 +1,7 @@
-"""``EditBudget`` (bots/streaming.py), the sliding window that paces sends and edits, on a clock the test
-moves: the mutation run (docs/testing.md) found that a wrong wait (from the newest send instead of the
-oldest) went unnoticed, since the adapters' pacing tests only see that the limit is never crossed."""
+"""Pacing in bots/streaming.py on a clock the test moves: ``EditBudget``, the sliding window over sends
+and edits, and ``StreamedMessage``'s wait between edits. The mutation run (docs/testing.md) found that
+waiting too long (from the newest send instead of the oldest, or a whole interval more) went unnoticed,
+since the adapters' pacing tests only see that writes are never too close."""
 
 from __future__ import annotations
 
@@ -40,3 +41,35 @@ async def test_under_the_count_there_is_no_wait(clock: list[float]) -> None:
     assert budget.wait_time() == 0.0
     await budget.take()
     assert budget.wait_time() == pytest.approx(5.0)
+
+
+async def test_an_edit_goes_out_at_once_when_the_interval_has_passed(clock: list[float]) -> None:
+    """``StreamedMessage`` waits only for what is left of the interval since its last write (a mutant
+    that always waited a whole interval more survived the adapters' tests, which check only that
+    writes are never too close)."""
+    import asyncio
+
+    from bots.streaming import StreamedMessage
+
+    sent, edited = asyncio.Event(), asyncio.Event()
+    writes: list[str] = []
+
+    async def send(text: str) -> int:
+        writes.append(text)
+        sent.set()
+        return 1
+
+    async def edit(handle: int, text: str) -> None:
+        writes.append(text)
+        edited.set()
+
+    async def deltas():
+        yield "Hello"
+        await sent.wait()
+        clock[0] += 1000.0  # the whole interval has passed since the send
+        yield " there"
+        await asyncio.wait_for(edited.wait(), 10)  # bounded: a reply still waiting out an interval fails here
+
+    shown = StreamedMessage(limit=2000, send=send, edit=edit, interval=1000.0)
+    await shown.run(deltas())
+    assert writes == ["Hello", "Hello there"]
