@@ -117,10 +117,27 @@ def run(args: list[str], tree: Path, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=tree, check=True, **kwargs)
 
 
+def tally(dump: str) -> tuple[int, list[tuple[dict, dict]], int, int]:
+    """From ``cosmic-ray dump``: the mutants killed, the survivors (work item, result), those filtered
+    out, and those not counted (not run, not buildable, or the test command could not start)."""
+    killed, survivors, skipped, other = 0, [], 0, 0
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        if result is not None and result.get("worker_outcome") == "skipped":
+            skipped += 1
+        elif result is None or result.get("worker_outcome") != "normal":
+            other += 1  # not run, the mutant could not be built, or the worker broke: not counted
+        elif result.get("test_outcome") == "survived":
+            survivors.append((item, result))
+        elif result.get("test_outcome") == "killed":
+            killed += 1
+        else:
+            other += 1  # "incompetent": the test command itself could not start
+    return killed, survivors, skipped, other
+
+
 def mutate(module: str, bin_dir: Path, python: str) -> dict:
-    tests = MODULES.get(module)
-    if tests is None:
-        sys.exit(f"make mutate: no test selection for {module}; add it to MODULES in infra/mutate.py (known: {', '.join(MODULES)})")
+    tests = MODULES[module]
     name = module.replace("/", ".").removesuffix(".py")
     command = test_command(python, tests)
     tree = SCRATCH / name  # a copy of its own per module, so that two runs may go side by side
@@ -145,17 +162,7 @@ def mutate(module: str, bin_dir: Path, python: str) -> dict:
     minutes = (time.monotonic() - started) / 60
 
     dump = run([str(bin_dir / "cosmic-ray"), "dump", str(session)], tree, env=env, capture_output=True, text=True).stdout
-    killed, survivors, skipped, other = 0, [], 0, 0
-    for line in dump.splitlines():
-        item, result = json.loads(line)
-        if result is None or result.get("worker_outcome") == "skipped":
-            skipped += 1
-        elif result.get("worker_outcome") != "normal":
-            other += 1  # the mutant could not be built or the worker broke: not counted
-        elif result.get("test_outcome") == "survived":
-            survivors.append((item, result))
-        else:
-            killed += 1
+    killed, survivors, skipped, other = tally(dump)
     ran = killed + len(survivors)
     score = 100.0 * killed / ran if ran else 100.0
 
@@ -176,10 +183,13 @@ def main() -> None:
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     bin_dir = Path(sys.argv[1]).resolve()
-    modules = sys.argv[2:] or list(MODULES)
+    modules = [module.removeprefix("./") for module in sys.argv[2:]] or list(MODULES)
+    unknown = [module for module in modules if module not in MODULES]
+    if unknown:
+        sys.exit(f"make mutate: no test selection for {', '.join(unknown)}; add it to MODULES in infra/mutate.py (known: {', '.join(MODULES)})")
     python = sys.executable
     SCRATCH.mkdir(exist_ok=True)
-    results = [mutate(module.removeprefix("./"), bin_dir, python) for module in modules]
+    results = [mutate(module, bin_dir, python) for module in modules]
     killed, ran = sum(r["killed"] for r in results), sum(r["ran"] for r in results)
     if len(results) > 1 and ran:
         print(f"total: {killed}/{ran} mutants killed ({100.0 * killed / ran:.1f}%)")
