@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # constraints.txt pins every version, so two installs (and the image) get the same packages.
 PIP_INSTALL := PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: chat test bench faults install clean lock
+.PHONY: chat test bench faults mutate install clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "personae needs Python 3.11 or newer"; exit 1; }
@@ -48,5 +48,19 @@ lock: $(STAMP)
 faults: $(STAMP)
 	$(PY) -m tests.faults $(FAULTS)
 
+# Mutation testing before a release (slow, so not part of `make test`): cosmic-ray, in a virtualenv of
+# its own, mutates core/ and the adapters' pacing and admin modules one change at a time in a scratch
+# copy, runs each module's tests after every change and prints the score. MUTATE=core/flood.py: one module.
+MUTATE_VENV ?= .venv-mutate
+COSMIC_RAY ?= cosmic-ray==8.7.0
+
+$(MUTATE_VENV)/.installed:
+	@$(PYTHON) -m venv $(MUTATE_VENV)
+	@$(MUTATE_VENV)/bin/pip install --quiet --disable-pip-version-check $(COSMIC_RAY)
+	@touch $@
+
+mutate: $(STAMP) $(MUTATE_VENV)/.installed
+	$(PY) infra/mutate.py $(MUTATE_VENV)/bin $(MUTATE)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(MUTATE_VENV) .mutate .pytest_cache
