@@ -14,6 +14,7 @@ import signal
 from typing import Any, Coroutine, Mapping
 
 from bots.compose import App, open_app
+from bots.replicas import alive
 from bots.samples import ensure_samples
 from bots.settings import Settings
 from core.errors import ConfigurationError, PersonaeError
@@ -41,7 +42,9 @@ async def run_service(settings: Settings) -> None:
         )
         async with open_app(settings, platforms=platforms) as app:
             await ensure_samples(app.store)
-            await _serve(app, settings, stop)
+            # Alive while serving: another replica takes over what this one leaves pending once it is gone.
+            async with alive(app.cache, app.replica, settings.replica_lease_s):
+                await _serve(app, settings, stop)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -71,6 +70,9 @@ class EngineConfig:
     store_retry_s: float = 120.0
     # One storage notice per person per this many seconds while the database is away.
     storage_notice_interval_s: float = 60.0
+    # This process's name among replicas: stored on the messages it takes in, so that another replica
+    # can take them over when this one's liveness lease (core.hot.replica_key) runs out.
+    replica: str = ""
 
 
 class NoStateChange:
@@ -308,7 +310,8 @@ class Engine:
             return ReplyStatus.IGNORED
         conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
         return await self.store.messages.accept(
-            conversation, text, estimate_tokens(text), event.message_id, one_line_name(clean_text(event.display_name))
+            conversation, text, estimate_tokens(text), event.message_id, one_line_name(clean_text(event.display_name)),
+            owner=self.config.replica or None,
         )
 
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
@@ -413,6 +416,8 @@ class Engine:
         reply.character = character
         self._in_flight.add(intake.id)
         try:
+            if getattr(self.cache, "shared", False):
+                await self._after_older(intake)
             async with self._turns, self._running():
                 turn = ChatTurn(
                     self, reply, character, binding, intake.conversation, intake.display_name, intake.text, intake=intake
@@ -421,6 +426,20 @@ class Engine:
                     yield delta
         finally:
             self._in_flight.discard(intake.id)
+
+    async def _after_older(self, intake: Intake) -> None:
+        """With replicas, one person's messages may reach different processes: while an older message
+        of the conversation is still pending (being answered elsewhere), wait, so that the turns keep
+        their order. Bounded by a lock's lifetime: a message whose replica died is taken over by a
+        sweep within a lease, and past the bound this one goes ahead."""
+        deadline = time.monotonic() + self.config.turn_deadline_s + 5
+        delay = 0.02
+        while await self.store.messages.waiting_before(intake.conversation, intake.id):
+            if time.monotonic() >= deadline:
+                log.warning("an older message of %s is still pending; answering message %s anyway", intake.conversation.cache_key(), intake.id)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
