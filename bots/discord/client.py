@@ -34,6 +34,7 @@ from bots.streaming import EditBudget, StreamedMessage, greeting_first
 from bots.recovering import keep_recovering, sweep_every
 from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import ConfigurationError, PersonaeError
+from core.locks import KeyedLocks
 from core.events import ChatEvent, ConversationKey, Platform, Trigger
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class PersonaeClient(discord.Client):
         self._told_about_attachments: dict[str, None] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Task[Any]] = set()  # on_message handlers in progress
+        self._arrivals = KeyedLocks()  # one person's messages in a channel, stored in arrival order
         guard_parsers(self)
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
@@ -261,12 +263,23 @@ class PersonaeClient(discord.Client):
             assert self.user is not None
             event = chat_event(message, self.user)
             if event is not None:
+                await self._store_on_arrival(event)
                 reply = self.app.engine.handle(event)
                 await self.answer(message, event, reply)
         except Exception:
             log.exception("failed to answer message %s in channel %s", message.id, message.channel.id)
         finally:
             self.dispatch("turn_finished", message, reply)
+
+    async def _store_on_arrival(self, event: ChatEvent) -> None:
+        """Store the message (pending) before it waits behind the person's earlier ones: if this
+        process dies meanwhile, another replica (or the restart) answers it; Discord never sends it
+        again. One person's messages are stored in the order they came."""
+        async with self._arrivals.hold(f"{event.channel_id}:{event.user_id}"):
+            try:
+                await self.app.engine.accept(event)
+            except Exception:  # noqa: BLE001 - the database's own errors: handle stores it again, or says so
+                log.debug("storing Discord message %s on arrival failed", event.message_id, exc_info=True)
 
     async def answer(self, message: discord.Message, event: ChatEvent, reply: Reply) -> None:
         """Show the Engine's reply to ``message``: typing until the first text, then a send and paced edits."""
