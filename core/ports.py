@@ -80,8 +80,8 @@ class MessageRepository(Protocol):
         """Store a person's message as pending, claimed by replica ``owner``, in one round trip; for a
         redelivery (same platform, channel and platform message id) the stored one, with ``first`` False."""
 
-    async def waiting_before(self, conversation: ConversationKey, message_id: int) -> bool:
-        """Whether an older message of ``conversation`` than ``message_id`` is still pending."""
+    async def pending_before(self, conversation: ConversationKey, message_id: int, limit: int = 20) -> list[Intake]:
+        """The messages of ``conversation`` older than ``message_id`` still pending, oldest first."""
 
     async def claim(self, message_id: int, owner_was: str | None, owner: str) -> bool:
         """Move a pending message from replica ``owner_was`` to ``owner`` (a takeover); False when it

@@ -245,14 +245,16 @@ class SqlMessageRepository:
             rows = (await conn.execute(statement)).all()
         return [_intake(row, first=False) for row in rows]
 
-    async def waiting_before(self, conversation: ConversationKey, message_id: int) -> bool:
+    async def pending_before(self, conversation: ConversationKey, message_id: int, limit: int = 20) -> list[Intake]:
         statement = (
-            sa.select(t.c.id)
+            sa.select(*_INTAKE_COLUMNS)
             .where(_in(conversation), t.c.id < message_id, t.c.status == MessageStatus.PENDING.value)
-            .limit(1)
+            .order_by(t.c.id)
+            .limit(limit)
         )
         async with self._db.connect() as conn:
-            return (await conn.execute(statement)).first() is not None
+            rows = (await conn.execute(statement)).all()
+        return [_intake(row, first=False) for row in rows]
 
     async def claim(self, message_id: int, owner_was: str | None, owner: str) -> bool:
         was = t.c.claimed_by.is_(None) if owner_was is None else t.c.claimed_by == owner_was
