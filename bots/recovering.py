@@ -25,6 +25,8 @@ async def recover_once(engine: Engine, platform: str, deliver: Callable[[Recover
             if turn.late and turn.reply.status is ReplyStatus.PENDING:
                 # Never shown and too old to answer: settle it, or every sweep would try again.
                 await turn.reply.collect()
+        finally:
+            engine.claimed(turn.intake, mine=False)
     if delivered:
         log.info("answered %d %s message%s left pending", delivered, platform, "" if delivered == 1 else "s")
     return delivered

@@ -130,6 +130,8 @@ class Engine:
         self._accepted: dict[tuple[str, str, str], Intake] = {}
         # Stored messages whose turn runs in this process (a redelivery of one is not answered twice).
         self._in_flight: set[int] = set()
+        # Stored messages a recovery sweep claimed here and will answer next (not yet in flight).
+        self._claimed: set[int] = set()
         self._turns_running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -184,6 +186,17 @@ class Engine:
     def answering(self, intake: Intake) -> bool:
         """Whether this process is answering ``intake`` (or was handed it by an adapter and will)."""
         return intake.id in self._in_flight or _delivery_of(intake) in self._accepted
+
+    def taking(self, intake: Intake) -> bool:
+        """``answering``, or claimed here by a recovery sweep and about to be answered."""
+        return intake.id in self._claimed or self.answering(intake)
+
+    def claimed(self, intake: Intake, mine: bool = True) -> None:
+        """A recovery sweep claimed ``intake`` to answer it here (``mine``), or is done with it."""
+        if mine:
+            self._claimed.add(intake.id)
+        else:
+            self._claimed.discard(intake.id)
 
     async def showing(self, intake: Intake, platform_message_id: str) -> None:
         """Remember the platform message a reply to ``intake`` is being streamed into, so that a
@@ -426,6 +439,7 @@ class Engine:
                     yield delta
         finally:
             self._in_flight.discard(intake.id)
+            self._claimed.discard(intake.id)
 
     async def _after_older(self, intake: Intake) -> None:
         """With replicas, one person's messages may reach different processes: while an older message
@@ -435,7 +449,7 @@ class Engine:
         deadline = time.monotonic() + self.config.turn_deadline_s + 5
         delay = 0.02
         while older := await self.store.messages.pending_before(intake.conversation, intake.id):
-            if all(i.owner == self.config.replica and not self.answering(i) for i in older):
+            if all(i.owner == self.config.replica and not self.taking(i) for i in older):
                 return  # left behind in this process (a sweep answers them): nothing to wait for
             if time.monotonic() >= deadline:
                 log.warning("an older message of %s is still pending; answering message %s anyway", intake.conversation.cache_key(), intake.id)

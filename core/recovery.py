@@ -38,10 +38,12 @@ async def pending_turns(engine: "Engine", platform: str, *, older_than_s: float 
             return
         after_id = batch[-1].id
         now = dt.datetime.now(dt.UTC)
-        candidates = [i for i in batch if not engine.answering(i)]
+        candidates = [i for i in batch if not engine.taking(i)]
         gone = await owners_gone(engine, candidates)
         due = [i for i in candidates if i.owner in gone or (now - i.created_at).total_seconds() >= older_than_s]
         due = [i for i in due if await _taken_over(engine, i)]
+        for intake in due:
+            engine.claimed(intake)  # answered here next: a newer message of its conversation waits for it
         if not due:
             continue
         shown = await engine.cache.get_many([shown_key(i.id) for i in due])
