@@ -112,6 +112,13 @@ class Replicas(FaultRun):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"no replica took update {update['update_id']}")
 
+    def calls_in(self, platform: str, chat: int) -> list[str]:
+        """The bot's sends and edits in ``chat`` (when, what, which message), to read a failure by."""
+        if platform != "telegram" or self.tg is None:
+            return []
+        return [f"{c.at:.2f} {c.method} {c.params.get('message_id', '')} {str(c.params.get('text', ''))[:12]!r}"
+                for c in self.tg.calls if c.params.get("chat_id") == chat and c.method in ("sendMessage", "editMessageText")]
+
     def in_order(self) -> list[str]:
         """Chats whose complete replies are not in the order their messages were sent (one person per chat here)."""
         wrong = []
@@ -121,7 +128,7 @@ class Replicas(FaultRun):
             # record where (see docs/reliability.md) stays half-shown; the row counts those apart.
             seen = [m for text in self.bot_texts(platform, chat) if self.complete(text) for m in re.findall(r"\bm\d+x\b", text)]
             if seen != expected:
-                wrong.append(f"{platform} {chat}: replies {seen}, sent {expected}")
+                wrong.append(f"{platform} {chat}: replies {seen}, sent {expected}; {self.calls_in(platform, chat)}")
         return wrong
 
 
