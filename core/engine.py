@@ -449,13 +449,24 @@ class Engine:
         deadline = time.monotonic() + self.config.turn_deadline_s + 5
         delay = 0.02
         while older := await self.store.messages.pending_before(intake.conversation, intake.id):
-            if all(i.owner == self.config.replica and not self.taking(i) for i in older):
-                return  # left behind in this process (a sweep answers them): nothing to wait for
+            if not any(self._holds_up(i) for i in older):
+                return
             if time.monotonic() >= deadline:
                 log.warning("an older message of %s is still pending; answering message %s anyway", intake.conversation.cache_key(), intake.id)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
+
+    def _holds_up(self, older: Intake) -> bool:
+        """Whether a newer message of ``older``'s conversation must wait for it: it is being answered
+        (or was claimed by a sweep) here, or another replica holds it (alive, or dead and about to be
+        swept). One handed to this process and not begun is ordered by the arrivals lock instead; one
+        left behind here, or stored without an owner, is answered by a sweep in its time."""
+        if older.id in self._in_flight or older.id in self._claimed:
+            return True
+        if _delivery_of(older) in self._accepted:
+            return False
+        return older.owner is not None and older.owner != self.config.replica
 
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
