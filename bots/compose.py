@@ -32,6 +32,7 @@ class App:
     engine: Engine
     commands: Commands
     slots: ModelSlots | None = None  # the model budget the clients take slots from (set by open_app)
+    replica: str = ""  # this process's name among replicas (leases, the messages it takes)
 
     def is_owner(self, platform: str, user_id: str) -> bool:
         """Owner ids are written plain (any platform) or as ``platform:id``."""
@@ -126,7 +127,12 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
     when it is ``model``, else the lexicon appraiser (``open_app`` passes the model appraiser with
     its own client when a model server is configured).
     """
-    engine = Engine(store, cache, model, engine_config(settings))
+    from bots.replicas import new_replica_id
+
+    replica = settings.replica_id or new_replica_id()
+    config = engine_config(settings)
+    config.replica = replica
+    engine = Engine(store, cache, model, config)
     if appraiser is None and settings.appraiser == "model":
         appraiser = model_appraiser(settings, model)
     elif appraiser is None and settings.appraiser != "none":
@@ -142,7 +148,7 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
         )
     engine.state_updater = updater
     commands = command_layer(settings, store, cache, engine.hot, model, feelings=updater)
-    return App(settings, store, cache, model, engine, commands)
+    return App(settings, store, cache, model, engine, commands, replica)
 
 
 def command_layer(
@@ -175,7 +181,7 @@ async def open_cache(settings: Settings) -> Cache:
     """Redis (checked with a PING) when PERSONAE_REDIS_URL is set, else the in-process cache."""
     from storage.cache import connect_cache
 
-    return await connect_cache(settings.redis_url)
+    return await connect_cache(settings.redis_url, settings.redis_prefix)
 
 
 def describe_cache(cache: Cache) -> str:

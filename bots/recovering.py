@@ -6,7 +6,9 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+from bots.settings import Settings
 from core.engine import Engine, RecoveredTurn, ReplyStatus
+from core.ports import Cache
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +25,33 @@ async def recover_once(engine: Engine, platform: str, deliver: Callable[[Recover
             if turn.late and turn.reply.status is ReplyStatus.PENDING:
                 # Never shown and too old to answer: settle it, or every sweep would try again.
                 await turn.reply.collect()
+        finally:
+            engine.claimed(turn.intake, mine=False)
     if delivered:
         log.info("answered %d %s message%s left pending", delivered, platform, "" if delivered == 1 else "s")
     return delivered
 
 
-async def keep_recovering(engine: Engine, platform: str, deliver: Callable[[RecoveredTurn], Awaitable[None]]) -> None:
-    """At start-up, then once per lock lifetime: a message pending longer than a turn's lock can
-    last has lost its turn (its process died), so it is answered here."""
+def sweep_every(settings: Settings, cache: Cache) -> float | None:
+    """How often to look for messages a dead replica left: every third of a liveness lease when
+    replicas share Redis, else once per lock lifetime (None: the default)."""
+    return settings.replica_lease_s / 3 if getattr(cache, "shared", False) else None
+
+
+async def keep_recovering(
+    engine: Engine, platform: str, deliver: Callable[[RecoveredTurn], Awaitable[None]], *, sweep_s: float | None = None
+) -> None:
+    """At start-up, then every ``sweep_s`` (default: once per lock lifetime): a message whose
+    replica's liveness lease ran out is answered here at once, and any message pending longer than a
+    turn's lock can last has lost its turn (its process died), so it is answered here too.
+
+    Alone (the in-process cache), everything pending at start-up was left by an earlier run; with
+    replicas on one Redis, what the live ones hold is theirs until it is that old."""
     every = engine.config.turn_deadline_s + 5
-    await recover_once(engine, platform, deliver)
+    sweep_s = every if sweep_s is None else sweep_s
+    await recover_once(engine, platform, deliver, older_than_s=every if getattr(engine.cache, "shared", False) else 0.0)
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(sweep_s)
         try:
             await recover_once(engine, platform, deliver, older_than_s=every)
         except Exception:  # noqa: BLE001 - the database may be away; try again next time

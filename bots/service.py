@@ -14,6 +14,7 @@ import signal
 from typing import Any, Coroutine, Mapping
 
 from bots.compose import App, open_app
+from bots.replicas import alive
 from bots.samples import ensure_samples
 from bots.settings import Settings
 from core.errors import ConfigurationError, PersonaeError
@@ -43,7 +44,8 @@ async def run_service(settings: Settings) -> None:
             from bots.probes import watched_app
 
             await ensure_samples(app.store)
-            async with watched_app(app):
+            # Alive while serving: another replica takes over what this one leaves pending once it is gone.
+            async with watched_app(app), alive(app.cache, app.replica, settings.replica_lease_s):
                 await _serve(app, settings, stop)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

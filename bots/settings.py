@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "PERSONAE_"
@@ -60,6 +60,11 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default_factory=default_database_url)
     redis_url: str | None = None
+    redis_prefix: str = "personae:"  # every key starts with it: deployments sharing one Redis keep apart
+    # Replicas (several processes on one database and Redis): this process's name in leases and on the
+    # messages it takes (default: host-pid-random), and how long a lease lasts unrenewed (renewed every third).
+    replica_id: str | None = None
+    replica_lease_s: float = Field(default=10.0, ge=1)
     llm_url: str | None = None
     llm_model: str | None = None
     # "training" (BD-RP's own layout, sent as a raw completion), "chat" (the server's chat template), or
@@ -83,6 +88,10 @@ class Settings(BaseSettings):
     discord_admin_role: str | None = None  # a role name or id whose members count as admins
     discord_sync: str = "global"  # "global", "guild" (synced per guild: instant, for development) or "off"
     discord_guild_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)  # guilds synced in "guild" mode
+    # Sharding: both unset: one connection. SHARD_COUNT a number or "auto" (Discord's recommended count);
+    # SHARDS the ones this process runs ("0-3", "0,2"; default: all). Replicas share one count.
+    discord_shard_count: str | None = None
+    discord_shards: str | None = None
 
     # Telegram
     telegram_api_base: str = "https://api.telegram.org/bot"
@@ -165,7 +174,7 @@ class Settings(BaseSettings):
 
     # An empty value is unset: a line left as `PERSONAE_DISCORD_TOKEN=` in .env starts nothing.
     @field_validator(
-        "redis_url", "llm_url", "llm_model", "discord_gateway_url", "telegram_webhook_url", "appraiser_url",
+        "redis_url", "replica_id", "discord_shard_count", "discord_shards", "llm_url", "llm_model", "discord_gateway_url", "telegram_webhook_url", "appraiser_url",
         "discord_token", "telegram_token", "llm_api_key", "telegram_webhook_secret",
         "eval_partner_url", "eval_judge_url", "eval_partner_model", "eval_judge_model",
         mode="before",
@@ -216,6 +225,39 @@ class Settings(BaseSettings):
     @property
     def appraiser_urls(self) -> list[str]:
         return self.appraiser_url.split(",") if self.appraiser_url else []
+
+    @field_validator("discord_shard_count", mode="after")
+    @classmethod
+    def _known_shard_count(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() == "auto":
+            return None if value is None else "auto"
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError("must be a number of shards (1 or more) or auto")
+        return str(int(value))
+
+    @field_validator("discord_shards", mode="after")
+    @classmethod
+    def _known_shards(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from bots.discord.shards import parse_shards
+
+        parse_shards(value)  # ValueError says what is wrong
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _shards_within_count(self) -> "Settings":
+        if self.discord_shards and self.discord_shard_count not in (None, "auto"):
+            from bots.discord.shards import parse_shards
+
+            count = int(self.discord_shard_count)
+            outside = [i for i in parse_shards(self.discord_shards) if i >= count]
+            if outside:
+                raise ValueError(
+                    f"PERSONAE_DISCORD_SHARDS names shard {outside[0]}, but PERSONAE_DISCORD_SHARD_COUNT={count} "
+                    f"has shards 0-{count - 1}"
+                )
+        return self
 
     @field_validator("appraisal_cadence", mode="after")
     @classmethod

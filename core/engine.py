@@ -72,6 +72,9 @@ class EngineConfig:
     store_retry_s: float = 120.0
     # One storage notice per person per this many seconds while the database is away.
     storage_notice_interval_s: float = 60.0
+    # This process's name among replicas: stored on the messages it takes in, so that another replica
+    # can take them over when this one's liveness lease (core.hot.replica_key) runs out.
+    replica: str = ""
 
 
 class NoStateChange:
@@ -129,6 +132,8 @@ class Engine:
         self._accepted: dict[tuple[str, str, str], Intake] = {}
         # Stored messages whose turn runs in this process (a redelivery of one is not answered twice).
         self._in_flight: set[int] = set()
+        # Stored messages a recovery sweep claimed here and will answer next (not yet in flight).
+        self._claimed: set[int] = set()
         self._turns_running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -183,6 +188,17 @@ class Engine:
     def answering(self, intake: Intake) -> bool:
         """Whether this process is answering ``intake`` (or was handed it by an adapter and will)."""
         return intake.id in self._in_flight or _delivery_of(intake) in self._accepted
+
+    def taking(self, intake: Intake) -> bool:
+        """``answering``, or claimed here by a recovery sweep and about to be answered."""
+        return intake.id in self._claimed or self.answering(intake)
+
+    def claimed(self, intake: Intake, mine: bool = True) -> None:
+        """A recovery sweep claimed ``intake`` to answer it here (``mine``), or is done with it."""
+        if mine:
+            self._claimed.add(intake.id)
+        else:
+            self._claimed.discard(intake.id)
 
     async def showing(self, intake: Intake, platform_message_id: str) -> None:
         """Remember the platform message a reply to ``intake`` is being streamed into, so that a
@@ -312,7 +328,8 @@ class Engine:
             return ReplyStatus.IGNORED
         conversation = ConversationKey(character.id, event.platform, event.channel_id, event.user_id)
         return await self.store.messages.accept(
-            conversation, text, estimate_tokens(text), event.message_id, clean_display_name(event.display_name)
+            conversation, text, estimate_tokens(text), event.message_id, clean_display_name(event.display_name),
+            owner=self.config.replica or None,
         )
 
     async def _handle(self, event: ChatEvent, reply: Reply) -> AsyncIterator[str]:
@@ -423,6 +440,8 @@ class Engine:
         self._in_flight.add(intake.id)
         queued = reply.queued_at if reply.queued_at is not None else time.monotonic()
         try:
+            if getattr(self.cache, "shared", False):
+                await self._after_older(intake)
             async with self._turns, self._running():
                 observe.metrics.queue_wait(observe.since(queued))
                 turn = ChatTurn(
@@ -432,6 +451,34 @@ class Engine:
                     yield delta
         finally:
             self._in_flight.discard(intake.id)
+            self._claimed.discard(intake.id)
+
+    async def _after_older(self, intake: Intake) -> None:
+        """With replicas, one person's messages may reach different processes: while an older message
+        of the conversation is still pending (being answered elsewhere), wait, so that the turns keep
+        their order. Bounded by a lock's lifetime: a message whose replica died is taken over by a
+        sweep within a lease, and past the bound this one goes ahead."""
+        deadline = time.monotonic() + self.config.turn_deadline_s + 5
+        delay = 0.02
+        while older := await self.store.messages.pending_before(intake.conversation, intake.id):
+            if not any(self._holds_up(i) for i in older):
+                return
+            if time.monotonic() >= deadline:
+                log.warning("an older message of %s is still pending; answering message %s anyway", intake.conversation.cache_key(), intake.id)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _holds_up(self, older: Intake) -> bool:
+        """Whether a newer message of ``older``'s conversation must wait for it: it is being answered
+        (or was claimed by a sweep) here, or another replica holds it (alive, or dead and about to be
+        swept). One handed to this process and not begun is ordered by the arrivals lock instead; one
+        left behind here, or stored without an owner, is answered by a sweep in its time."""
+        if older.id in self._in_flight or older.id in self._claimed:
+            return True
+        if _delivery_of(older) in self._accepted:
+            return False
+        return older.owner is not None and older.owner != self.config.replica
 
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:

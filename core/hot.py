@@ -51,6 +51,16 @@ def lock_key(conversation: ConversationKey) -> str:
     return f"l:{conversation.cache_key()}"
 
 
+def replica_key(replica: str) -> str:
+    """Held by a live replica (its liveness lease); gone when it died or stopped."""
+    return f"replica:{replica}"
+
+
+def leader_key(role: str) -> str:
+    """Held by the one replica elected for ``role`` (e.g. Telegram long polling)."""
+    return f"leader:{role}"
+
+
 def encode_binding(binding: Binding | None) -> bytes:
     if binding is None:
         return _UNBOUND

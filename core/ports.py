@@ -78,10 +78,18 @@ class MessageRepository(Protocol):
         ids up to ``message_id``, itself included: the number of its exchange, from stored data."""
 
     async def accept(
-        self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str
+        self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str,
+        owner: str | None = None,
     ) -> Intake:
-        """Store a person's message as pending, in one round trip; for a redelivery (same platform,
-        channel and platform message id) the stored one, with ``first`` False."""
+        """Store a person's message as pending, claimed by replica ``owner``, in one round trip; for a
+        redelivery (same platform, channel and platform message id) the stored one, with ``first`` False."""
+
+    async def pending_before(self, conversation: ConversationKey, message_id: int, limit: int = 20) -> list[Intake]:
+        """The messages of ``conversation`` older than ``message_id`` still pending, oldest first."""
+
+    async def claim(self, message_id: int, owner_was: str | None, owner: str) -> bool:
+        """Move a pending message from replica ``owner_was`` to ``owner`` (a takeover); False when it
+        is no longer pending or another replica claimed it first."""
 
     async def finish(
         self, intake: Intake, status: MessageStatus, reply: tuple[str, int] | None, greeting: tuple[str, int] | None = None
@@ -203,6 +211,16 @@ class Cache(Protocol):
         """Lock ``lock_key`` (in arrival order within this process) and read ``read`` in one round
         trip; with ``admit``, the event's dedupe key and rate count go in that round trip too
         (``Held.admission``). Staged writes go out with the release."""
+
+    # Whether other processes see this cache (Redis): then replicas elect and watch each other.
+    shared: bool
+
+    async def lease(self, key: str, owner: str, ttl: float) -> bool | None:
+        """Take ``key`` for ``owner`` for ``ttl`` seconds, or extend it if ``owner`` holds it already;
+        False when someone else holds it, None when the cache cannot tell (Redis is away)."""
+
+    async def release(self, key: str, owner: str) -> None:
+        """Give ``key`` up if ``owner`` holds it."""
 
     async def close(self) -> None: ...
 

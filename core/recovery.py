@@ -1,7 +1,11 @@
 """Answering what a crash left behind: messages stored on arrival and never answered.
 
 At start-up (and from time to time, for messages whose turn's owner is gone) an adapter asks
-``Engine.recover`` for the pending messages of its platform and delivers each answer. A message
+``Engine.recover`` for the pending messages of its platform and delivers each answer. With several
+replicas, each stored message names the replica that took it in (``Intake.owner``); a message whose
+owner's liveness lease ran out is claimed by one sweeping replica (a compare-and-set in the
+database) and answered there, and the conversation's lock and the message's status keep a second
+answer from being stored or shown. A message
 older than ``pending_answer_within_s`` gets one short notice instead: answering it now would come
 out of nowhere. Either way the message is settled once: a redelivery of it, or a second recovery,
 finds it answered.
@@ -12,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, AsyncIterator
 
-from core.hot import shown_key
+from core.hot import replica_key, shown_key
 from core.reply import NOTICE_STALE, Reply, ReplyStatus
 from core.state import Intake, MessageStatus
 
@@ -34,7 +38,12 @@ async def pending_turns(engine: "Engine", platform: str, *, older_than_s: float 
             return
         after_id = batch[-1].id
         now = dt.datetime.now(dt.UTC)
-        due = [i for i in batch if (now - i.created_at).total_seconds() >= older_than_s and not engine.answering(i)]
+        candidates = [i for i in batch if not engine.taking(i)]
+        gone = await owners_gone(engine, candidates)
+        due = [i for i in candidates if i.owner in gone or (now - i.created_at).total_seconds() >= older_than_s]
+        due = [i for i in due if await _taken_over(engine, i)]
+        for intake in due:
+            engine.claimed(intake)  # answered here next: a newer message of its conversation waits for it
         if not due:
             continue
         shown = await engine.cache.get_many([shown_key(i.id) for i in due])
@@ -42,6 +51,27 @@ async def pending_turns(engine: "Engine", platform: str, *, older_than_s: float 
             late = (now - intake.created_at).total_seconds() > engine.config.pending_answer_within_s
             reply = Reply(lambda r, i=intake: _too_late(engine, i, r)) if late else engine.answer(intake)
             yield RecoveredTurn(intake, reply, raw.decode() if raw is not None else None, late)
+
+
+async def owners_gone(engine: "Engine", intakes: list[Intake]) -> set[str | None]:
+    """The replicas among the owners of ``intakes`` whose liveness lease has run out (they died, or
+    stopped): their messages are answered here at once. This replica and owners still alive are not
+    in it; their messages are taken only once older than a sweep's ``older_than_s``."""
+    me = engine.config.replica
+    owners = sorted({i.owner for i in intakes if i.owner is not None and i.owner != me})
+    if not owners:
+        return set()
+    leases = await engine.cache.get_many([replica_key(o) for o in owners])
+    return {owner for owner, held in zip(owners, leases) if held is None}
+
+
+async def _taken_over(engine: "Engine", intake: Intake) -> bool:
+    """Claim ``intake`` for this replica unless it is ours already: of several replicas sweeping at
+    once, one wins the compare-and-set and answers it; the others leave it."""
+    me = engine.config.replica
+    if not me or intake.owner == me:
+        return True
+    return await engine.store.messages.claim(intake.id, intake.owner, me)
 
 
 async def _too_late(engine: "Engine", intake: Intake, reply: Reply) -> AsyncIterator[str]:

@@ -91,6 +91,7 @@ class Intake:
     created_at: dt.datetime
     status: MessageStatus = MessageStatus.PENDING
     first: bool = True
+    owner: str | None = None  # the replica answering it while pending (None: stored without one)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 class MemoryCache:
     """A dict with lazy expiry, a periodic sweep and a size cap, plus per-key asyncio locks."""
 
+    shared = False  # one process: no replica sees it
+
     # round_trips counts calls the way RedisCache counts pipelines, so that benchmarks read alike.
 
     def __init__(self, *, max_entries: int = 200_000, sweep_every: float = 30.0, lock_wait: float | None = None) -> None:
@@ -140,6 +142,20 @@ class MemoryCache:
             else:
                 self._set(key, value, now + ttl)
         self._tidy(now)
+
+    async def lease(self, key: str, owner: str, ttl: float) -> bool | None:
+        self.round_trips += 1
+        now = time.monotonic()
+        holder = self._get(key, now)
+        if holder is not None and holder != owner.encode():
+            return False
+        self._set(key, owner.encode(), now + ttl)
+        return True
+
+    async def release(self, key: str, owner: str) -> None:
+        self.round_trips += 1
+        if self._get(key, time.monotonic()) == owner.encode():
+            self._data.pop(key, None)
 
     async def close(self) -> None:
         self._data.clear()

@@ -32,6 +32,12 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 _RELEASE_SHA = hashlib.sha1(_RELEASE.encode()).hexdigest()
 # Extend the lock's lease only if it is still ours.
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+# Take a lease if it is free, or extend it if it is ours already: 1 held, 0 held by someone else.
+_LEASE = (
+    "local v = redis.call('get', KEYS[1]) "
+    "if v == false then redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1 end "
+    "if v == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end return 0"
+)
 # Writes dropped during an outage are remembered (up to this many keys) and deleted once Redis is back.
 _MAX_DIRTY = 10_000
 _GLOB = re.compile(r"([*?\[\]\\])")
@@ -44,6 +50,8 @@ def _ms(seconds: float) -> int:
 
 class RedisCache:
     """Hot copies, locks, dedupe keys and rate counters in Redis, every key starting with ``prefix``."""
+
+    shared = True  # every replica on this Redis (and prefix) sees the same keys
 
     # A failed call means an outage: it is logged once, and calls fall back (reads miss, writes are
     # dropped, locks are local only) without trying Redis for ``retry_after`` seconds, then try again.
@@ -355,6 +363,13 @@ class RedisCache:
         if results is not None and token is not None and isinstance(results[-1], NoScriptError):
             # Redis restarted (or its scripts were flushed): EVAL runs the script and caches it again.
             await self._send(lambda p: p.eval(_RELEASE, 1, key, token))
+
+    async def lease(self, key: str, owner: str, ttl: float) -> bool | None:
+        results = await self._send(lambda p: p.eval(_LEASE, 1, self._key(key), owner, _ms(ttl)))
+        return None if results is None else bool(results[0])
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._send(lambda p: p.eval(_RELEASE, 1, self._key(key), owner))
 
     async def close(self) -> None:
         for task in list(self._tasks):

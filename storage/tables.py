@@ -142,6 +142,8 @@ messages = sa.Table(
     # model server gave no reply), notice (a notice instead of a model call). NULL on assistant rows.
     sa.Column("status", sa.String(16), nullable=True),
     sa.Column("display_name", sa.String(128), nullable=True),
+    # The replica answering a pending message (PERSONAE_REPLICA_ID); another takes it over when it dies.
+    sa.Column("claimed_by", sa.String(64), nullable=True),
     _created(),
     sa.CheckConstraint("role IN ('user', 'assistant')", name="role"),
     sa.Index("ix_messages_conversation", "character_id", "platform", "channel_id", "user_id", "id"),

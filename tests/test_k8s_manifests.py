@@ -29,11 +29,6 @@ VARIANTS = {  # the base with each component alone; "example" is overlays/exampl
 }
 # Names the pods set that are not settings: the shard entrypoint's inputs (discord.yaml).
 ENTRYPOINT_INPUTS = {"POD_NAME", "SHARD_REPLICAS"}
-# Settings from the `replicas` branch (Discord shards), not yet in .env.example on this branch's base:
-# delete this set once it is merged (test_the_sharding_settings_are_awaited_only_until_merged says when).
-AWAITING_REPLICAS_BRANCH = {"PERSONAE_DISCORD_SHARD_COUNT", "PERSONAE_DISCORD_SHARDS"}
-
-
 def variant(name: str, tmp_path: Path) -> list[dict]:
     if name == "example":
         return render(K8S / "overlays" / "example")
@@ -124,7 +119,7 @@ def test_probes_ask_the_health_routes_on_the_metrics_port(tmp_path: Path) -> Non
 
 def test_every_variable_the_pods_set_is_a_real_setting(tmp_path: Path) -> None:
     docs = variant("autoscaling", tmp_path)
-    known = env_example_names() | AWAITING_REPLICAS_BRANCH
+    known = env_example_names()
     names: set[str] = set(settings_map(docs)) | secret_keys()
     for container in personae_containers(docs):
         names |= {e["name"] for e in container.get("env", [])}
@@ -132,12 +127,6 @@ def test_every_variable_the_pods_set_is_a_real_setting(tmp_path: Path) -> None:
     unknown = {n for n in names if n not in known and n not in ENTRYPOINT_INPUTS}
     assert not unknown, f"not settings in .env.example: {sorted(unknown)}"
     assert {"PERSONAE_DATABASE_URL", "PERSONAE_REDIS_URL", "PERSONAE_DISCORD_TOKEN", "PERSONAE_TELEGRAM_TOKEN"} <= names
-
-
-def test_the_sharding_settings_are_awaited_only_until_merged() -> None:
-    merged = AWAITING_REPLICAS_BRANCH & env_example_names()
-    if merged:
-        pytest.fail(f"{sorted(merged)} are in .env.example now: remove them from AWAITING_REPLICAS_BRANCH")
 
 
 def test_secrets_are_referenced_from_the_secret_never_written_in(tmp_path: Path) -> None:

@@ -28,12 +28,14 @@ from bots.discord.chat import (
     chat_event,
     regenerate_view,
 )
+from bots.discord.shards import ShardPlan, shard_plan
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
 from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
-from bots.recovering import keep_recovering
+from bots.recovering import keep_recovering, sweep_every
 from core import observe
 from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import ConfigurationError, PersonaeError
+from core.locks import KeyedLocks
 from core.events import ChatEvent, ConversationKey, Platform, Trigger
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,7 @@ def intents(*, message_content: bool = True) -> discord.Intents:
 class PersonaeClient(discord.Client):
     """Answers messages with the bound character's streamed reply; serves the slash commands."""
 
-    def __init__(self, app: App, *, message_content: bool = True, guild_ready_timeout: float = 2.0) -> None:
+    def __init__(self, app: App, *, message_content: bool = True, guild_ready_timeout: float = 2.0, **options: Any) -> None:
         # A text-only bot: no warnings about missing voice libraries.
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(
@@ -138,8 +140,10 @@ class PersonaeClient(discord.Client):
             allowed_mentions=NO_MENTIONS,
             chunk_guilds_at_startup=False,
             guild_ready_timeout=guild_ready_timeout,
+            **options,
         )
         self.app = app
+        self.plan: ShardPlan | None = None  # set on ShardedClient
         self.guild_ready_timeout = guild_ready_timeout
         self.tree = CommandTree(self)
         for command in build_commands():
@@ -150,6 +154,7 @@ class PersonaeClient(discord.Client):
         self._told_about_attachments: dict[str, None] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Task[Any]] = set()  # on_message handlers in progress
+        self._arrivals = KeyedLocks()  # one person's messages in a channel, stored in arrival order
         guard_parsers(self)
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
@@ -167,15 +172,24 @@ class PersonaeClient(discord.Client):
         if self.application_id is not None:
             log.info("Discord: invite the bot with %s", invite_url(self.application_id))
         self.add_dynamic_items(RegenerateButton)
+        await self.prepare_shards()
+        if self.plan is not None and not self.plan.syncs_commands():
+            log.info("Discord: the slash commands are synced by the process running shard 0, not this one")
+            return
         try:
             await sync_commands(self.tree, self.app.settings)
         except discord.HTTPException as exc:
             log.error("could not sync the slash commands with Discord (%s); the old ones stay", exc)
 
+    async def prepare_shards(self) -> None:
+        """Sharded clients learn the shard count here when it is Discord's recommendation."""
+
     async def on_ready(self) -> None:
         log.info("Discord: logged in as %s (%s), in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))
         if self._recovery is None:
-            self._recovery = asyncio.create_task(keep_recovering(self.app.engine, Platform.DISCORD, self.deliver_recovered))
+            self._recovery = asyncio.create_task(keep_recovering(
+                self.app.engine, Platform.DISCORD, self.deliver_recovered, sweep_s=sweep_every(self.app.settings, self.app.cache)
+            ))
 
     async def close(self) -> None:
         if self._recovery is not None:
@@ -250,6 +264,7 @@ class PersonaeClient(discord.Client):
             assert self.user is not None
             event = chat_event(message, self.user)
             if event is not None:
+                await self._store_on_arrival(event)
                 reply = self.app.engine.handle(event)
                 await self.answer(message, event, reply)
         except Exception as exc:
@@ -257,6 +272,16 @@ class PersonaeClient(discord.Client):
             log.exception("failed to answer message %s in channel %s", message.id, message.channel.id)
         finally:
             self.dispatch("turn_finished", message, reply)
+
+    async def _store_on_arrival(self, event: ChatEvent) -> None:
+        """Store the message (pending) before it waits behind the person's earlier ones: if this
+        process dies meanwhile, another replica (or the restart) answers it; Discord never sends it
+        again. One person's messages are stored in the order they came."""
+        async with self._arrivals.hold(f"{event.channel_id}:{event.user_id}"):
+            try:
+                await self.app.engine.accept(event)
+            except Exception:  # noqa: BLE001 - the database's own errors: handle stores it again, or says so
+                log.debug("storing Discord message %s on arrival failed", event.message_id, exc_info=True)
 
     async def answer(self, message: discord.Message, event: ChatEvent, reply: Reply) -> None:
         """Show the Engine's reply to ``message``: typing until the first text, then a send and paced edits."""
@@ -460,6 +485,53 @@ class PersonaeClient(discord.Client):
             )
 
 
+class ShardedClient(PersonaeClient, discord.AutoShardedClient):
+    """A PersonaeClient that runs a set of shards (PERSONAE_DISCORD_SHARDS of
+    PERSONAE_DISCORD_SHARD_COUNT) over one gateway connection each."""
+
+    def __init__(self, app: App, plan: ShardPlan, **options: Any) -> None:
+        known = plan.count is not None
+        super().__init__(
+            app, shard_count=plan.count, shard_ids=list(plan.ids) if known and plan.ids is not None else None, **options
+        )
+        self.plan = plan
+
+    async def prepare_shards(self) -> None:
+        plan = self.plan
+        assert plan is not None
+        if plan.count is not None:
+            return
+        count, _, _ = await self.http.get_bot_gateway()
+        if plan.ids is None:
+            return  # discord.py asks /gateway/bot itself and runs every shard
+        outside = [i for i in plan.ids if i >= count]
+        if outside:
+            raise ConfigurationError(
+                f"PERSONAE_DISCORD_SHARDS names shard {outside[0]}, but Discord recommends {count} shard"
+                f"{'' if count == 1 else 's'} (0-{count - 1}): set PERSONAE_DISCORD_SHARD_COUNT to the count every replica uses"
+            )
+        self.shard_count, self.shard_ids = count, list(plan.ids)
+        self.plan = ShardPlan(count, plan.ids)
+        log.info("Discord: %d shards recommended; this process runs %s", count, ", ".join(map(str, plan.ids)))
+
+
+def make_client(app: App, **options: Any) -> PersonaeClient:
+    """The client PERSONAE_DISCORD_SHARD_COUNT and PERSONAE_DISCORD_SHARDS ask for: one unsharded
+    connection when neither is set, else a ShardedClient."""
+    plan = shard_plan(app.settings.discord_shard_count, app.settings.discord_shards)
+    return PersonaeClient(app, **options) if plan is None else ShardedClient(app, plan, **options)
+
+
+def _connected(client: PersonaeClient) -> bool:
+    """For the heartbeat: every gateway connection of ``client`` is open and ready."""
+    if not client.is_ready():
+        return False
+    if isinstance(client, discord.AutoShardedClient):
+        shards = client.shards
+        return bool(shards) and all(not shard.is_closed() for shard in shards.values())
+    return client.ws is not None and client.ws.open
+
+
 async def _typing_until(channel: discord.abc.Messageable, first_text: asyncio.Event) -> None:
     """Show "typing…" until the first text of the reply arrives (Discord shows it for 10 s per call)."""
     try:
@@ -499,7 +571,7 @@ async def run_discord(app: App, *, client: PersonaeClient | None = None, stop: a
         raise DiscordTokenRejected("PERSONAE_DISCORD_TOKEN is not set")
     token = settings.discord_token.get_secret_value()
     point_library_at(settings.discord_api_base, settings.discord_gateway_url)
-    client = client or PersonaeClient(app)
+    client = client or make_client(app)
     if stop is not None:
         adapter = asyncio.create_task(run_discord(app, client=client))
         stopping = asyncio.create_task(stop.wait())
@@ -515,9 +587,8 @@ async def run_discord(app: App, *, client: PersonaeClient | None = None, stop: a
         return None
     running = [client]
 
-    def connected() -> bool:  # for the heartbeat: the gateway connection is open and ready
-        now = running[-1]
-        return now.is_ready() and now.ws is not None and now.ws.open
+    def connected() -> bool:  # for the heartbeat: the gateway connections are open and ready
+        return _connected(running[-1])
 
     heartbeat.watch("discord", connected, settings.heartbeat_file)
     try:
@@ -527,7 +598,7 @@ async def run_discord(app: App, *, client: PersonaeClient | None = None, stop: a
             "Discord refused the message content intent: enable it for this bot in the developer portal "
             "(Bot > Privileged Gateway Intents). Until then the bot only sees mentions, replies to it and DMs."
         )
-        running.append(PersonaeClient(app, message_content=False, guild_ready_timeout=client.guild_ready_timeout))
+        running.append(make_client(app, message_content=False, guild_ready_timeout=client.guild_ready_timeout))
         await _run(running[-1], token)
     finally:
         heartbeat.unwatch("discord")

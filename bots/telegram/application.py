@@ -31,9 +31,9 @@ from bots import heartbeat
 from bots.compose import App
 from bots.settings import Settings
 from bots.telegram.arguments import COMMANDS
-from bots.recovering import keep_recovering
+from bots.recovering import keep_recovering, sweep_every
 from bots.telegram.handlers import CHAT_TEXT, FORGET, PLATFORM, USE, Handlers, chat_event
-from bots.telegram.intake import Poller, WebhookServer
+from bots.telegram.intake import ElectedPoller, Poller, WebhookServer
 from bots.telegram.replies import REGENERATE, Replies
 from bots.telegram.updates import OrderedUpdates
 from core import observe
@@ -226,8 +226,10 @@ async def serving(
         await announce_commands(application)
         await application.start()
         # Started before new updates come in; what they bring is being answered and is left alone.
-        recovery = asyncio.create_task(keep_recovering(app.engine, PLATFORM, application.bot_data[RECOVERED]))
-        intake: Poller | WebhookServer | None = None
+        recovery = asyncio.create_task(keep_recovering(
+            app.engine, PLATFORM, application.bot_data[RECOVERED], sweep_s=sweep_every(settings, app.cache)
+        ))
+        intake: Poller | ElectedPoller | WebhookServer | None = None
         try:
             if settings.telegram_webhook_url:
                 url = settings.telegram_webhook_url
@@ -240,8 +242,16 @@ async def serving(
                 log.info("Telegram bot @%s is taking updates by webhook at %s", application.bot.username, url)
             else:
                 intake = Poller(app, application, timeout=tuning.poll_timeout, allowed_updates=ALLOWED_UPDATES)
+                if getattr(app.cache, "shared", False):
+                    # Replicas on one Redis: one of them polls (Telegram allows one getUpdates caller).
+                    from bots.replicas import Lease
+                    from core.hot import leader_key
+
+                    lease = Lease(app.cache, leader_key("telegram-polling"), app.replica, settings.replica_lease_s)
+                    intake = ElectedPoller(intake, lease)
                 await intake.start()
-                log.info("Telegram bot @%s is taking updates by long polling", application.bot.username)
+                log.info("Telegram bot @%s is taking updates by long polling%s", application.bot.username,
+                         " (one replica at a time, elected in Redis)" if isinstance(intake, ElectedPoller) else "")
             application.bot_data[INTAKE] = intake
             yield application
         finally:
@@ -299,7 +309,7 @@ async def watch_polling(application: Application, settings: Settings) -> None:
     give_up = settings.telegram_give_up_s
     while True:
         intake = application.bot_data.get(INTAKE)
-        if isinstance(intake, Poller):
+        if isinstance(intake, (Poller, ElectedPoller)):
             if intake.ended is not None:
                 raise TelegramConnectionLost(f"Telegram stopped answering getUpdates ({intake.ended})")
             since = intake.failing_since

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -27,6 +28,9 @@ from telegram.ext import Application
 from bots.compose import App
 from bots.telegram.handlers import CHAT_TEXT, chat_event
 from core.reply import NOTICE_STORAGE_HELD
+
+if TYPE_CHECKING:
+    from bots.replicas import Lease
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +139,47 @@ class Poller:
             with contextlib.suppress(TelegramError):
                 # limit=1, no wait: an update this fetches stays unconfirmed and comes again next time.
                 await self.application.bot.get_updates(offset=self.offset, timeout=0, limit=1)
+
+
+class ElectedPoller:
+    """Long polling by one replica at a time: Telegram allows one ``getUpdates`` caller per bot, so the
+    replicas on one Redis elect the poller with a lease; the others stand by and take over when its
+    lease runs out (it died) or is given up (it stopped)."""
+
+    def __init__(self, poller: Poller, lease: "Lease") -> None:
+        self.poller = poller
+        self.lease = lease
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def polling(self) -> bool:
+        """Whether this replica is the one polling right now."""
+        return self.poller.running
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def ended(self) -> str | None:
+        return self.poller.ended
+
+    @property
+    def failing_since(self) -> float | None:
+        return self.poller.failing_since if self.poller.running else None
+
+    async def start(self) -> None:
+        from bots.replicas import while_elected
+
+        self._task = asyncio.create_task(
+            while_elected(self.lease, self.poller.start, self.poller.stop, what="polls Telegram"), name="telegram-election"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
 
 class WebhookServer:

@@ -30,7 +30,7 @@ def _in(conversation: ConversationKey):
 _IN_HISTORY = sa.or_(t.c.status.is_(None), t.c.status.in_((MessageStatus.ANSWERED.value, MessageStatus.FAILED.value)))
 _INTAKE_COLUMNS = (
     t.c.id, t.c.character_id, t.c.platform, t.c.channel_id, t.c.user_id, t.c.content, t.c.tokens,
-    t.c.platform_message_id, t.c.display_name, t.c.created_at, t.c.status,
+    t.c.platform_message_id, t.c.display_name, t.c.created_at, t.c.status, t.c.claimed_by,
 )
 
 
@@ -48,11 +48,12 @@ _EXCHANGE_PG = _INSERT_PG + (
 # second SELECT reads the snapshot from before the INSERT, so it sees only a row that was there.
 _ACCEPT_PG = (
     "WITH new AS (INSERT INTO messages (character_id, platform, channel_id, user_id, created_at, role, content, "
-    "tokens, platform_message_id, display_name, status) VALUES ($1, $2, $3, $4, $5, 'user', $6, $7, $8, $9, 'pending') "
+    "tokens, platform_message_id, display_name, status, claimed_by) VALUES ($1, $2, $3, $4, $5, 'user', $6, $7, $8, $9, "
+    "'pending', $10) "
     "ON CONFLICT (platform, channel_id, platform_message_id) DO NOTHING RETURNING id, character_id, user_id, content, "
-    "tokens, display_name, created_at, status) "
+    "tokens, display_name, created_at, status, claimed_by) "
     "SELECT true AS first, * FROM new UNION ALL "
-    "SELECT false, id, character_id, user_id, content, tokens, display_name, created_at, status FROM messages "
+    "SELECT false, id, character_id, user_id, content, tokens, display_name, created_at, status, claimed_by FROM messages "
     "WHERE platform = $2 AND channel_id = $3 AND platform_message_id = $8 AND NOT EXISTS (SELECT 1 FROM new)"
 )
 # Settle a pending message and store its reply: one statement, so both happen or neither does, and
@@ -149,7 +150,8 @@ class SqlMessageRepository:
         return ids["user"], ids.get("assistant")
 
     async def accept(
-        self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str
+        self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str,
+        owner: str | None = None,
     ) -> Intake:
         c = conversation
         now = utcnow()
@@ -157,7 +159,7 @@ class SqlMessageRepository:
             try:
                 rows = await self._db.pg_fetch(
                     _ACCEPT_PG, c.character_id, c.platform, c.channel_id, c.user_id, now, text, tokens,
-                    platform_message_id, display_name,
+                    platform_message_id, display_name, owner,
                 )
             except asyncpg.ForeignKeyViolationError:
                 raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
@@ -168,13 +170,14 @@ class SqlMessageRepository:
                 text=row["content"], tokens=row["tokens"], platform_message_id=platform_message_id,
                 display_name=row["display_name"] or display_name, created_at=row["created_at"],
                 status=MessageStatus(row["status"] or MessageStatus.ANSWERED), first=row["first"],
+                owner=row["claimed_by"],
             )
         insert = (
             self._db.insert(t)
             .values(
                 character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
                 created_at=now, role="user", content=text, tokens=tokens, platform_message_id=platform_message_id,
-                display_name=display_name, status=MessageStatus.PENDING.value,
+                display_name=display_name, status=MessageStatus.PENDING.value, claimed_by=owner,
             )
             .on_conflict_do_nothing(index_elements=[t.c.platform, t.c.channel_id, t.c.platform_message_id])
             .returning(t.c.id)
@@ -183,7 +186,7 @@ class SqlMessageRepository:
             async with self._db.connect() as conn:
                 new_id = (await conn.execute(insert)).scalar()
                 if new_id is not None:
-                    return Intake(new_id, c, text, tokens, platform_message_id, display_name, now)
+                    return Intake(new_id, c, text, tokens, platform_message_id, display_name, now, owner=owner)
                 found = (
                     await conn.execute(
                         sa.select(*_INTAKE_COLUMNS).where(
@@ -251,6 +254,28 @@ class SqlMessageRepository:
             rows = (await conn.execute(statement)).all()
         return [_intake(row, first=False) for row in rows]
 
+    async def pending_before(self, conversation: ConversationKey, message_id: int, limit: int = 20) -> list[Intake]:
+        statement = (
+            sa.select(*_INTAKE_COLUMNS)
+            .where(_in(conversation), t.c.id < message_id, t.c.status == MessageStatus.PENDING.value)
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_intake(row, first=False) for row in rows]
+
+    async def claim(self, message_id: int, owner_was: str | None, owner: str) -> bool:
+        was = t.c.claimed_by.is_(None) if owner_was is None else t.c.claimed_by == owner_was
+        statement = (
+            sa.update(t)
+            .where(t.c.id == message_id, t.c.status == MessageStatus.PENDING.value, was)
+            .values(claimed_by=owner)
+        )
+        async with self._db.connect() as conn:
+            result = await conn.execute(statement)
+        return result.rowcount > 0
+
     async def add_greeting(self, conversation: ConversationKey, content: str, tokens: int) -> int:
         c = conversation
         statement = sa.insert(t).values(
@@ -314,6 +339,7 @@ def _intake(row: sa.Row, *, first: bool) -> Intake:
         created_at=row.created_at,
         status=MessageStatus(row.status or MessageStatus.ANSWERED),
         first=first,
+        owner=row.claimed_by,
     )
 
 

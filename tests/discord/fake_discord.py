@@ -28,13 +28,15 @@ from tests.loopback import serve_on_loopback
 
 TOKEN = "fake-bot-token.XXXXXX.yyyyyyyyyyyyyyyyyyyyyyyyyyy"
 APP_ID = BOT_ID = 900000000000000010
-GUILD_ID = 900000000000000001
+GUILD_ID = 900000000000000001  # on shard 1 of 2: (GUILD_ID >> 22) % 2
+ANNEX_GUILD = 900000000004194306  # a second guild (``add_annex``), on shard 0 of 2
 # Channels of the guild
 ROLEPLAY = 900000000000000200  # tests bind characters here
 LOBBY = 900000000000000201
 TAVERN = 900000000000000202
 THREAD = 900000000000000210  # a thread of ROLEPLAY
 DM = 900000000000000300  # Alice's DM channel with the bot
+ANNEX = 900000000000000220  # a channel of ANNEX_GUILD
 # Roles
 GAME_MASTER = 900000000000000400
 # Users
@@ -113,6 +115,10 @@ class FakeDiscord:
         self.refuse_message_content = False  # close the gateway with 4014 when IDENTIFY asks for it
         self.faults: list[Fault] = []
         self._sockets: list[web.WebSocketResponse] = []
+        # Each connection's shard [id, count] from its IDENTIFY (None: unsharded, it gets every event).
+        self.shards: dict[web.WebSocketResponse, tuple[int, int] | None] = {}
+        self.guild_ids = [GUILD_ID]
+        self.recommended_shards = 1  # what GET /gateway/bot answers
         self._interaction_channels: dict[str, int] = {}  # token -> channel, for follow-up messages
         self._seq = 0
         self._ids = itertools.count(900000000000100000)
@@ -237,10 +243,30 @@ class FakeDiscord:
             await ws.close(code=code, message=reason.encode())
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to the connections whose shard carries it: a guild's events go to shard
+        ``(guild_id >> 22) % count``, direct messages to shard 0, everything to an unsharded one."""
         self._seq += 1
         frame = json.dumps({"op": 0, "t": event, "s": self._seq, "d": data})
+        guild = data.get("id") if event == "GUILD_CREATE" else data.get("guild_id")
         for ws in list(self._sockets):
-            await ws.send_str(frame)
+            if self._carries(ws, int(guild) if guild else None):
+                await ws.send_str(frame)
+
+    def _carries(self, ws: web.WebSocketResponse, guild_id: int | None) -> bool:
+        shard = self.shards.get(ws)
+        if shard is None:
+            return True
+        shard_id, count = shard
+        return shard_id == ((guild_id >> 22) % count if guild_id is not None else 0)
+
+    def connected_shards(self) -> list[tuple[int, int] | None]:
+        """The shard of each open gateway connection."""
+        return [self.shards.get(ws) for ws in self._sockets]
+
+    def add_annex(self) -> None:
+        """A second guild, ANNEX_GUILD with channel ANNEX (on the other shard of two than GUILD_ID)."""
+        self.guild_ids.append(ANNEX_GUILD)
+        self.channels[ANNEX] = {"id": str(ANNEX), "type": 0, "name": "annex", "position": 0, "guild_id": str(ANNEX_GUILD)}
 
     def message_payload(
         self,
@@ -274,7 +300,7 @@ class FakeDiscord:
             "components": [],
         }
         if self._in_guild(channel):
-            message["guild_id"] = str(GUILD_ID)
+            message["guild_id"] = self.channels.get(channel, {}).get("guild_id", str(GUILD_ID))
             message["member"] = {"roles": [], "flags": 0, "joined_at": _now(), "deaf": False, "mute": False}
         if reply_to is not None:
             message["message_reference"] = {"type": 0, "message_id": str(reply_to), "channel_id": str(channel)}
@@ -384,12 +410,14 @@ class FakeDiscord:
 
     # -- the gateway ----------------------------------------------------------------------------
 
-    def _guild(self) -> dict[str, Any]:
-        channels = [c for c in self.channels.values() if c["type"] in (0, 2, 4, 5)]
-        threads = [c for c in self.channels.values() if c["type"] in (10, 11, 12)]
+    def _guild(self, guild_id: int = GUILD_ID) -> dict[str, Any]:
+        mine = [c for c in self.channels.values() if c.get("guild_id") == str(guild_id)]
+        channels = [c for c in mine if c["type"] in (0, 2, 4, 5)]
+        threads = [c for c in mine if c["type"] in (10, 11, 12)]
         return {
-            "id": str(GUILD_ID), "name": "The Stage", "owner_id": str(OWNER), "member_count": 4, "large": False,
-            "features": [], "emojis": [], "stickers": [], "roles": self.roles, "channels": channels, "threads": threads,
+            "id": str(guild_id), "name": "The Stage" if guild_id == GUILD_ID else "The Annex", "owner_id": str(OWNER), "member_count": 4, "large": False,
+            "features": [], "emojis": [], "stickers": [],
+            "roles": self.roles if guild_id == GUILD_ID else [{**self.roles[0], "id": str(guild_id)}], "channels": channels, "threads": threads,
             "members": [{"user": USERS[BOT_ID], "roles": [], "flags": 0, "joined_at": _now(), "deaf": False, "mute": False}],
             "voice_states": [], "presences": [], "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
             "joined_at": _now(), "unavailable": False, "premium_tier": 0, "preferred_locale": "en-US",
@@ -416,6 +444,7 @@ class FakeDiscord:
         finally:
             if ws in self._sockets:
                 self._sockets.remove(ws)
+            self.shards.pop(ws, None)
         return ws
 
     async def _identify(self, ws: web.WebSocketResponse, identify: dict[str, Any]) -> None:
@@ -426,19 +455,26 @@ class FakeDiscord:
         if self.refuse_message_content and identify.get("intents", 0) & (1 << 15):
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return
+        shard = identify.get("shard")
+        self.shards[ws] = (int(shard[0]), int(shard[1])) if shard else None
+        guilds = [g for g in self.guild_ids if self._carries(ws, g)]
         self._seq += 1
         ready = {
             "v": 10,
             "user": {**USERS[BOT_ID], "verified": True, "mfa_enabled": False, "flags": 0},
             "session_id": f"session-{self._seq}",
             "resume_gateway_url": self.gateway_url,
-            "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
+            "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
             "application": {"id": str(APP_ID), "flags": 0},
             "private_channels": [],
         }
+        if shard:
+            ready["shard"] = [int(shard[0]), int(shard[1])]
         await ws.send_str(json.dumps({"op": 0, "t": "READY", "s": self._seq, "d": ready}))
         self._sockets.append(ws)
-        await self.dispatch("GUILD_CREATE", self._guild())
+        for guild in guilds:
+            self._seq += 1
+            await ws.send_str(json.dumps({"op": 0, "t": "GUILD_CREATE", "s": self._seq, "d": self._guild(guild)}))
 
     # -- REST -----------------------------------------------------------------------------------
 
@@ -487,7 +523,7 @@ class FakeDiscord:
                 "bot_require_code_grant": False, "verify_key": "0" * 64, "owner": USERS[OWNER], "flags": 0,
             })
         if path in ("/gateway", "/gateway/bot"):
-            return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}})
+            return _json({"url": self.gateway_url, "shards": self.recommended_shards, "session_start_limit": {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}})
         if parts[0] == "applications" and parts[-1] == "commands":
             guild = int(parts[3]) if len(parts) == 5 else None
             if method == "PUT":
@@ -544,7 +580,7 @@ class FakeDiscord:
             "flags": body.get("flags", 0), "components": body.get("components") or [],
         }
         if self._in_guild(channel):
-            message["guild_id"] = str(GUILD_ID)
+            message["guild_id"] = self.channels.get(channel, {}).get("guild_id", str(GUILD_ID))
         if body.get("message_reference"):
             message["type"] = 19
             message["message_reference"] = body["message_reference"]

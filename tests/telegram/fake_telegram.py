@@ -94,6 +94,10 @@ class FakeTelegram:
         self._arrived = asyncio.Event()
         self.holding = False  # a getUpdates request is waiting for updates
         self.polls = 0  # getUpdates requests received (``calls`` records them when they answer)
+        self.conflicts = 0  # getUpdates requests that came while another one was held (Telegram: 409)
+        self._poll_generation = 0
+        self._request: web.Request | None = None  # the request being handed to a method
+        self._held_request: web.Request | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -276,6 +280,7 @@ class FakeTelegram:
             status, description = self.failures[method].popleft()
             return _error(status, description)
         handler = getattr(self, f"_m_{method}", None)
+        self._request = request
         if handler is None:
             return _error(404, "Not Found: method not found")
         result = await handler(params) if asyncio.iscoroutinefunction(handler) else handler(params)
@@ -299,17 +304,30 @@ class FakeTelegram:
 
     async def _m_getUpdates(self, p: dict[str, Any]) -> Any:
         self.polls += 1
+        self._poll_generation += 1
+        generation = self._poll_generation
+        request, self._request = self._request, None
+        held = self._held_request
+        if self.holding and held is not None and held.transport is not None and not held.transport.is_closing():
+            # As on Telegram: a second poller ends the one waiting with 409 Conflict (a poll whose
+            # client went away does not count: that poller stopped).
+            self.conflicts += 1
+            self._arrived.set()
         offset = int(p.get("offset") or 0)
         self._updates = [u for u in self._updates if u.get("_again") or u["update_id"] >= offset]
         if not self._updates and p.get("timeout"):
             self._arrived.clear()
             self.holding = True  # the bot has put everything fetched so far into its queue
+            self._held_request = request
             try:
                 await asyncio.wait_for(self._arrived.wait(), timeout=float(p["timeout"]))
             except TimeoutError:
                 pass
             finally:
-                self.holding = False
+                if generation == self._poll_generation:
+                    self.holding = False
+            if generation != self._poll_generation:
+                return _error(409, "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running")
         batch = self._updates[: int(p.get("limit") or 100)]
         # As on Telegram, an update stays queued until a later call's offset moves past it: a bot that
         # dies before confirming gets it again. A scripted redelivery is handed out once.

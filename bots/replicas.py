@@ -1,0 +1,110 @@
+"""Replicas that cooperate through Redis: each one's liveness lease, and leases that elect one of them.
+
+A lease is a cache key holding its owner's name for ``PERSONAE_REPLICA_LEASE_S``, renewed every third
+of that while its owner lives; when the owner dies the key expires and another replica takes over.
+With the in-process cache (one process) every lease is simply held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from typing import AsyncIterator, Awaitable, Callable
+
+from core.hot import replica_key
+from core.ports import Cache
+
+log = logging.getLogger(__name__)
+
+
+def new_replica_id() -> str:
+    """This process's name in leases and on the messages it takes: host, pid and a random tail."""
+    host = socket.gethostname().split(".")[0] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Lease:
+    """Keep ``key`` for ``owner`` while running: ``held`` says whether it is ours right now."""
+
+    def __init__(self, cache: Cache, key: str, owner: str, ttl_s: float) -> None:
+        self.cache, self.key, self.owner, self.ttl_s = cache, key, owner, ttl_s
+        self.held = False
+        self.changed = asyncio.Event()  # set on every gain or loss
+
+    @property
+    def renew_s(self) -> float:
+        return self.ttl_s / 3
+
+    async def renew(self) -> bool:
+        """One attempt to take or extend the lease; returns whether it is held. When the cache cannot
+        tell (Redis away), a holder keeps its role and the others keep waiting."""
+        got = await self.cache.lease(self.key, self.owner, self.ttl_s)
+        held = self.held if got is None else got
+        if held != self.held:
+            self.held = held
+            self.changed.set()
+        return held
+
+    async def keep(self) -> None:
+        """Renew forever (cancel to stop; ``release`` then gives the lease up at once)."""
+        while True:
+            try:
+                await self.renew()
+            except Exception:  # noqa: BLE001 - a cache fault must not end the replica: try again next time
+                log.exception("renewing the lease %r failed", self.key)
+            await asyncio.sleep(self.renew_s)
+
+    async def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.changed.set()
+        with contextlib.suppress(Exception):
+            await self.cache.release(self.key, self.owner)
+
+
+@contextlib.asynccontextmanager
+async def alive(cache: Cache, owner: str, ttl_s: float) -> AsyncIterator[Lease]:
+    """This replica's liveness lease, kept while the block runs and given up after it (a clean stop:
+    what it left pending is taken over at once, not after the lease runs out)."""
+    lease = Lease(cache, replica_key(owner), owner, ttl_s)
+    await lease.renew()
+    task = asyncio.create_task(lease.keep(), name="replica-lease")
+    try:
+        yield lease
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await lease.release()
+
+
+async def while_elected(
+    lease: Lease, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]], *, what: str
+) -> None:
+    """Run ``start`` when ``lease`` is won and ``stop`` when it is lost, renewing it, until cancelled
+    (then ``stop`` if started, and the lease is given up so that a standby takes over at once)."""
+    leading = False
+    try:
+        while True:
+            try:
+                held = await lease.renew()
+            except Exception:  # noqa: BLE001 - try again next time
+                log.exception("renewing the lease %r failed", lease.key)
+                held = lease.held
+            if held and not leading:
+                log.info("this replica (%s) now %s", lease.owner, what)
+                await start()
+                leading = True
+            elif not held and leading:
+                log.warning("this replica (%s) lost the lease and no longer %s", lease.owner, what)
+                leading = False
+                await stop()
+            await asyncio.sleep(lease.renew_s)
+    finally:
+        if leading:
+            await stop()
+        await lease.release()
