@@ -148,7 +148,7 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
         )
     engine.state_updater = updater
     commands = command_layer(settings, store, cache, engine.hot, model, feelings=updater)
-    return App(settings, store, cache, model, engine, commands, replica)
+    return App(settings, store, cache, model, engine, commands, replica=replica)
 
 
 def command_layer(
