@@ -689,8 +689,27 @@ def bench(
     users: int = typer.Option(200, "--users", min=1),
     turns: int = typer.Option(5, "--turns", min=1),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line of the figures."),
+    processes: Optional[int] = typer.Option(
+        None, "--processes", min=1,
+        help="Run N engine processes on the shared PostgreSQL and Redis against one model server; print turns/s and admission costs.",
+    ),
+    token_delay: float = typer.Option(0.0, "--token-delay", min=0, help="With --processes: seconds between the model server's stream events."),
+    worker_of: Optional[str] = typer.Option(None, "--worker-of", hidden=True),
+    worker_index: int = typer.Option(0, "--worker-index", hidden=True),
 ) -> None:
     """Drive simulated people through the Engine against an instant model server and print figures."""
+    if worker_of is not None:  # one of the children of `personae bench --processes N`
+        from bots.bench_processes import run_worker
+
+        run(lambda: run_worker(settings(), worker_of, index=worker_index, users=users, turns=turns))
+        return
+    if processes is not None:
+        from bots.bench_processes import run_processes
+
+        run(lambda: run_processes(
+            settings(), processes=processes, users=users, turns=turns, token_delay=token_delay, as_json=as_json
+        ))
+        return
     from bots.bench import run_bench
 
     run(lambda: run_bench(settings(), users=users, turns=turns, as_json=as_json))

@@ -154,7 +154,8 @@ class TGIServer:
     Records: ``requests`` (every request, in order), ``count(path)``, ``max_in_flight``, and
     ``ledger``: per generation request, on every route, the prompt and completion tokens a server
     would count (``bots.llm.token_ledger``; also sent as ``usage`` like TGI does, and served at
-    ``GET /ledger`` for a double in another process).
+    ``GET /ledger`` for a double in another process); ``GET /stats`` serves the requests in flight
+    now and at most, and the generation requests so far, for the same.
     """
 
     def __init__(
@@ -229,6 +230,7 @@ class TGIServer:
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
                 Route("/ledger", self._ledger, methods=["GET"]),
+                Route("/stats", self._stats, methods=["GET"]),
             ]
         )
 
@@ -810,6 +812,17 @@ class TGIServer:
                 "tokenizer": self.ledger.tokenizer.name,
                 "size": len(self.ledger.entries),
                 "entries": [e.to_json() for e in self.ledger.entries[since:]],
+            }
+        )
+
+    async def _stats(self, request: Request) -> Response:
+        """Requests in flight now and at most, and generation requests so far (not recorded either)."""
+        return JSONResponse(
+            {
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+                "max_concurrent_requests": self.max_concurrent_requests,
+                "generations": len(self.ledger.entries),
             }
         )
 
