@@ -24,6 +24,7 @@ from bots.settings import Settings
 from core.errors import PersonaeError
 
 READY, GO = "ready", "go"
+QUIET_TURNS = 20  # one person's turns in sequence in each worker before the start
 GUARD_S = 600.0  # a child that says nothing this long has hung: the bench stops instead of waiting forever
 
 
@@ -39,6 +40,11 @@ class WorkerFigures:
     admission_round_trips: float = 0.0  # Redis round trips to take and give back slots, all turns
     admission_acquire_s: float = 0.0  # includes waiting for a free slot under the cap
     admission_release_s: float = 0.0
+    cpu_s: float = 0.0  # this process's CPU time during the pass
+    # One person's turns in sequence before the start (no queueing behind other turns): per turn.
+    quiet_admission_round_trips: float = 0.0
+    quiet_acquire_ms: float = 0.0
+    quiet_release_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -59,6 +65,13 @@ class ProcessFigures:
     admission_release_ms: float = 0.0
     max_in_flight_seen: int = 0  # at the double
     max_in_flight_cap: int = 0  # PERSONAE_LLM_MAX_IN_FLIGHT
+    # One person's turns in sequence in each process before the start: the admission's own cost.
+    quiet_admission_round_trips_per_turn: float = 0.0
+    quiet_acquire_ms: float = 0.0
+    quiet_release_ms: float = 0.0
+    cpu_s_engines: float = 0.0  # CPU seconds of every engine process during the pass
+    cpu_s_double: float = 0.0  # and of the double
+    wall_s: float = 0.0
     database: str = ""
     cache: str = ""
     workers: list[dict[str, Any]] = field(default_factory=list)
@@ -100,14 +113,23 @@ async def run_worker(settings: Settings, url: str, *, index: int, users: int, tu
         # One turn first, outside the count: loads the admission script and warms the connections.
         await app.engine.handle(_event(channel, f"{index}-warm", "Hello.")).collect()
         await app.engine.drain()
+        # Then one person's turns in sequence: what taking and giving back a slot costs with no queue.
+        before = _slot_costs(app.slots)
+        for t in range(QUIET_TURNS):
+            await app.engine.handle(_event(channel, f"{index}-quiet", f"Turn {t}.")).collect()
+            await app.engine.drain()
+        quiet = [now - then for now, then in zip(_slot_costs(app.slots), before)]
+        figures.quiet_admission_round_trips = (quiet[0] + quiet[1]) / QUIET_TURNS
+        figures.quiet_acquire_ms = quiet[2] / QUIET_TURNS * 1000
+        figures.quiet_release_ms = quiet[3] / QUIET_TURNS * 1000
         before = _slot_costs(app.slots)
         print(READY, flush=True)
         if (await loop.run_in_executor(None, sys.stdin.readline)).strip() != GO:
             raise PersonaeError("the bench worker was not told to start")
-        figures.start = time.time()
+        figures.start, cpu = time.time(), time.process_time()
         await asyncio.gather(*(person(i) for i in range(users)))
         await app.engine.drain()
-        figures.end = time.time()
+        figures.end, figures.cpu_s = time.time(), time.process_time() - cpu
         spent = [now - then for now, then in zip(_slot_costs(app.slots), before)]
     figures.admission_round_trips = spent[0] + spent[1]
     figures.admission_acquire_s, figures.admission_release_s = spent[2], spent[3]
@@ -150,6 +172,9 @@ async def run_processes(
             for proc, err in zip(procs, errors):
                 while await _line(proc, err) != READY:
                     pass
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                stats = (await http.get("/stats")).json()
+            cpu_double = stats["cpu_s"]
             for proc in procs:
                 assert proc.stdin is not None
                 proc.stdin.write(f"{GO}\n".encode())
@@ -171,10 +196,16 @@ async def run_processes(
                     await err
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             stats = (await http.get("/stats")).json()
-    figures.max_in_flight_seen = stats["max_in_flight"]
+    figures.max_in_flight_seen = stats["max_in_flight"]  # the warm-up and quiet turns included: fewer at once
+    figures.cpu_s_double = stats["cpu_s"] - cpu_double
+    figures.cpu_s_engines = sum(w.cpu_s for w in workers)
+    figures.wall_s = max(w.end for w in workers) - min(w.start for w in workers)
+    figures.quiet_admission_round_trips_per_turn = sum(w.quiet_admission_round_trips for w in workers) / len(workers)
+    figures.quiet_acquire_ms = sum(w.quiet_acquire_ms for w in workers) / len(workers)
+    figures.quiet_release_ms = sum(w.quiet_release_ms for w in workers) / len(workers)
     figures.answered = sum(w.answered for w in workers)
     figures.failed_turns = sum(w.failed for w in workers)
-    figures.turns_per_s = figures.turns / (max(w.end for w in workers) - min(w.start for w in workers))
+    figures.turns_per_s = figures.turns / figures.wall_s
     figures.admission_round_trips_per_turn = sum(w.admission_round_trips for w in workers) / figures.turns
     figures.admission_acquire_ms = sum(w.admission_acquire_s for w in workers) / figures.turns * 1000
     figures.admission_release_ms = sum(w.admission_release_s for w in workers) / figures.turns * 1000
@@ -187,22 +218,26 @@ async def run_processes(
 
 def table(figures: ProcessFigures, workers: list[WorkerFigures]) -> str:
     rows = [
-        f"{'process':<9}{'people':>7}{'turns':>7}{'answered':>9}{'turns/s':>9}"
-        f"{'adm. trips/turn':>16}{'acquire ms':>11}{'release ms':>11}"
+        f"{'process':<9}{'people':>7}{'turns':>7}{'answered':>9}{'turns/s':>9}{'CPU s':>7}"
+        f"{'adm. trips/turn':>16}{'acquire ms':>11}{'release ms':>11}{'quiet: trips':>13}{'acq. ms':>8}{'rel. ms':>8}"
     ]
     for w in workers:
         n = max(w.turns, 1)
         rows.append(
-            f"{w.index:<9}{w.users:>7}{w.turns:>7}{w.answered:>9}{w.turns_per_s:>9.1f}"
+            f"{w.index:<9}{w.users:>7}{w.turns:>7}{w.answered:>9}{w.turns_per_s:>9.1f}{w.cpu_s:>7.1f}"
             f"{w.admission_round_trips / n:>16.2f}{w.admission_acquire_s / n * 1000:>11.2f}{w.admission_release_s / n * 1000:>11.2f}"
+            f"{w.quiet_admission_round_trips:>13.2f}{w.quiet_acquire_ms:>8.2f}{w.quiet_release_ms:>8.2f}"
         )
     rows.append(
-        f"{'all':<9}{figures.users:>7}{figures.turns:>7}{figures.answered:>9}{figures.turns_per_s:>9.1f}"
+        f"{'all':<9}{figures.users:>7}{figures.turns:>7}{figures.answered:>9}{figures.turns_per_s:>9.1f}{figures.cpu_s_engines:>7.1f}"
         f"{figures.admission_round_trips_per_turn:>16.2f}{figures.admission_acquire_ms:>11.2f}{figures.admission_release_ms:>11.2f}"
+        f"{figures.quiet_admission_round_trips_per_turn:>13.2f}{figures.quiet_acquire_ms:>8.2f}{figures.quiet_release_ms:>8.2f}"
     )
     rows.append(
         f"{figures.processes} process(es) on {figures.database} + {figures.cache}; the double saw at most "
         f"{figures.max_in_flight_seen} requests in flight (cap PERSONAE_LLM_MAX_IN_FLIGHT={figures.max_in_flight_cap}); "
-        f"failed turns {figures.failed_turns}; acquire ms include waiting for a free slot"
+        f"failed turns {figures.failed_turns}; {figures.wall_s:.1f} s wall, the double used {figures.cpu_s_double:.1f} CPU s.\n"
+        "acquire/release ms under load include waiting for a free slot and for the busy event loop; "
+        f"'quiet' is one person's turns in sequence ({QUIET_TURNS} per process, before the start)"
     )
     return "\n".join(rows)

@@ -816,13 +816,14 @@ class TGIServer:
         )
 
     async def _stats(self, request: Request) -> Response:
-        """Requests in flight now and at most, and generation requests so far (not recorded either)."""
+        """Requests in flight now and at most, generation requests so far, CPU time (not recorded either)."""
         return JSONResponse(
             {
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
                 "max_concurrent_requests": self.max_concurrent_requests,
                 "generations": len(self.ledger.entries),
+                "cpu_s": time.process_time(),  # this process's CPU time so far (a bench on one machine)
             }
         )
 
