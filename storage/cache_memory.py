@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Mapping, Sequence
+from typing import AsyncIterator, Callable, Mapping, Sequence
 
 from core.ports import Admission, AdmitRequest
 from storage.held import StagedWrites
@@ -21,12 +21,16 @@ class MemoryCache:
 
     # round_trips counts calls the way RedisCache counts pipelines, so that benchmarks read alike.
 
-    def __init__(self, *, max_entries: int = 200_000, sweep_every: float = 30.0, lock_wait: float | None = None) -> None:
+    def __init__(
+        self, *, max_entries: int = 200_000, sweep_every: float = 30.0, lock_wait: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.round_trips = 0
+        self._clock = clock  # what expiries are measured on (tests pass a clock they move)
         self._data: dict[str, tuple[bytes, float]] = {}  # key -> (value, monotonic expiry)
         self._max_entries = max_entries
         self._sweep_every = sweep_every
-        self._next_sweep = time.monotonic() + sweep_every
+        self._next_sweep = self._clock() + sweep_every
         self._lock_wait = lock_wait
         self._locks = KeyedLocks()
 
@@ -65,12 +69,12 @@ class MemoryCache:
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         self.round_trips += 1
-        now = time.monotonic()
+        now = self._clock()
         return [self._get(k, now) for k in keys]
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float) -> None:
         self.round_trips += 1
-        now = time.monotonic()
+        now = self._clock()
         for key, value in items.items():
             self._set(key, value, now + ttl)
         self._tidy(now)
@@ -89,7 +93,7 @@ class MemoryCache:
         self, dedupe_key: str | None, dedupe_ttl: float, rate_key: str, rate_window: float, read: Sequence[str] = ()
     ) -> Admission:
         self.round_trips += 1
-        now = time.monotonic()
+        now = self._clock()
         admission = self._admit(AdmitRequest(dedupe_key, dedupe_ttl, rate_key, rate_window), now)
         admission.values = [self._get(k, now) for k in read]
         return admission
@@ -121,7 +125,7 @@ class MemoryCache:
             if not locked:
                 log.warning("lock %r still held after %.1fs; going ahead without it", lock_key, wait)
             self.round_trips += 1
-            now = time.monotonic()
+            now = self._clock()
             held = StagedWrites([self._get(k, now) for k in read])
             if admit is not None:
                 held.admission = self._admit(admit, now)
@@ -134,7 +138,7 @@ class MemoryCache:
 
     def _release(self, held: StagedWrites, completed: bool) -> None:
         self.round_trips += 1
-        now = time.monotonic()
+        now = self._clock()
         for key, (value, ttl) in held.writes.items():
             # After an exception the staged values may not match the database: drop the keys instead.
             if value is None or not completed:
@@ -145,7 +149,7 @@ class MemoryCache:
 
     async def lease(self, key: str, owner: str, ttl: float) -> bool | None:
         self.round_trips += 1
-        now = time.monotonic()
+        now = self._clock()
         holder = self._get(key, now)
         if holder is not None and holder != owner.encode():
             return False
@@ -154,7 +158,7 @@ class MemoryCache:
 
     async def release(self, key: str, owner: str) -> None:
         self.round_trips += 1
-        if self._get(key, time.monotonic()) == owner.encode():
+        if self._get(key, self._clock()) == owner.encode():
             self._data.pop(key, None)
 
     async def close(self) -> None:

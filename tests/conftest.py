@@ -196,6 +196,25 @@ async def cache(cache_backend: str | None):
     await instance.close()
 
 
+# -- Backend pairs (the adapter suites) ---------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite-memory", "postgresql-redis"])
+def backends(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """A database and a cache backend, named ``<database>-<cache>``: the adapter suites run on these two
+    pairs (a test may name others with ``@pytest.mark.parametrize("backends", [...], indirect=True)``)."""
+    database, cache = request.param.split("-")
+    return database, cache
+
+
+def paired_database(request: pytest.FixtureRequest, backends: tuple[str, str]):
+    return request.getfixturevalue(f"{backends[0]}_store")
+
+
+def paired_cache(request: pytest.FixtureRequest, backends: tuple[str, str]) -> str | None:
+    return request.getfixturevalue("redis_prefix") if backends[1] == "redis" else None
+
+
 @pytest.fixture(autouse=True)
 async def _finish_background_work():
     """After each test, the state updates still running for the apps it built finish (or fail) there."""

@@ -1,7 +1,6 @@
 """The real discord.py client against the fake Discord, with the TGI-protocol fake as the model.
 
-The adapter does not depend on the storage backend (storage and engine tests cover every backend),
-so these tests run on SQLite and the in-process cache only.
+Every test runs on two backend pairs: SQLite with the in-process cache, PostgreSQL with Redis.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from core.cards import new_card
 from core.commands import Actor, Place
 from core.engine import Reply
 from core.events import Platform
+from tests.conftest import paired_cache, paired_database
 from tests.discord.fake_discord import GUILD_ID, OWNER, TOKEN, FakeDiscord
 from tests.tgi_server import TGIServer
 
@@ -30,15 +30,15 @@ CHARACTER = "Hamlet"
 
 
 @pytest.fixture
-def database_backend(sqlite_store):
-    """Overrides the shared fixture: SQLite only here."""
-    return sqlite_store
+def database_backend(request: pytest.FixtureRequest, backends: tuple[str, str]):
+    """Overrides the shared fixture: the database of the pair (tests/conftest.py's ``backends``)."""
+    return paired_database(request, backends)
 
 
 @pytest.fixture
-def cache_backend() -> None:
-    """Overrides the shared fixture: the in-process cache only here."""
-    return None
+def cache_backend(request: pytest.FixtureRequest, backends: tuple[str, str]) -> str | None:
+    """Overrides the shared fixture: the cache of the pair."""
+    return paired_cache(request, backends)
 
 
 @pytest.fixture

@@ -11,12 +11,8 @@ from core.engine import ReplyStatus
 from tests.discord.fake_discord import ALICE, ROLEPLAY
 
 
-@pytest.fixture
-def database_backend(postgresql_store):
-    """PostgreSQL here: it is the database that refuses NUL in text."""
-    return postgresql_store
-
-
+# PostgreSQL here: it is the database that refuses NUL in text.
+@pytest.mark.parametrize("backends", ["postgresql-redis"], indirect=True)
 async def test_bad_bytes_in_a_discord_message_are_cleaned_and_the_turn_is_stored(bot) -> None:
     await bot.bind(ROLEPLAY)
     bot.tgi.script(reply="(bows)\x00 Good \ud800morrow.")

@@ -23,7 +23,9 @@ async def left_pending(store, cache, fake, tgi, *, half_shown: str | None = None
     fake.messages[int(payload["id"])] = payload
     character = await store.characters.get_by_name(CHARACTER)
     conversation = ConversationKey(character.id, Platform.DISCORD, str(ROLEPLAY), str(ALICE))
-    intake = await store.messages.accept(conversation, payload["content"], 4, payload["id"], "Alice")
+    # Owned by the dead process's replica, as the engine stores it: with Redis, a message of an owner
+    # whose liveness lease is gone is answered at start-up; one of no owner only once it is old.
+    intake = await store.messages.accept(conversation, payload["content"], 4, payload["id"], "Alice", owner=app.replica)
     partial_id = None
     if half_shown is not None:
         partial = fake._create(ROLEPLAY, {"content": half_shown}, author=BOT_ID)

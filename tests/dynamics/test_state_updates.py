@@ -30,12 +30,25 @@ class Fixed:
 
     def __init__(self, appraisal: Appraisal, gate: asyncio.Event | None = None) -> None:
         self.appraisal, self.gate, self.calls = appraisal, gate, 0
+        self.entered = asyncio.Event()  # set when the first appraisal waits at the gate
 
     async def appraise(self, exchange, character):
         self.calls += 1
         if self.gate is not None and self.calls == 1:
+            self.entered.set()
             await self.gate.wait()
         return self.appraisal
+
+
+async def waiting_on_the_reply(feelings: Feelings, world, reply_id: int, users: int) -> None:
+    """Until ``users`` updates hold or wait on the reply's lock (a condition, not a time: each pass
+    yields to the loop once; the test fails after 10 s if it never holds)."""
+    async with asyncio.timeout(10):
+        while True:
+            entry = feelings._replies._entries.get(f"{world.event('x').platform}:{reply_id}")
+            if entry is not None and entry.users >= users:
+                return
+            await asyncio.sleep(0)
 
 
 class Racing:
@@ -177,11 +190,12 @@ async def test_an_undo_waits_for_the_appraisal_of_the_reply_it_replaces(store, c
     try:
         start = await first_contact(world)
         gate = asyncio.Event()
-        feelings = Feelings(store, cache, world.app.engine.hot, Fixed(Appraisal("fixed", {"anger": 10}, 0), gate), Dynamics())
+        fixed = Fixed(Appraisal("fixed", {"anger": 10}, 0), gate)
+        feelings = Feelings(store, cache, world.app.engine.hot, fixed, Dynamics())
         first = asyncio.create_task(feelings.after_exchange(await exchange(world, channel=world.channel, reply_id=31)))
-        await asyncio.sleep(0.05)  # the first appraisal is under way and waits at the gate
+        await asyncio.wait_for(fixed.entered.wait(), 10)  # the first appraisal is under way and waits at the gate
         again = asyncio.create_task(feelings.after_exchange(await exchange(world, channel=world.channel, reply_id=31, regenerated=True)))
-        await asyncio.sleep(0.05)
+        await waiting_on_the_reply(feelings, world, 31, 2)  # the undo waits behind the first appraisal
         gate.set()
         await asyncio.gather(first, again)
         appraisers = [r.appraiser for r in reversed(await store.relationships.changes(await person(world)))]
@@ -279,9 +293,10 @@ async def test_an_appraisal_that_lands_after_forget_leaves_nothing_behind(store,
     try:
         await first_contact(world)
         gate = asyncio.Event()
-        feelings = Feelings(store, cache, world.app.engine.hot, Fixed(Appraisal("fixed", {"happiness": 10}, 10), gate), Dynamics())
+        fixed = Fixed(Appraisal("fixed", {"happiness": 10}, 10), gate)
+        feelings = Feelings(store, cache, world.app.engine.hot, fixed, Dynamics())
         pending = asyncio.create_task(feelings.after_exchange(await exchange(world, channel=world.channel, reply_id=41)))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(fixed.entered.wait(), 10)  # the appraisal is under way and waits at the gate
         await world.app.commands.forget(ELENA)
         gate.set()
         await pending

@@ -7,6 +7,38 @@ import asyncio
 import pytest
 
 from storage.cache import MemoryCache, RedisCache
+from tests.conftest import TEST_REDIS_URL
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def clocked(cache_backend: str | None):
+    """Like ``cache``, but the in-process cache runs on a ``Clock`` the test moves (no sleeping)."""
+    import secrets
+
+    instance = MemoryCache(clock=Clock()) if cache_backend is None else RedisCache(TEST_REDIS_URL, f"{cache_backend}{secrets.token_hex(4)}:")
+    yield instance
+    await instance.close()
+
+
+async def expire(cache, key: str, ttl: float) -> None:
+    """Let ``key``'s ``ttl`` run out without sleeping: the in-process cache's clock moves past it; on
+    Redis the key's PTTL is checked to be the one asked for, and the key removed, as Redis would."""
+    if isinstance(cache, MemoryCache):
+        cache._clock.now += ttl + 0.001
+        return
+    pttl = await cache._redis.pttl(cache._key(key))
+    assert 0 < pttl <= ttl * 1000, pttl
+    await cache._redis.unlink(cache._key(key))
 
 
 async def test_values_are_set_read_deleted_and_expire(cache) -> None:
@@ -18,8 +50,16 @@ async def test_values_are_set_read_deleted_and_expire(cache) -> None:
 
     await cache.set_many({"short": b"x"}, ttl=0.15)
     assert await cache.get_many(["short"]) == [b"x"]
-    await asyncio.sleep(0.3)
-    assert await cache.get_many(["short"]) == [None]
+
+
+async def test_a_value_expires_after_its_ttl(clocked) -> None:
+    await clocked.set_many({"short": b"x"}, ttl=0.15)
+    assert await clocked.get_many(["short"]) == [b"x"]
+    if isinstance(clocked, MemoryCache):
+        clocked._clock.now += 0.149
+        assert await clocked.get_many(["short"]) == [b"x"]  # not before the TTL
+    await expire(clocked, "short", 0.15)
+    assert await clocked.get_many(["short"]) == [None]
 
 
 async def test_admit_sets_the_dedupe_key_once_and_counts_hits_in_the_window(cache) -> None:
@@ -44,10 +84,11 @@ async def test_admit_reads_the_requested_keys_in_the_same_call(cache) -> None:
     assert (await cache.admit("e:10", 60, "rate:9", 60)).values == []
 
 
-async def test_the_dedupe_key_expires(cache) -> None:
-    assert (await cache.admit("e:short", 0.15, "rate:s", 60)).first
-    await asyncio.sleep(0.3)
-    assert (await cache.admit("e:short", 0.15, "rate:s", 60)).first
+async def test_the_dedupe_key_expires(clocked) -> None:
+    assert (await clocked.admit("e:short", 0.15, "rate:s", 60)).first
+    assert not (await clocked.admit("e:short", 0.15, "rate:s", 60)).first
+    await expire(clocked, "e:short", 0.15)
+    assert (await clocked.admit("e:short", 0.15, "rate:s", 60)).first
 
 
 async def test_hold_serialises_in_arrival_order(cache) -> None:

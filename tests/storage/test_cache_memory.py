@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import types
 
 from core.ports import AdmitRequest
-from storage import cache_memory
 from storage.cache import MemoryCache, open_cache
 from storage.cache_redis import RedisCache
 
@@ -35,10 +33,9 @@ async def test_open_cache_picks_redis_for_a_url_and_memory_otherwise() -> None:
     await redis_cache.close()
 
 
-async def test_the_rate_window_is_fixed_from_its_first_hit_not_pushed_back_by_later_ones(monkeypatch) -> None:
+async def test_the_rate_window_is_fixed_from_its_first_hit_not_pushed_back_by_later_ones() -> None:
     now = [1000.0]
-    monkeypatch.setattr(cache_memory, "time", types.SimpleNamespace(monotonic=lambda: now[0]))  # the cache's clock only
-    cache = MemoryCache()
+    cache = MemoryCache(clock=lambda: now[0])  # the cache's clock only
     assert (await cache.admit(None, 0, "rate", 60)).count == 1
     now[0] += 50
     assert (await cache.admit(None, 0, "rate", 60)).count == 2

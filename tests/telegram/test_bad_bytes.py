@@ -12,7 +12,7 @@ from core.events import ConversationKey
 GROUP = -100333
 
 
-@pytest.mark.parametrize("database_backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backends", ["postgresql-redis"], indirect=True)  # PostgreSQL refuses NUL in text
 async def test_bad_bytes_in_a_telegram_message_are_cleaned_and_the_turn_is_stored(bot) -> None:
     tg, tgi = bot.tg, bot.tgi
     hamlet = await bot.add_character("Hamlet")

@@ -37,10 +37,8 @@ def echo_marker(body: Mapping[str, Any]) -> str:
     return f"{found[-1] if found else 'm?x'} (bows) So be it. Farewell."
 
 
-@pytest.fixture
-def database_backend(postgresql_store):
-    """Replicas share a server database: PostgreSQL only."""
-    return postgresql_store
+# Replicas share a server database and Redis: PostgreSQL + Redis only.
+pytestmark = pytest.mark.parametrize("backends", ["postgresql-redis"], indirect=True)
 
 
 @pytest.fixture
