@@ -3,9 +3,10 @@
 Served on PERSONAE_METRICS_HOST:PERSONAE_METRICS_PORT (unset port: not served), apart from the
 Telegram webhook's port: the webhook faces the internet, this one a private network.
 
-``/healthz``: the process answers (200). ``/readyz``: 200 when the database and Redis answer, the
-model server answers, and every adapter is connected (``bots.heartbeat`` knows which); else 503
-with a JSON body naming each failing part.
+``/healthz``: the process answers (200). ``/readyz``: 200 when the database and Redis answer, at
+least one model server of the pool answers (the dead ones are named in the body without failing),
+and every adapter is connected (``bots.heartbeat`` knows which); else 503 with a JSON body naming
+each failing part.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 3.0
 
-Check = Callable[[], Awaitable[None]]  # raises when its part is not ready
+Check = Callable[[], Awaitable[str | None]]  # raises when its part is not ready; may return a note when it is
 
 
 def checks(app: "App") -> dict[str, Check]:
@@ -45,16 +46,10 @@ def checks(app: "App") -> dict[str, Check]:
     cache_check = getattr(app.cache, "check", None)
     if cache_check is not None:  # the in-process cache has nothing to reach
         found["redis"] = cache_check
-    base_url = getattr(app.model, "base_url", None)
-    if base_url:
-        from bots.llm.probe import served_model
-
+    servers = [c for c in getattr(app.model, "clients", None) or [app.model] if getattr(c, "base_url", None)]
+    if servers:
         key = app.settings.llm_api_key.get_secret_value() if app.settings.llm_api_key else None
-
-        async def model() -> None:
-            await served_model(base_url, api_key=key, timeout_s=CHECK_TIMEOUT_S)
-
-        found["model"] = model
+        found["model"] = pool_check([c.base_url for c in servers], key)
 
     async def adapters() -> None:
         down = heartbeat.not_connected() if heartbeat.watched() else ["none started yet"]
@@ -65,17 +60,40 @@ def checks(app: "App") -> dict[str, Check]:
     return found
 
 
-async def readiness(parts: dict[str, Check]) -> dict[str, str | None]:
-    """Each part's problem in one line (None: ready), asked at once, each within CHECK_TIMEOUT_S."""
+def pool_check(urls: list[str], api_key: str | None) -> Check:
+    """Ready while at least one of the pool's servers answers ``/v1/models``; the others are named
+    in the note (a pool has taken them out; they do not make the process unready)."""
+    from bots.llm.probe import served_model
 
-    async def ask(check: Check) -> str | None:
+    async def model() -> str | None:
+        async def one(url: str) -> str | None:
+            try:
+                await served_model(url, api_key=api_key, timeout_s=CHECK_TIMEOUT_S * 0.8)
+            except Exception as exc:  # noqa: BLE001 - each failure is a line of the answer
+                return explain(exc).message.replace("\n", "; ")
+            return None
+
+        problems = await asyncio.gather(*(one(url) for url in urls))
+        dead = [problem for problem in problems if problem is not None]
+        if len(dead) == len(urls):
+            raise ConnectionError("; ".join(dead))
+        return f"{len(dead)} of {len(urls)} servers down: " + "; ".join(dead) if dead else None
+
+    return model
+
+
+async def readiness(parts: dict[str, Check]) -> dict[str, tuple[str | None, str | None]]:
+    """Each part's (problem, note) in one line each (problem None: ready), asked at once, each within
+    CHECK_TIMEOUT_S."""
+
+    async def ask(check: Check) -> tuple[str | None, str | None]:
         try:
-            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+            note = await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
         except TimeoutError:
-            return f"no answer within {CHECK_TIMEOUT_S:g} s"
+            return f"no answer within {CHECK_TIMEOUT_S:g} s", None
         except Exception as exc:  # noqa: BLE001 - every failure is a line of the answer
-            return explain(exc).message.replace("\n", "; ")
-        return None
+            return explain(exc).message.replace("\n", "; "), None
+        return None, note
 
     answers = await asyncio.gather(*(ask(check) for check in parts.values()))
     return dict(zip(parts, answers))
@@ -90,8 +108,9 @@ def web_app(metrics: PrometheusMetrics, parts: dict[str, Check]) -> Starlette:
 
     async def readyz(_: Request) -> Response:
         found = await readiness(parts)
-        failing = [part for part, problem in found.items() if problem is not None]
-        body: dict[str, Any] = {"ready": not failing, "failing": failing, "parts": {p: problem or "ok" for p, problem in found.items()}}
+        failing = [part for part, (problem, _) in found.items() if problem is not None]
+        shown = {p: problem or (f"ok ({note})" if note else "ok") for p, (problem, note) in found.items()}
+        body: dict[str, Any] = {"ready": not failing, "failing": failing, "parts": shown}
         return JSONResponse(body, status_code=503 if failing else 200)
 
     return Starlette(routes=[Route("/metrics", metrics_page), Route("/healthz", healthz), Route("/readyz", readyz)])
