@@ -494,6 +494,9 @@ class ModelClient:
         self._in_flight = 0
         # The deployment's budget for this server (every replica's requests), past the process's own cap.
         self._slots = slots
+        # Set by a pool: whether another healthy server could take a request that did not reach
+        # this one (then a refused connection is not retried here: the pool moves on at once).
+        self.elsewhere: Callable[[], bool] | None = None
         self._low_priority = low_priority
         self._hub = _HubClients(self._make_hub, ROTATE_AFTER_STREAMS)
         self._http: httpx.AsyncClient | None = None
@@ -997,6 +1000,8 @@ class ModelClient:
     def _resend_delay(self, error: ModelError, tries: int) -> float | None:
         """How long to wait before sending a failed request again; None: do not send it again."""
         if not may_resend(error) or tries >= self.retries:
+            return None
+        if isinstance(error, ServerNotReached) and self.elsewhere is not None and self.elsewhere():
             return None
         delay = self._backoff(tries)
         wanted = error.retry_after_s if isinstance(error, ServerBusy) else None
