@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import uvicorn
@@ -145,20 +147,48 @@ async def watched_app(app: "App") -> AsyncIterator[PrometheusMetrics | None]:
         observe.use(previous)
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or ConfigurationError in one line naming the setting to change."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (OSError, UnicodeError) as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {host!r} is not an address of this host ({exc}); check PERSONAE_METRICS_HOST") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port}: the port is taken; set PERSONAE_METRICS_PORT to a free port"
+            ) from None
+        raise ConfigurationError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; set PERSONAE_METRICS_HOST to an address of this host "
+            "(e.g. 0.0.0.0), or PERSONAE_METRICS_PORT"
+        ) from None
+    return sock
+
+
+async def _serving(server: uvicorn.Server, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        sock.close()
+
+
 @contextlib.asynccontextmanager
 async def serve(web: Starlette, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
     """Serve ``web`` on host:port until the block ends; the port is listening when the block starts."""
+    sock = bound_socket(host, port)  # bound here: uvicorn would log its own error and exit the process
     server = _QuietServer(uvicorn.Config(web, host=host, port=port, log_level="warning", access_log=False, lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(_serving(server, sock))
     try:
         while not server.started:
             if task.done():
                 with contextlib.suppress(BaseException):
-                    task.result()  # uvicorn exits when it cannot bind (and logs why)
-                raise ConfigurationError(
-                    f"cannot serve metrics on {host}:{port}: the port is taken or the address is not this host's "
-                    "(PERSONAE_METRICS_PORT, PERSONAE_METRICS_HOST)"
-                )
+                    task.result()
+                raise ConfigurationError(f"cannot serve metrics on {host}:{port} (PERSONAE_METRICS_PORT, PERSONAE_METRICS_HOST)")
             await asyncio.sleep(0.01)
         yield server
     finally:

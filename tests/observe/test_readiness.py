@@ -98,3 +98,25 @@ async def test_readyz_stays_ready_while_one_server_of_the_pool_answers() -> None
             assert (status, body["failing"]) == (503, ["model"]), body
     finally:
         await lone.close()
+
+
+async def test_a_taken_metrics_port_or_a_foreign_host_is_one_line_naming_the_setting(caplog) -> None:
+    import socket
+
+    import pytest
+
+    from core.errors import ConfigurationError
+
+    web = web_app(PrometheusMetrics(), {})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match="PERSONAE_METRICS_PORT") as caught:
+            async with serve(web, "127.0.0.1", port):
+                pass
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="PERSONAE_METRICS_HOST"):
+        async with serve(web, "192.0.2.1", free_port()):  # TEST-NET-1: no host's address
+            pass
+    assert not [r for r in caplog.records if r.name.startswith("uvicorn")]  # no second, uvicorn's own, error
