@@ -235,7 +235,7 @@ def table(figures: ProcessFigures, workers: list[WorkerFigures]) -> str:
     )
     rows.append(
         f"{figures.processes} process(es) on {figures.database} + {figures.cache}; the double saw at most "
-        f"{figures.max_in_flight_seen} requests in flight (cap PERSONAE_LLM_MAX_IN_FLIGHT={figures.max_in_flight_cap}); "
+        f"{figures.max_in_flight_seen} request{'' if figures.max_in_flight_seen == 1 else 's'} in flight (cap PERSONAE_LLM_MAX_IN_FLIGHT={figures.max_in_flight_cap}); "
         f"failed turns {figures.failed_turns}; {figures.wall_s:.1f} s wall, the double used {figures.cpu_s_double:.1f} CPU s.\n"
         "acquire/release ms under load include waiting for a free slot and for the busy event loop; "
         f"'quiet' is one person's turns in sequence ({QUIET_TURNS} per process, before the start)"

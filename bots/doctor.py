@@ -118,7 +118,7 @@ async def check_cache(settings: Settings) -> Line:
 async def _server_url(settings: Settings) -> AsyncIterator[tuple[str | None, str, Line | None, int | None]]:
     """(base URL or None, how it was found, a failure line or None, the bundled server's context or None)."""
     if settings.llm_url:
-        # A pool is checked on its first server (`personae doctor` reads one).
+        # A pool: check_model asks each of its servers.
         yield settings.llm_urls[0], "PERSONAE_LLM_URL", None, None
         return
     from bots.llm.embedded import INSTALL_HINT, EmbeddedModelServer, embedded_available
@@ -153,24 +153,33 @@ async def check_model(settings: Settings) -> AsyncIterator[Line]:
             for line in from_skipped("the model server is not running"):
                 yield line
             return
-        api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        async with httpx.AsyncClient(base_url=url.rstrip("/").removesuffix("/v1"), headers=headers, timeout=CHECK_TIMEOUT_S) as http:
-            try:
-                dialect = await dialects.detect(http, timeout_s=CHECK_TIMEOUT_S)
-            except dialects.Unreachable as exc:
-                yield Line("model server", False, f"{url} ({how}): {exc}",
-                           "start the model server, or set PERSONAE_LLM_URL to its base URL" if settings.llm_url else "see the bundled server's log")
-                for line in from_skipped("the model server cannot be reached"):
+        urls = settings.llm_urls if settings.llm_url else [url]
+        pool = len(urls) > 1
+        found: list[tuple[str, Dialect]] = []
+        failures: list[tuple[Line, str]] = []
+        for number, each in enumerate(urls, 1):
+            name = f"model server {number}" if pool else "model server"
+            dialect_or_line = await _detect(settings, each, how, name)
+            if isinstance(dialect_or_line, Line):
+                failures.append((dialect_or_line, each))
+                if pool:  # the pool goes on without it: a warning while another answers
+                    continue
+            else:
+                found.append((each, dialect_or_line))
+                yield Line(name, True, f"{each} ({how}) answers: {dialect_or_line.kind}")
+                line = in_flight_line(settings, each, dialect_or_line)
+                if line is not None:
                     yield line
-                return
-            except dialects.NotAModelServer as exc:
-                yield Line("model server", False, f"{url} ({how}) does not look like a model server: {exc}",
-                           "set PERSONAE_LLM_URL to the base URL of TGI, vLLM, SGLang or llama.cpp's server (or unset it for the bundled model)")
-                for line in from_skipped("what answers is not a model server"):
-                    yield line
-                return
-        yield Line("model server", True, f"{url} ({how}) answers: {dialect.kind}")
+        if not found:
+            for line, _ in failures:
+                yield line
+            why = "what answers is not a model server" if "does not look like" in failures[0][0].found else "the model server cannot be reached"
+            for line in from_skipped(why if not pool else "no model server of PERSONAE_LLM_URL answers"):
+                yield line
+            return
+        for line, _ in failures:
+            yield Line(line.check, None, f"WARN: {line.found}; the pool goes on without it", line.fix)
+        url, dialect = found[0]
         client = model_client(settings, url, concurrency=1, embedded=not settings.llm_url)
         try:
             await client.dialect()
@@ -181,6 +190,34 @@ async def check_model(settings: Settings) -> AsyncIterator[Line]:
             yield await generation_line(settings, client)
         finally:
             await client.close()
+
+
+async def _detect(settings: Settings, url: str, how: str, name: str) -> Dialect | Line:
+    """The server's dialect, or the failing line saying why there is none."""
+    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=url.rstrip("/").removesuffix("/v1"), headers=headers, timeout=CHECK_TIMEOUT_S) as http:
+        try:
+            return await dialects.detect(http, timeout_s=CHECK_TIMEOUT_S)
+        except dialects.Unreachable as exc:
+            return Line(name, False, f"{url} ({how}): {exc}",
+                        "start the model server, or set PERSONAE_LLM_URL to its base URL" if settings.llm_url else "see the bundled server's log")
+        except dialects.NotAModelServer as exc:
+            return Line(name, False, f"{url} ({how}) does not look like a model server: {exc}",
+                        "set PERSONAE_LLM_URL to the base URL of TGI, vLLM, SGLang or llama.cpp's server (or unset it for the bundled model)")
+
+
+def in_flight_line(settings: Settings, url: str, dialect: Dialect) -> Line | None:
+    """A warning when PERSONAE_LLM_MAX_IN_FLIGHT lets more requests go to a TGI server than its
+    max_concurrent_requests takes (TGI refuses the rest as overloaded)."""
+    limit = (dialect.info or {}).get("max_concurrent_requests")
+    if not isinstance(limit, int) or settings.llm_max_in_flight <= limit:
+        return None
+    return Line(
+        "in flight", None,
+        f"WARN: PERSONAE_LLM_MAX_IN_FLIGHT={settings.llm_max_in_flight} is more than {url}'s max_concurrent_requests={limit}",
+        f"lower PERSONAE_LLM_MAX_IN_FLIGHT to {limit} (or raise TGI's --max-concurrent-requests)",
+    )
 
 
 def from_skipped(why: str) -> list[Line]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from bots.settings import Settings, env_name
+from bots.settings import LISTED_URLS, Settings, env_name
 from core.errors import ConfigurationError, PersonaeError
 from storage.errors import CacheUnavailable, DatabaseUnavailable, InvalidDatabaseURL
 
@@ -87,8 +87,16 @@ def settings_message(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error.get("loc") else ""
-        name = env_name(field) if field else "a PERSONAE_ setting"
-        problems.append(f"{name}{_shown_value(field, error.get('input'))} {_what_it_must_be(error)}")
+        what = _what_it_must_be(error)
+        if not field:  # a check across settings: its message names them
+            problems.append(what if what.startswith("PERSONAE_") else f"a PERSONAE_ setting {what}")
+            continue
+        shown = _shown_value(field, error.get("input"))
+        if shown and field in LISTED_URLS and "," in shown:
+            shown = ""  # the message quotes the entry that is wrong: not the whole list
+        elif shown and any(part.strip() and what.startswith(part.strip() + " ") for part in str(error.get("input")).split(",")):
+            shown = ":"  # the message starts with the part that is wrong: not the whole value again
+        problems.append(f"{env_name(field)}{shown} {what}")
     return "invalid setting: " + "; ".join(problems)
 
 

@@ -22,12 +22,13 @@ log = logging.getLogger(__name__)
 INTERVAL_S = 5.0
 MAX_AGE_S = 30.0  # personae health: older than this is unhealthy (several missed beats)
 
-_probes: dict[str, Callable[[], bool]] = {}
+_probes: dict[str, Callable[[], bool | str]] = {}
 _writer: asyncio.Task[None] | None = None
 
 
-def watch(name: str, probe: Callable[[], bool], path: Path, *, interval_s: float = INTERVAL_S) -> None:
-    """Count adapter ``name`` as connected only while ``probe()`` is true; beat into ``path``.
+def watch(name: str, probe: Callable[[], bool | str], path: Path, *, interval_s: float = INTERVAL_S) -> None:
+    """Count adapter ``name`` as connected only while ``probe()`` is true; beat into ``path``. A
+    probe may answer a string instead of False: why it is down (named next to it).
 
     Adapters register before they connect, so a beat is never written while one is still starting.
     """
@@ -55,14 +56,17 @@ def watched() -> list[str]:
 
 
 def not_connected() -> list[str]:
-    """The names of watched adapters that are not connected now (empty: all are)."""
+    """The names of watched adapters that are not connected now (empty: all are), each with why when
+    its probe says."""
     down = []
     for name, probe in list(_probes.items()):
         try:
-            ok = bool(probe())
+            ok = probe()
         except Exception:  # noqa: BLE001 - a probe that fails counts as down
             ok = False
-        if not ok:
+        if isinstance(ok, str):
+            down.append(f"{name} ({ok})")
+        elif not ok:
             down.append(name)
     return down
 

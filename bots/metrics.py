@@ -47,8 +47,14 @@ class PrometheusMetrics:
             ["platform"], buckets=HUMAN_BUCKETS, registry=r,
         )
         self.model_first_token_seconds = Histogram(
-            "personae_model_first_token_seconds", "From asking the model server to its first text.", buckets=HUMAN_BUCKETS, registry=r
+            "personae_model_first_token_seconds", "From the model slot taken (see personae_model_slot_wait_seconds) to the first text.", buckets=HUMAN_BUCKETS, registry=r
         )
+        self.model_slot_wait_seconds = Histogram(
+            "personae_model_slot_wait_seconds", "How long a model request waited for a slot (PERSONAE_LLM_MAX_IN_FLIGHT, PERSONAE_LLM_CONCURRENCY).",
+            buckets=HUMAN_BUCKETS, registry=r,
+        )
+        self.model_slots_waiting = Gauge("personae_model_slots_waiting", "Model requests of this process waiting for a slot.", registry=r)
+        self.model_slots_held = Gauge("personae_model_slots_held", "Model slots this process holds.", registry=r)
         self.model_pace = Histogram(
             "personae_model_tokens_per_second", "A streamed reply's pace after its first token.", buckets=RATE_BUCKETS, registry=r
         )
@@ -98,6 +104,15 @@ class PrometheusMetrics:
 
     def model_first_token(self, seconds: float) -> None:
         self.model_first_token_seconds.observe(seconds)
+
+    def model_slot_wait(self, seconds: float) -> None:
+        self.model_slot_wait_seconds.observe(seconds)
+
+    def model_slots(self, waiting: int, held: int) -> None:
+        if waiting:
+            self.model_slots_waiting.inc(waiting)
+        if held:
+            self.model_slots_held.inc(held)
 
     def model_tokens_per_second(self, rate: float) -> None:
         self.model_pace.observe(rate)

@@ -1,6 +1,7 @@
 """Replicas that cooperate through Redis: each one's liveness lease, and leases that elect one of them.
 
-A lease is a cache key holding its owner's name for ``PERSONAE_REPLICA_LEASE_S``, renewed every third
+A lease is a cache key holding its owner's name (and a random token of the process, so that two
+processes given the same PERSONAE_REPLICA_ID tell each other apart) for ``PERSONAE_REPLICA_LEASE_S``, renewed every third
 of that while its owner lives; when the owner dies the key expires and another replica takes over.
 With the in-process cache (one process) every lease is simply held.
 """
@@ -15,10 +16,14 @@ import secrets
 import socket
 from typing import AsyncIterator, Awaitable, Callable
 
+from core.errors import ConfigurationError
 from core.hot import replica_key
 from core.ports import Cache
 
 log = logging.getLogger(__name__)
+
+
+PROCESS_TOKEN = secrets.token_hex(6)  # this process's, in every lease it holds
 
 
 def new_replica_id() -> str:
@@ -32,6 +37,7 @@ class Lease:
 
     def __init__(self, cache: Cache, key: str, owner: str, ttl_s: float) -> None:
         self.cache, self.key, self.owner, self.ttl_s = cache, key, owner, ttl_s
+        self.value = f"{owner} {PROCESS_TOKEN}"  # what the key holds: a twin with the same owner name is not us
         self.held = False
         self.changed = asyncio.Event()  # set on every gain or loss
 
@@ -42,7 +48,7 @@ class Lease:
     async def renew(self) -> bool:
         """One attempt to take or extend the lease; returns whether it is held. When the cache cannot
         tell (Redis away), a holder keeps its role and the others keep waiting."""
-        got = await self.cache.lease(self.key, self.owner, self.ttl_s)
+        got = await self.cache.lease(self.key, self.value, self.ttl_s)
         held = self.held if got is None else got
         if held != self.held:
             self.held = held
@@ -63,15 +69,25 @@ class Lease:
             self.held = False
             self.changed.set()
         with contextlib.suppress(Exception):
-            await self.cache.release(self.key, self.owner)
+            await self.cache.release(self.key, self.value)
 
 
 @contextlib.asynccontextmanager
 async def alive(cache: Cache, owner: str, ttl_s: float) -> AsyncIterator[Lease]:
     """This replica's liveness lease, kept while the block runs and given up after it (a clean stop:
-    what it left pending is taken over at once, not after the lease runs out)."""
+    what it left pending is taken over at once, not after the lease runs out).
+
+    Raises ConfigurationError when another live process holds it (the same PERSONAE_REPLICA_ID):
+    a lease left by a process that died runs out within ``ttl_s``, so that long is waited first."""
     lease = Lease(cache, replica_key(owner), owner, ttl_s)
-    await lease.renew()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + ttl_s + lease.renew_s
+    while not await lease.renew():
+        if loop.time() >= until:
+            raise ConfigurationError(
+                f"another live process runs as replica {owner!r}: give each process its own PERSONAE_REPLICA_ID (or leave it unset)"
+            )
+        await asyncio.sleep(min(lease.renew_s, 0.5))
     task = asyncio.create_task(lease.keep(), name="replica-lease")
     try:
         yield lease

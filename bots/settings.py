@@ -191,10 +191,19 @@ class Settings(BaseSettings):
         field = info.field_name or ""
         if field in LISTED_URLS:
             # Several model servers, comma-separated: each one must be a URL.
-            urls = [u.strip() for u in value.split(",") if u.strip()]
-            if not urls:
+            urls = [u.strip() for u in value.split(",")]
+            if not any(urls):
                 raise ValueError(f"lists no URL; expected e.g. {URL_EXAMPLES[field]} or several, comma-separated")
-            return ",".join(cls._one_url(u, field) for u in urls)
+            if len(urls) == 1:
+                return cls._one_url(urls[0], field)
+            for number, url in enumerate(urls, 1):
+                if not url:
+                    raise ValueError(f"has an empty entry (number {number} of {len(urls)}): remove the extra comma")
+                try:
+                    cls._one_url(url, field)
+                except ValueError as exc:
+                    raise ValueError(f"has the entry {url!r}, which {exc}") from None
+            return ",".join(urls)
         return cls._one_url(value, field)
 
     @staticmethod

@@ -22,7 +22,7 @@ from core.events import ConversationKey, PersonKey
 from core.flood import ReplyBudget
 from core.hot import HotState, encode_history, encode_state, history_key, lock_key, rate_key, state_key
 from core.ports import AdmitRequest, Held
-from core.slots import MODEL_CHANNEL, channel_of
+from core.slots import MODEL_CHANNEL, SLOT_CLOCK, SlotClock, channel_of
 from core.model_input import model_messages
 from core.prompt import estimate_tokens
 from core.reply import NOTICE_BUDGET, NOTICE_CUT, NOTICE_INTERRUPTED, NOTICE_RATE, NOTICE_UNAVAILABLE, Reply, ReplyStatus
@@ -157,6 +157,8 @@ class ChatTurn:
         # The model budget's fair shares are per channel: say whose request this is (its appraisal,
         # started from this task, inherits it).
         MODEL_CHANNEL.set(channel_of(self.conversation.platform, self.conversation.channel_id))
+        clock = SlotClock()
+        SLOT_CLOCK.set(clock)
         asked = time.monotonic()
         first: float | None = None
         try:
@@ -166,7 +168,8 @@ class ChatTurn:
                     async for delta in stream:
                         if first is None and delta:
                             first = time.monotonic()
-                            observe.metrics.model_first_token(first - asked)
+                            # From the model slot taken (waiting for it is personae_model_slot_wait_seconds).
+                            observe.metrics.model_first_token(first - (clock.taken or asked))
                         delta = budget.take(clean_text(delta))
                         if delta:
                             parts.append(delta)

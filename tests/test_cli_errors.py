@@ -298,3 +298,51 @@ async def test_a_redis_that_answers_with_an_error_is_one_line(tmp_path: Path) ->
     result = await personae("characters", "list", home=tmp_path, PERSONAE_REDIS_URL=url)
     assert_told(result, "PERSONAE_REDIS_URL", code=1)
     assert "answered with an error" in result.output
+
+
+async def test_run_with_a_taken_metrics_port_or_a_twin_replica_id_stops_with_one_line_exit_78(tmp_path: Path) -> None:
+    import secrets
+    import signal
+    import socket
+
+    from tests.cli_process import GUARD_S, cli_env, command
+    from tests.conftest import TEST_REDIS_URL
+    from tests.telegram.fake_telegram import TOKEN as TELEGRAM_TOKEN, FakeTelegram
+    from tests.tgi_server import TGIServer
+
+    async with TGIServer() as model, FakeTelegram() as telegram:
+        base = dict(
+            PERSONAE_DATABASE_URL=f"sqlite:///{tmp_path / 'personae.db'}",
+            PERSONAE_LLM_URL=model.base_url,
+            PERSONAE_APPRAISER="none",
+            PERSONAE_TELEGRAM_TOKEN=TELEGRAM_TOKEN,
+            PERSONAE_TELEGRAM_API_BASE=telegram.base_url,
+            PERSONAE_TELEGRAM_FILE_BASE=telegram.file_base_url,
+        )
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            result = await personae("run", home=tmp_path, **base, PERSONAE_METRICS_PORT=str(taken.getsockname()[1]))
+        assert result.code == 78, result.output
+        (line,) = result.lines
+        assert "PERSONAE_METRICS_PORT" in line and "SystemExit" not in result.output, result.output
+
+        twin = dict(base, PERSONAE_REDIS_URL=TEST_REDIS_URL, PERSONAE_REDIS_PREFIX=f"personae-test-{secrets.token_hex(4)}:",
+                    PERSONAE_REPLICA_ID="twin", PERSONAE_REPLICA_LEASE_S="1")
+        first = await asyncio.create_subprocess_exec(
+            *command("run"), env=cli_env(tmp_path, **twin), cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            seen: list[str] = []
+            while not any("taking updates by long polling" in s for s in seen):
+                got = await asyncio.wait_for(first.stdout.readline(), GUARD_S)
+                assert got, "the first process stopped:\n" + "".join(seen)
+                seen.append(got.decode())
+            second = await personae("run", home=tmp_path, **twin)
+        finally:
+            first.send_signal(signal.SIGINT)
+            await asyncio.wait_for(first.communicate(), GUARD_S)
+    assert second.code == 78, second.output
+    (line,) = second.lines
+    assert "PERSONAE_REPLICA_ID" in line and "twin" in line, second.output

@@ -359,5 +359,6 @@ def test_every_dashboard_panel_asks_for_metrics_personae_serves() -> None:
         "personae_model_tokens_per_second_bucket", "personae_turns_waiting", "personae_queue_wait_seconds_bucket",
         "personae_appraisal_seconds_bucket", "personae_appraisal_tokens_total", "personae_cache_lookups_total",
         "personae_storage_seconds_bucket", "personae_rate_limited_total", "personae_errors_total",
+        "personae_model_slot_wait_seconds_bucket", "personae_model_slots_held", "personae_model_slots_waiting",
     }
     assert wanted <= asked, wanted - asked

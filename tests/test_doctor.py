@@ -144,3 +144,17 @@ async def test_a_host_no_one_can_resolve_is_named(tmp_path: Path) -> None:
     ok, rows = await doctor(settings(tmp_path, llm_url="http://no-such-host.invalid:8080"))
     assert not ok
     assert "cannot resolve host no-such-host.invalid" in rows["model server"]
+
+
+async def test_each_server_of_a_pool_is_checked_and_one_answering_is_enough(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with TGIServer(max_concurrent_requests=8) as tgi:
+        ok, rows = await doctor(settings(tmp_path, llm_url=f"{dead},{tgi.base_url}", llm_max_in_flight=16))
+        assert ok, rows
+        assert rows["model server 1"].startswith(f"-     WARN: {dead} (PERSONAE_LLM_URL)"), rows
+        assert rows["model server 2"].startswith(f"ok    {tgi.base_url} (PERSONAE_LLM_URL) answers: tgi"), rows
+        assert "PERSONAE_LLM_MAX_IN_FLIGHT=16 is more than" in rows["in flight"] and "max_concurrent_requests=8" in rows["in flight"], rows
+        assert rows["test generation"].startswith("ok"), rows
+    ok, rows = await doctor(settings(tmp_path, llm_url=f"{dead},{dead}/other"))
+    assert not ok
+    assert rows["model server 1"].startswith("FAIL") and rows["model server 2"].startswith("FAIL"), rows

@@ -98,3 +98,25 @@ def test_connection_errors_are_told_apart() -> None:
     assert "no answer in time" in str(database_failure(TimeoutError(), "pg"))
     assert "connection refused" in str(cache_failure(ConnectionError("Error 111 connecting to h:1. Connection refused."), "r"))
     assert "refused the login" in str(cache_failure(Exception("invalid username-password pair or user is disabled. AUTH"), "r"))
+
+
+def test_setting_messages_say_each_thing_once() -> None:
+    """No doubled prefix or value; an empty list entry is refused; a bad entry is quoted alone."""
+    assert explain(settings_error(discord_shard_count="2", discord_shards="5")).message == (
+        "invalid setting: PERSONAE_DISCORD_SHARDS names shard 5, but PERSONAE_DISCORD_SHARD_COUNT=2 has shards 0-1"
+    )
+    assert explain(settings_error(discord_shards="1-0")).message == (
+        "invalid setting: PERSONAE_DISCORD_SHARDS: 1-0 is not a range: write low-high, e.g. 0-1"
+    )
+    empty = explain(settings_error(llm_url="http://a, ,http://b"))
+    assert empty.exit_code == EX_CONFIG
+    assert empty.message == "invalid setting: PERSONAE_LLM_URL has an empty entry (number 2 of 3): remove the extra comma"
+    bad = explain(settings_error(llm_url="http://good-host:80,ftp://bad")).message
+    assert "'ftp://bad'" in bad and "good-host" not in bad, bad
+
+
+def test_the_bench_table_counts_one_request_in_the_singular() -> None:
+    from bots.bench_processes import ProcessFigures, table
+
+    assert "at most 1 request in flight" in table(ProcessFigures(processes=2, users=2, turns=2, max_in_flight_seen=1), [])
+    assert "at most 3 requests in flight" in table(ProcessFigures(processes=2, users=2, turns=2, max_in_flight_seen=3), [])

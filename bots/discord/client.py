@@ -500,6 +500,8 @@ class ShardedClient(PersonaeClient, discord.AutoShardedClient):
         plan = self.plan
         assert plan is not None
         if plan.count is not None:
+            runs = "all" if plan.ids is None else ", ".join(map(str, plan.ids))
+            log.info("Discord: %d shard%s (PERSONAE_DISCORD_SHARD_COUNT); this process runs %s", plan.count, "" if plan.count == 1 else "s", runs)
             return
         count, _, _ = await self.http.get_bot_gateway()
         if plan.ids is None:

@@ -22,9 +22,10 @@ def parse_shards(text: str) -> list[int]:
         try:
             first, last = (int(low), int(high)) if dash else (int(part), int(part))
         except ValueError:
-            raise ValueError(f"{part!r} is not a shard id or a range like 0-3") from None
+            raise ValueError(f"{part} is not a shard id or a range: write low-high, e.g. 0-3") from None
         if first < 0 or last < first:
-            raise ValueError(f"{part!r} is not a range of shard ids (like 0-3)")
+            fixed = f"{min(first, last)}-{max(first, last)}" if first >= 0 and last >= 0 else "0-3"
+            raise ValueError(f"{part} is not a range: write low-high, e.g. {fixed}")
         ids.update(range(first, last + 1))
     if not ids:
         raise ValueError("names no shard; e.g. 0-3 or 0,2")

@@ -49,7 +49,7 @@ from core import observe
 from core.errors import ModelError
 from core.model_input import render_mistral_raw
 from core.ports import ModelSlots
-from core.slots import MODEL_CHANNEL
+from core.slots import MODEL_CHANNEL, SLOT_CLOCK
 from core.prompt import estimate_tokens
 from core.text import neutralise_controls
 
@@ -494,6 +494,9 @@ class ModelClient:
         self._in_flight = 0
         # The deployment's budget for this server (every replica's requests), past the process's own cap.
         self._slots = slots
+        # Set by a pool: whether another healthy server could take a request that did not reach
+        # this one (then a refused connection is not retried here: the pool moves on at once).
+        self.elsewhere: Callable[[], bool] | None = None
         self._low_priority = low_priority
         self._hub = _HubClients(self._make_hub, ROTATE_AFTER_STREAMS)
         self._http: httpx.AsyncClient | None = None
@@ -917,16 +920,34 @@ class ModelClient:
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
-        async with self._sem:
-            self._in_flight += 1
-            try:
-                if self._slots is None:
-                    yield
-                else:
-                    async with self._slots.slot(self.where, MODEL_CHANNEL.get(), low=self._low_priority):
-                        yield
-            finally:
-                self._in_flight -= 1
+        """Hold one of this client's ``concurrency`` slots and one of the global budget's; the wait
+        for them is measured on its own (personae_model_slot_wait_seconds), and the turn's
+        first-token clock starts once they are held (``core.slots.SLOT_CLOCK``)."""
+        metrics = observe.metrics
+        started = time.monotonic()
+        metrics.model_slots(1, 0)
+        waiting = True
+        try:
+            async with self._sem:
+                self._in_flight += 1
+                try:
+                    async with self._slots.slot(self.where, MODEL_CHANNEL.get(), low=self._low_priority) if self._slots is not None else contextlib.nullcontext():
+                        taken = time.monotonic()
+                        waiting = False
+                        metrics.model_slots(-1, 1)
+                        metrics.model_slot_wait(taken - started)
+                        clock = SLOT_CLOCK.get()
+                        if clock is not None:
+                            clock.taken = taken
+                        try:
+                            yield
+                        finally:
+                            metrics.model_slots(0, -1)
+                finally:
+                    self._in_flight -= 1
+        finally:
+            if waiting:
+                metrics.model_slots(-1, 0)
 
     async def _retrying(self, attempt: Callable[[], AsyncIterator[str]]) -> AsyncIterator[str]:
         if self._closed:
@@ -979,6 +1000,8 @@ class ModelClient:
     def _resend_delay(self, error: ModelError, tries: int) -> float | None:
         """How long to wait before sending a failed request again; None: do not send it again."""
         if not may_resend(error) or tries >= self.retries:
+            return None
+        if isinstance(error, ServerNotReached) and self.elsewhere is not None and self.elsewhere():
             return None
         delay = self._backoff(tries)
         wanted = error.retry_after_s if isinstance(error, ServerBusy) else None

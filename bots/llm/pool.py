@@ -3,7 +3,8 @@
 Each request goes to the healthy server with the fewest requests in flight from this pool. A
 server that fails (it cannot be reached, answers 5xx, or times out twice running) is taken out, and
 a background probe with backoff asks it ``/v1/models`` until it answers, then puts it back. A
-request that failed before its first text goes to the next server; while every server is out,
+request that failed before its first text goes to the next server (one that could not connect is not
+retried on the same server while another is healthy); while every server is out,
 requests still try them all (a probe may lag behind a recovery).
 """
 
@@ -44,6 +45,10 @@ class ModelPool:
         self._timeouts = [0] * len(self.clients)
         self._probes: dict[int, asyncio.Task[None]] = {}
         self.where = ", ".join(c.where for c in self.clients)
+        for index, client in enumerate(self.clients):
+            # A request that did not reach a server goes to the next one at once, not after
+            # PERSONAE_LLM_RETRIES tries; the last healthy one still retries.
+            client.elsewhere = lambda index=index: any(self.healthy(i) for i in range(len(self.clients)) if i != index)
 
     def __getattr__(self, name: str) -> Any:
         # What callers read of one client (layout, model, dialect, ...): the first server's.

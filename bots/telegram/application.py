@@ -298,9 +298,12 @@ async def run_telegram(app: App, tuning: Tuning | None = None, *, stop: asyncio.
         heartbeat.unwatch("telegram")
 
 
-def _taking_updates(application: Application) -> bool:
+def _taking_updates(application: Application) -> bool | str:
+    """Whether the intake runs; why not, when another process polls the same bot (409 Conflict)."""
     intake = application.bot_data.get(INTAKE)
-    return intake is not None and intake.running
+    if intake is None or not intake.running:
+        return False
+    return getattr(intake, "conflicted", None) or True
 
 
 async def watch_polling(application: Application, settings: Settings) -> None:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from telegram import Update
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import Conflict, InvalidToken, TelegramError
 from telegram.ext import Application
 
 from bots.compose import App
@@ -62,6 +62,10 @@ async def record(app: App, application: Application, update: Update) -> bool:
         return False
 
 
+CONFLICT = "another process polls this bot: run one poller, or give replicas a shared PERSONAE_REDIS_URL"
+CONFLICTS_REPORTED = 2  # 409 Conflicts in a row that say another process polls (one may be a poller just stopping)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
@@ -81,6 +85,12 @@ class Poller:
         # requests retry nothing here; the adapter gives up after PERSONAE_TELEGRAM_GIVE_UP_S.
         self.failing_since: float | None = None
         self.held_back_s = 2.0  # between fetches while the database cannot store what comes
+        self.conflicts = 0  # 409 Conflicts in a row (another getUpdates caller)
+
+    @property
+    def conflicted(self) -> str | None:
+        """Why this poller gets nothing (another process polls the same bot), or None."""
+        return CONFLICT if self.running and self.conflicts >= CONFLICTS_REPORTED else None
 
     @property
     def running(self) -> bool:
@@ -111,6 +121,15 @@ class Poller:
             except InvalidToken:
                 log.error("Telegram rejected the token while polling: check PERSONAE_TELEGRAM_TOKEN")
                 raise
+            except Conflict:
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                self.conflicts += 1
+                if self.conflicts == CONFLICTS_REPORTED:
+                    log.error("Telegram answers 409 Conflict to getUpdates: %s", CONFLICT)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
             except TelegramError as exc:
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
@@ -120,6 +139,7 @@ class Poller:
                 continue
             delay = 1.0
             self.failing_since = None
+            self.conflicts = 0
             for update in updates:
                 if not await record(self.app, self.application, update):
                     # Not stored: leave it (and what follows) unconfirmed; fetch it again in a while.
@@ -167,6 +187,10 @@ class ElectedPoller:
     @property
     def failing_since(self) -> float | None:
         return self.poller.failing_since if self.poller.running else None
+
+    @property
+    def conflicted(self) -> str | None:
+        return self.poller.conflicted
 
     async def start(self) -> None:
         from bots.replicas import while_elected

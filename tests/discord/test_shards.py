@@ -124,3 +124,16 @@ async def test_without_a_count_one_process_runs_every_shard_discord_recommends(s
             await task
         await app.engine.drain()
         await app.model.close()
+
+
+@pytest.mark.parametrize("database_backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("cache_backend", ["memory"], indirect=True)
+async def test_a_sharded_process_says_which_shards_it_runs_at_start(store, cache, fake, tgi, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="bots.discord.client")
+    settings = discord_settings(fake, tgi, discord_shard_count="4", discord_shards="1-2")
+    client = make_client(build_app(store, cache, settings))
+    assert isinstance(client, ShardedClient)
+    await client.prepare_shards()
+    assert any("4 shards" in r.getMessage() and "this process runs 1, 2" in r.getMessage() for r in caplog.records), caplog.text

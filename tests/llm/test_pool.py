@@ -131,3 +131,28 @@ async def test_open_model_says_in_one_line_which_setting_when_no_server_answers(
         async with open_model(settings):
             pass
     assert "PERSONAE_LLM_URL" in str(failed.value) and "\n" not in str(failed.value)
+
+
+async def test_a_refused_connection_moves_to_the_next_server_at_once(servers, caplog) -> None:
+    """PERSONAE_LLM_RETRIES is not spent on a server that refuses connections while another is healthy."""
+    import logging
+
+    from tests.throwaway import free_port
+
+    caplog.set_level(logging.INFO, logger="bots.llm.client")
+    dead = f"http://127.0.0.1:{free_port()}"
+    clients = [ModelClient(url, timeout_s=5.0, concurrency=8, retries=3, retry_base_s=0.01, connect_timeout_s=1.0) for url in (dead, servers[0].base_url)]
+    made = ModelPool(clients, probe_first_s=30.0)
+    try:
+        assert made._choose(set()) == 0  # the first request goes to the dead server
+        assert await reply(made)
+        assert not made.healthy(0)
+        assert not [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    finally:
+        await made.close()
+    lone = ModelPool([ModelClient(dead, timeout_s=5.0, concurrency=8, retries=2, retry_base_s=0.01, connect_timeout_s=1.0)])
+    try:  # the last (only) server: retried as before
+        with pytest.raises(ModelError, match="gave up after 3 attempts"):
+            await reply(lone)
+    finally:
+        await lone.close()

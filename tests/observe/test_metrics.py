@@ -109,3 +109,39 @@ async def test_healthz_answers_while_the_process_lives(store, cache, tgi, metric
     async with serve(web_app(metrics, checks(world.app)), "127.0.0.1", port):
         async with httpx.AsyncClient(trust_env=False) as client:
             assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+
+
+HELD_S = 1.0
+
+
+@pytest.mark.parametrize("database_backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("cache_backend", ["memory"], indirect=True)
+async def test_waiting_for_a_model_slot_is_slot_wait_not_first_token_time(store, cache, tgi, metrics) -> None:
+    import asyncio
+
+    world = await build_world(store, cache, tgi, appraiser="none", llm_concurrency=1)
+    tgi.script(reply="To be, or not to be: that is the question I ask tonight.", instant=True)
+    model = world.app.model
+    # Someone else holds the only slot: a stream read to its first text and left open.
+    held = model.stream([{"role": "user", "content": "Hold"}], max_tokens=32, temperature=0.1)
+    await held.__anext__()
+    assert metrics.model_slots_held._value.get() == 1
+    turn = asyncio.create_task(world.say("Who is there?"))
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(30):
+        while metrics.model_slots_waiting._value.get() != 1:
+            await asyncio.sleep(0.01)
+    since = loop.time()
+    while loop.time() - since < HELD_S:  # the turn waits this long for the slot
+        await asyncio.sleep(0.05)
+    await held.aclose()
+    reply, _ = await asyncio.wait_for(turn, 30)
+    assert reply.status is ReplyStatus.ANSWERED
+    found = samples(metrics.render().decode())
+    assert value(found, "personae_model_slot_wait_seconds_count") == 2  # the holder's and the turn's
+    assert value(found, "personae_model_slot_wait_seconds_sum") >= HELD_S
+    assert value(found, "personae_model_first_token_seconds_count") == 1
+    assert value(found, "personae_model_first_token_seconds_sum") < HELD_S  # the wait is not counted as first-token time
+    assert value(found, "personae_model_slots_waiting") == 0 and value(found, "personae_model_slots_held") == 0
+    await world.app.engine.drain()
+    await model.close()

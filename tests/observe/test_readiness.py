@@ -68,3 +68,55 @@ async def test_readyz_names_the_part_that_is_down(tmp_path) -> None:
             await model.close()
             await cache.close()
             await store.close()
+
+
+async def test_readyz_stays_ready_while_one_server_of_the_pool_answers() -> None:
+    """A pool with a dead server is ready (the dead one is named in the body); with none answering it is not."""
+    from types import SimpleNamespace
+
+    from bots.llm.pool import ModelPool
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with TGIServer() as tgi:
+        clients = [ModelClient(url, timeout_s=5.0, concurrency=4, retries=0, connect_timeout_s=1.0) for url in (dead, tgi.base_url)]
+        pool = ModelPool(clients)
+        app = SimpleNamespace(store=None, cache=None, model=pool, settings=Settings(llm_url=f"{dead},{tgi.base_url}"))
+        port = free_port()
+        try:
+            async with serve(web_app(PrometheusMetrics(), {"model": checks(app)["model"]}), "127.0.0.1", port), httpx.AsyncClient(trust_env=False, timeout=30) as client:
+                status, body = await ready(client, port)
+                assert (status, body["failing"]) == (200, []), body
+                assert dead in body["parts"]["model"] and "1 of 2" in body["parts"]["model"], body
+        finally:
+            await pool.close()
+    lone = ModelPool([ModelClient(dead, timeout_s=5.0, concurrency=4, retries=0, connect_timeout_s=1.0)])
+    app = SimpleNamespace(store=None, cache=None, model=lone, settings=Settings(llm_url=dead))
+    port = free_port()
+    try:
+        async with serve(web_app(PrometheusMetrics(), {"model": checks(app)["model"]}), "127.0.0.1", port), httpx.AsyncClient(trust_env=False, timeout=30) as client:
+            status, body = await ready(client, port)
+            assert (status, body["failing"]) == (503, ["model"]), body
+    finally:
+        await lone.close()
+
+
+async def test_a_taken_metrics_port_or_a_foreign_host_is_one_line_naming_the_setting(caplog) -> None:
+    import socket
+
+    import pytest
+
+    from core.errors import ConfigurationError
+
+    web = web_app(PrometheusMetrics(), {})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigurationError, match="PERSONAE_METRICS_PORT") as caught:
+            async with serve(web, "127.0.0.1", port):
+                pass
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="PERSONAE_METRICS_HOST"):
+        async with serve(web, "192.0.2.1", free_port()):  # TEST-NET-1: no host's address
+            pass
+    assert not [r for r in caplog.records if r.name.startswith("uvicorn")]  # no second, uvicorn's own, error
