@@ -144,9 +144,14 @@ messages = sa.Table(
     sa.Column("display_name", sa.String(128), nullable=True),
     # The replica answering a pending message (PERSONAE_REPLICA_ID); another takes it over when it dies.
     sa.Column("claimed_by", sa.String(64), nullable=True),
+    # The message's place in its conversation's history (migration 0005): one more than the
+    # conversation's highest when it joins the history (answered, or stored as a reply or greeting);
+    # NULL while pending. The id is arrival order, which is not the conversation's order.
+    sa.Column("seq", BigId, nullable=True),
     _created(),
     sa.CheckConstraint("role IN ('user', 'assistant')", name="role"),
     sa.Index("ix_messages_conversation", "character_id", "platform", "channel_id", "user_id", "id"),
+    sa.Index("ix_messages_history", "character_id", "platform", "channel_id", "user_id", "seq"),
     sa.Index(None, "platform", "user_id"),
     # The record of a delivery: a redelivered platform message finds its row here.
     sa.Index("uq_messages_delivery", "platform", "channel_id", "platform_message_id", unique=True),

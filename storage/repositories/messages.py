@@ -34,15 +34,39 @@ _INTAKE_COLUMNS = (
 )
 
 
+# A row joins its conversation's history as its newest: one more than the highest ``seq`` there
+# (the id is arrival order; a message stored while an older one is answered joins after its reply).
+# Turns of one conversation run one at a time (its lock), so two rows rarely race for a place; if
+# they do, they tie and the id decides.
+_m = t.alias("m")
+
+
+def _next_seq(conversation: ConversationKey, step: int = 1):
+    c = conversation
+    return (
+        sa.select(sa.func.coalesce(sa.func.max(_m.c.seq), 0) + step)
+        .where(
+            _m.c.character_id == c.character_id, _m.c.platform == c.platform,
+            _m.c.channel_id == c.channel_id, _m.c.user_id == c.user_id,
+        )
+        .scalar_subquery()
+    )
+
+
 # The hot-path statements, sent with the driver itself on PostgreSQL (see Db.pg_fetch): one
 # multi-row INSERT is one round trip and atomic.
 _INSERT_PG = (
     "INSERT INTO messages (character_id, platform, channel_id, user_id, created_at, "
-    "role, content, tokens, platform_message_id) VALUES "
+    "role, content, tokens, platform_message_id, seq) VALUES "
 )
-_USER_ONLY_PG = _INSERT_PG + "($1, $2, $3, $4, $5, 'user', $6, $7, $8) RETURNING id, role"
+_LAST_SEQ_PG = (
+    "(SELECT coalesce(max(seq), 0) FROM messages WHERE character_id = $1 AND platform = $2::varchar "
+    "AND channel_id = $3::varchar AND user_id = $4::varchar)"
+)
+_USER_ONLY_PG = _INSERT_PG + f"($1, $2, $3, $4, $5, 'user', $6, $7, $8, {_LAST_SEQ_PG} + 1) RETURNING id, role"
 _EXCHANGE_PG = _INSERT_PG + (
-    "($1, $2, $3, $4, $5, 'user', $6, $7, $8), ($1, $2, $3, $4, $5, 'assistant', $9, $10, NULL) RETURNING id, role"
+    f"($1, $2, $3, $4, $5, 'user', $6, $7, $8, {_LAST_SEQ_PG} + 1), "
+    f"($1, $2, $3, $4, $5, 'assistant', $9, $10, NULL, {_LAST_SEQ_PG} + 2) RETURNING id, role"
 )
 # Store a message as pending, or find the stored one (a redelivery): one statement either way. The
 # second SELECT reads the snapshot from before the INSERT, so it sees only a row that was there.
@@ -57,12 +81,18 @@ _ACCEPT_PG = (
     "WHERE platform = $2 AND channel_id = $3 AND platform_message_id = $8 AND NOT EXISTS (SELECT 1 FROM new)"
 )
 # Settle a pending message and store its reply: one statement, so both happen or neither does, and
-# only while the message is still pending (a second answer stores nothing).
-_SETTLE_PG = "UPDATE messages SET status = $2 WHERE id = $1 AND status = 'pending' RETURNING id"
+# only while the message is still pending (a second answer stores nothing). The message joins the
+# history then (its ``seq``), its reply right after it.
+_SETTLE_PG = (
+    "UPDATE messages SET status = $2, seq = (SELECT coalesce(max(m.seq), 0) + 1 FROM messages m "
+    "WHERE m.character_id = messages.character_id AND m.platform = messages.platform "
+    "AND m.channel_id = messages.channel_id AND m.user_id = messages.user_id) "
+    "WHERE id = $1 AND status = 'pending' RETURNING id"
+)
 _SETTLE_WITH_REPLY_PG = (
-    "WITH settled AS (" + _SETTLE_PG.replace("RETURNING id", "RETURNING character_id, platform, channel_id, user_id") + ") "
-    "INSERT INTO messages (character_id, platform, channel_id, user_id, created_at, role, content, tokens) "
-    "SELECT character_id, platform, channel_id, user_id, $3, 'assistant', $4, $5 FROM settled RETURNING id"
+    "WITH settled AS (" + _SETTLE_PG.replace("RETURNING id", "RETURNING character_id, platform, channel_id, user_id, seq") + ") "
+    "INSERT INTO messages (character_id, platform, channel_id, user_id, created_at, role, content, tokens, seq) "
+    "SELECT character_id, platform, channel_id, user_id, $3, 'assistant', $4, $5, seq + 1 FROM settled RETURNING id"
 )
 
 
@@ -76,7 +106,7 @@ class SqlMessageRepository:
         if limit <= 0:
             return []
         statement = (
-            sa.select(*_COLUMNS).where(_in(conversation), _IN_HISTORY).order_by(t.c.id.desc()).limit(limit)
+            sa.select(*_COLUMNS).where(_in(conversation), _IN_HISTORY).order_by(t.c.seq.desc(), t.c.id.desc()).limit(limit)
         )
         async with self._db.connect() as conn:
             rows = (await conn.execute(statement)).all()
@@ -93,10 +123,11 @@ class SqlMessageRepository:
         ]
 
     async def position(self, conversation: ConversationKey, message_id: int) -> int:
+        seq = sa.select(_m.c.seq).where(_m.c.id == message_id).scalar_subquery()
         statement = (
             sa.select(sa.func.count())
             .select_from(t)
-            .where(_in(conversation), _IN_HISTORY, t.c.role == "user", t.c.id <= message_id)
+            .where(_in(conversation), _IN_HISTORY, t.c.role == "user", t.c.seq <= seq)
         )
         async with self._db.connect() as conn:
             return int((await conn.execute(statement)).scalar_one())
@@ -120,13 +151,18 @@ class SqlMessageRepository:
         text, tokens, platform_message_id = user
         if self._db.postgres:
             return await self._add_exchange_pg(conversation, user, reply, now)
-        rows = [{**common, "role": "user", "content": text, "tokens": tokens, "platform_message_id": platform_message_id}]
+        rows = [{**common, "role": "user", "content": text, "tokens": tokens, "platform_message_id": platform_message_id, "step": 1}]
         if reply is not None:
-            rows.append({**common, "role": "assistant", "content": reply[0], "tokens": reply[1], "platform_message_id": None})
+            rows.append({**common, "role": "assistant", "content": reply[0], "tokens": reply[1], "platform_message_id": None, "step": 2})
         # Rows go as parameters (SQLAlchemy's "insertmanyvalues": still one INSERT ... VALUES (...), (...)),
         # so the compiled statement is cached instead of built anew for every turn.
         # On SQLite that may become one INSERT per row, so there both go in a transaction.
-        statement = sa.insert(t).returning(t.c.id, t.c.role, sort_by_parameter_order=True)
+        last = _next_seq(conversation, 0)
+        statement = (
+            sa.insert(t)
+            .values(seq=last + sa.bindparam("step", type_=sa.Integer))
+            .returning(t.c.id, t.c.role, sort_by_parameter_order=True)
+        )
         try:
             async with self._db.connect() if self._db.postgres else self._db.begin() as conn:
                 returned = (await conn.execute(statement, rows)).all()
@@ -212,7 +248,7 @@ class SqlMessageRepository:
             rows = await self._db.pg_fetch(_SETTLE_WITH_REPLY_PG, intake.id, status.value, utcnow(), *reply)
             return (intake.id, rows[0]["id"], None) if rows else None
         async with self._db.begin() as conn:
-            if not await _settle(conn, intake.id, status):
+            if not await _settle(conn, intake, status):
                 return None
             reply_id = await _insert_reply(conn, intake.conversation, reply) if reply is not None else None
         return intake.id, reply_id, None
@@ -220,28 +256,18 @@ class SqlMessageRepository:
     async def _finish_first_contact(
         self, intake: Intake, status: MessageStatus, reply: tuple[str, int] | None, greeting: tuple[str, int]
     ) -> tuple[int, int | None, int | None] | None:
-        """The greeting opens the conversation, so it must come before the message: the message row
-        is stored again after it (history is ordered by id)."""
+        """The greeting opens the conversation, so it joins the history before the message (its
+        ``seq``), the message keeping its row (and id) and the reply coming after it."""
         async with self._db.begin() as conn:
-            gone = await conn.execute(sa.delete(t).where(t.c.id == intake.id, t.c.status == MessageStatus.PENDING.value))
-            if gone.rowcount == 0:
+            pending = sa.and_(t.c.id == intake.id, t.c.status == MessageStatus.PENDING.value)
+            # Lock the message first (PostgreSQL: a second finish waits here, then finds it settled).
+            if (await conn.execute(sa.update(t).where(pending).values(status=MessageStatus.PENDING.value))).rowcount == 0:
                 return None
             greeting_id = await _insert_reply(conn, intake.conversation, greeting)
-            c = intake.conversation
-            user_id = (
-                await conn.execute(
-                    sa.insert(t)
-                    .values(
-                        character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
-                        created_at=intake.created_at, role="user", content=intake.text, tokens=intake.tokens,
-                        platform_message_id=intake.platform_message_id, display_name=intake.display_name,
-                        status=status.value,
-                    )
-                    .returning(t.c.id)
-                )
-            ).scalar_one()
-            reply_id = await _insert_reply(conn, c, reply) if reply is not None else None
-        return user_id, reply_id, greeting_id
+            if not await _settle(conn, intake, status):
+                return None
+            reply_id = await _insert_reply(conn, intake.conversation, reply) if reply is not None else None
+        return intake.id, reply_id, greeting_id
 
     async def pending(self, platform: str, after_id: int = 0, limit: int = 100) -> list[Intake]:
         statement = (
@@ -281,6 +307,7 @@ class SqlMessageRepository:
         statement = sa.insert(t).values(
             character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
             role="assistant", content=content, tokens=tokens, platform_message_id=None, created_at=utcnow(),
+            seq=_next_seq(c),
         ).returning(t.c.id)
         try:
             async with self._db.connect() as conn:
@@ -295,19 +322,29 @@ class SqlMessageRepository:
 
     async def undo_exchange(self, conversation: ConversationKey, reply_message_id: int) -> bool:
         async with self._db.begin() as conn:
-            gone = await conn.execute(
-                sa.delete(t).where(t.c.id == reply_message_id, t.c.role == "assistant", _in(conversation))
-            )
-            if gone.rowcount == 0:
+            gone = (
+                await conn.execute(
+                    sa.delete(t)
+                    .where(t.c.id == reply_message_id, t.c.role == "assistant", _in(conversation))
+                    .returning(t.c.seq)
+                )
+            ).all()
+            if not gone:
                 return False
+            seq = gone[0].seq
+            # The person's messages this reply answered: those after the reply before it (history order).
             before = (
-                sa.select(sa.func.coalesce(sa.func.max(t.c.id), 0))
-                .where(_in(conversation), t.c.role == "assistant", t.c.id < reply_message_id)
+                sa.select(sa.func.coalesce(sa.func.max(_m.c.seq), 0))
+                .where(
+                    _m.c.character_id == conversation.character_id, _m.c.platform == conversation.platform,
+                    _m.c.channel_id == conversation.channel_id, _m.c.user_id == conversation.user_id,
+                    _m.c.role == "assistant", _m.c.seq < seq,
+                )
                 .scalar_subquery()
             )
             await conn.execute(
                 sa.update(t)
-                .where(_in(conversation), t.c.role == "user", t.c.id < reply_message_id, t.c.id > before, _IN_HISTORY)
+                .where(_in(conversation), t.c.role == "user", t.c.seq < seq, t.c.seq > before, _IN_HISTORY)
                 .values(status=MessageStatus.UNDONE.value)
             )
         return True
@@ -343,9 +380,12 @@ def _intake(row: sa.Row, *, first: bool) -> Intake:
     )
 
 
-async def _settle(conn: sa.ext.asyncio.AsyncConnection, message_id: int, status: MessageStatus) -> bool:
+async def _settle(conn: sa.ext.asyncio.AsyncConnection, intake: Intake, status: MessageStatus) -> bool:
+    """Settle a pending message: it joins the history as its newest row."""
     result = await conn.execute(
-        sa.update(t).where(t.c.id == message_id, t.c.status == MessageStatus.PENDING.value).values(status=status.value)
+        sa.update(t)
+        .where(t.c.id == intake.id, t.c.status == MessageStatus.PENDING.value)
+        .values(status=status.value, seq=_next_seq(intake.conversation))
     )
     return result.rowcount > 0
 
@@ -355,7 +395,7 @@ async def _insert_reply(conn: sa.ext.asyncio.AsyncConnection, c: ConversationKey
         sa.insert(t)
         .values(
             character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
-            created_at=utcnow(), role="assistant", content=reply[0], tokens=reply[1],
+            created_at=utcnow(), role="assistant", content=reply[0], tokens=reply[1], seq=_next_seq(c),
         )
         .returning(t.c.id)
     )

@@ -77,7 +77,7 @@ class World:
 built_apps: list[App] = []
 
 
-async def build_world(store, cache, tgi: TGIServer, *, trigger: str = "all", **settings) -> World:
+async def build_world(store, cache, tgi: TGIServer, *, trigger: str = "all", greeting: str = "", **settings) -> World:
     client = ModelClient(tgi.base_url, timeout_s=5.0, concurrency=settings.pop("llm_concurrency", 8), retries=settings.pop("llm_retries", 2))
     app = wire(make_settings(llm_url=tgi.base_url, **settings), store, cache, client)
     built_apps.append(app)
@@ -91,6 +91,7 @@ async def build_world(store, cache, tgi: TGIServer, *, trigger: str = "all", **s
         scene="Elsinore at night.",
         emotion={"happiness": 1, "sadness": 8, "disgust": 5, "fear": 7, "surprise": 6, "anger": 4},
         relationship=7,
+        greeting=greeting,
     )
     await store.characters.add(card)
     world = World(app, tgi, name, channel=f"chan-{uuid.uuid4().hex[:8]}", chat=f"guild-{uuid.uuid4().hex[:8]}")

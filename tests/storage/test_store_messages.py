@@ -111,8 +111,31 @@ async def test_on_first_contact_the_greeting_is_stored_before_the_message(store)
     here = conversation(hamlet.id)
     intake = await store.messages.accept(here, "Hello?", 1, "m-1", "Ann")
     user_id, reply_id, greeting_id = await store.messages.finish(intake, MessageStatus.ANSWERED, ("Well met.", 2), ("Who's there?", 2))
-    assert greeting_id < user_id < reply_id
+    assert user_id == intake.id  # the message keeps its row: its id is the record of the delivery
     assert [(m.role, m.content) for m in await store.messages.recent(here, 10)] == [
         ("assistant", "Who's there?"), ("user", "Hello?"), ("assistant", "Well met.")
     ]
     assert (await store.messages.accept(here, "Hello?", 1, "m-1", "Ann")).id == user_id  # still the record of the delivery
+
+
+async def test_a_message_joins_the_history_when_it_is_answered_not_when_it_arrives(store) -> None:
+    # m2 arrives while m1 is answered: stored before reply 1, it comes after it in the history.
+    from core.state import MessageStatus
+
+    hamlet = await store.characters.add(card())
+    here = conversation(hamlet.id)
+    m1 = await store.messages.accept(here, "One?", 1, "m-1", "Ann")
+    m2 = await store.messages.accept(here, "Two?", 1, "m-2", "Ann")
+    _, r1, greeting = await store.messages.finish(m1, MessageStatus.ANSWERED, ("Reply one.", 2), ("Who's there?", 2))
+    _, r2, _ = await store.messages.finish(m2, MessageStatus.ANSWERED, ("Reply two.", 2))
+    assert m1.id < m2.id < greeting < r1 < r2
+    assert [m.id for m in await store.messages.recent(here, 10)] == [greeting, m1.id, r1, m2.id, r2]
+    assert [m.id for m in await store.messages.recent(here, 2)] == [m2.id, r2]
+    assert [await store.messages.position(here, m) for m in (m1.id, m2.id)] == [1, 2]
+    # Taking back the newest exchange takes m2 only.
+    assert await store.messages.undo_exchange(here, r2)
+    assert [m.id for m in await store.messages.recent(here, 10)] == [greeting, m1.id, r1]
+    # A message answered next joins after reply one.
+    m3 = await store.messages.accept(here, "Three?", 1, "m-3", "Ann")
+    await store.messages.finish(m3, MessageStatus.ANSWERED, ("Reply three.", 2))
+    assert [m.content for m in await store.messages.recent(here, 10)][-3:] == ["Reply one.", "Three?", "Reply three."]
