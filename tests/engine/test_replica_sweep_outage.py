@@ -73,3 +73,39 @@ async def test_a_redis_restart_nobody_noticed_is_found_by_the_leases_epoch(store
     assert await cache.lease(replica_key("b"), "b", 60)
     assert await swept(b) == []
     assert await owner_of(a, intake.id) == "a"
+
+
+async def test_a_turn_paused_past_its_locks_lease_stops_and_shows_and_stores_nothing_more(store, redis_server, tgi) -> None:
+    import time
+
+    import redis
+
+    from core.hot import lock_key
+    from core.reply import ReplyStatus
+    from storage.cache_redis import RedisCache
+    from tests.engine.conftest import build_world
+
+    lease = 0.6
+    cache = RedisCache(redis_server.url, "pause:", retry_after=0.0, lock_lease=lease)
+    try:
+        a = await build_world(store, cache, tgi, replica_id="a")
+        tgi.script(reply="Nay, answer me: stand, and unfold yourself, for this is the night.", token_delay=0.01)
+        reply = a.app.engine.handle(a.event("Who goes there?", message_id="m-a"))
+        deltas = reply.__aiter__()
+        shown = [await deltas.__anext__()]
+        # SIGSTOP as it looks from inside: the loop stands still past the lease (no renewal runs),
+        # the lock expires, and another replica that took the message over takes the lock.
+        time.sleep(lease * 1.5)
+        key = cache.prefix + lock_key(reply.conversation)
+        other = redis.Redis.from_url(redis_server.url)
+        try:
+            assert other.set(key, b"another-replica", nx=True, px=60_000)
+        finally:
+            other.close()
+        shown += [d async for d in deltas]  # SIGCONT
+        assert len(shown) == 1
+        assert reply.status is ReplyStatus.LOST and reply.reply_message_id is None
+        [pending] = await a.app.store.messages.pending("discord")
+        assert pending.id == reply.intake.id  # left to the replica that took it over
+    finally:
+        await cache.close()
