@@ -421,7 +421,8 @@ class _Renewal:
 
     async def still_held(self) -> bool:
         """Whether the lock is still ours: known while the lease is fresh, else asked of Redis now."""
-        if not self.lost and time.monotonic() >= self.valid_until:
+        # Not while Redis is away (it could not tell, and asking would stall the reply's stream).
+        if not self.lost and time.monotonic() >= self.valid_until and self.cache.available:
             await self._renew_once()
         return not self.lost
 
