@@ -57,6 +57,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_waiting_turns=settings.max_waiting_turns,
         pending_answer_within_s=settings.pending_answer_within_s,
         store_retry_s=settings.store_retry_s,
+        replica_lease_s=settings.replica_lease_s,
     )
 
 

@@ -13,10 +13,14 @@ from core.ports import Cache
 log = logging.getLogger(__name__)
 
 
-async def recover_once(engine: Engine, platform: str, deliver: Callable[[RecoveredTurn], Awaitable[None]], *, older_than_s: float = 0.0) -> int:
-    """Deliver the answer of every pending message of ``platform``; returns how many were delivered."""
+async def recover_once(
+    engine: Engine, platform: str, deliver: Callable[[RecoveredTurn], Awaitable[None]], *, older_than_s: float = 0.0,
+    at_start: bool = False,
+) -> int:
+    """Deliver the answer of every pending message of ``platform``; returns how many were delivered
+    (``at_start``: with those this replica's name left in a previous life, at once)."""
     delivered = 0
-    async for turn in engine.recover(platform, older_than_s=older_than_s):
+    async for turn in engine.recover(platform, older_than_s=older_than_s, at_start=at_start):
         try:
             await deliver(turn)
             delivered += 1
@@ -49,7 +53,8 @@ async def keep_recovering(
     replicas on one Redis, what the live ones hold is theirs until it is that old."""
     every = engine.config.turn_deadline_s + 5
     sweep_s = every if sweep_s is None else sweep_s
-    await recover_once(engine, platform, deliver, older_than_s=every if getattr(engine.cache, "shared", False) else 0.0)
+    shared = getattr(engine.cache, "shared", False)
+    await recover_once(engine, platform, deliver, older_than_s=every if shared else 0.0, at_start=True)
     while True:
         await asyncio.sleep(sweep_s)
         try:

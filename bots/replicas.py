@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from typing import AsyncIterator, Awaitable, Callable
 
 from core.errors import ConfigurationError
@@ -40,6 +41,7 @@ class Lease:
         self.value = f"{owner} {PROCESS_TOKEN}"  # what the key holds: a twin with the same owner name is not us
         self.held = False
         self.changed = asyncio.Event()  # set on every gain or loss
+        self._renewed_at = 0.0  # monotonic time of the last renewal the cache confirmed
 
     @property
     def renew_s(self) -> float:
@@ -47,9 +49,17 @@ class Lease:
 
     async def renew(self) -> bool:
         """One attempt to take or extend the lease; returns whether it is held. When the cache cannot
-        tell (Redis away), a holder keeps its role and the others keep waiting."""
+        tell (Redis away), a holder keeps its role and the others keep waiting, up to the lease's ttl
+        since its last confirmed renewal (by its own clock): past that, the key may have expired and
+        another replica won it, so it lets go."""
+        asked = time.monotonic()  # the key's new expiry counts from no earlier than this
         got = await self.cache.lease(self.key, self.value, self.ttl_s)
+        if got:
+            self._renewed_at = asked
         held = self.held if got is None else got
+        if got is None and held and time.monotonic() - self._renewed_at >= self.ttl_s:
+            log.warning("the lease %r could not be renewed for %.0fs; giving it up", self.key, self.ttl_s)
+            held = False
         if held != self.held:
             self.held = held
             self.changed.set()

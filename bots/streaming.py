@@ -72,8 +72,11 @@ class StreamedMessage(Generic[H]):
         interval: float = 1.0,
         budget: EditBudget | None = None,
         on_first: Callable[[], None] | None = None,
+        halted: Callable[[], bool] | None = None,
     ) -> None:
         self.limit = limit
+        # True once nothing more may be shown (the reply's turn lost its lock: another replica answers).
+        self._halted = halted
         self._on_first = on_first  # told once, when the first message is sent (its text is visible)
         self._send, self._edit = send, edit
         self.interval = interval
@@ -142,6 +145,8 @@ class StreamedMessage(Generic[H]):
         self._changed.set()
 
     async def _sync(self) -> None:
+        if self._halted is not None and self._halted():
+            return
         pieces = [p for p in self._layout() if p.strip()] or []
         for i, piece in enumerate(pieces):
             if i < len(self.handles):

@@ -7,6 +7,7 @@ with it when complete (``core.turn``); ``recover`` answers what a crash left pen
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import contextlib
 import logging
 import time
@@ -75,6 +76,9 @@ class EngineConfig:
     # This process's name among replicas: stored on the messages it takes in, so that another replica
     # can take them over when this one's liveness lease (core.hot.replica_key) runs out.
     replica: str = ""
+    # Liveness leases' length: after the cache lost them (an outage, a restart that wiped them), no
+    # replica is presumed dead until this long has passed, time for every live one to renew.
+    replica_lease_s: float = 10.0
 
 
 class NoStateChange:
@@ -134,6 +138,12 @@ class Engine:
         self._in_flight: set[int] = set()
         # Stored messages a recovery sweep claimed here and will answer next (not yet in flight).
         self._claimed: set[int] = set()
+        # When this engine started: a pending message of its replica's name stored before this was
+        # taken in by a previous life of the process (killed), not by this one.
+        self.started_at = dt.datetime.now(dt.UTC)
+        # Until when (monotonic) a missing liveness lease proves nothing (core.recovery.owners_gone).
+        self.liveness_doubt_until = 0.0
+        self.liveness_epoch: bytes | None = None
         self._turns_running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -173,12 +183,13 @@ class Engine:
         """A new reply in place of the newest one of ``conversation`` (which must be ``reply_message_id``)."""
         return Reply(lambda reply: self._regenerate(conversation, display_name, reply_message_id, reply))
 
-    async def recover(self, platform: str, *, older_than_s: float = 0.0) -> AsyncIterator[RecoveredTurn]:
+    async def recover(self, platform: str, *, older_than_s: float = 0.0, at_start: bool = False) -> AsyncIterator[RecoveredTurn]:
         """The messages of ``platform`` still pending (stored at least ``older_than_s`` ago), oldest
-        first, each with its answer to deliver; answered once even if a redelivery comes meanwhile."""
+        first, each with its answer to deliver; answered once even if a redelivery comes meanwhile.
+        ``at_start``: messages this replica's name took in a previous life are answered at once."""
         from core.recovery import pending_turns
 
-        async for turn in pending_turns(self, platform, older_than_s=older_than_s):
+        async for turn in pending_turns(self, platform, older_than_s=older_than_s, at_start=at_start):
             yield turn
 
     def answer(self, intake: Intake) -> Reply:

@@ -182,6 +182,11 @@ class Held(Protocol):
     def stage(self, key: str, value: bytes | None, ttl: float) -> None:
         """Write ``value`` (None deletes) when the lock is released, in the same round trip."""
 
+    async def still_held(self) -> bool:
+        """False once the lock is known lost (its lease ran out, e.g. the process was paused, and
+        another holder may have it): the holder must stop, and show and store nothing more. Cheap
+        while the lease is fresh; asks the cache only past it. True when the cache cannot tell."""
+
 
 class Cache(Protocol):
     """Hot copies, locks, dedupe keys and rate-limit counters. Losing it loses no data.

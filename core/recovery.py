@@ -14,6 +14,8 @@ finds it answered.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
+import time
 from typing import TYPE_CHECKING, AsyncIterator
 
 from core.hot import replica_key, shown_key
@@ -25,10 +27,17 @@ if TYPE_CHECKING:
 
 # How long the platform id of a reply being shown is remembered: past this, recovery answers anew.
 SHOWN_TTL_S = 86400.0
+# Set by the first sweep and kept: gone (or replaced), the cache lost the liveness leases with it.
+LIVENESS_EPOCH_KEY = "replicas:epoch"
+LIVENESS_EPOCH_TTL_S = 30 * 86400.0
 
 
-async def pending_turns(engine: "Engine", platform: str, *, older_than_s: float = 0.0) -> AsyncIterator["RecoveredTurn"]:
-    """Each pending message of ``platform`` stored at least ``older_than_s`` ago, with its answer."""
+async def pending_turns(
+    engine: "Engine", platform: str, *, older_than_s: float = 0.0, at_start: bool = False
+) -> AsyncIterator["RecoveredTurn"]:
+    """Each pending message of ``platform`` stored at least ``older_than_s`` ago, with its answer.
+    ``at_start``: those this replica's name took in before this process started (a previous life,
+    killed and restarted under the same name) too, at once: their owner's lease is ours again."""
     from core.engine import RecoveredTurn
 
     after_id = 0
@@ -40,7 +49,10 @@ async def pending_turns(engine: "Engine", platform: str, *, older_than_s: float 
         now = dt.datetime.now(dt.UTC)
         candidates = [i for i in batch if not engine.taking(i)]
         gone = await owners_gone(engine, candidates)
-        due = [i for i in candidates if i.owner in gone or (now - i.created_at).total_seconds() >= older_than_s]
+        due = [
+            i for i in candidates
+            if i.owner in gone or (at_start and _previous_life(engine, i)) or (now - i.created_at).total_seconds() >= older_than_s
+        ]
         due = [i for i in due if await _taken_over(engine, i)]
         for intake in due:
             engine.claimed(intake)  # answered here next: a newer message of its conversation waits for it
@@ -59,10 +71,38 @@ async def owners_gone(engine: "Engine", intakes: list[Intake]) -> set[str | None
     in it; their messages are taken only once older than a sweep's ``older_than_s``."""
     me = engine.config.replica
     owners = sorted({i.owner for i in intakes if i.owner is not None and i.owner != me})
-    if not owners:
+    if not owners or not _liveness_known(engine):
         return set()
-    leases = await engine.cache.get_many([replica_key(o) for o in owners])
+    # Read along: our own lease and the leases' epoch, a key that a Redis restarted empty lost too.
+    # Either missing or changed since the last sweep, the cache lost its leases, and a missing one
+    # proves nothing until every live replica has had time to renew its own.
+    mine = [replica_key(me)] if me else []
+    *leases, epoch = await engine.cache.get_many([replica_key(o) for o in owners] + mine + [LIVENESS_EPOCH_KEY])
+    changed = engine.liveness_epoch is not None and epoch != engine.liveness_epoch
+    lost = epoch is None or changed or bool(mine and leases[-1] is None)
+    if epoch is None:
+        epoch = secrets.token_hex(8).encode()
+        await engine.cache.set_many({LIVENESS_EPOCH_KEY: epoch}, LIVENESS_EPOCH_TTL_S)
+    engine.liveness_epoch = epoch
+    if not _liveness_known(engine) or lost:
+        # Unreadable (an outage answers every key missing) or lost: owners are presumed alive.
+        engine.liveness_doubt_until = time.monotonic() + engine.config.replica_lease_s
+        return set()
     return {owner for owner, held in zip(owners, leases) if held is None}
+
+
+def _liveness_known(engine: "Engine") -> bool:
+    """Whether the cache can tell which replicas are alive: not while it is away, nor for one
+    lease after it was (or after it was found to have lost the leases)."""
+    if not getattr(engine.cache, "available", True):
+        engine.liveness_doubt_until = time.monotonic() + engine.config.replica_lease_s
+        return False
+    return time.monotonic() >= engine.liveness_doubt_until
+
+
+def _previous_life(engine: "Engine", intake: Intake) -> bool:
+    me = engine.config.replica
+    return bool(me) and intake.owner == me and intake.created_at < engine.started_at
 
 
 async def _taken_over(engine: "Engine", intake: Intake) -> bool:

@@ -36,6 +36,7 @@ class ReplyStatus(StrEnum):
     NO_CHARACTER = "no_character"  # a private chat where the person has not picked a character
     NOT_FOUND = "not_found"  # regenerate: there is no newest reply to replace
     DEFERRED = "deferred"  # stored, but the process is shutting down: answered after the restart
+    LOST = "lost"  # the conversation's lock was lost mid-reply (a paused process): another replica answers; show nothing more
 
 
 class Reply:

@@ -94,11 +94,25 @@ class ChatTurn:
                 if not await self.load(held):
                     return
                 messages = await self.compose()
-                async for delta in self.generate(messages):
-                    yield delta
+                async with contextlib.aclosing(self.generate(messages)) as deltas:
+                    async for delta in deltas:
+                        if not await held.still_held():
+                            self.lock_lost()
+                            return
+                        yield delta
+                if not await held.still_held():
+                    self.lock_lost()
+                    return
                 stored = await self.persist(held)
             if stored:
                 self.after()
+
+    def lock_lost(self) -> None:
+        """The conversation's lock was lost mid-reply (this process was paused past its lease): the
+        replica that took the message over answers it; this reply is neither shown further nor stored."""
+        log.warning("the lock of %s was lost mid-reply; this reply stops, another replica answers", self.conversation.cache_key())
+        self.reply.status = ReplyStatus.LOST
+        self.reply.text = ""
 
     # -- the steps ---------------------------------------------------------------------------
 

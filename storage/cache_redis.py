@@ -291,6 +291,8 @@ class RedisCache:
             owned, values, admission = await self._acquire(key, token, lease, [self._key(k) for k in read], deadline, admit)
             held = StagedWrites(values, admission=admission)
             renewal = _Renewal(self, key, token, lease, time.monotonic() + ttl) if owned else None
+            if renewal is not None:
+                held.check = renewal.still_held
             completed = False
             try:
                 yield held
@@ -381,25 +383,48 @@ class RedisCache:
 class _Renewal:
     """Renews a held lock's lease every third of it, up to ``until`` (the ttl asked for: a holder that
     overruns it loses the lock, as before leases). Most turns end before the first renewal, so only
-    a timer is armed until then (no task per turn)."""
+    a timer is armed until then (no task per turn). A renewal that finds the lock no longer ours
+    (its lease ran out while the process was paused, and it expired or another took it) marks it
+    lost: ``still_held`` says so, and the holder stops."""
 
     def __init__(self, cache: RedisCache, key: str, token: str, lease: float, until: float) -> None:
         self.cache, self.key, self.token, self.lease, self.until = cache, key, token, lease, until
+        self.lost = False
+        # Monotonic time up to which the lease surely holds: taken just before this.
+        self.valid_until = time.monotonic() + lease * 0.9
         self._task: asyncio.Task[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(lease / 3, self._start)
 
     def _start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    async def _renew_once(self) -> None:
+        remaining = self.until - time.monotonic()
+        if remaining <= 0 or self.lost:
+            return
+        lease = min(self.lease, remaining)
+        asked = time.monotonic()
+        # Shielded: a command cut off mid-way could leave its pooled connection out of step.
+        results = await asyncio.shield(self.cache._send(lambda p: p.eval(_RENEW, 1, self.key, self.token, _ms(lease))))
+        if results is None:
+            return  # Redis is away: the cache cannot tell (others fall back to local locks too)
+        if results[0]:
+            self.valid_until = max(self.valid_until, asked + lease * 0.9)
+        elif not self.lost:
+            self.lost = True
+            log.warning("the lock %r was lost (its lease ran out, e.g. the process was paused); its turn stops", self.key)
+
     async def _run(self) -> None:
-        while True:
-            remaining = self.until - time.monotonic()
-            if remaining <= 0:
-                return
-            lease = _ms(min(self.lease, remaining))
-            # Shielded: a command cut off mid-way could leave its pooled connection out of step.
-            await asyncio.shield(self.cache._send(lambda p: p.eval(_RENEW, 1, self.key, self.token, lease)))
+        while self.until > time.monotonic() and not self.lost:
+            await self._renew_once()
             await asyncio.sleep(self.lease / 3)
+
+    async def still_held(self) -> bool:
+        """Whether the lock is still ours: known while the lease is fresh, else asked of Redis now."""
+        # Not while Redis is away (it could not tell, and asking would stall the reply's stream).
+        if not self.lost and time.monotonic() >= self.valid_until and self.cache.available:
+            await self._renew_once()
+        return not self.lost
 
     async def stop(self) -> None:
         self._timer.cancel()

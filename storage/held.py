@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 from core.ports import Admission
 
@@ -14,6 +15,11 @@ class StagedWrites:
     values: list[bytes | None]
     writes: dict[str, tuple[bytes | None, float]] = field(default_factory=dict)
     admission: Admission | None = None
+    # Asks the lock's renewal whether the lock is still ours (None: a local lock, always ours).
+    check: Callable[[], Awaitable[bool]] | None = None
+
+    async def still_held(self) -> bool:
+        return True if self.check is None else await self.check()
 
     def stage(self, key: str, value: bytes | None, ttl: float) -> None:
         self.writes[key] = (value, ttl)

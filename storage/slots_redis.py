@@ -54,17 +54,25 @@ redis.call('pexpire', KEYS[2], lease)
 return 1
 """
 _ACQUIRE_SHA = hashlib.sha1(_ACQUIRE.encode()).hexdigest()
-# KEYS: the server's slots, the channel's slots. ARGV: token, lease ms. Extends a slot still held.
+# KEYS: the server's slots, the channel's slots. ARGV: token, lease ms, cap. Extends a slot still
+# held (1); one that vanished (Redis restarted empty, or its lease ran out while the holder's loop
+# was starved) is taken again if the cap allows (2), else it is lost (0).
 _RENEW = """
 local t = redis.call('time')
-local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
-if redis.call('zadd', KEYS[1], 'XX', 'CH', expiry, ARGV[1]) == 1 then
-  redis.call('pexpire', KEYS[1], ARGV[2])
-  redis.call('zadd', KEYS[2], 'XX', expiry, ARGV[1])
-  redis.call('pexpire', KEYS[2], ARGV[2])
-  return 1
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = now + tonumber(ARGV[2])
+local result = 1
+redis.call('zremrangebyscore', KEYS[1], '-inf', now)
+redis.call('zremrangebyscore', KEYS[2], '-inf', now)
+if redis.call('zscore', KEYS[1], ARGV[1]) == false then
+  if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+  result = 2
 end
-return 0
+redis.call('zadd', KEYS[1], expiry, ARGV[1])
+redis.call('pexpire', KEYS[1], ARGV[2])
+redis.call('zadd', KEYS[2], expiry, ARGV[1])
+redis.call('pexpire', KEYS[2], ARGV[2])
+return result
 """
 _RENEW_SHA = hashlib.sha1(_RENEW.encode()).hexdigest()
 _FIRST_WAIT_S = 0.005
@@ -174,9 +182,19 @@ class RedisSlots:
 
             def build(p: Pipeline) -> None:
                 for token, (held_key, channel_key) in held:
-                    p.eval(_RENEW, 2, held_key, channel_key, token, self.lease_ms)
+                    p.eval(_RENEW, 2, held_key, channel_key, token, self.lease_ms, self.cap)
 
-            await asyncio.shield(self.cache._send(build))
+            results = await asyncio.shield(self.cache._send(build))
+            for (token, (held_key, _)), result in zip(held, results or ()):
+                if isinstance(result, Exception) or token not in self._held:
+                    continue
+                if int(result) == 2:
+                    log.warning("a model slot on %s had vanished from Redis (restarted, or its lease ran out); taken again", held_key)
+                elif int(result) == 0:
+                    log.warning(
+                        "a model slot on %s was lost (its lease ran out and others took the budget): this request "
+                        "runs over the cap; PERSONAE_LLM_SLOT_LEASE_S longer than a stall avoids it", held_key
+                    )
 
     def stop_renewing(self) -> None:
         """Stop renewing leases, as a replica that died would (its slots come back after a lease)."""

@@ -5,6 +5,7 @@ since the adapters' pacing tests only see that writes are never too close."""
 
 from __future__ import annotations
 
+import asyncio
 import types
 
 import pytest
@@ -73,3 +74,30 @@ async def test_an_edit_goes_out_at_once_when_the_interval_has_passed(clock: list
     shown = StreamedMessage(limit=2000, send=send, edit=edit, interval=1000.0)
     await shown.run(deltas())
     assert writes == ["Hello", "Hello there"]
+
+
+async def test_a_halted_reply_is_edited_no_further() -> None:
+    """Once its turn lost the conversation's lock (another replica answers), a reply shows nothing more."""
+    from bots.streaming import StreamedMessage
+
+    writes: list[str] = []
+    halted = False
+
+    async def send(text: str) -> int:
+        writes.append(text)
+        return 1
+
+    async def edit(handle: int, text: str) -> None:
+        writes.append(text)
+
+    async def deltas():
+        nonlocal halted
+        yield "Hello"
+        while not writes:
+            await asyncio.sleep(0)
+        yield " there, never stored"
+        halted = True
+
+    shown = StreamedMessage(limit=2000, send=send, edit=edit, interval=0.0, halted=lambda: halted)
+    await shown.run(deltas())
+    assert writes == ["Hello"]

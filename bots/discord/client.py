@@ -223,6 +223,7 @@ class PersonaeClient(discord.Client):
             channel,
             send_first=lambda text, **kw: channel.send(text, reference=reference, **kw),
             reuse=[partial] if partial is not None else None,
+            halted=lambda: turn.reply.status is ReplyStatus.LOST,
         )
         reply = turn.reply
         if reply.reply_message_id is not None and reply.conversation is not None and shown_messages.handles:
@@ -312,6 +313,7 @@ class PersonaeClient(discord.Client):
                 send_first=send_first,
                 button=button,
                 on_first=lambda: first_shown(reply, "discord"),
+                halted=lambda: reply.status is ReplyStatus.LOST,
             )
         finally:
             first_text.set()
@@ -354,6 +356,7 @@ class PersonaeClient(discord.Client):
         reuse: list[discord.PartialMessage] | None = None,
         button: Callable[[], discord.ui.View | None] = lambda: None,
         on_first: Callable[[], None] | None = None,
+        halted: Callable[[], bool] | None = None,
     ) -> tuple[StreamedMessage[discord.Message | discord.PartialMessage], int | None]:
         """Render ``deltas``: ``reuse``'d messages are edited first, then ``send_first``, then plain sends.
 
@@ -391,7 +394,8 @@ class PersonaeClient(discord.Client):
                 has_button = target.id
 
         shown: StreamedMessage[discord.Message | discord.PartialMessage] = StreamedMessage(
-            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, budget=self.budget_for(channel), on_first=on_first
+            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, budget=self.budget_for(channel), on_first=on_first,
+            halted=halted,
         )
         await shown.run(deltas)
         return shown, has_button
@@ -471,7 +475,9 @@ class PersonaeClient(discord.Client):
         offer = self._offers.get(conversation.cache_key())
         ids = offer[1] if offer is not None and offer[0] == reply_id else [pressed.id]
         old = [pressed if i == pressed.id else channel.get_partial_message(i) for i in ids]  # type: ignore[union-attr]
-        shown, _ = await self._stream(_chain(first, deltas), channel, send_first=channel.send, reuse=old)
+        shown, _ = await self._stream(
+            _chain(first, deltas), channel, send_first=channel.send, reuse=old, halted=lambda: reply.status is ReplyStatus.LOST
+        )
         stale = old[len(shown.handles) :]
         for message in stale:
             try:

@@ -18,7 +18,7 @@ from telegram.error import BadRequest, TelegramError
 from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
 from bots.telegram.drafts import DraftStream
 from bots.telegram.updates import Recent
-from core.engine import Reply
+from core.engine import Reply, ReplyStatus
 from core.events import ConversationKey, Platform
 from core.text import split_message
 
@@ -175,7 +175,7 @@ class Replies:
             self.drafts_available = False
             return await self._through_edits(reply, prepend(stream.text, deltas), chat_id, group=False)
         text = stream.text.strip()
-        if not text:
+        if not text or reply.status is ReplyStatus.LOST:
             return []
         pieces = split_message(text, LIMIT)
         ids = []
@@ -250,6 +250,7 @@ class Replies:
             interval=self.edit_interval,
             budget=self._budget(chat_id, private=False) if group else None,
             on_first=lambda: first_shown(reply, "telegram"),
+            halted=lambda: reply.status is ReplyStatus.LOST,
         )
         ids = await streamed.run(tracked())
         button = self._button(reply)

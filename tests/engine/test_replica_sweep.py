@@ -63,3 +63,26 @@ async def test_a_live_replicas_message_is_left_to_it_and_a_dead_ones_is_answered
     assert tgi.count("/v1/chat/completions") == 1
     assert await owner_of(a, intake.id) in ("b", "c")
     assert await swept(b) == [] and await swept(c) == []
+
+
+async def test_a_replica_restarted_under_its_name_answers_what_its_previous_life_left_at_once(store, cache, tgi) -> None:
+    from tests.engine.conftest import build_world
+
+    before = await build_world(store, cache, tgi, replica_id="a")
+    await cache.lease(replica_key("a"), "a", 60)
+    intake = await before.app.engine.accept(before.event("Who goes there?", message_id="m-a"))
+    assert intake is not None and intake.owner == "a"
+    # Killed, and started again as "a" (PERSONAE_REPLICA_ID): its lease is held again at once, so
+    # the message looks like a live replica's; the start-up recovery takes it back all the same.
+    after = restarted(before, replica_id="a")
+    await cache.lease(replica_key("a"), "a", 60)
+    assert await swept(after) == []  # a later sweep leaves a live replica's young message alone
+    tgi.script(reply="Nay, answer me.")
+    turns = [t async for t in after.app.engine.recover(Platform.DISCORD, older_than_s=SWEEP_AGE_S, at_start=True)]
+    for turn in turns:
+        await turn.reply.collect()
+    assert [(t.intake.id, t.reply.status, t.reply.text) for t in turns] == [(intake.id, ReplyStatus.ANSWERED, "Nay, answer me.")]
+    # What the new life takes in itself is not its previous life's.
+    fresh = await after.app.engine.accept(after.event("And who are you?", message_id="m-b"))
+    assert fresh is not None
+    assert [t async for t in after.app.engine.recover(Platform.DISCORD, older_than_s=SWEEP_AGE_S, at_start=True)] == []
