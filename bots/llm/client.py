@@ -537,12 +537,14 @@ class ModelClient:
         max_tokens: int,
         temperature: float,
         stop: Sequence[str] = (),
+        busy_resends: bool = True,
     ) -> AsyncIterator[str]:
         """Yield the reply's text deltas. Raises ModelError.
 
         A request the server never worked on is sent again (jittered exponential backoff, at least
         its ``Retry-After``); a failure after a delta is raised at once (the caller ends the reply
-        with a notice).
+        with a notice). ``busy_resends=False``: a busy answer (429/503) is raised at once instead
+        (a pool sends the request to another server).
         """
         stops = self._stops(stop)
         await self._learn_model_name()
@@ -561,7 +563,7 @@ class ModelClient:
             def attempt() -> AsyncIterator[str]:
                 return self._chat_stream(payload, max_tokens, temperature, stops)
 
-        async with contextlib.aclosing(self._retrying(attempt)) as deltas:  # type: ignore[type-var]
+        async with contextlib.aclosing(self._retrying(attempt, busy_resends=busy_resends)) as deltas:  # type: ignore[type-var]
             async for delta in deltas:
                 yield delta
 
@@ -573,6 +575,7 @@ class ModelClient:
         temperature: float,
         json_schema: Mapping[str, Any] | None = None,
         analysis_first: bool = False,
+        busy_resends: bool = True,
     ) -> str:
         """A whole answer, in the same layout as the replies (``stream``).
 
@@ -584,6 +587,7 @@ class ModelClient:
         422) is asked once more without one, and is not sent one again.
         In the ``chat`` layout the chat API: ``json_schema`` goes out in the server's own
         ``response_format`` shape (see ``dialects``); servers without guided JSON get none.
+        ``busy_resends`` as in ``stream``.
         """
         dialect = await self.dialect()
         self._tell_layout()
@@ -597,7 +601,7 @@ class ModelClient:
                     grammar = None
                     if json_schema is not None and not self._grammar_refused:
                         grammar = dialect.response_format(json_schema, analysis_first=analysis_first)
-                    return await self._generate(prompt, max_tokens, temperature, grammar)
+                    return await self._generate(prompt, max_tokens, temperature, grammar, busy_resends)
                 body = {
                     "model": self.model,
                     "prompt": prompt,
@@ -606,8 +610,10 @@ class ModelClient:
                     "stop": [RAW_STOP],
                     "stream": False,
                 }
-                return "".join([part async for part in self._retrying(lambda: self._completion_json(body))])
-        return await self._chat_complete(messages, dialect, max_tokens, temperature, json_schema, analysis_first)
+                return "".join(
+                    [part async for part in self._retrying(lambda: self._completion_json(body), busy_resends=busy_resends)]
+                )
+        return await self._chat_complete(messages, dialect, max_tokens, temperature, json_schema, analysis_first, busy_resends)
 
     async def _chat_complete(
         self,
@@ -617,6 +623,7 @@ class ModelClient:
         temperature: float,
         json_schema: Mapping[str, Any] | None,
         analysis_first: bool,
+        busy_resends: bool = True,
     ) -> str:
         extra: dict[str, Any] = {}
         if json_schema is not None and dialect is not None:
@@ -628,7 +635,7 @@ class ModelClient:
             # huggingface_hub rewrites OpenAI's json_schema shape into TGI's, which vLLM and SGLang
             # would take as "any JSON": send this one request without it.
             body = {"model": self.model, "messages": payload, "max_tokens": max_tokens, "temperature": temperature, **extra}
-            return "".join([part async for part in self._retrying(lambda: self._chat_json(body))])
+            return "".join([part async for part in self._retrying(lambda: self._chat_json(body), busy_resends=busy_resends)])
 
         async def attempt() -> AsyncIterator[str]:
             async with self._hub.lease(stream=False) as hub:
@@ -641,10 +648,12 @@ class ModelClient:
             choices = out.choices or []
             yield (choices[0].message.content or "") if choices else ""
 
-        parts = [part async for part in self._retrying(attempt)]
+        parts = [part async for part in self._retrying(attempt, busy_resends=busy_resends)]
         return "".join(parts)
 
-    async def _generate(self, prompt: str, max_tokens: int, temperature: float, grammar: Mapping[str, Any] | None) -> str:
+    async def _generate(
+        self, prompt: str, max_tokens: int, temperature: float, grammar: Mapping[str, Any] | None, busy_resends: bool = True
+    ) -> str:
         """One answer from TGI's native ``/generate`` (``{"inputs", "parameters"}`` -> ``{"generated_text"}``)."""
         parameters: dict[str, Any] = {"max_new_tokens": max_tokens, "stop": [RAW_STOP], "details": False}
         if temperature > 0:
@@ -655,13 +664,13 @@ class ModelClient:
             parameters["grammar"] = dict(grammar)
         body = {"inputs": prompt, "parameters": parameters}
         try:
-            return "".join([part async for part in self._retrying(lambda: self._generate_json(body))])
+            return "".join([part async for part in self._retrying(lambda: self._generate_json(body), busy_resends=busy_resends)])
         except GrammarRefused as exc:
             if not self._grammar_refused:
                 self._grammar_refused = True
                 log.warning("%s; appraisals go without a grammar from now on (the last JSON object of the answer is read)", exc)
             parameters.pop("grammar", None)
-            return "".join([part async for part in self._retrying(lambda: self._generate_json(body))])
+            return "".join([part async for part in self._retrying(lambda: self._generate_json(body), busy_resends=busy_resends)])
 
     async def _generate_json(self, body: dict[str, Any]) -> AsyncIterator[str]:
         """One ``/generate`` request posted as is (yields the answer once).
@@ -775,6 +784,19 @@ class ModelClient:
         except (httpx.HTTPError, ModelError, OSError):
             return False
         return response.status_code < 500
+
+    async def generates(self, timeout_s: float) -> bool:
+        """Whether the server writes one token of a tiny reply within ``timeout_s`` now (the pool's
+        probe of a server taken out for timeouts: it may answer ``/v1/models`` and still hang)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                stream = self.stream([{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0, busy_resends=False)
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                    async for _ in stream:
+                        return True
+            return True  # ended without text (e.g. an immediate stop): it answered
+        except (TimeoutError, ModelError, httpx.HTTPError, OSError):
+            return False
 
     async def info(self) -> dict[str, Any] | None:
         """TGI's ``/info`` when the server is TGI, else None."""
@@ -949,7 +971,7 @@ class ModelClient:
             if waiting:
                 metrics.model_slots(-1, 0)
 
-    async def _retrying(self, attempt: Callable[[], AsyncIterator[str]]) -> AsyncIterator[str]:
+    async def _retrying(self, attempt: Callable[[], AsyncIterator[str]], *, busy_resends: bool = True) -> AsyncIterator[str]:
         if self._closed:
             raise ModelError("the model client is closed", retryable=False)
         tries = 0
@@ -971,6 +993,8 @@ class ModelClient:
                         f"{exc}; the reply broke off after {yielded} characters", retryable=exc.retryable, status=exc.status
                     ) from exc
                 delay = self._resend_delay(exc, tries)
+                if delay is not None and not busy_resends and isinstance(exc, ServerBusy):
+                    delay = None  # the caller has another server to send it to
                 if delay is None:
                     if tries:
                         raise ModelError(

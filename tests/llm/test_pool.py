@@ -156,3 +156,99 @@ async def test_a_refused_connection_moves_to_the_next_server_at_once(servers, ca
             await reply(lone)
     finally:
         await lone.close()
+
+
+CHAT = "/v1/chat/completions"
+
+
+async def test_a_hung_server_is_probed_with_a_reply_and_stays_out_while_it_hangs(servers) -> None:
+    hung, good = servers
+    clients = [
+        ModelClient(s.base_url, timeout_s=5.0, concurrency=8, retries=2, connect_timeout_s=1.0, first_token_timeout_s=0.3)
+        for s in servers
+    ]
+    pool = ModelPool(clients, probe_first_s=0.05, probe_longest_s=0.1, probe_reply_timeout_s=0.2)
+    try:
+        await reply(pool)
+        await reply(pool)
+        hung.fail("hang", times=10**5, hang_s=3600)
+        for _ in range(4):
+            try:
+                await reply(pool)
+            except ModelError:
+                pass  # a turn sent to the hung server times out
+        assert not pool.healthy(0)
+        assert pool.sent[0] <= 1 + 2  # one warm-up turn, then at most two turns waited on it
+        sent = pool.sent[0]
+        generations = hung.count(CHAT)
+        for _ in range(3):  # several probes: each one a one-token reply that times out
+            await until(lambda: hung.count(CHAT) > generations, "probed")
+            generations = hung.count(CHAT)
+            for _ in range(3):
+                assert await reply(pool)
+            assert not pool.healthy(0)  # answering /v1/models does not bring a hung server back
+        assert pool.sent[0] == sent  # no turn went to it while it hung
+        assert pool.backoff_s(0) == 0.05
+        hung.failures.clear()
+        await until(lambda: pool.healthy(0), "probed back in by a reply")
+        before = pool.sent[0]
+        for _ in range(4):
+            assert await reply(pool)
+        assert pool.sent[0] > before
+    finally:
+        await pool.close()
+
+
+async def test_the_backoff_grows_across_take_outs_until_the_server_has_served_a_while(servers) -> None:
+    flaky, _ = servers
+    clients = [
+        ModelClient(s.base_url, timeout_s=5.0, concurrency=8, retries=0, connect_timeout_s=1.0, first_token_timeout_s=0.3)
+        for s in servers
+    ]
+    pool = ModelPool(clients, probe_first_s=0.05, probe_longest_s=10.0, probe_reply_timeout_s=0.2, settle_turns=50)
+    try:
+        steps = []
+        for _ in range(3):
+            flaky.fail("500")
+            while pool.healthy(0):
+                await reply(pool)
+            steps.append(pool.backoff_s(0))
+            await until(lambda: pool.healthy(0), "probed back in")
+        assert steps == [0.05, 0.1, 0.2]  # a server flapping in and out waits longer each time
+    finally:
+        await pool.close()
+
+
+async def test_a_server_busy_forever_gets_no_turn_after_its_first_429(servers) -> None:
+    busy, good = servers
+    clients = [ModelClient(s.base_url, timeout_s=5.0, concurrency=8, retries=2, connect_timeout_s=1.0) for s in servers]
+    pool = ModelPool(clients, probe_first_s=0.05, probe_longest_s=60.0)
+    try:
+        busy.fail("429", times=10**5, retry_after=30)
+        for _ in range(8):
+            assert await reply(pool)
+        # The first turn's 429 sent it to the other server at once (no retry ladder on the busy one),
+        # and the busy one was left alone for its Retry-After.
+        assert busy.count(CHAT) == 1
+        assert good.count(CHAT) == 8
+        assert pool.cooling(0) and pool.healthy(0)
+        answer = await pool.complete(MESSAGES, max_tokens=8, temperature=0.1)
+        assert answer
+        assert busy.count(CHAT) + busy.count("/generate") + busy.count("/v1/completions") == 1  # nor the appraisals
+    finally:
+        await pool.close()
+
+
+async def test_when_every_server_is_busy_the_last_one_still_waits_out_its_retry_after(servers) -> None:
+    one, two = servers
+    clients = [ModelClient(s.base_url, timeout_s=5.0, concurrency=8, retries=2, connect_timeout_s=1.0) for s in servers]
+    pool = ModelPool(clients, probe_first_s=0.05, probe_longest_s=60.0)
+    try:
+        await reply(pool)
+        await reply(pool)
+        one.fail("429", retry_after=0)
+        two.fail("429", retry_after=0)
+        assert await reply(pool)  # the second server's 429 was resent to it (no server left to go to)
+        assert one.count(CHAT) + two.count(CHAT) == 2 + 3
+    finally:
+        await pool.close()
