@@ -78,6 +78,9 @@ def discord_settings(fake: FakeDiscord, tgi: TGIServer, **overrides: Any) -> Set
         rate_limit_messages=1000,
         max_waiting_per_person=1000,
         max_tokens=1500,  # some replies here run to several messages; the engine cuts at max_tokens
+        # With Redis, a first sweep that finds no liveness epoch presumes owners alive for one lease
+        # (the cache may have restarted empty): a short lease keeps recovery tests quick.
+        replica_lease_s=1.0,
     )
     fields.update(overrides)
     return Settings(**fields)
@@ -117,7 +120,15 @@ class Bot:
 
 async def start_bot(app: App, fake: FakeDiscord, tgi: TGIServer) -> tuple[Bot, asyncio.Task[None]]:
     client = PersonaeClient(app, guild_ready_timeout=0.1)
-    task = asyncio.create_task(run_discord(app, client=client))
+
+    async def serve() -> None:
+        # As `personae run` does: the replica's liveness lease is held while it serves.
+        from bots.replicas import alive
+
+        async with alive(app.cache, app.replica, app.settings.replica_lease_s):
+            await run_discord(app, client=client)
+
+    task = asyncio.create_task(serve())
     await fake.wait_for(lambda: client.is_ready() or task.done(), timeout=10, what="the client to be ready")
     if task.done():
         task.result()
