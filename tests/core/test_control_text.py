@@ -37,15 +37,12 @@ def test_other_templates_control_strings_are_broken_too(family) -> None:
 
 
 def test_no_control_token_of_the_bundled_model_survives_in_text() -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    # `make install` always installs llama-cpp-python and the bundled SmolLM2 weights.
+    import llama_cpp
+
     from bots.llm.embedded import find_bundled_gguf
 
-    from core.errors import PersonaeError
-
-    try:
-        path = find_bundled_gguf()
-    except PersonaeError:
-        pytest.skip("the bundled SmolLM2 model is not installed")
+    path = find_bundled_gguf()
     model = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     control = {i for i in range(model.n_vocab()) if model._model.token_get_attr(i) & 8}  # LLAMA_TOKEN_ATTR_CONTROL
     assert len(control) >= 17
