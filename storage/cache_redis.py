@@ -146,11 +146,17 @@ class RedisCache:
         build(pipe)
         self.round_trips += 1
         started = time.monotonic()
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             try:
                 results = await pipe.execute(raise_on_error=False)
             finally:
                 observe.metrics.storage("redis", observe.since(started))
+            if task is not None and task.cancelling() > cancels:
+                # redis-py's pipeline can swallow a cancellation that arrives while it reads the
+                # answer: raise it here, or a task being stopped (a lease's renewals) runs on.
+                raise asyncio.CancelledError
             for result in results:
                 if isinstance(result, ResponseError) and not isinstance(result, NoScriptError):
                     raise result

@@ -271,3 +271,26 @@ async def test_a_lock_is_held_on_a_short_lease_that_its_live_holder_renews(prefi
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_task_cancelled_mid_call_stops_whatever_step_of_the_call_the_cancellation_meets(redis_cache: RedisCache) -> None:
+    # redis-py's pipeline can swallow a cancellation that arrives while it reads an answer: a lease's
+    # renewal loop cancelled there ran on, and stopping it waited forever.
+    async def renewing() -> None:
+        while True:
+            await redis_cache.lease("lease", "me", 60)
+
+    ran_on = []
+    for steps in range(60):  # cancel after 0, 1, 2, ... event-loop steps: every point of the round trip
+        task = asyncio.create_task(renewing())
+        for _ in range(steps):
+            await asyncio.sleep(0)  # one loop step, not a wait
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)  # a harness bound: a stopped task ends at once
+        if not done:
+            ran_on.append(steps)
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1)
+        assert task.cancelled() or not done
+    assert ran_on == [], f"cancelled after {ran_on} loop steps, the task went on"
