@@ -106,15 +106,19 @@ class Poller:
         return f"{type(error).__name__}: {error}" if error is not None else "it returned"
 
     async def start(self) -> None:
-        # A webhook left set would make getUpdates fail: polling and webhooks exclude each other.
-        await self.application.bot.delete_webhook()
         self._task = asyncio.create_task(self._run(), name="telegram-poller")
 
     async def _run(self) -> None:
         bot = self.application.bot
         delay = 1.0
+        webhook_deleted = False
         while True:
             try:
+                if not webhook_deleted:
+                    # A webhook left set would make getUpdates fail: polling and webhooks exclude each
+                    # other. Failing, it counts as a failed poll (the give-up watch sees it).
+                    await bot.delete_webhook()
+                    webhook_deleted = True
                 updates = await bot.get_updates(
                     offset=self.offset, timeout=self.timeout, allowed_updates=self.allowed_updates
                 )
