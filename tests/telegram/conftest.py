@@ -1,4 +1,8 @@
-"""The real python-telegram-bot against a fake Bot API, with real storage and the TGI-protocol model fake."""
+"""The real python-telegram-bot against a fake Bot API, with real storage and the TGI-protocol model fake.
+
+Every test runs on two backend pairs (tests/conftest.py's ``backends``): SQLite with the in-process
+cache, PostgreSQL with Redis. On Redis the bot polls as an elected replica, as ``personae run`` does.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import telegram
 from telegram.ext import Application
 
 from bots.compose import App, model_client, wire
+from bots.replicas import alive
 from bots.settings import Settings
 from bots.telegram import Tuning, build_application, serving
 from core.character import Character
@@ -24,14 +29,6 @@ from tests.tgi_server import TGIServer
 OWNER_ID = 1
 # Telegram's pacing, shortened so that a streamed reply takes a fraction of a second.
 FAST = Tuning(edit_interval=0.2, draft_interval=0.2, poll_timeout=1, request_timeout=5.0)
-
-
-@pytest.fixture(params=["sqlite-memory"])
-def backends(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """SQLite + in-process only for now (a test names other pairs with indirect parametrisation).
-    Not yet on PostgreSQL + Redis as well: there some tests fail and one's teardown hangs (issue 16)."""
-    database, cache = request.param.split("-")
-    return database, cache
 
 
 @pytest.fixture
@@ -99,6 +96,10 @@ def make_settings(tg: FakeTelegram, model_url: str, **overrides: Any) -> Setting
         telegram_api_base=tg.base_url,
         telegram_file_base=tg.file_base_url,
         owner_ids=[f"telegram:{OWNER_ID}"],
+        # With Redis, a first sweep that finds no liveness epoch presumes owners alive for one lease
+        # (the cache may have restarted empty), and the poller is elected on a lease: a short lease
+        # keeps recovery tests quick.
+        replica_lease_s=1.0,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -142,7 +143,8 @@ async def running_bot(store, cache, tg: FakeTelegram, tgi: TGIServer, *, tuning:
     app = wire(config, store, cache, model)
     application = build_application(app, tuning)
     try:
-        async with serving(application, config, tuning, app=app):
+        # As `personae run` does: the replica's liveness lease is held while it serves.
+        async with alive(app.cache, app.replica, config.replica_lease_s), serving(application, config, tuning, app=app):
             yield Harness(app, application, tg, tgi)
     finally:
         await app.engine.drain()

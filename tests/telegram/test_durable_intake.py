@@ -104,9 +104,10 @@ async def test_a_message_left_pending_by_a_crash_is_answered_at_start_up_and_its
     async with running_bot(store, cache, tg, tgi) as before:
         hamlet = await before.add_character("Hamlet")
         await before.app.commands.use(*_private(ann), "Hamlet")
-        # What a process that died mid-reply left: the message stored, its update confirmed, no answer.
+        # What a process that died mid-reply left: the message stored (taken by it), its update
+        # confirmed, no answer.
         conversation = ConversationKey(hamlet.id, "telegram", str(chat["id"]), str(ann["id"]))
-        await store.messages.accept(conversation, message["text"], 4, str(message["message_id"]), "Ann")
+        await store.messages.accept(conversation, message["text"], 4, str(message["message_id"]), "Ann", owner=before.app.replica)
     async with running_bot(store, cache, tg, tgi) as after:
         await tg.wait_for(lambda: tg.texts(chat["id"]), what="the recovered answer")
         tg.push({"message": message})  # Telegram delivers it again
@@ -126,7 +127,9 @@ async def test_a_reply_left_half_shown_in_a_group_is_completed_in_place_at_start
         hamlet = await before.add_character("Hamlet")
         await before.bind(group["id"], "Hamlet", trigger="all")
         conversation = ConversationKey(hamlet.id, "telegram", str(group["id"]), str(ann["id"]))
-        intake = await store.messages.accept(conversation, message["text"], 4, str(message["message_id"]), "Ann")
+        intake = await store.messages.accept(
+            conversation, message["text"], 4, str(message["message_id"]), "Ann", owner=before.app.replica
+        )
         half = tg._m_sendMessage({"chat_id": group["id"], "text": "(shivers) It walks the battlem"})
         await before.app.engine.showing(intake, str(half["message_id"]))
     async with running_bot(store, cache, tg, tgi):
