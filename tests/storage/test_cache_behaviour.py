@@ -62,18 +62,18 @@ async def test_a_value_expires_after_its_ttl(clocked) -> None:
     assert await clocked.get_many(["short"]) == [None]
 
 
-async def test_admit_sets_the_dedupe_key_once_and_counts_hits_in_the_window(cache) -> None:
-    first = await cache.admit("e:1", 60, "rate:u1", 0.4)
-    again = await cache.admit("e:1", 60, "rate:u1", 0.4)
-    other = await cache.admit("e:2", 60, "rate:u1", 0.4)
+async def test_admit_sets_the_dedupe_key_once_and_counts_hits_in_the_window(clocked) -> None:
+    first = await clocked.admit("e:1", 60, "rate:u1", 30)
+    again = await clocked.admit("e:1", 60, "rate:u1", 30)
+    other = await clocked.admit("e:2", 60, "rate:u1", 30)
     assert (first.first, first.count) == (True, 1)
     assert (again.first, again.count) == (False, 2)
     assert (other.first, other.count) == (True, 3)
-    assert (await cache.admit("e:3", 60, "rate:u2", 0.4)).count == 1
+    assert (await clocked.admit("e:3", 60, "rate:u2", 30)).count == 1
 
-    await asyncio.sleep(0.6)
+    await expire(clocked, "rate:u1", 30)  # the window is over (the dedupe key's 60 s are not)
     # A new window starts with the next hit; the dedupe key lives on.
-    fresh = await cache.admit("e:1", 60, "rate:u1", 0.4)
+    fresh = await clocked.admit("e:1", 60, "rate:u1", 30)
     assert (fresh.first, fresh.count) == (False, 1)
 
 

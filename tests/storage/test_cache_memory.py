@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from core.ports import AdmitRequest
 from storage.cache import MemoryCache, open_cache
 from storage.cache_redis import RedisCache
 
 
 async def test_expired_entries_are_swept_even_if_never_read_again() -> None:
-    cache = MemoryCache(sweep_every=0.05)
-    await cache.set_many({f"k{i}": b"x" for i in range(1000)}, ttl=0.05)
-    await cache.admit("e", 0.05, "r", 0.05)
-    await asyncio.sleep(0.1)
+    now = [1000.0]
+    cache = MemoryCache(sweep_every=30, clock=lambda: now[0])
+    await cache.set_many({f"k{i}": b"x" for i in range(1000)}, ttl=5)
+    await cache.admit("e", 5, "r", 5)
+    now[0] += 29  # expired, but no sweep is due yet: nothing was read, nothing is gone
+    await cache.set_many({"fresh": b"y"}, ttl=60)
+    assert len(cache) == 1003
+    now[0] += 1  # the sweep is due
     await cache.set_many({"fresh": b"y"}, ttl=60)
     assert len(cache) == 1
 
