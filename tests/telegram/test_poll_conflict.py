@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import pytest
 
 from bots import heartbeat
 from bots.telegram.application import INTAKE, _taking_updates
@@ -16,8 +15,6 @@ from tests.telegram.conftest import running_bot
 CONFLICT_TEXT = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
 
 
-@pytest.mark.parametrize("database_backend", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("cache_backend", ["memory"], indirect=True)
 async def test_repeated_409_conflicts_are_named_once_and_make_the_adapter_unready(store, cache, tg, tgi, caplog, tmp_path) -> None:
     caplog.set_level(logging.WARNING)
     tg.fail("getUpdates", 409, CONFLICT_TEXT, times=3)
