@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-
 from bots import heartbeat
 from bots.telegram.application import INTAKE, _taking_updates
 from bots.telegram.intake import CONFLICT
