@@ -26,10 +26,10 @@ chat: $(STAMP)
 	@$(VENV)/bin/personae db upgrade >/dev/null
 	$(VENV)/bin/personae chat --character Hamlet --user Elena
 
-# Two workers (pytest-xdist): most of the suite waits on servers and child processes, not the CPU,
-# so two halves side by side take less time on two cores. Each worker has its own test database,
+# Four workers (pytest-xdist): most of the suite waits on servers, child processes and outages held
+# on purpose, not the CPU, so four quarters side by side take less time even on two cores. Each worker has its own test database,
 # Redis key prefix, throwaway servers and llama.cpp server (docs/testing.md).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
