@@ -138,7 +138,7 @@ async def run_eval(settings: Settings, request: EvalRequest, say: Callable[[str]
     summary = report.summarize(outcome.records, about={
         **endpoints.where, "turns": request.config.turns, "max_tokens": request.config.max_tokens,
         "temperature": request.config.temperature, "judge_max_tokens": request.config.judge_max_tokens,
-        "cadences": list(request.config.cadences),
+        "cadences": list(request.config.cadences), "scene": request.config.scene,
     })
     report.write_json(summary, request.out / SUMMARY)
     report.write_chart(summary, request.out / CHART)
