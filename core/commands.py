@@ -371,10 +371,11 @@ class Commands:
     async def unbind(self, actor: Actor, place: Place) -> Outcome:
         if not actor.privileged:
             return refused(ADMIN_ONLY)
+        cast = await self.store.bindings.list(place.platform, place.channel_id)
         if not await self.store.bindings.delete(place.platform, place.channel_id):
             return refused("No character is bound here.")
         await self.hot.forget_binding(place.platform, place.channel_id)
-        return Outcome(True, "The characters have left this channel.")
+        return Outcome(True, "The characters have left this channel." if len(cast) > 1 else "The character has left this channel.")
 
     async def set_scene(self, actor: Actor, place: Place, text: str | None) -> Outcome:
         """Set this channel's scene (empty text: back to the character's own scenario)."""
