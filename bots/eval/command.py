@@ -113,6 +113,23 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
         yield Endpoints(actor, partner, judge, appraiser, where, meter=meter, dynamics=frozen_clock(dynamics(settings)))
 
 
+def scene_line(records: Sequence[dict], scene: str) -> str:
+    """One line on the partner's thread, for comparing a scene's layouts with a private thread: the
+    share of role replies that wrote a ``Name:`` line (speaking for others), the mean estimated
+    prompt tokens of a role turn, and the mean scene lines it saw."""
+    figures = [r["format"] for r in records if r.get("status") == "done" and r.get("format")]
+    replies = sum(f["replies"] for f in figures)
+    if not replies:
+        return ""
+    leaks = sum(f["name_lines"] for f in figures)
+    prompts = [t for f in figures for t in f["prompt_tokens"]]
+    seen = [n for f in figures for n in f["scene_lines"]]
+    return (
+        f"\nscene {scene}: {replies} role replies to the partner; {100 * leaks / replies:.0f}% wrote a 'Name:' line; "
+        f"prompt {sum(prompts) / len(prompts):.0f} tokens a turn (estimate); {sum(seen) / len(seen):.1f} scene lines seen"
+    )
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -142,7 +159,7 @@ async def run_eval(settings: Settings, request: EvalRequest, say: Callable[[str]
     })
     report.write_json(summary, request.out / SUMMARY)
     report.write_chart(summary, request.out / CHART)
-    text = report.table(summary) + f"\nwrote {request.out / SUMMARY} and {request.out / CHART}"
+    text = report.table(summary) + scene_line(outcome.records, request.config.scene) + f"\nwrote {request.out / SUMMARY} and {request.out / CHART}"
     if outcome.incomplete:
         say(text)
         raise EvalIncomplete(outcome.incomplete)

@@ -147,6 +147,35 @@ def actor_messages(
     )
 
 
+def speaks_for_others(reply: str, names: Sequence[str]) -> bool:
+    """Whether a reply writes a line as someone (``Name:`` opening a line): the model copying the
+    scene's ``Name: text`` lines instead of answering as itself."""
+    for line in reply.splitlines():
+        head = line.strip().split(":", 1)[0].strip().casefold()
+        if ":" in line and head and any(head == n.casefold() for n in names):
+            return True
+    return False
+
+
+def scene_figures(role: EvalRole, chat: EvalChat, timeline: Sequence[tuple[str, str, str]], config: EvalConfig) -> dict[str, Any]:
+    """Per dialogue, for the partner's thread: role replies, how many wrote a ``Name:`` line, the
+    estimated prompt tokens of each of the role's turns, and the scene lines it saw."""
+    names = [role.name, chat.partner, bystander_of(role, chat).partner]
+    replies, leaks, prompts, seen = 0, 0, [], []
+    for i, (thread, speaker, text) in enumerate(timeline):
+        if thread != chat.partner or speaker != role.name:
+            continue
+        replies += 1
+        leaks += speaks_for_others(text, names)
+        history, lines = _thread_view(timeline[: i - 1], chat.partner, role.name)
+        said = timeline[i - 1][2]
+        kept = newest_within(lines, scene_budget(config.scene_share, config.max_input_tokens - config.max_tokens), estimate_tokens)
+        messages = actor_messages(role, chat, history, said, config, lines if config.scene != "private" else ())
+        prompts.append(sum(estimate_tokens(m["content"]) for m in messages))
+        seen.append(len(kept) if config.scene != "private" else 0)
+    return {"replies": replies, "name_lines": leaks, "prompt_tokens": prompts, "scene_lines": seen}
+
+
 def bystander_of(role: EvalRole, chat: EvalChat) -> EvalChat:
     """The second person of a scene: the partner of the role's next scene, in this scene's place."""
     others = [c for c in role.chats if c.partner != chat.partner]
@@ -275,6 +304,9 @@ async def evaluate(endpoints: Endpoints, item: Item, config: EvalConfig, previou
             record["scene"] = {"layout": config.scene, "timeline": [list(x) for x in timeline]}
         else:
             lines = await play(endpoints, item, config, lines)
+            timeline = [(item.chat.partner, who, text) for who, text in lines]
+        if not config.recorded:
+            record["format"] = scene_figures(item.role, item.chat, timeline, config)
         shown = _judge_lines(lines)
         case = Case(item.role.profile, item.chat.partner, item.chat.scene, item.chat.emotion.as_dict(),
                     item.chat.relationship, shown, item.role.role_candidates, item.role.role_answer)
