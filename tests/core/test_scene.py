@@ -58,3 +58,17 @@ def test_the_newest_lines_are_kept_within_the_share() -> None:
     kept = newest_within(lines, 45, estimate_tokens)  # 15 tokens a line
     assert [line.speaker for line in kept] == ["P7", "P8", "P9"]
     assert newest_within(lines, 0, estimate_tokens) == []
+
+
+def test_a_channels_cast_round_trips_through_the_cache_and_an_old_single_binding_still_reads() -> None:
+    import json as _json
+
+    from core.events import Trigger
+    from core.hot import decode_cast, encode_cast
+    from core.state import Binding
+
+    cast = [Binding("discord", "g", "c", 1, Trigger.ALL, "Night."), Binding("discord", "g", "c", 2, Trigger.ALL, "Night.")]
+    assert decode_cast("discord", "c", encode_cast(cast)) == cast
+    assert decode_cast("discord", "c", encode_cast([])) == []
+    old = _json.dumps(["g", 1, "mention", None, False]).encode()  # cached before a channel could hold several
+    assert decode_cast("discord", "c", old) == [Binding("discord", "g", "c", 1, Trigger.MENTION, None, False)]
