@@ -49,6 +49,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         history_turns=settings.history_turns,
         card_examples=settings.card_examples,
         scene_share=settings.scene_share,
+        scene_layout=settings.scene_layout,
         conversation_turns=settings.conversation_turns,
         rate_limit_messages=settings.rate_limit_messages,
         rate_limit_window_s=settings.rate_limit_window_s,

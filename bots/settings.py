@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     # person's thread alone, as in a private chat); PERSONAE_CONVERSATION_TURNS: character replies in
     # a row the ``conversation`` trigger allows before a person must speak again.
     scene_share: float = Field(default=0.25, ge=0, le=0.9)
+    # How the others' lines reach the model: folded into the person's turns, or in the scene slot (docs/scenes.md).
+    scene_layout: Literal["turns", "slot"] = "turns"
     conversation_turns: int = Field(default=2, ge=0, le=10)
     rate_limit_messages: int = Field(default=20, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)

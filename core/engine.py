@@ -60,6 +60,7 @@ class EngineConfig:
     # from at most ``scene_lines`` of the channel's newest lines (core.scene).
     scene_share: float = 0.25
     scene_lines: int = 40
+    scene_layout: str = "turns"  # core.scene.LAYOUTS: how those lines reach the model
     # Character replies in a row the ``conversation`` trigger allows (core.addressing.next_speaker).
     conversation_turns: int = 2
     rate_limit_messages: int = 20

@@ -316,6 +316,7 @@ class ChatTurn:
             # (known exactly: ``HotState.history``); otherwise it is a reply cut from its message.
             from_start=self.from_start,
             scene_lines=self.scene_lines,
+            scene_layout=self.config.scene_layout,
         )
 
     async def _fit(self) -> list[dict[str, str]]:

@@ -246,3 +246,15 @@ async def test_the_conversation_trigger_lets_characters_answer_each_other_a_boun
     assert speakers == [w.character_name, ophelia, w.character_name]  # then it stops: 2 in a row at most
     await w.app.engine.drain()
     await w.app.model.close()
+
+
+async def test_with_the_slot_layout_the_lines_go_into_the_scene_slot_and_the_turns_stay_the_persons(store, cache, tgi) -> None:
+    w = await build_world(store, cache, tgi, appraiser="none", scene_layout="slot")
+    w.tgi.script(reply="Follow it.")
+    await w.say("I saw a ghost!", **ELENA)
+    await w.say("What did you tell her?", **BOB)
+    messages = chats(w)[-1]["messages"]
+    assert f"Current scene:\nElsinore at night. Just now in this place: Elena: I saw a ghost!; {w.character_name} (to Elena): Follow it.\n" in messages[0]["content"]
+    assert messages[-1]["content"] == "What did you tell her?"
+    await w.app.engine.drain()
+    await w.app.model.close()
