@@ -122,10 +122,12 @@ def scene_line(records: Sequence[dict], scene: str) -> str:
     if not replies:
         return ""
     leaks = sum(f["name_lines"] for f in figures)
+    echoes = sum(f.get("prompt_echoes", 0) for f in figures)
     prompts = [t for f in figures for t in f["prompt_tokens"]]
     seen = [n for f in figures for n in f["scene_lines"]]
     return (
-        f"\nscene {scene}: {replies} role replies to the partner; {100 * leaks / replies:.0f}% wrote a 'Name:' line; "
+        f"\nscene {scene}: {replies} role replies to the partner; {100 * leaks / replies:.0f}% wrote a 'Name:' line, "
+        f"{100 * echoes / replies:.0f}% repeated the system prompt; "
         f"prompt {sum(prompts) / len(prompts):.0f} tokens a turn (estimate); {sum(seen) / len(seen):.1f} scene lines seen"
     )
 

@@ -157,23 +157,36 @@ def speaks_for_others(reply: str, names: Sequence[str]) -> bool:
     return False
 
 
+# Fixed phrases of the role-play system prompt (English and Chinese): a reply that repeats one is
+# reading its instructions back instead of speaking (what a small model does with a crowded prompt).
+PROMPT_PHRASES = ("MBTI", "speaking style", "Current scene", "intimacy level", "role's emotion", "character traits",
+                  "说话风格", "当前场景", "亲密度")
+
+
+def echoes_prompt(reply: str) -> bool:
+    """Whether a reply repeats a fixed phrase of the system prompt."""
+    folded = reply.casefold()
+    return any(phrase.casefold() in folded for phrase in PROMPT_PHRASES)
+
+
 def scene_figures(role: EvalRole, chat: EvalChat, timeline: Sequence[tuple[str, str, str]], config: EvalConfig) -> dict[str, Any]:
     """Per dialogue, for the partner's thread: role replies, how many wrote a ``Name:`` line, the
     estimated prompt tokens of each of the role's turns, and the scene lines it saw."""
     names = [role.name, chat.partner, bystander_of(role, chat).partner]
-    replies, leaks, prompts, seen = 0, 0, [], []
+    replies, leaks, echoes, prompts, seen = 0, 0, 0, [], []
     for i, (thread, speaker, text) in enumerate(timeline):
         if thread != chat.partner or speaker != role.name:
             continue
         replies += 1
         leaks += speaks_for_others(text, names)
+        echoes += echoes_prompt(text)
         history, lines = _thread_view(timeline[: i - 1], chat.partner, role.name)
         said = timeline[i - 1][2]
         kept = newest_within(lines, scene_budget(config.scene_share, config.max_input_tokens - config.max_tokens), estimate_tokens)
         messages = actor_messages(role, chat, history, said, config, lines if config.scene != "private" else ())
         prompts.append(sum(estimate_tokens(m["content"]) for m in messages))
         seen.append(len(kept) if config.scene != "private" else 0)
-    return {"replies": replies, "name_lines": leaks, "prompt_tokens": prompts, "scene_lines": seen}
+    return {"replies": replies, "name_lines": leaks, "prompt_echoes": echoes, "prompt_tokens": prompts, "scene_lines": seen}
 
 
 def bystander_of(role: EvalRole, chat: EvalChat) -> EvalChat:
