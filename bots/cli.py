@@ -442,8 +442,17 @@ def characters_delete(name: str) -> None:
 
 @app.command("prompt")
 def prompt(
-    card_file: Path = typer.Argument(..., help="A character card: PNG, CharX or JSON."),
-    user: str = typer.Option(..., "--user", help="The name of the person the character talks to."),
+    card_file: Optional[Path] = typer.Argument(None, help="A character card: PNG, CharX or JSON (not with --channel)."),
+    user: str = typer.Option(
+        ..., "--user",
+        help="The name of the person the character talks to (with --channel: their user id there, or a name seen there).",
+    ),
+    channel: Optional[str] = typer.Option(
+        None, "--channel",
+        help="PLATFORM:CHANNEL, e.g. telegram:-1001234: the next message in that stored channel, as the bots would answer it "
+        "(its characters, the person's state and history, the scene around them; from the database).",
+    ),
+    character: Optional[str] = typer.Option(None, "--character", help="With --channel: the character that answers (default: as the bots pick)."),
     scene: Optional[str] = typer.Option(None, "--scene", help="The scene (default: the card's scenario)."),
     emotion: Optional[str] = typer.Option(None, "--emotion", help="e.g. happiness=1,sadness=8,disgust=5,fear=7,surprise=6,anger=4"),
     relationship: Optional[int] = typer.Option(None, "--relationship", help="Intimacy 0-10 (default: the card's)."),
@@ -457,7 +466,17 @@ def prompt(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {\"messages\": [...]} (with --raw: {\"prompt\": \"...\"})."),
     raw: bool = typer.Option(False, "--raw", help="Print the training layout's exact string (what a BD-RP server gets)."),
 ) -> None:
-    """Print exactly what would go to the model server, built by the engine's own function (no database or model needed)."""
+    """Print exactly what would go to the model server, built by the engine's own function (no database or
+    model needed; with --channel, read from the database)."""
+    if channel is not None:
+        if card_file is not None:
+            fail("give a card file or --channel PLATFORM:CHANNEL, not both")
+        _channel_prompt(channel, user, character, message, message_file, as_json, raw)
+        return
+    if card_file is None:
+        fail("give a character card file, or --channel PLATFORM:CHANNEL for a stored channel")
+    if character is not None:
+        fail("--character goes with --channel; a card file is the character")
     from bots.llm import dialects
     from bots.llm.client import chat_payload
     from core.card_dialogue import greeting_options
@@ -525,6 +544,89 @@ def prompt(
         typer.echo(json.dumps({"prompt": text}, ensure_ascii=False) if as_json else text, nl=as_json)
     elif as_json:
         # Exactly as the chat request carries them (control strings neutralised, as the engine sends them).
+        typer.echo(json.dumps({"messages": chat_payload(messages)}, ensure_ascii=False))
+    else:
+        for m in chat_payload(messages):
+            typer.echo(f"--- {m['role']} ---\n{m['content']}")
+
+
+def _channel_prompt(
+    channel: str, user: str, character: Optional[str], message: Optional[str], message_file: Optional[Path], as_json: bool, raw: bool
+) -> None:
+    """``personae prompt --channel``: the next message in a stored channel, through the engine's own turn steps."""
+    from core.events import Platform
+
+    platform, sep, channel_id = channel.partition(":")
+    platform, channel_id = platform.strip().lower(), channel_id.strip()
+    if not sep or not channel_id or platform not in {p.value for p in Platform}:
+        fail(f"--channel must be PLATFORM:CHANNEL with PLATFORM one of {', '.join(p.value for p in Platform)} "
+             f"(e.g. telegram:-1001234), not {channel!r}")
+    s = settings()
+    notes: list[str] = []
+    try:
+        text = _prompt_message(message, message_file, s.max_message_chars, notes)
+    except OSError as exc:
+        fail(f"cannot read {exc.filename}: {exc.strerror}")
+    except PersonaeError as exc:
+        fail(str(exc))
+    if text is None:
+        fail("--channel needs the next message: give it with --message (or --message-file)")
+    messages, more = run(lambda: _channel_messages(s, Platform(platform), channel_id, user, character, text))
+    _print_prompt(s, messages, [*notes, *more], as_json, raw)
+
+
+async def _channel_messages(s, platform, channel_id: str, user: str, character: Optional[str], text: str):
+    from bots.compose import engine_config, open_store
+    from core.engine import Engine
+    from core.events import ChatEvent
+    from core.preview import EstimatingModel, next_turn
+    from core.text import display_name, message_text
+    from storage.cache_memory import MemoryCache
+
+    store = await open_store(s)
+    cache = MemoryCache()
+    try:
+        engine = Engine(store, cache, EstimatingModel(), engine_config(s))
+        user = display_name(user)
+        if not user.strip():
+            raise InvalidInput("--user is empty: give the person's user id in that channel, or their name")
+        user_id, name, known = user, user, False
+        for line in reversed(await store.messages.channel_lines(platform, channel_id, limit=500)):
+            if line.role == "user" and (line.user_id == user or (line.display_name or "").casefold() == user.casefold()):
+                user_id, name, known = line.user_id, line.display_name or user, True
+                break
+        cast = await engine.cast_for(ChatEvent(platform, "", channel_id, user_id, name, "-", "-"))
+        private = bool(cast) and cast[0].private
+        event = ChatEvent(platform, "", channel_id, user_id, name, "-", message_text(text), private=private)
+        preview = await next_turn(engine, event, character_name=character)
+        notes = list(preview.notes)
+        if not known:
+            notes.insert(0, f"note: {user!r} has not written in {platform}:{channel_id}; shown as a new person")
+        return preview.messages, notes
+    finally:
+        await cache.close()
+        await store.close()
+
+
+def _print_prompt(s, messages, notes: list[str], as_json: bool, raw: bool) -> None:
+    """Print messages as ``personae prompt`` does (notes on standard error)."""
+    from bots.llm import dialects
+    from bots.llm.client import chat_payload
+    from core.model_input import render_mistral_raw
+
+    if s.prompt_layout == "auto" and not s.llm_model:
+        notes.append("layout: auto: training (--raw) if the server's model names BD-RP, chat (--json) otherwise; the server is not asked here")
+    else:
+        layout, why = dialects.choose_layout(s.prompt_layout, None, s.llm_model)
+        notes.append(f"layout: {layout} ({why})")
+        if (layout == "training") != raw:
+            notes.append(_LAYOUT_MISMATCH[layout])
+    for note in notes:
+        typer.echo(note, err=True)
+    if raw:
+        text = render_mistral_raw(messages, bos="")
+        typer.echo(json.dumps({"prompt": text}, ensure_ascii=False) if as_json else text, nl=as_json)
+    elif as_json:
         typer.echo(json.dumps({"messages": chat_payload(messages)}, ensure_ascii=False))
     else:
         for m in chat_payload(messages):
@@ -757,6 +859,11 @@ def evaluate(
         help="Appraisal cadences to measure: every, every:N, moved, a comma-separated list, or all "
              "(every, every:2, every:3, moved on the same answers); default PERSONAE_APPRAISAL_CADENCE.",
     ),
+    scene: str = typer.Option(
+        "private", "--scene",
+        help="private: the role and its partner alone; turns or slot: a scene with a second person, shown to the role "
+             "in that layout (docs/scenes.md); the partner's dialogue is judged either way.",
+    ),
 ) -> None:
     """Measure role-play quality as BeyondDialogue's AutoRPEval does (partner: PERSONAE_EVAL_PARTNER_URL, judge: PERSONAE_EVAL_JUDGE_URL)."""
     from bots.eval.command import EvalRequest, run_eval
@@ -764,15 +871,21 @@ def evaluate(
 
     from bots.eval.cadences import cadence_names
 
+    from core.scene import LAYOUTS
+
     s = settings()
     try:
         cadences = cadence_names(cadence or s.appraisal_cadence)
     except ValueError as exc:
         fail(f"--cadence {exc}")
+    if scene not in ("private", *LAYOUTS):
+        fail(f"--scene must be private, {' or '.join(LAYOUTS)}, not {scene!r}")
+    if scene != "private" and recorded:
+        fail("--scene plays new dialogues; it does not go with --recorded")
     config = EvalConfig(
         turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
         card_examples=s.card_examples, partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
-        cadences=cadences, reappraise=reappraise,
+        cadences=cadences, reappraise=reappraise, scene=scene, scene_share=s.scene_share or 0.25,
     )
     request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)
     typer.echo(run(lambda: run_eval(s, request, lambda line: typer.echo(line, err=True))))

@@ -16,6 +16,7 @@ from core.errors import ConfigurationError, ModelError
 from core.feelings import Feelings
 from core.hot import HotState
 from core.ports import Appraiser, Cache, ChatModel, ModelSlots, StateUpdater, Store
+from core.scene import scene_budget
 from core.state import Exchange
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_input_tokens=settings.max_input_tokens,
         history_turns=settings.history_turns,
         card_examples=settings.card_examples,
+        scene_share=settings.scene_share,
+        scene_layout=settings.scene_layout,
+        conversation_turns=settings.conversation_turns,
         rate_limit_messages=settings.rate_limit_messages,
         rate_limit_window_s=settings.rate_limit_window_s,
         cache_ttl_s=settings.cache_ttl_s,
@@ -162,6 +166,7 @@ def command_layer(
     return Commands(
         store, cache, hot, max_card_bytes=settings.max_card_bytes, feelings=feelings,
         derive_model=derive_model, derive_timeout_s=settings.derive_timeout_s, card_examples=settings.card_examples,
+        scene_tokens=scene_budget(settings.scene_share, settings.max_input_tokens - settings.max_tokens),
     )
 
 

@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     # A card's example dialogue (mes_example) sent as leading turns, for characters that do not set
     # examples=on|off themselves; off by default: BeyondDialogue was never trained on such turns.
     card_examples: bool = False
+    # A channel is a scene: the share of the input budget the others' lines there may take (0: each
+    # person's thread alone, as in a private chat); PERSONAE_CONVERSATION_TURNS: character replies in
+    # a row the ``conversation`` trigger allows before a person must speak again.
+    scene_share: float = Field(default=0.25, ge=0, le=0.9)
+    # How the others' lines reach the model: folded into the person's turns, or in the scene slot (docs/scenes.md).
+    scene_layout: Literal["turns", "slot"] = "turns"
+    conversation_turns: int = Field(default=2, ge=0, le=10)
     rate_limit_messages: int = Field(default=20, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
     cache_ttl_s: float = Field(default=3600.0, gt=0)

@@ -22,6 +22,7 @@ from core.events import ConversationKey, PersonKey, Trigger
 from core.hot import HotState, person_prefixes, rate_key
 from core.profile_notes import derived_note, field_value, missing_derivable, missing_note
 from core.prompt import estimate_tokens
+from core.scene import line_text, scene_around
 from core.text import clean_text, clean_value, one_line
 from core.ports import Cache, ChatModel, StateUpdater, Store
 from core.state import Binding, RelationshipState
@@ -106,8 +107,14 @@ class Commands:
         derive_model: ChatModel | None = None,
         derive_timeout_s: float = DERIVE_TIMEOUT_S,
         card_examples: bool = False,
+        scene_tokens: int = 0,
+        scene_lines: int = 40,
     ) -> None:
         self.store = store
+        # What /scene shows a character seeing: the channel's lines within this many tokens
+        # (PERSONAE_SCENE_SHARE of the input budget), read from at most ``scene_lines`` of them.
+        self.scene_tokens = scene_tokens
+        self.scene_lines = scene_lines
         self.cache = cache
         self.hot = hot
         self.feelings = feelings  # reads a state as of now (drift); None: as stored
@@ -300,38 +307,161 @@ class Commands:
         try:
             mode = Trigger(trigger)
         except ValueError:
-            return refused(f"Trigger must be 'all' or 'mention', not {trigger!r}.")
+            return refused(TRIGGER_CHOICES.format(trigger=trigger))
         character = await self.store.characters.get_by_name(name)
         if character is None:
             return refused(f"There is no character called {name!r}.")
         binding = Binding(place.platform, place.chat_id, place.channel_id, character.id, mode)
         await self.store.bindings.put(binding)
         await self.hot.forget_binding(place.platform, place.channel_id)
-        how = "every message" if mode is Trigger.ALL else "mentions and replies"
-        return Outcome(True, f"{character.name} now plays here and answers {how}.", character=character, binding=binding)
+        return Outcome(True, f"{character.name} now plays here and answers {_HOW[mode]}.", character=character, binding=binding)
+
+    async def join(self, actor: Actor, place: Place, name: str, trigger: str | None = None) -> Outcome:
+        """Add a character to this channel's scene, next to those already there (the scene text and
+        the trigger are the channel's: a new trigger applies to all of them)."""
+        name = clean_text(name)
+        if place.private:
+            return refused("In a private chat, pick a character with /use instead.")
+        if not actor.privileged:
+            return refused(ADMIN_ONLY)
+        try:
+            mode = Trigger(trigger) if trigger else None
+        except ValueError:
+            return refused(TRIGGER_CHOICES.format(trigger=trigger))
+        character = await self.store.characters.get_by_name(name)
+        if character is None:
+            return refused(f"There is no character called {name!r}.")
+        cast = await self.store.bindings.list(place.platform, place.channel_id)
+        if any(b.character_id == character.id for b in cast) and (mode is None or mode is cast[0].trigger):
+            return refused(f"{character.name} already plays here.")
+        if len(cast) >= MAX_CAST and not any(b.character_id == character.id for b in cast):
+            return refused(f"A channel holds at most {MAX_CAST} characters; take one out first with /scene remove NAME.")
+        mode = mode or (cast[0].trigger if cast else Trigger.ALL)
+        scene = cast[0].scene if cast else None
+        binding = Binding(place.platform, place.chat_id, place.channel_id, character.id, mode, scene)
+        for other in cast:
+            if other.character_id != character.id and other.trigger is not mode:
+                await self.store.bindings.add(_with(other, trigger=mode))
+        await self.store.bindings.add(binding)
+        await self.hot.forget_binding(place.platform, place.channel_id)
+        names = [await self._name(b.character_id) for b in cast if b.character_id != character.id]
+        others = f" with {', '.join(names)}" if names else ""
+        return Outcome(
+            True, f"{character.name} now plays here{others}; the characters answer {_HOW[mode]}.",
+            character=character, binding=binding,
+        )
+
+    async def leave(self, actor: Actor, place: Place, name: str) -> Outcome:
+        """Take one character out of this channel's scene (the others stay)."""
+        name = clean_text(name)
+        if not actor.privileged:
+            return refused(ADMIN_ONLY)
+        character = await self.store.characters.get_by_name(name)
+        if character is None:
+            return refused(f"There is no character called {name!r}.")
+        if not await self.store.bindings.remove(place.platform, place.channel_id, character.id):
+            return refused(f"{character.name} does not play here.")
+        await self.hot.forget_binding(place.platform, place.channel_id)
+        return Outcome(True, f"{character.name} has left this channel.", character=character)
+
+    async def _name(self, character_id: int) -> str:
+        character = await self.hot.character(character_id)
+        return character.name if character is not None else "?"
 
     async def unbind(self, actor: Actor, place: Place) -> Outcome:
         if not actor.privileged:
             return refused(ADMIN_ONLY)
+        cast = await self.store.bindings.list(place.platform, place.channel_id)
         if not await self.store.bindings.delete(place.platform, place.channel_id):
             return refused("No character is bound here.")
         await self.hot.forget_binding(place.platform, place.channel_id)
-        return Outcome(True, "The character has left this channel.")
+        return Outcome(True, "The characters have left this channel." if len(cast) > 1 else "The character has left this channel.")
 
     async def set_scene(self, actor: Actor, place: Place, text: str | None) -> Outcome:
         """Set this channel's scene (empty text: back to the character's own scenario)."""
         if not place.private and not actor.privileged:
             return refused(ADMIN_ONLY)
-        binding = await self.store.bindings.get(place.platform, place.channel_id)
-        if binding is None:
+        cast = await self.store.bindings.list(place.platform, place.channel_id)
+        if not cast:
             return refused("No character is bound here.")
         scene = one_line(clean_text(text or "")).strip() or None  # one line of the system prompt
         if scene is not None and len(scene) > MAX_SCENE_CHARS:
             return refused(f"The scene must be plain text under {MAX_SCENE_CHARS:,} characters.")
-        new = Binding(binding.platform, binding.chat_id, binding.channel_id, binding.character_id, binding.trigger, scene, binding.private)
-        await self.store.bindings.put(new)
+        # The scene is the channel's: every character there plays in it.
+        for binding in cast:
+            await self.store.bindings.add(_with(binding, scene=scene))
+        new = _with(cast[0], scene=scene)
         await self.hot.forget_binding(place.platform, place.channel_id)
         return Outcome(True, "Scene set." if scene else "Scene reset to the character's own.", binding=new)
+
+    async def scene_command(self, actor: Actor, place: Place, text: str | None) -> Outcome:
+        """``/scene`` and its words: nothing or ``show [NAME]`` shows the scene; ``add NAME [trigger]``
+        and ``remove NAME`` change who plays here; ``set TEXT`` (or any other text) sets the scene
+        text, ``reset`` gives back the character's own."""
+        words = clean_text(text or "").strip()
+        verb, _, rest = words.partition(" ")
+        verb, rest = verb.casefold(), rest.strip()
+        if not words or verb == "show":
+            return await self.scene(actor, place, rest or None)
+        if verb == "add":
+            if not rest:
+                return refused("Say which character: /scene add NAME [all|mention|conversation].")
+            name, trigger = rest, None
+            head, _, last = rest.rpartition(" ")
+            if head and last.casefold() in {t.value for t in Trigger}:
+                name, trigger = head.strip(), last.casefold()
+            return await self.join(actor, place, name, trigger)
+        if verb == "remove":
+            if not rest:
+                return refused("Say which character: /scene remove NAME.")
+            return await self.leave(actor, place, rest)
+        if verb == "reset":
+            return await self.set_scene(actor, place, None)
+        if verb == "set":
+            if not rest:
+                return refused("Say the scene: /scene set TEXT (or /scene reset for the character's own).")
+            return await self.set_scene(actor, place, rest)
+        return await self.set_scene(actor, place, words)
+
+    async def scene(self, actor: Actor, place: Place, name: str | None = None) -> Outcome:
+        """Who is in this channel's scene, and what the character (named, or the one the actor talks
+        to) sees besides its own conversation with the actor when they next write."""
+        character = await self._character_here(place, actor, name)
+        if isinstance(character, str):
+            return refused(character)
+        cast = await self._cast_here(place)
+        binding = next((b for b in cast if b.character_id == character.id), cast[0])
+        text = binding.scene if binding.scene is not None else character.profile.scene
+        lines = [f"Scene: {text[:300]}{'…' if len(text) > 300 else ''}" if text else "Scene: (none set; /scene set TEXT)"]
+        if binding.private:
+            lines.append(
+                f"This is a private chat: {character.name} sees your conversation with it and nothing from any channel, "
+                "and nothing said here reaches a channel."
+            )
+            return Outcome(True, "\n".join(lines), character=character, binding=binding)
+        names = [await self._name(b.character_id) for b in cast]
+        lines.append(f"Characters here: {', '.join(names)} (they answer {_HOW[cast[0].trigger]}).")
+        conversation = ConversationKey(character.id, place.platform, place.channel_id, actor.user_id)
+        own = await self.store.messages.recent(conversation, 40)
+        history = [(m.id, m.role, m.content, m.tokens) for m in own]
+        seen = await scene_around(
+            self.store, self.hot, character, binding, conversation, history,
+            before_id=None, share=self.scene_tokens, limit=self.scene_lines,
+        )
+        if self.scene_tokens <= 0:
+            lines.append(f"{character.name} sees only your own conversation with it (PERSONAE_SCENE_SHARE is 0).")
+        elif not seen:
+            lines.append(f"{character.name} sees your conversation with it; nothing else has been said here yet.")
+        else:
+            people = sorted({line.speaker for line in seen})
+            lines.append(
+                f"Besides your conversation with it ({len(own)} message{'' if len(own) == 1 else 's'}), {character.name} "
+                f"sees the newest {len(seen)} line{'' if len(seen) == 1 else 's'} said here, by {', '.join(people)}:"
+            )
+            lines.extend(line_text(line, character.profile.language)[:200] for line in seen[-SCENE_SHOWN:])
+            if len(seen) > SCENE_SHOWN:
+                lines.append(f"(and {len(seen) - SCENE_SHOWN} older)")
+        return Outcome(True, "\n".join(lines), character=character, binding=binding)
 
     async def use(self, actor: Actor, place: Place, name: str) -> Outcome:
         """In a private chat: talk to this character from now on."""
@@ -358,18 +488,38 @@ class Commands:
 
     # -- a person's own data ----------------------------------------------------------------
 
-    async def _character_here(self, place: Place) -> Character | None:
+    async def _cast_here(self, place: Place) -> list[Binding]:
         channels = [place.channel_id] + ([place.parent_channel_id] if place.parent_channel_id else [])
-        for binding in await self.hot.bindings(place.platform, *channels):
-            if binding is not None:
-                return await self.hot.character(binding.character_id)
-        return None
+        for cast in await self.hot.casts(place.platform, *channels):
+            if cast:
+                return cast
+        return []
 
-    async def mood(self, actor: Actor, place: Place) -> Outcome:
+    async def _character_here(self, place: Place, actor: Actor | None = None, name: str | None = None) -> Character | str:
+        """The character meant here: the one named, else (several) the one the actor talked to last,
+        else the first bound; or a message saying why there is none."""
+        cast = await self._cast_here(place)
+        if not cast:
+            return NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE
+        chosen = cast[0].character_id
+        if name:
+            name = clean_text(name)
+            found = await self.store.characters.get_by_name(name)
+            if found is None or not any(b.character_id == found.id for b in cast):
+                names = ", ".join([await self._name(b.character_id) for b in cast])
+                return f"No character called {name!r} plays here (here: {names})."
+            chosen = found.id
+        elif len(cast) > 1 and actor is not None:
+            last = await self.store.messages.last_partner(place.platform, place.channel_id, actor.user_id)
+            chosen = last if any(b.character_id == last for b in cast) else chosen
+        character = await self.hot.character(chosen)
+        return character if character is not None else NO_CHARACTER_HERE
+
+    async def mood(self, actor: Actor, place: Place, name: str | None = None) -> Outcome:
         """The character's current emotions and intimacy toward the actor, and their recent course."""
-        character = await self._character_here(place)
-        if character is None:
-            return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
+        character = await self._character_here(place, actor, name)
+        if isinstance(character, str):
+            return refused(character)
         person = PersonKey(character.id, actor.platform, actor.user_id)
         state = await self.hot.read_state(person, character)
         if self.feelings is not None:
@@ -383,11 +533,11 @@ class Commands:
         message = f"{character.name} toward {actor.display_name}:\n" + "\n".join(lines)
         return Outcome(True, message, character=character, state=state, course=course)
 
-    async def reset(self, actor: Actor, place: Place) -> Outcome:
+    async def reset(self, actor: Actor, place: Place, name: str | None = None) -> Outcome:
         """Forget this conversation's history (the character's feelings stay)."""
-        character = await self._character_here(place)
-        if character is None:
-            return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
+        character = await self._character_here(place, actor, name)
+        if isinstance(character, str):
+            return refused(character)
         conversation = ConversationKey(character.id, actor.platform, place.channel_id, actor.user_id)
         deleted = await self.store.messages.delete_conversation(conversation)
         await self.hot.forget_conversation(conversation)
@@ -404,6 +554,23 @@ class Commands:
 
 
 NO_CHARACTER_HERE = "No character plays in this channel."
+TRIGGER_CHOICES = "Trigger must be 'all', 'mention' or 'conversation', not {trigger!r}."
+MAX_CAST = 8  # characters in one channel
+SCENE_SHOWN = 10  # lines /scene quotes
+_HOW = {
+    Trigger.ALL: "every message",
+    Trigger.MENTION: "mentions and replies",
+    Trigger.CONVERSATION: "every message, and each other when one names another",
+}
+
+
+def _with(binding: Binding, **changes: Any) -> Binding:
+    fields = dict(
+        platform=binding.platform, chat_id=binding.chat_id, channel_id=binding.channel_id,
+        character_id=binding.character_id, trigger=binding.trigger, scene=binding.scene, private=binding.private,
+    )
+    fields.update(changes)
+    return Binding(**fields)
 NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and /use."
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from core import observe
-from core.events import ChatEvent, ConversationKey, Trigger
+from core.addressing import Castmate, named, next_speaker, pick
+from core.events import ChatEvent, ConversationKey
 from core.flood import ArrivalWindow, Verdict, WaitingTurns
 from core.hot import HotState, history_key, lock_key
 from core.locks import KeyedLocks
@@ -55,6 +56,13 @@ class EngineConfig:
     # Whether a card's example dialogue goes to the model as leading turns, for characters that do not
     # say (``examples=on|off`` on the card); off: BeyondDialogue was never trained on such turns.
     card_examples: bool = False
+    # A channel is a scene: the share of the input budget the others' lines may take (0: none), read
+    # from at most ``scene_lines`` of the channel's newest lines (core.scene).
+    scene_share: float = 0.25
+    scene_lines: int = 40
+    scene_layout: str = "turns"  # core.scene.LAYOUTS: how those lines reach the model
+    # Character replies in a row the ``conversation`` trigger allows (core.addressing.next_speaker).
+    conversation_turns: int = 2
     rate_limit_messages: int = 20
     rate_limit_window_s: float = 60.0
     cache_ttl_s: float = 3600.0
@@ -313,22 +321,97 @@ class Engine:
 
     # -- one turn ---------------------------------------------------------------------------
 
-    async def _answerable(self, event: ChatEvent) -> tuple[str, Binding] | ReplyStatus:
-        """The cleaned text and the binding when a character answers ``event``; else why not."""
+    async def answerable(self, event: ChatEvent) -> tuple[str, Binding] | ReplyStatus:
+        """The cleaned text and the binding of the character that answers ``event``; else why none does."""
         text = message_text(event.text)  # the adapters clean too; nothing unclean reaches storage
         if not text:
             return ReplyStatus.IGNORED
-        binding = await self.binding_for(event)
-        if binding is None:
+        cast = await self.cast_for(event)
+        if not cast:
             return ReplyStatus.NO_CHARACTER if event.private else ReplyStatus.IGNORED
-        if binding.trigger is Trigger.MENTION and not (event.addressed or event.private):
+        chosen = await self.who_answers(event, text, cast)
+        if chosen is None:
             return ReplyStatus.IGNORED
-        return text, binding
+        return text, chosen
+
+    async def follow_up(self, reply: Reply, platform_message_id: str) -> Reply | None:
+        """With trigger ``conversation``: the answer of the character ``reply`` (shown in platform
+        message ``platform_message_id``) addressed by name, or None. That character answers the line
+        as it would a person (its feelings toward the speaking character kept apart, under the user
+        id ``character:ID``); ``Reply.chain`` counts the replies in a row, at most
+        PERSONAE_CONVERSATION_TURNS, so two characters never answer each other forever."""
+        c, speaker = reply.conversation, reply.character
+        if c is None or speaker is None or reply.reply_message_id is None or not reply.text or self.closing:
+            return None
+        if reply.status is not ReplyStatus.ANSWERED or reply.chain >= self.config.conversation_turns:
+            return None
+        (cast,) = await self.hot.casts(c.platform, c.channel_id)
+        if len(cast) < 2 or cast[0].private:
+            return None
+        mates = [Castmate(m.id, m.name) for b in cast if (m := await self.hot.character(b.character_id)) is not None]
+        chosen = next_speaker(
+            mates, speaker=speaker.id, reply_text=reply.text, trigger=cast[0].trigger,
+            turns_in_a_row=reply.chain, limit=self.config.conversation_turns,
+        )
+        if chosen is None:
+            return None
+        conversation = ConversationKey(chosen, c.platform, c.channel_id, f"character:{speaker.id}")
+        text = message_text(reply.text)[: self.config.max_message_chars]
+        intake = await self.store.messages.accept(
+            conversation, text, estimate_tokens(text), platform_message_id, speaker.name, owner=self.config.replica or None
+        )
+        answer = self.answer(intake)
+        answer.chain = reply.chain + 1
+        return answer
+
+    async def cast_for(self, event: ChatEvent) -> list[Binding]:
+        """The characters bound to the event's channel (a thread inherits its parent's), first bound first."""
+        channels = [event.channel_id] + ([event.parent_channel_id] if event.parent_channel_id else [])
+        for cast in await self.hot.casts(event.platform, *channels):
+            if cast:
+                return cast
+        return []
+
+    async def who_answers(self, event: ChatEvent, text: str, cast: list[Binding]) -> Binding | None:
+        """The binding of the character ``event`` is for (``core.addressing.pick``), or None."""
+        if event.private:
+            return cast[0]
+        mates = []
+        for binding in cast:
+            character = await self.hot.character(binding.character_id)
+            if character is not None:
+                mates.append(Castmate(character.id, character.name))
+        replied_to = None
+        if event.reply_to:
+            replied_to = await self.store.messages.reply_author(event.platform, event.channel_id, event.reply_to)
+        last = None
+        if len(mates) > 1 and replied_to is None and named(text, mates) is None:
+            last = await self.store.messages.last_partner(event.platform, event.channel_id, event.user_id)
+        chosen = pick(
+            mates, text=text, trigger=cast[0].trigger, mentioned=event.addressed and replied_to is None,
+            replied_to=replied_to, last_partner=last,
+        )
+        return next((b for b in cast if b.character_id == chosen), None)
+
+    async def shown(self, reply: Reply, platform_message_ids: list[str]) -> None:
+        """Remember the platform messages a stored reply was shown in: a person replying to one of
+        them is answered by the character that wrote it. Never raises (the reply is shown already)."""
+        if reply.conversation is not None and reply.reply_message_id is not None:
+            await self.remember_shown(reply.conversation, reply.reply_message_id, platform_message_ids)
+
+    async def remember_shown(self, conversation: ConversationKey, reply_id: int, platform_message_ids: list[str]) -> None:
+        """``shown`` for a reply known by its conversation and stored id."""
+        if not platform_message_ids:
+            return
+        try:
+            await self.store.messages.mark_shown(reply_id, conversation.platform, conversation.channel_id, platform_message_ids)
+        except Exception:  # noqa: BLE001 - the database's own errors: replies to it then go by name or trigger
+            log.warning("could not remember where reply %s was shown", reply_id, exc_info=True)
 
     async def _intake(self, event: ChatEvent) -> Intake | ReplyStatus | str:
         """The stored message for ``event``, or why there is none: a status, or a notice to show."""
         cfg = self.config
-        answerable = await self._answerable(event)
+        answerable = await self.answerable(event)
         if isinstance(answerable, ReplyStatus):
             return answerable
         text, binding = answerable
@@ -400,7 +483,7 @@ class Engine:
         """A message past the bound on waiting turns: one notice to the person, then silence."""
         accepted = self._accepted.pop(_delivery(event), None)
         if accepted is None:
-            answerable = await self._answerable(event)
+            answerable = await self.answerable(event)
             if isinstance(answerable, ReplyStatus):
                 reply.status = answerable
                 return
@@ -448,6 +531,7 @@ class Engine:
             reply.status = ReplyStatus.DEFERRED
             return
         reply.character = character
+        reply.ensemble = await self._ensemble(binding)
         self._in_flight.add(intake.id)
         queued = reply.queued_at if reply.queued_at is not None else time.monotonic()
         try:
@@ -523,6 +607,7 @@ class Engine:
             reply.status = ReplyStatus.NOT_FOUND
             return
         reply.character = character
+        reply.ensemble = await self._ensemble(binding)
         recent = await self.store.messages.recent(conversation, 2)
         if len(recent) < 2 or recent[-1].id != reply_message_id or recent[-2].role != "user":
             reply.status = ReplyStatus.NOT_FOUND
@@ -535,12 +620,22 @@ class Engine:
             async for delta in turn.run():
                 yield delta
 
+    async def _ensemble(self, binding: Binding) -> bool:
+        """Whether several characters play in the binding's channel (one bot speaking for all then
+        names the speaker)."""
+        if binding.private:
+            return False
+        (cast,) = await self.hot.casts(binding.platform, binding.channel_id)
+        return len(cast) > 1
+
     async def _binding_of(self, conversation: ConversationKey) -> Binding | None:
-        (binding,) = await self.hot.bindings(conversation.platform, conversation.channel_id)
-        if binding is not None and binding.character_id == conversation.character_id:
-            return binding
+        (cast,) = await self.hot.casts(conversation.platform, conversation.channel_id)
+        for binding in cast:
+            if binding.character_id == conversation.character_id:
+                return binding
         # The channel was rebound or is a thread of a bound channel: use the character's defaults.
-        return Binding(conversation.platform, "", conversation.channel_id, conversation.character_id)
+        # Whether it is a scene is then unknown: it is not treated as one (``private``).
+        return Binding(conversation.platform, "", conversation.channel_id, conversation.character_id, private=True)
 
 
 def _delivery(event: ChatEvent) -> tuple[str, str, str]:

@@ -17,6 +17,9 @@ class Trigger(StrEnum):
 
     ALL = "all"  # every message
     MENTION = "mention"  # only when mentioned or replied to
+    # every message, and the characters of a scene answer each other when one names another, up to
+    # PERSONAE_CONVERSATION_TURNS replies in a row (core.addressing.next_speaker)
+    CONVERSATION = "conversation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,8 @@ class ChatEvent:
     bot was mentioned or replied to. ``message_id`` is the platform's id, used to drop redeliveries.
     ``sent_at`` is when the platform says it was sent (seconds since the epoch; None: when the engine
     sees it): the rate limit counts arrivals, not answers, so a queue cannot hide a flood.
+    ``reply_to`` is the platform id of the message this one replies to, when that message is the
+    bot's own (or one of its webhooks'): the engine finds which character's reply it was.
     """
 
     platform: Platform
@@ -41,6 +46,7 @@ class ChatEvent:
     addressed: bool = False
     parent_channel_id: str | None = None
     sent_at: float | None = None
+    reply_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,18 +62,32 @@ def leader_key(role: str) -> str:
 
 
 def encode_binding(binding: Binding | None) -> bytes:
-    if binding is None:
+    return encode_cast([] if binding is None else [binding])
+
+
+def encode_cast(cast: list[Binding]) -> bytes:
+    """A channel's bindings (its cast: one per character, oldest first); empty: unbound."""
+    if not cast:
         return _UNBOUND
     return json.dumps(
-        [binding.chat_id, binding.character_id, binding.trigger.value, binding.scene, binding.private]
+        [[b.chat_id, b.character_id, b.trigger.value, b.scene, b.private] for b in cast]
     ).encode()
 
 
-def decode_binding(platform: str, channel_id: str, raw: bytes) -> Binding | None:
+def decode_cast(platform: str, channel_id: str, raw: bytes) -> list[Binding]:
     if raw == _UNBOUND:
-        return None
-    chat_id, character_id, trigger, scene, private = json.loads(raw)
-    return Binding(platform, chat_id, channel_id, character_id, Trigger(trigger), scene, private)
+        return []
+    value = json.loads(raw)
+    rows = value if value and isinstance(value[0], list) else [value]  # one binding, as cached before scenes
+    return [
+        Binding(platform, chat_id, channel_id, character_id, Trigger(trigger), scene, private)
+        for chat_id, character_id, trigger, scene, private in rows
+    ]
+
+
+def decode_binding(platform: str, channel_id: str, raw: bytes) -> Binding | None:
+    cast = decode_cast(platform, channel_id, raw)
+    return cast[0] if cast else None
 
 
 def encode_state(state: RelationshipState) -> bytes:
@@ -113,34 +127,38 @@ class HotState:
         # Bindings change rarely and are read on every message, bound or not: a few seconds of
         # local copy spare the cache a round trip (another process sees a change within that time).
         self._binding_ttl = binding_ttl_s
-        self._bindings: dict[tuple[str, str], tuple[float, Binding | None]] = {}
+        self._bindings: dict[tuple[str, str], tuple[float, tuple[Binding, ...]]] = {}
 
     async def bindings(self, platform: str, *channel_ids: str) -> list[Binding | None]:
-        """The bindings of several channels (a thread and its parent): local copy, then cache, then database."""
+        """The first binding of each of several channels (a thread and its parent), or None."""
+        return [cast[0] if cast else None for cast in await self.casts(platform, *channel_ids)]
+
+    async def casts(self, platform: str, *channel_ids: str) -> list[list[Binding]]:
+        """Every binding of each of several channels: local copy, then cache, then database."""
         now = time.monotonic()
         local = [self._bindings.get((platform, c)) for c in channel_ids]
         if all(hit is not None and hit[0] > now for hit in local):
-            return [hit[1] for hit in local]  # type: ignore[index]
-        found = await self._shared_bindings(platform, channel_ids)
+            return [list(hit[1]) for hit in local]  # type: ignore[index]
+        found = await self._shared_casts(platform, channel_ids)
         if len(self._bindings) > 10_000:
             self._bindings.clear()
-        for channel_id, binding in zip(channel_ids, found):
-            self._bindings[(platform, channel_id)] = (now + self._binding_ttl, binding)
+        for channel_id, cast in zip(channel_ids, found):
+            self._bindings[(platform, channel_id)] = (now + self._binding_ttl, tuple(cast))
         return found
 
-    async def _shared_bindings(self, platform: str, channel_ids: tuple[str, ...]) -> list[Binding | None]:
+    async def _shared_casts(self, platform: str, channel_ids: tuple[str, ...]) -> list[list[Binding]]:
         keys = [binding_key(platform, c) for c in channel_ids]
         raws = await self.cache.get_many(keys)
-        out: list[Binding | None] = []
+        out: list[list[Binding]] = []
         fill: dict[str, bytes] = {}
         for key, channel_id, raw in zip(keys, channel_ids, raws):
             observe.metrics.cache_lookup("binding", raw is not None)
             if raw is not None:
-                out.append(decode_binding(platform, channel_id, raw))
+                out.append(decode_cast(platform, channel_id, raw))
                 continue
-            binding = await self.store.bindings.get(platform, channel_id)
-            fill[key] = encode_binding(binding)
-            out.append(binding)
+            cast = await self.store.bindings.list(platform, channel_id)
+            fill[key] = encode_cast(cast)
+            out.append(cast)
         if fill:
             await self.cache.set_many(fill, self.ttl_s)
         return out

@@ -15,6 +15,7 @@ from core.card_dialogue import parse_examples
 from core.character import CharacterProfile
 from core.emotions import EmotionState
 from core.prompt import Turn, build_messages, render_system_prompt
+from core.scene import DEFAULT_LAYOUT, SceneLine, fold_into_turns, into_slot
 from core.text import neutralise_controls, one_line_name
 
 T = TypeVar("T")
@@ -67,6 +68,8 @@ def model_messages(
     from_start: bool = True,
     budget: int | None = None,
     count: Callable[[str], int] | None = None,
+    scene_lines: Sequence[SceneLine] = (),
+    scene_layout: str = DEFAULT_LAYOUT,
 ) -> list[dict[str, str]]:
     """The messages the model gets for ``user``'s new ``text`` to ``profile``'s character.
 
@@ -74,8 +77,14 @@ def model_messages(
     turn; ``scene``, ``emotion`` and ``intimacy`` default to the card's. ``examples`` is the card's
     example dialogue (``mes_example``), sent as leading turns only with ``use_examples``. With
     ``budget`` and ``count``, example dialogue and then the oldest exchanges (the opening line and the
-    greeting as one) are left out until the messages fit.
+    greeting as one) are left out until the messages fit. ``scene_lines`` are the channel's lines
+    around the conversation (``core.scene``), folded into the user turns (layout ``turns``) or
+    written into the scene slot (``slot``); the system prompt is still the person's.
     """
+    if scene_lines and scene_layout == "slot":
+        scene = into_slot(scene if scene is not None else profile.scene, scene_lines, language=profile.language)
+    elif scene_lines:
+        history, text = fold_into_turns(history, text, scene_lines, user=user, language=profile.language)
     system = render_system_prompt(profile, chat_role=user, scene=scene, emotion=emotion, relationship=intimacy)
     leading = parse_examples(examples, char=profile.name, user=user) if use_examples and examples else []
     turns = with_opening(profile, user, history, from_start=from_start)

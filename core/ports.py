@@ -12,7 +12,7 @@ from typing import Any, AsyncContextManager, AsyncIterator, Mapping, Protocol, S
 
 from core.character import Character
 from core.events import ConversationKey, PersonKey
-from core.state import Appraisal, Binding, Exchange, Intake, MessageStatus, RelationshipState, StateChange, StoredMessage
+from core.state import Appraisal, Binding, ChannelLine, Exchange, Intake, MessageStatus, RelationshipState, StateChange, StoredMessage
 
 
 class CharacterRepository(Protocol):
@@ -43,12 +43,23 @@ class CharacterRepository(Protocol):
 
 
 class BindingRepository(Protocol):
-    async def get(self, platform: str, channel_id: str) -> Binding | None: ...
+    async def get(self, platform: str, channel_id: str) -> Binding | None:
+        """The channel's first binding (the oldest), or None."""
+
+    async def list(self, platform: str, channel_id: str) -> list[Binding]:
+        """Every character bound to the channel, oldest binding first (a scene may have several)."""
 
     async def put(self, binding: Binding) -> None:
-        """Create or replace the binding of (platform, channel_id)."""
+        """Make ``binding`` the channel's one binding (others of the channel go)."""
 
-    async def delete(self, platform: str, channel_id: str) -> bool: ...
+    async def add(self, binding: Binding) -> None:
+        """Add ``binding`` to the channel's (or update that character's own); the others stay."""
+
+    async def remove(self, platform: str, channel_id: str, character_id: int) -> bool:
+        """Take one character out of the channel."""
+
+    async def delete(self, platform: str, channel_id: str) -> bool:
+        """Unbind every character of the channel."""
 
 
 class RelationshipRepository(Protocol):
@@ -130,6 +141,23 @@ class MessageRepository(Protocol):
         """Replace the text of a stored reply (regenerate)."""
 
     async def delete_conversation(self, conversation: ConversationKey) -> int: ...
+
+    async def channel_lines(
+        self, platform: str, channel_id: str, *, before_id: int | None = None, exclude: ConversationKey | None = None,
+        limit: int = 40,
+    ) -> list[ChannelLine]:
+        """The newest ``limit`` lines of the channel's history across its conversations (every
+        person, every character), oldest first: with ids below ``before_id``, without ``exclude``'s
+        own lines. Only this channel's: a private chat is a channel of its own."""
+
+    async def last_partner(self, platform: str, channel_id: str, user_id: str) -> int | None:
+        """The character the person's newest answered message in the channel went to."""
+
+    async def mark_shown(self, reply_message_id: int, platform: str, channel_id: str, platform_message_ids: list[str]) -> None:
+        """Remember the platform messages a stored reply was shown in (gone with the reply)."""
+
+    async def reply_author(self, platform: str, channel_id: str, platform_message_id: str) -> int | None:
+        """The character whose stored reply was shown in that platform message, if any."""
 
 
 class EventRepository(Protocol):

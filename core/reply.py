@@ -47,6 +47,11 @@ class Reply:
         self.status = ReplyStatus.PENDING
         self.text = ""
         self.character: Character | None = None
+        # Several characters play in the channel: where one bot speaks for all (Telegram), the
+        # reply opens with the character's name (``heading``).
+        self.ensemble = False
+        # Character replies in a row this one ends (0: it answers a person; core.addressing.next_speaker).
+        self.chain = 0
         self.conversation: ConversationKey | None = None
         self.intake: Intake | None = None  # the person's message as stored on arrival
         self.user_message_id: int | None = None
@@ -61,6 +66,14 @@ class Reply:
         # The platform's time of the person's message (time.time()), and whether text was shown since.
         self.arrived_at: float | None = None
         self.shown = False
+
+    @property
+    def heading(self) -> str | None:
+        """The character's name, to show on a line before the reply's text when several characters
+        share one bot's voice (None: one character, or a notice)."""
+        if not self.ensemble or self.character is None:
+            return None
+        return self.character.name
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._counted()

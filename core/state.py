@@ -68,6 +68,20 @@ class StoredMessage:
     platform_message_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelLine:
+    """A line of a channel's scene as stored: a person's message or a character's reply, from any
+    conversation of the channel (``display_name`` is the person's, on their own lines)."""
+
+    id: int
+    character_id: int
+    user_id: str
+    role: str  # "user" or "assistant"
+    content: str
+    tokens: int
+    display_name: str | None = None
+
+
 class MessageStatus(StrEnum):
     """Where a person's stored message stands."""
 

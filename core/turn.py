@@ -1,4 +1,4 @@
-"""One turn of a conversation in short named steps: admit, load, compose, generate, persist, after.
+"""One turn of a conversation in short named steps: admit, load, look around, compose, generate, persist, after.
 
 A ``ChatTurn`` answers one stored message (or regenerates the newest reply) while holding the
 conversation's lock; ``run`` walks the steps and yields the reply's text as it streams.
@@ -24,6 +24,7 @@ from core.hot import HotState, encode_history, encode_state, history_key, lock_k
 from core.ports import AdmitRequest, Held
 from core.slots import MODEL_CHANNEL, SLOT_CLOCK, SlotClock, channel_of
 from core.model_input import model_messages
+from core.scene import SceneLine, scene_around, scene_budget
 from core.prompt import estimate_tokens
 from core.reply import NOTICE_BUDGET, NOTICE_CUT, NOTICE_INTERRUPTED, NOTICE_RATE, NOTICE_UNAVAILABLE, Reply, ReplyStatus
 from core.state import Binding, Exchange, Intake, MessageStatus, RelationshipState
@@ -71,6 +72,7 @@ class ChatTurn:
         self.greeting: str | None = None
         self.from_start = True  # the history window starts at the conversation's start (a leading reply is the greeting)
         self.scene: str | None = None
+        self.scene_lines: list[SceneLine] = []  # the channel's lines around this conversation (core.scene)
         self.answer = ""
         self.user_tokens = estimate_tokens(text)
 
@@ -93,6 +95,7 @@ class ChatTurn:
                     return
                 if not await self.load(held):
                     return
+                await self.look_around()
                 messages = await self.compose()
                 async with contextlib.aclosing(self.generate(messages)) as deltas:
                     async for delta in deltas:
@@ -154,6 +157,17 @@ class ChatTurn:
             reply.greeting = greeting
         self.history = history
         return True
+
+    async def look_around(self) -> None:
+        """In a channel that is a scene: the newest lines of its other conversations (other people,
+        other characters, this character's replies to others) from before the message answered,
+        within PERSONAE_SCENE_SHARE of the input budget. Never in a private chat."""
+        cfg = self.config
+        self.scene_lines = await scene_around(
+            self.engine.store, self.engine.hot, self.character, self.binding, self.conversation, self.history,
+            before_id=self.intake.id if self.intake is not None else self.replace[0] if self.replace is not None else None,
+            share=scene_budget(cfg.scene_share, cfg.max_input_tokens - cfg.max_tokens), limit=cfg.scene_lines,
+        )
 
     async def compose(self) -> list[dict[str, str]]:
         """The model's messages (``core.model_input.model_messages``): the system prompt, the card's
@@ -301,6 +315,8 @@ class ChatTurn:
             # A leading reply is the greeting only when the window reaches the conversation's start
             # (known exactly: ``HotState.history``); otherwise it is a reply cut from its message.
             from_start=self.from_start,
+            scene_lines=self.scene_lines,
+            scene_layout=self.config.scene_layout,
         )
 
     async def _fit(self) -> list[dict[str, str]]:

@@ -80,8 +80,9 @@ bindings = sa.Table(
     sa.Column("scene", sa.Text, nullable=True),
     sa.Column("private", sa.Boolean, nullable=False),
     _created(),
-    sa.UniqueConstraint("platform", "channel_id"),
-    sa.CheckConstraint("trigger IN ('all', 'mention')", name="trigger"),
+    # Several characters may play in one channel (a scene): one binding each (migration 0006).
+    sa.UniqueConstraint("platform", "channel_id", "character_id"),
+    sa.CheckConstraint("trigger IN ('all', 'mention', 'conversation')", name="trigger"),
     sa.Index(None, "character_id"),
 )
 
@@ -153,12 +154,26 @@ messages = sa.Table(
     sa.Index("ix_messages_conversation", "character_id", "platform", "channel_id", "user_id", "id"),
     sa.Index("ix_messages_history", "character_id", "platform", "channel_id", "user_id", "seq"),
     sa.Index(None, "platform", "user_id"),
+    # A channel's scene: its conversations' lines, newest first (migration 0006).
+    sa.Index("ix_messages_channel", "platform", "channel_id", "id"),
     # The record of a delivery: a redelivered platform message finds its row here.
     sa.Index("uq_messages_delivery", "platform", "channel_id", "platform_message_id", unique=True),
     sa.Index(
         "ix_messages_pending", "platform", "id",
         postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"),
     ),
+)
+
+# The platform messages a stored reply was shown in (a reply may take several): a person replying to
+# one of them is answered by the character that wrote it (migration 0006). Goes with its reply.
+reply_messages = sa.Table(
+    "reply_messages",
+    metadata,
+    sa.Column("platform", sa.String(16), primary_key=True),
+    sa.Column("channel_id", sa.String(64), primary_key=True),
+    sa.Column("platform_message_id", sa.String(128), primary_key=True),
+    sa.Column("message_id", BigId, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    sa.Index(None, "message_id"),
 )
 
 processed_events = sa.Table(
@@ -169,4 +184,4 @@ processed_events = sa.Table(
     _created(),
 )
 
-TABLES = ("characters", "bindings", "relationship_states", "state_changes", "messages", "processed_events")
+TABLES = ("characters", "bindings", "relationship_states", "state_changes", "messages", "reply_messages", "processed_events")

@@ -51,7 +51,20 @@ def chat_event(message: discord.Message, me: discord.abc.User) -> ChatEvent | No
         addressed=is_addressed(message, me),
         parent_channel_id=str(parent) if parent else None,
         sent_at=message.created_at.timestamp(),
+        reply_to=replied_to(message, me),
     )
+
+
+def replied_to(message: discord.Message, me: discord.abc.User) -> str | None:
+    """The id of the message this one replies to in its channel, unless it is known to be a
+    person's (the engine looks it up among the characters' stored replies)."""
+    reference = message.reference
+    if reference is None or reference.message_id is None or reference.channel_id != message.channel.id:
+        return None
+    target = reference.resolved if isinstance(reference.resolved, discord.Message) else reference.cached_message
+    if target is not None and target.author.id != me.id and target.webhook_id is None:
+        return None
+    return str(reference.message_id)
 
 
 def is_addressed(message: discord.Message, me: discord.abc.User) -> bool:

@@ -424,6 +424,8 @@ class PersonaeClient(discord.Client):
     ) -> None:
         """Put the Regenerate button under the reply's last message and take it off ``old_button``."""
         _remember(self._offers, conversation.cache_key(), (reply_id, [h.id for h in handles]))
+        # A reply to one of these messages goes to this reply's character (a scene may have several).
+        await self.app.engine.remember_shown(conversation, reply_id, [str(h.id) for h in handles])
         budget = self.budget_for(channel)
         last = handles[-1]
         if last.id != has_button:

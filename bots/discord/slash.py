@@ -265,11 +265,11 @@ async def unbind(interaction: discord.Interaction) -> None:
     await finish(interaction, await app_of(interaction).commands.unbind(actor_of(interaction), place_of(interaction)))
 
 
-@app_commands.describe(text="the new scene; leave empty to go back to the character's own")
+@app_commands.describe(text="empty: who plays here and what they see; admins: set TEXT, reset, add NAME, remove NAME")
 async def scene(interaction: discord.Interaction, text: Optional[str] = None) -> None:
     await begin(interaction)
     app = app_of(interaction)
-    await finish(interaction, await app.commands.set_scene(actor_of(interaction), place_of(interaction), text))
+    await finish(interaction, await app.commands.scene_command(actor_of(interaction), place_of(interaction), text))
 
 
 @app_commands.autocomplete(character=character_names)
@@ -313,7 +313,7 @@ async def forget(interaction: discord.Interaction) -> None:
 _TOP_LEVEL = (
     (bind, "Bind a character to this channel (admins)."),
     (unbind, "Remove the character from this channel (admins)."),
-    (scene, "Set the scene in this channel (admins; anyone in a DM)."),
+    (scene, "Who plays here and what they see; set TEXT, reset, add NAME, remove NAME (admins)."),
     (use, "In a DM with the bot: talk to this character from now on."),
     (mood, "How the character here feels toward you."),
     (reset, "Start your conversation with the character here over."),

@@ -113,6 +113,25 @@ async def open_endpoints(settings: Settings) -> AsyncIterator[Endpoints]:
         yield Endpoints(actor, partner, judge, appraiser, where, meter=meter, dynamics=frozen_clock(dynamics(settings)))
 
 
+def scene_line(records: Sequence[dict], scene: str) -> str:
+    """One line on the partner's thread, for comparing a scene's layouts with a private thread: the
+    share of role replies that wrote a ``Name:`` line (speaking for others), the mean estimated
+    prompt tokens of a role turn, and the mean scene lines it saw."""
+    figures = [r["format"] for r in records if r.get("status") == "done" and r.get("format")]
+    replies = sum(f["replies"] for f in figures)
+    if not replies:
+        return ""
+    leaks = sum(f["name_lines"] for f in figures)
+    echoes = sum(f.get("prompt_echoes", 0) for f in figures)
+    prompts = [t for f in figures for t in f["prompt_tokens"]]
+    seen = [n for f in figures for n in f["scene_lines"]]
+    return (
+        f"\nscene {scene}: {replies} role replies to the partner; {100 * leaks / replies:.0f}% wrote a 'Name:' line, "
+        f"{100 * echoes / replies:.0f}% repeated the system prompt; "
+        f"prompt {sum(prompts) / len(prompts):.0f} tokens a turn (estimate); {sum(seen) / len(seen):.1f} scene lines seen"
+    )
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -138,11 +157,11 @@ async def run_eval(settings: Settings, request: EvalRequest, say: Callable[[str]
     summary = report.summarize(outcome.records, about={
         **endpoints.where, "turns": request.config.turns, "max_tokens": request.config.max_tokens,
         "temperature": request.config.temperature, "judge_max_tokens": request.config.judge_max_tokens,
-        "cadences": list(request.config.cadences),
+        "cadences": list(request.config.cadences), "scene": request.config.scene,
     })
     report.write_json(summary, request.out / SUMMARY)
     report.write_chart(summary, request.out / CHART)
-    text = report.table(summary) + f"\nwrote {request.out / SUMMARY} and {request.out / CHART}"
+    text = report.table(summary) + scene_line(outcome.records, request.config.scene) + f"\nwrote {request.out / SUMMARY} and {request.out / CHART}"
     if outcome.incomplete:
         say(text)
         raise EvalIncomplete(outcome.incomplete)

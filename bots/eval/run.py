@@ -26,6 +26,7 @@ from core.errors import InvalidInput, ModelError
 from core.ports import Appraiser, ChatModel
 from core.model_input import model_messages
 from core.prompt import Turn, estimate_tokens
+from core.scene import SceneLine, newest_within, scene_budget
 from core.state import Exchange, RelationshipState
 from core.text import clean_text
 
@@ -47,6 +48,13 @@ class EvalConfig:
     recorded: bool = False  # judge the dialogues recorded in the role files instead of playing new ones
     cadences: tuple[str, ...] = ("every",)  # the appraisal cadences measured (bots.eval.cadences), the first one headlined
     reappraise: bool = False  # only appraise again the dialogues already done (another appraiser or cadences)
+    # ``private``: the role and one partner alone (AutoRPEval). ``turns`` or ``slot``: a scene with two
+    # people: a second person (the role's next scene's partner) talks to the role in the same place
+    # before each of the partner's lines, and the role sees that thread as a bound channel shows it
+    # (core.scene's layout of that name) within ``scene_share`` of the input budget. The dialogue
+    # judged is the partner's, as in ``private``, so the figures compare directly.
+    scene: str = "private"
+    scene_share: float = 0.25
 
 
 @dataclass(slots=True)
@@ -120,16 +128,116 @@ def append_result(path: Path, record: dict[str, Any]) -> None:
 # ---- one dialogue ---------------------------------------------------------------------------------
 
 
-def actor_messages(role: EvalRole, chat: EvalChat, history: Sequence[Turn], text: str, config: EvalConfig) -> list[dict[str, str]]:
+def actor_messages(
+    role: EvalRole, chat: EvalChat, history: Sequence[Turn], text: str, config: EvalConfig,
+    scene_lines: Sequence[SceneLine] = (),
+) -> list[dict[str, str]]:
     """What the model sees as the role, built by the engine's own function (``core.model_input.model_messages``)
-    within the same budget (counted by estimate)."""
+    within the same budget (counted by estimate); in a scene, with the other person's thread as
+    ``scene_lines`` in ``config.scene``'s layout."""
     switch = examples_switch(role.card) if role.card else None
+    budget = config.max_input_tokens - config.max_tokens
     return model_messages(
         role.profile, user=chat.partner, text=text, history=history, scene=chat.scene, emotion=chat.emotion,
         intimacy=chat.relationship, examples=role.examples,
         use_examples=config.card_examples if switch is None else switch,
-        budget=config.max_input_tokens - config.max_tokens, count=estimate_tokens,
+        budget=budget, count=estimate_tokens,
+        scene_lines=newest_within(scene_lines, scene_budget(config.scene_share, budget), estimate_tokens),
+        scene_layout=config.scene if config.scene != "private" else "turns",
     )
+
+
+def speaks_for_others(reply: str, names: Sequence[str]) -> bool:
+    """Whether a reply writes a line as someone (``Name:`` opening a line): the model copying the
+    scene's ``Name: text`` lines instead of answering as itself."""
+    for line in reply.splitlines():
+        head = line.strip().split(":", 1)[0].strip().casefold()
+        if ":" in line and head and any(head == n.casefold() for n in names):
+            return True
+    return False
+
+
+# Fixed phrases of the role-play system prompt (English and Chinese): a reply that repeats one is
+# reading its instructions back instead of speaking (what a small model does with a crowded prompt).
+PROMPT_PHRASES = ("MBTI", "speaking style", "Current scene", "intimacy level", "role's emotion", "character traits",
+                  "说话风格", "当前场景", "亲密度")
+
+
+def echoes_prompt(reply: str) -> bool:
+    """Whether a reply repeats a fixed phrase of the system prompt."""
+    folded = reply.casefold()
+    return any(phrase.casefold() in folded for phrase in PROMPT_PHRASES)
+
+
+def scene_figures(role: EvalRole, chat: EvalChat, timeline: Sequence[tuple[str, str, str]], config: EvalConfig) -> dict[str, Any]:
+    """Per dialogue, for the partner's thread: role replies, how many wrote a ``Name:`` line, the
+    estimated prompt tokens of each of the role's turns, and the scene lines it saw."""
+    names = [role.name, chat.partner, bystander_of(role, chat).partner]
+    replies, leaks, echoes, prompts, seen = 0, 0, 0, [], []
+    for i, (thread, speaker, text) in enumerate(timeline):
+        if thread != chat.partner or speaker != role.name:
+            continue
+        replies += 1
+        leaks += speaks_for_others(text, names)
+        echoes += echoes_prompt(text)
+        history, lines = _thread_view(timeline[: i - 1], chat.partner, role.name)
+        said = timeline[i - 1][2]
+        kept = newest_within(lines, scene_budget(config.scene_share, config.max_input_tokens - config.max_tokens), estimate_tokens)
+        messages = actor_messages(role, chat, history, said, config, lines if config.scene != "private" else ())
+        prompts.append(sum(estimate_tokens(m["content"]) for m in messages))
+        seen.append(len(kept) if config.scene != "private" else 0)
+    return {"replies": replies, "name_lines": leaks, "prompt_echoes": echoes, "prompt_tokens": prompts, "scene_lines": seen}
+
+
+def bystander_of(role: EvalRole, chat: EvalChat) -> EvalChat:
+    """The second person of a scene: the partner of the role's next scene, in this scene's place."""
+    others = [c for c in role.chats if c.partner != chat.partner]
+    other = others[0] if others else EvalChat("Passer-by", "A passer-by who stops to listen.", chat.scene, chat.emotion, 5)
+    return EvalChat(other.partner, other.partner_description, chat.scene, other.emotion, other.relationship)
+
+
+def _thread_view(timeline: Sequence[tuple[str, str, str]], own: str, role_name: str) -> tuple[list[Turn], list[SceneLine]]:
+    """One person's thread with the role (``own``: its name) as turns, and the other thread's lines
+    placed among them, from the scene's ``timeline`` of (thread, speaker, text)."""
+    turns: list[Turn] = []
+    lines: list[SceneLine] = []
+    for thread, speaker, text in timeline:
+        if thread == own:
+            turns.append(Turn("assistant" if speaker == role_name else "user", text))
+        else:
+            lines.append(SceneLine(speaker, text, len(turns), to=thread if speaker == role_name else None))
+    return turns, lines
+
+
+async def play_scene(endpoints: Endpoints, item: Item, config: EvalConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """A scene with two people: before each of the partner's lines the bystander says one to the role
+    and is answered; the role answers each person in their own thread with the other's around it.
+    Returns the partner's dialogue (the one judged) and the whole timeline (thread, speaker, text)."""
+    role, chat = item.role, item.chat
+    other = bystander_of(role, chat)
+    timeline: list[tuple[str, str, str]] = []
+    lines: list[tuple[str, str]] = []
+    stage = "partner"
+    try:
+        for _ in range(config.turns):
+            for person in (other, chat):
+                stage = "partner"
+                own = [(who, text) for thread, who, text in timeline if thread == person.partner]
+                said = await partner_line(
+                    endpoints.partner, role, person, own,
+                    max_tokens=config.partner_max_tokens, temperature=config.partner_temperature,
+                ) or "…"
+                history, scene_lines = _thread_view(timeline, person.partner, role.name)
+                timeline.append((person.partner, person.partner, said))
+                stage = "role"
+                messages = actor_messages(role, person, history, said, config, scene_lines)
+                answer = await actor_reply(endpoints.actor, messages, config)
+                timeline.append((person.partner, role.name, answer))
+                if person is chat:
+                    lines += [(chat.partner, said), (role.name, answer)]
+    except ModelError as exc:
+        raise StageFailed(stage, exc, lines) from exc
+    return lines, timeline
 
 
 async def actor_reply(model: ChatModel, messages: list[dict[str, str]], config: EvalConfig) -> str:
@@ -202,7 +310,16 @@ async def evaluate(endpoints: Endpoints, item: Item, config: EvalConfig, previou
     kept = [tuple(x) for x in (previous or {}).get("dialogue") or [] if isinstance(x, list) and len(x) == 2]
     lines: list[tuple[str, str]] = list(kept[: 2 * config.turns])  # type: ignore[arg-type]
     try:
-        lines = list(item.chat.dialogue) if config.recorded else await play(endpoints, item, config, lines)
+        if config.recorded:
+            lines = list(item.chat.dialogue)
+        elif config.scene != "private":
+            lines, timeline = await play_scene(endpoints, item, config)
+            record["scene"] = {"layout": config.scene, "timeline": [list(x) for x in timeline]}
+        else:
+            lines = await play(endpoints, item, config, lines)
+            timeline = [(item.chat.partner, who, text) for who, text in lines]
+        if not config.recorded:
+            record["format"] = scene_figures(item.role, item.chat, timeline, config)
         shown = _judge_lines(lines)
         case = Case(item.role.profile, item.chat.partner, item.chat.scene, item.chat.emotion.as_dict(),
                     item.chat.relationship, shown, item.role.role_candidates, item.role.role_answer)

@@ -17,15 +17,18 @@ I play characters. In a private chat you pick one and talk; in a group an admin 
 Everyone
 /characters – the characters you can pick
 /use NAME – talk to NAME (private chats)
-/mood – how the character feels about you
-/reset – start your conversation over (feelings stay)
+/mood [NAME] – how the character feels about you
+/reset [NAME] – start your conversation over (feelings stay)
+/scene – who plays here and what the character sees
 /forget – delete everything stored about you
 /help – this text
 
 Group admins, and bot owners anywhere
 /bind NAME [mention|all] – NAME plays in this group; mention (the default): answers when @-mentioned or replied to; all: answers every message
 /unbind – the character leaves this group
-/scene TEXT – set the scene here (no text: the character's own scene)
+/scene set TEXT – set the scene here (/scene reset: the character's own scene)
+/scene add NAME [all|mention|conversation] – one more character plays here (each answers when named or replied to)
+/scene remove NAME – that character leaves this group
 /character list
 /character show NAME
 /character delete NAME
@@ -47,7 +50,7 @@ COMMANDS = (
     ("forget", "Delete everything stored about you"),
     ("bind", "Admins: /bind NAME [mention|all]"),
     ("unbind", "Admins: the character leaves this chat"),
-    ("scene", "Admins: /scene TEXT sets the scene"),
+    ("scene", "Who plays here; admins: /scene set TEXT, add NAME, remove NAME"),
     ("character", "Admins: create, import, edit, list, show, delete"),
     ("help", "What I can do"),
 )

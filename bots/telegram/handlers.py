@@ -85,7 +85,7 @@ class Handlers:
             return
         typing = await self._may_answer(event)
         reply = self.app.engine.handle(event)
-        await self.replies.answer(
+        ids = await self.replies.answer(
             reply,
             message.chat.id,
             message.chat.type,
@@ -94,8 +94,17 @@ class Handlers:
             shown=lambda message_id: self._showing(reply, message_id),
             typing=typing,
         )
+        await self.app.engine.shown(reply, [str(i) for i in ids])
+        await self._follow_ups(reply, ids, message)
         if reply.status is ReplyStatus.NO_CHARACTER:
             await self._offer_characters(update, context, PICK_FIRST)
+
+    async def _follow_ups(self, reply: Reply, ids: list[int], message: Message) -> None:
+        """With trigger ``conversation``: the characters a reply names answer it, a few in a row."""
+        thread_id = message.message_thread_id if message.is_topic_message else None
+        while ids and (reply := await self.app.engine.follow_up(reply, str(ids[-1]))) is not None:
+            ids = await self.replies.answer(reply, message.chat.id, message.chat.type, reply_to=ids[-1], thread_id=thread_id)
+            await self.app.engine.shown(reply, [str(i) for i in ids])
 
     async def _may_answer(self, event: ChatEvent) -> bool:
         """Whether the Engine will probably answer (then "typing…" is shown); the Engine still decides."""
@@ -124,7 +133,8 @@ class Handlers:
             await self.replies.answer(turn.reply, chat_id, chat_type, reply_to=int(turn.shown_in))
             return
         reply_to = None if private or not turn.intake.platform_message_id else int(turn.intake.platform_message_id)
-        await self.replies.answer(turn.reply, chat_id, chat_type, reply_to=reply_to)
+        ids = await self.replies.answer(turn.reply, chat_id, chat_type, reply_to=reply_to)
+        await self.app.engine.shown(turn.reply, [str(i) for i in ids])
 
     # -- buttons ---------------------------------------------------------------------------
 
@@ -175,9 +185,10 @@ class Handlers:
                     await query.answer(NOTICE_UNAVAILABLE[:200], show_alert=True)
                 return
             await query.answer()
-        await self.replies.replace(
+        ids = await self.replies.replace(
             reply, prepend(first, deltas), chat.id, chat.type, reply_message_id=reply_id, shown_in=query.message.message_id
         )
+        await self.app.engine.shown(reply, [str(i) for i in ids])
 
     async def on_forget_button(self, update: Update, context: Context) -> None:
         """The confirmation of /forget (``forget:<user id>``): only that person may press it."""
@@ -229,7 +240,7 @@ class Handlers:
         course), with the text as its caption."""
         from bots.mood_picture import mood_png
 
-        outcome = await self.commands.mood(await self.actor(update, context), self.place(update))
+        outcome = await self.commands.mood(await self.actor(update, context), self.place(update), after_command(_text(update)) or None)
         message = update.effective_message
         try:
             picture = await mood_png(outcome)
@@ -244,7 +255,8 @@ class Handlers:
         )
 
     async def on_reset(self, update: Update, context: Context) -> None:
-        await self._say(update, await self.commands.reset(await self.actor(update, context), self.place(update)))
+        name = after_command(_text(update)) or None
+        await self._say(update, await self.commands.reset(await self.actor(update, context), self.place(update), name))
 
     async def on_forget(self, update: Update, context: Context) -> None:
         """/forget asks for a confirmation first: it cannot be undone."""
@@ -272,7 +284,7 @@ class Handlers:
 
     async def on_scene(self, update: Update, context: Context) -> None:
         actor = await self.actor(update, context, check_admin=True)
-        await self._say(update, await self.commands.set_scene(actor, self.place(update), after_command(_text(update))))
+        await self._say(update, await self.commands.scene_command(actor, self.place(update), after_command(_text(update))))
 
     async def on_character(self, update: Update, context: Context) -> None:
         """/character create|import|edit|list|show|delete ..."""
@@ -401,7 +413,16 @@ def chat_event(message: Message, bot: Bot) -> ChatEvent | None:
         private=private,
         addressed=private or _addresses_bot(message, bot),
         sent_at=message.date.timestamp() if message.date else None,
+        reply_to=_replied_to_bot(message, bot),
     )
+
+
+def _replied_to_bot(message: Message, bot: Bot) -> str | None:
+    """The id of the bot's message this one replies to (a character's reply, perhaps), or None."""
+    replied = message.reply_to_message
+    if replied is None or replied.from_user is None or replied.from_user.id != bot.id or replied.forum_topic_created:
+        return None
+    return str(replied.message_id)
 
 
 def _addresses_bot(message: Message, bot: Bot) -> bool:

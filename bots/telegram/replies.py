@@ -11,7 +11,7 @@ import itertools
 import logging
 from typing import AsyncIterator, Awaitable, Callable
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, MessageEntity, ReplyParameters
 from telegram.constants import ChatAction, ChatType, MessageLimit
 from telegram.error import BadRequest, TelegramError
 
@@ -50,6 +50,27 @@ async def typing_until_first(
             yield delta
     finally:
         typing.cancel()
+
+
+async def headed(reply: Reply, deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+    """``deltas``, opened by the character's name on a line of its own when several characters
+    share this bot in the chat (``Reply.heading``: known once the reply's first text comes)."""
+    first = True
+    async for delta in deltas:
+        if first:
+            first = False
+            if reply.heading:
+                yield reply.heading + "\n"
+        yield delta
+
+
+def heading_entities(reply: Reply, text: str) -> list[MessageEntity] | None:
+    """The name line in bold, when ``text`` opens with the reply's heading (sent as an entity: the
+    model's text itself goes out with no parse mode)."""
+    heading = reply.heading
+    if not heading or not text.startswith(heading + "\n"):
+        return None
+    return [MessageEntity(MessageEntity.BOLD, 0, len(heading.encode("utf-16-le")) // 2)]
 
 
 def regenerate_data(reply_message_id: int, conversation: ConversationKey) -> str:
@@ -199,6 +220,7 @@ class Replies:
     ) -> list[int]:
         """Send, then edit at a paced rate (the group's budget too); ``reuse``: messages to write over first."""
         reusable = list(reuse or [])
+        deltas = headed(reply, deltas) if group else deltas
         finished = False
         buttoned: list[int] = []  # the message that got the button with its final text
 
@@ -219,6 +241,7 @@ class Replies:
                 reply_parameters=ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to and first else None,
                 message_thread_id=thread_id,
                 reply_markup=markup,
+                entities=heading_entities(reply, text),
             )
             if markup is not None:
                 buttoned[:] = [sent.message_id]
@@ -229,7 +252,9 @@ class Replies:
         async def edit(message_id: int, text: str) -> None:
             markup = self._button(reply) if complete_in_one() else None
             try:
-                await self.bot.edit_message_text(text, chat_id, message_id, reply_markup=markup)
+                await self.bot.edit_message_text(
+                    text, chat_id, message_id, reply_markup=markup, entities=heading_entities(reply, text)
+                )
             except BadRequest as exc:
                 if not is_not_modified(exc):
                     log.warning("could not edit a reply in chat %s: %s", chat_id, exc)

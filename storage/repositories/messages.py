@@ -10,9 +10,10 @@ from sqlalchemy.exc import IntegrityError
 
 from core.errors import NotFound
 from core.events import ConversationKey
-from core.state import Intake, MessageStatus, StoredMessage
+from core.state import ChannelLine, Intake, MessageStatus, StoredMessage
 from storage.sql import Db, utcnow
 from storage.tables import messages as t
+from storage.tables import reply_messages as shown_t
 
 _COLUMNS = (t.c.id, t.c.role, t.c.content, t.c.tokens, t.c.created_at, t.c.platform_message_id)
 
@@ -358,6 +359,70 @@ class SqlMessageRepository:
         async with self._db.connect() as conn:
             result = await conn.execute(statement)
         return result.rowcount > 0
+
+    async def channel_lines(
+        self, platform: str, channel_id: str, *, before_id: int | None = None, exclude: ConversationKey | None = None,
+        limit: int = 40,
+    ) -> list[ChannelLine]:
+        if limit <= 0:
+            return []
+        where = [t.c.platform == platform, t.c.channel_id == channel_id, _IN_HISTORY]
+        if before_id is not None:
+            where.append(t.c.id < before_id)
+        if exclude is not None:
+            where.append(sa.not_(sa.and_(t.c.character_id == exclude.character_id, t.c.user_id == exclude.user_id)))
+        statement = (
+            sa.select(t.c.id, t.c.character_id, t.c.user_id, t.c.role, t.c.content, t.c.tokens, t.c.display_name)
+            .where(*where)
+            .order_by(t.c.id.desc())
+            .limit(limit)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [
+            ChannelLine(row.id, row.character_id, row.user_id, row.role, row.content, row.tokens, row.display_name)
+            for row in reversed(rows)
+        ]
+
+    async def last_partner(self, platform: str, channel_id: str, user_id: str) -> int | None:
+        statement = (
+            sa.select(t.c.character_id)
+            .where(t.c.platform == platform, t.c.channel_id == channel_id, t.c.user_id == user_id, t.c.role == "user", _IN_HISTORY)
+            .order_by(t.c.id.desc())
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            return (await conn.execute(statement)).scalar()
+
+    async def mark_shown(self, reply_message_id: int, platform: str, channel_id: str, platform_message_ids: list[str]) -> None:
+        if not platform_message_ids:
+            return
+        rows = [
+            {"platform": platform, "channel_id": channel_id, "platform_message_id": pid, "message_id": reply_message_id}
+            for pid in dict.fromkeys(platform_message_ids)
+        ]
+        insert = self._db.insert(shown_t)
+        statement = insert.on_conflict_do_update(
+            index_elements=[shown_t.c.platform, shown_t.c.channel_id, shown_t.c.platform_message_id],
+            set_={"message_id": insert.excluded.message_id},
+        )
+        try:
+            async with self._db.begin() as conn:
+                await conn.execute(statement, rows)
+        except IntegrityError:
+            return  # the reply is gone (undone, forgotten): nothing to remember
+
+    async def reply_author(self, platform: str, channel_id: str, platform_message_id: str) -> int | None:
+        statement = (
+            sa.select(t.c.character_id)
+            .select_from(shown_t.join(t, t.c.id == shown_t.c.message_id))
+            .where(
+                shown_t.c.platform == platform, shown_t.c.channel_id == channel_id,
+                shown_t.c.platform_message_id == platform_message_id,
+            )
+        )
+        async with self._db.connect() as conn:
+            return (await conn.execute(statement)).scalar()
 
     async def delete_conversation(self, conversation: ConversationKey) -> int:
         async with self._db.connect() as conn:

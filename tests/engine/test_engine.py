@@ -90,7 +90,11 @@ async def test_a_redelivery_after_the_cache_forgot_is_still_dropped(world) -> No
 
 
 async def test_one_persons_messages_are_answered_in_order_while_others_run_concurrently(world) -> None:
-    world.tgi.script(reply=lambda body: "re: " + body["messages"][-1]["content"], token_delay=0.02, chunks=4)
+    # The person's own words: the last line of the user turn (the scene's lines come before it, credited).
+    world.tgi.script(
+        reply=lambda body: "re: " + body["messages"][-1]["content"].split("\n")[-1].removeprefix("Elena: "),
+        token_delay=0.02, chunks=4,
+    )
     tasks = [asyncio.create_task(world.say(f"message {i}")) for i in range(4)]
     await asyncio.sleep(0)
     tasks += [asyncio.create_task(world.say("other person", user="u2", name="Tom"))]

@@ -1,0 +1,73 @@
+"""Storage for scenes: several bindings per channel, a channel's lines across its conversations,
+and the platform messages replies were shown in (gone with the reply and with /forget)."""
+
+from __future__ import annotations
+
+from core.events import ConversationKey, Trigger
+from core.state import Binding, MessageStatus
+from tests.storage.helpers import card
+
+
+async def test_several_characters_share_a_channel_and_put_still_makes_one_binding(store) -> None:
+    hamlet = await store.characters.add(card("Hamlet"))
+    ophelia = await store.characters.add(card("Ophelia"))
+    await store.bindings.put(Binding("discord", "g", "c", hamlet.id, Trigger.ALL))
+    await store.bindings.add(Binding("discord", "g", "c", ophelia.id, Trigger.ALL))
+    assert [b.character_id for b in await store.bindings.list("discord", "c")] == [hamlet.id, ophelia.id]
+    assert (await store.bindings.get("discord", "c")).character_id == hamlet.id  # the first bound
+    await store.bindings.add(Binding("discord", "g", "c", ophelia.id, Trigger.CONVERSATION, scene="Night."))
+    cast = await store.bindings.list("discord", "c")
+    assert len(cast) == 2 and cast[1].trigger is Trigger.CONVERSATION and cast[1].scene == "Night."
+    assert await store.bindings.remove("discord", "c", hamlet.id) is True
+    assert await store.bindings.remove("discord", "c", hamlet.id) is False
+    assert [b.character_id for b in await store.bindings.list("discord", "c")] == [ophelia.id]
+    await store.bindings.add(Binding("discord", "g", "c", hamlet.id))
+    await store.bindings.put(Binding("discord", "g", "c", hamlet.id, Trigger.MENTION))
+    assert [(b.character_id, b.trigger) for b in await store.bindings.list("discord", "c")] == [(hamlet.id, Trigger.MENTION)]
+
+
+async def exchange(store, conversation: ConversationKey, text: str, reply: str, message_id: str, name: str):
+    intake = await store.messages.accept(conversation, text, 3, message_id, name)
+    return await store.messages.finish(intake, MessageStatus.ANSWERED, (reply, 3))
+
+
+async def test_a_channels_lines_cross_its_conversations_and_never_leave_it(store) -> None:
+    hamlet = await store.characters.add(card("Hamlet"))
+    ophelia = await store.characters.add(card("Ophelia"))
+    bob_h = ConversationKey(hamlet.id, "discord", "c", "bob")
+    elena_h = ConversationKey(hamlet.id, "discord", "c", "elena")
+    bob_o = ConversationKey(ophelia.id, "discord", "c", "bob")
+    await exchange(store, elena_h, "I saw a ghost", "Follow it", "m1", "Elena")
+    await exchange(store, bob_o, "Good evening", "Good night", "m2", "Bob")
+    await exchange(store, ConversationKey(hamlet.id, "discord", "elsewhere", "elena"), "secret", "hush", "m3", "Elena")
+    await exchange(store, bob_h, "What did you say?", "Follow it", "m4", "Bob")
+    pending = await store.messages.accept(elena_h, "still pending", 3, "m5", "Elena")
+    lines = await store.messages.channel_lines("discord", "c", exclude=bob_h, before_id=pending.id + 1)
+    assert [(line.role, line.content, line.display_name) for line in lines] == [
+        ("user", "I saw a ghost", "Elena"), ("assistant", "Follow it", None),
+        ("user", "Good evening", "Bob"), ("assistant", "Good night", None),
+    ]
+    assert [line.character_id for line in lines] == [hamlet.id, hamlet.id, ophelia.id, ophelia.id]
+    first = lines[0].id
+    assert await store.messages.channel_lines("discord", "c", before_id=first) == []
+    assert len(await store.messages.channel_lines("discord", "c", limit=2)) == 2
+    assert await store.messages.last_partner("discord", "c", "bob") == hamlet.id
+    assert await store.messages.last_partner("discord", "c", "nobody") is None
+
+
+async def test_where_a_reply_was_shown_leads_to_its_character_until_the_reply_or_its_person_is_gone(store) -> None:
+    hamlet = await store.characters.add(card("Hamlet"))
+    bob = ConversationKey(hamlet.id, "telegram", "-100", "bob")
+    _, reply_id, _ = await exchange(store, bob, "hi", "hail", "1", "Bob")
+    await store.messages.mark_shown(reply_id, "telegram", "-100", ["11", "12", "11"])
+    assert await store.messages.reply_author("telegram", "-100", "12") == hamlet.id
+    assert await store.messages.reply_author("telegram", "-999", "12") is None
+    await store.messages.mark_shown(reply_id, "telegram", "-100", ["12"])  # again (a regenerate): no error
+    await store.messages.mark_shown(10**9, "telegram", "-100", ["13"])  # a reply that is gone: nothing kept
+    assert await store.messages.reply_author("telegram", "-100", "13") is None
+    assert await store.messages.undo_exchange(bob, reply_id)
+    assert await store.messages.reply_author("telegram", "-100", "11") is None
+    _, again, _ = await exchange(store, bob, "hi again", "hail again", "2", "Bob")
+    await store.messages.mark_shown(again, "telegram", "-100", ["21"])
+    await store.forget_person("telegram", "bob")
+    assert await store.messages.reply_author("telegram", "-100", "21") is None

@@ -1,0 +1,67 @@
+"""A Telegram group as a scene: two characters behind one bot, two people, each answered by the
+character they address, the name first in the reply."""
+
+from __future__ import annotations
+
+import json
+
+from core.events import PersonKey
+from tests.telegram.conftest import Harness
+
+GROUP = -100777
+
+
+def params_entities(call) -> list[dict]:
+    raw = call.params.get("entities")
+    return json.loads(raw) if isinstance(raw, str) else (raw or [])
+
+
+async def test_two_characters_in_a_group_answer_whom_they_are_addressed_by_their_name_first(bot: Harness) -> None:
+    tg, tgi = bot.tg, bot.tgi
+    await bot.add_character("Hamlet")
+    await bot.add_character("Ophelia")
+    group, ada, bob = tg.group(GROUP), tg.user(41, "Ada"), tg.user(42, "Bob")
+    tg.members[(GROUP, 41)] = "administrator"
+    tg.say(group, ada, "/bind Hamlet all")
+    tg.say(group, ada, "/scene add Ophelia")
+    await bot.idle()
+    assert tg.texts(GROUP)[-1] == "Ophelia now plays here with Hamlet; the characters answer every message."
+
+    tgi.script(reply="Follow the ghost, Ada.")
+    tg.say(group, ada, "Hamlet, I saw a ghost!")
+    await bot.idle()
+    tgi.script(reply="Good night, sweet Bob.")
+    tg.say(group, bob, "Ophelia, good evening.")
+    await bot.idle()
+    hamlet_says, ophelia_says = tg.bot_messages(GROUP)[-2:]
+    assert hamlet_says["text"] == "Hamlet\nFollow the ghost, Ada."
+    assert ophelia_says["text"] == "Ophelia\nGood night, sweet Bob."
+    last_write = [c for c in tg.calls if c.method in ("sendMessage", "editMessageText") and c.params.get("chat_id") == GROUP][-1]
+    assert params_entities(last_write) == [{"type": "bold", "offset": 0, "length": len("Ophelia")}]
+
+    # Bob replies to Hamlet's message without naming him: Hamlet answers, and sees the scene.
+    tgi.script(reply="I told her to follow it.")
+    tg.say(group, bob, "What did you tell her?", reply_to=hamlet_says["message_id"])
+    await bot.idle()
+    assert tg.bot_messages(GROUP)[-1]["text"] == "Hamlet\nI told her to follow it."
+    prompt = tgi.bodies()[-1]["messages"]
+    assert "reply with a brief sentence to Bob." in prompt[0]["content"]
+    assert prompt[-1]["content"].startswith("Ada: Hamlet, I saw a ghost!\nHamlet (to Ada): Follow the ghost, Ada.\n")
+    assert prompt[-1]["content"].endswith("\nBob: What did you tell her?")
+    # The stored replies hold the model's words, not the name line.
+    hamlet = await bot.app.store.characters.get_by_name("Hamlet")
+    assert await bot.app.store.relationships.get(PersonKey(hamlet.id, "telegram", "42")) is not None
+
+    tg.say(group, bob, "/scene")
+    await bot.idle()
+    shown = tg.texts(GROUP)[-1]
+    assert "Characters here: Hamlet, Ophelia" in shown and "Ada: Hamlet, I saw a ghost!" in shown
+
+
+async def test_one_character_in_a_group_speaks_without_a_name_line(bot: Harness) -> None:
+    tg, tgi = bot.tg, bot.tgi
+    await bot.add_character("Hamlet")
+    await bot.bind(GROUP, "Hamlet", "all")
+    tg.say(tg.group(GROUP), tg.user(43, "Ann"), "Hello there.")
+    await bot.idle()
+    assert tg.texts(GROUP) == [tgi.reply]
