@@ -300,7 +300,7 @@ class Commands:
             return character if character is not None else refused(f"There is no character called {name!r}.")
         character = await self._character_here(place) if place is not None else None
         if character is None:
-            return refused("No character plays here: name one, e.g. /lore list NAME (or character=NAME in add and edit).")
+            return refused("No character plays here: say which one with character=NAME (or /lore list NAME).")
         return character
 
     async def lore(self, actor: Actor, place: Place | None, text: str) -> Outcome:
@@ -538,6 +538,8 @@ def describe(character: Character, *, edit: str = CHAT_EDIT, card_examples: bool
     if p.missing:
         fill = f"set them with {edit}" + (f" or {derive_command(p.name)}" if missing_derivable(p) else "")
         lines.append(f"Missing profile fields: {', '.join(p.missing)} ({fill}).")
+    if entries := lorebook.entries_of(character.card):
+        lines.append(f"Lorebook: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} (see them with /lore list {p.name}).")
     if character.examples.strip():
         switch = cards.examples_switch(character.card)
         if switch is None:

@@ -536,10 +536,10 @@ def _set_field(entry: dict[str, Any], field: str, value: object) -> None:
         word = re.sub(r"[\s_]+", "", str(value).lower())
         if word in _LOGIC_WORDS:
             target[name] = _LOGIC_WORDS[word]
+        elif word in ("0", "1", "2", "3"):
+            target[name] = int(word)
         else:
-            target[name] = _whole("logic", value, low=0, high=3)
-            if target[name] is None:
-                raise InvalidInput("logic must be and_any, not_all, not_any or and_all")
+            raise InvalidInput(f"logic must be and_any, not_all, not_any or and_all, not {str(value)[:40]!r}")
     elif field in ("order", "priority"):
         target[name] = _whole(field, value, low=-(10**9), high=10**9)
     elif field == "scan_depth":

@@ -161,10 +161,11 @@ def test_over_the_budget_the_lowest_orders_are_dropped_and_the_walk_stops_as_in_
         entry(["a"], words(4), insertion_order=300, comment="kept first"),
         entry(["a"], words(4), insertion_order=200),
         entry(["a"], words(4), insertion_order=100),  # reaches 12 >= 10: dropped, and the walk stops
-        entry(["a"], words(1), insertion_order=50),  # would fit, but SillyTavern stops at the first overflow
+        entry(["a"], words(1), insertion_order=50),  # would fit alone: the walk has ended
+        entry(["a"], words(2), insertion_order=10, extensions={"ignore_budget": True}),  # outside the budget: in
     )
     kept = fired(lore, "a", settings=LoreSettings(max_tokens=10), count=count)
-    assert kept == [words(4), words(4)]
+    assert kept == [words(2), words(4), words(4)]
     # the total must stay under the budget: exactly at it overflows (SillyTavern's >=)
     assert fired(book(entry(["a"], words(5))), "a", settings=LoreSettings(max_tokens=5), count=count) == []
     assert fired(book(entry(["a"], words(5))), "a", settings=LoreSettings(max_tokens=6), count=count) == [words(5)]
