@@ -330,7 +330,14 @@ class Commands:
             return Outcome(True, f"{found.name} has no lorebook entries. Add one with /lore add keys=a,b; content=...", character=found)
         summary = lorebook.book_summary(found.card)
         lines = [f"{found.name}'s lorebook ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; {summary}):"]
-        lines += [lorebook.describe_entry(i, e) for i, e in enumerate(entries, 1)]
+        size = len(lines[0])
+        for i, e in enumerate(entries, 1):
+            line = lorebook.describe_entry(i, e)
+            if size + len(line) > LORE_SHOWN:  # one chat message: Telegram takes 4,096 characters
+                lines.append(f"… and {len(entries) - i + 1} more (entries {i} to {len(entries)}: /lore show N).")
+                break
+            lines.append(line)
+            size += len(line) + 1
         return Outcome(True, "\n".join(lines), character=found)
 
     async def lore_show(self, actor: Actor, place: Place | None, number: int, name: str | None = None) -> Outcome:
@@ -341,7 +348,10 @@ class Commands:
             entry = lorebook.entry_at(found.card, number)
         except InvalidInput as exc:
             return refused(_sentence(exc))
-        return Outcome(True, lorebook.describe_entry(number, entry, full=True), character=found)
+        text = lorebook.describe_entry(number, entry, full=True)
+        if len(text) > LORE_SHOWN:
+            text = text[:LORE_SHOWN] + f"… ({len(text) - LORE_SHOWN:,} more characters: the whole entry is in the exported card)"
+        return Outcome(True, text, character=found)
 
     async def lore_add(self, actor: Actor, place: Place | None, fields: Mapping[str, Any], name: str | None = None) -> Outcome:
         """A new entry (keys and content at least, or constant=on and content) in the character's card."""
@@ -507,6 +517,7 @@ NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and
 
 
 EXAMPLES_SHOWN = 600  # characters of a card's example dialogue /character show quotes
+LORE_SHOWN = 3500  # characters of /lore list and /lore show: one chat message on every platform
 
 
 def describe(character: Character, *, edit: str = CHAT_EDIT, card_examples: bool = False) -> str:
@@ -539,7 +550,7 @@ def describe(character: Character, *, edit: str = CHAT_EDIT, card_examples: bool
         fill = f"set them with {edit}" + (f" or {derive_command(p.name)}" if missing_derivable(p) else "")
         lines.append(f"Missing profile fields: {', '.join(p.missing)} ({fill}).")
     if entries := lorebook.entries_of(character.card):
-        lines.append(f"Lorebook: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} (see them with /lore list {p.name}).")
+        lines.append(f"Lorebook: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} (in a chat: /lore list {p.name}).")
     if character.examples.strip():
         switch = cards.examples_switch(character.card)
         if switch is None:

@@ -237,3 +237,13 @@ async def test_a_lorebook_round_trips_with_every_field_through_import_edit_and_e
     expected["entries"][0].update(content="Yorick, the jester.", priority=9)
     assert edited["data"]["character_book"] == expected
     assert read_card_file(export_card(edited, None, "png")).card["data"]["character_book"] == expected
+
+
+async def test_a_long_lorebook_is_listed_within_one_chat_message(lworld) -> None:
+    await give_book(lworld, {"entries": [entry([f"key{i}"], f"Entry {i}: " + "lore " * 40) for i in range(200)], "extensions": {}})
+    listed = await lworld.app.commands.lore(lworld.admin, lworld.place, "list")
+    assert listed.ok and len(listed.message) <= 4096
+    assert listed.message.splitlines()[1].startswith("1. [key0] order 100: Entry 0:")
+    assert listed.message.endswith("to 200: /lore show N).")
+    shown = await lworld.app.commands.lore(lworld.admin, lworld.place, "show 200")
+    assert shown.ok and shown.message.startswith("200. [key199] order 100\nEntry 199:")
