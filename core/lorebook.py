@@ -59,7 +59,7 @@ import copy
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from core.errors import InvalidInput
 
@@ -67,7 +67,6 @@ DEFAULT_SCAN_DEPTH = 2  # SillyTavern's world_info_depth
 MAX_SCAN_DEPTH = 1000  # SillyTavern's MAX_SCAN_DEPTH
 DEFAULT_ORDER = 100  # SillyTavern's default entry order
 DEFAULT_LORE_TOKENS = 400  # PERSONAE_LORE_TOKENS
-MAX_RECURSION = 3  # PERSONAE_LORE_RECURSION's largest value
 MAX_ENTRIES = 1000
 MAX_KEYS = 64
 MAX_KEY_CHARS = 200
@@ -710,17 +709,9 @@ def entries_of(card: Mapping[str, Any]) -> list[Any]:
     return entries if isinstance(entries, list) else []
 
 
-def texts(entries: Iterable[LoreEntry]) -> list[str]:
-    return [e.content for e in entries]
-
 
 # ---- the /lore command's text ------------------------------------------------------------------
 
-LORE_USAGE = (
-    "/lore list [NAME] · /lore show N [NAME] · /lore add keys=a,b; content=... · "
-    "/lore edit N field=value; ... · /lore remove N [NAME] (fields: " + FIELDS_HELP + "; "
-    "character=NAME picks a character other than the one here; content= comes last and takes the rest)"
-)
 _ACTIONS = ("list", "show", "add", "edit", "remove")
 _SEPARATOR = re.compile(r"[;\n]")
 

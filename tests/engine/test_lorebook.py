@@ -6,12 +6,9 @@ engine sent; import and export keep every field of a book."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from bots.cli import app
 from core.cards import card_json
 from core.commands import Actor
 from core.events import Platform
@@ -21,7 +18,6 @@ from tests.engine.test_training_layout import default_world
 from tests.tgi_server import TGIServer
 
 BD_RP = "yuyouyu/Mistral-Nemo-BD-RP"
-runner = CliRunner()
 YORICK = "Yorick was the king's jester; Hamlet held his skull."
 GHOST = "The ghost of the old king walks the battlements at midnight."
 ALWAYS = "Denmark is at war with Norway."
