@@ -295,8 +295,9 @@ def _word_char(char: str) -> bool:
     return (char.isalnum() or char == "_") and not _unspaced(char)
 
 
-def key_matches(haystack: str, key: str, entry: LoreEntry) -> bool:
-    """Whether ``key`` (one of ``entry``'s keys) occurs in ``haystack`` by ``entry``'s rules."""
+def key_matches(haystack: str, key: str, entry: LoreEntry, folded: str | None = None) -> bool:
+    """Whether ``key`` (one of ``entry``'s keys) occurs in ``haystack`` by ``entry``'s rules
+    (``folded``: ``haystack.casefold()``, when the caller has it already)."""
     if entry.use_regex:
         pattern = js_regex(key) or compile_pattern(key)
         return pattern is not None and pattern.search(haystack) is not None
@@ -304,7 +305,7 @@ def key_matches(haystack: str, key: str, entry: LoreEntry) -> bool:
     if pattern is not None:
         return pattern.search(haystack) is not None
     if not entry.case_sensitive:
-        haystack, key = haystack.casefold(), key.casefold()
+        haystack, key = folded if folded is not None else haystack.casefold(), key.casefold()
     if entry.whole_words is False or len(key.split()) > 1:
         return key in haystack
     start = haystack.find(key)
@@ -319,11 +320,11 @@ def key_matches(haystack: str, key: str, entry: LoreEntry) -> bool:
     return False
 
 
-def _secondary_ok(haystack: str, keys: Sequence[str], entry: LoreEntry) -> bool:
+def _secondary_ok(haystack: str, keys: Sequence[str], entry: LoreEntry, folded: str | None = None) -> bool:
     """SillyTavern's ``matchSecondaryKeys``."""
     any_match, all_match = False, True
     for key in keys:
-        found = bool(key) and key_matches(haystack, key, entry)
+        found = bool(key) and key_matches(haystack, key, entry, folded)
         any_match = any_match or found
         all_match = all_match and found
         if entry.logic == AND_ANY and found:
@@ -369,6 +370,7 @@ def activate(
     for step in range(passes):
         recursion = step > 0
         now: list[LoreEntry] = []
+        scanned: dict[int, tuple[str, str]] = {}  # depth -> the text scanned and its casefold, for this pass
         for entry in ranked:
             if entry.position in taken or not entry.enabled or not entry.content.strip():
                 continue
@@ -379,13 +381,17 @@ def activate(
                 continue
             if entry.forced is False or not entry.keys:
                 continue
-            haystack = _scanned(recent, recursed, entry, book)
+            depth = _depth(entry, book)
+            if depth not in scanned:
+                text = _scanned(recent, recursed, depth)
+                scanned[depth] = (text, text.casefold())
+            haystack, folded = scanned[depth]
             if not haystack:
                 continue
-            if not any((k := names(key).strip()) and key_matches(haystack, k, entry) for key in entry.keys):
+            if not any((k := names(key).strip()) and key_matches(haystack, k, entry, folded) for key in entry.keys):
                 continue
             if entry.selective and entry.secondary_keys:
-                if not _secondary_ok(haystack, [names(k).strip() for k in entry.secondary_keys], entry):
+                if not _secondary_ok(haystack, [names(k).strip() for k in entry.secondary_keys], entry, folded):
                     continue
             now.append(entry)
         overflowed = False
@@ -407,11 +413,15 @@ def activate(
     return sorted(kept, key=lambda e: (e.insertion_order, e.position))
 
 
-def _scanned(recent: Sequence[str], recursed: Sequence[str], entry: LoreEntry, book: Lorebook) -> str:
+def _depth(entry: LoreEntry, book: Lorebook) -> int:
+    """How many recent messages ``entry`` scans: its own depth, else the book's, else SillyTavern's default."""
+    depth = entry.scan_depth if entry.scan_depth is not None else book.scan_depth if book.scan_depth is not None else DEFAULT_SCAN_DEPTH
+    return min(depth, MAX_SCAN_DEPTH)
+
+
+def _scanned(recent: Sequence[str], recursed: Sequence[str], depth: int) -> str:
     """SillyTavern's ``WorldInfoBuffer.get``: the last ``depth`` messages, newest first, each after a
     ``\\x01``, then the text of entries activated by earlier passes."""
-    depth = entry.scan_depth if entry.scan_depth is not None else book.scan_depth if book.scan_depth is not None else DEFAULT_SCAN_DEPTH
-    depth = min(depth, MAX_SCAN_DEPTH)
     if depth <= 0:
         return ""
     parts = list(recent[:depth]) + list(recursed)
