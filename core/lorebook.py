@@ -47,6 +47,18 @@ Not run (kept in the card, exported as they came): probability, inclusion groups
 cooldown and delay, ``position``/``depth``/``role`` (every entry goes to the scene slot, the one
 free-text place of the BeyondDialogue prompt), SillyTavern's character filters and triggers.
 
+Regex keys come from cards people download, and run on people's messages: they are matched by the
+``regex`` package with a time bound (``REGEX_KEY_SECONDS`` per key, ``REGEX_TURN_SECONDS`` for all of
+a turn's regex keys together). A key that runs out of its time counts as not matched and is off for
+that character until the process restarts (one log line names the character, the entry and the key,
+never the message); a pattern whose fixed repeats expand past ``MAX_PATTERN_SIZE`` is refused (the
+``regex`` package would build it in memory). The scanned text is cut to ``MAX_SCAN_CHARS`` (the newest
+messages kept). Patterns mean what they meant under ``re`` (``regex``'s VERSION0), plus what
+JavaScript has and ``re`` lacks (``\\p{L}``, lookbehind of any width). Left as ``re`` had them: ``$``
+also matches before a final new line, only ``\\n`` ends a line (for ``.``, and ``^``/``$`` with ``m``),
+``\\w``, ``\\d`` and ``\\b`` know every script (JavaScript's are ASCII), and ``\\p{L}`` is a property
+without the ``u`` flag too.
+
 Whole words: a character that is a letter or digit in a script written without spaces (Chinese,
 Japanese, Thai, ...) counts as a word edge, so a Chinese key matches inside Chinese text (in
 SillyTavern the JavaScript ``\\W`` treats every non-ASCII character as an edge, which does the same
@@ -56,12 +68,20 @@ for Chinese but also splits ``café``; here ``café`` is one word).
 from __future__ import annotations
 
 import copy
+import functools
+import logging
 import math
 import re
-from dataclasses import dataclass
+import time
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import regex
+
 from core.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SCAN_DEPTH = 2  # SillyTavern's world_info_depth
 MAX_SCAN_DEPTH = 1000  # SillyTavern's MAX_SCAN_DEPTH
@@ -71,6 +91,10 @@ MAX_ENTRIES = 1000
 MAX_KEYS = 64
 MAX_KEY_CHARS = 200
 MAX_CONTENT_CHARS = 8000
+MAX_SCAN_CHARS = 20_000  # of the recent messages scanned (the newest kept), and again of recursed entry text
+REGEX_KEY_SECONDS = 0.05  # the most one regex key may take on one scanned text
+REGEX_TURN_SECONDS = 0.25  # the most all regex keys of one activation (a turn) may take together
+MAX_PATTERN_SIZE = 10_000  # a pattern's size with its fixed repeats written out (``(?:a{1000}){1000}``: 10**6)
 
 AND_ANY, NOT_ALL, NOT_ANY, AND_ALL = 0, 1, 2, 3
 LOGIC_NAMES = {AND_ANY: "and any", NOT_ALL: "not all", NOT_ANY: "not any", AND_ALL: "and all"}
@@ -256,30 +280,206 @@ def _int_text(text: str) -> int | None:
 # ---- matching ----------------------------------------------------------------------------------
 
 
-def js_regex(key: str) -> re.Pattern[str] | None:
-    """``/pattern/flags`` as SillyTavern's ``parseRegexFromString`` reads it, compiled for Python; None
-    when ``key`` is not such a regex (then it is a plain key)."""
+def js_regex(key: str) -> regex.Pattern[str] | None:
+    """``/pattern/flags`` as SillyTavern's ``parseRegexFromString`` reads it, compiled; None when ``key``
+    is not such a regex (then it is a plain key) or its pattern is invalid."""
+    source = _regex_source(key)
+    return None if source is None else compile_pattern(*source)
+
+
+def _regex_source(key: str) -> tuple[str, str] | None:
+    """The pattern (``\\/`` unescaped) and flags of a ``/pattern/flags`` key; None for a plain key."""
     match = _REGEX_KEY.match(key)
     if match is None:
         return None
     pattern, flags = match.groups()
     if _UNESCAPED_SLASH.search(pattern):
         return None
-    return compile_pattern(pattern.replace("\\/", "/"), flags)
+    return pattern.replace("\\/", "/"), flags
 
 
-def compile_pattern(pattern: str, flags: str = "") -> re.Pattern[str] | None:
-    """A JavaScript pattern compiled by Python's ``re`` (named groups and ``\\k<name>`` translated;
-    ``i``, ``m`` and ``s`` flags kept, ``g``, ``u`` and ``y`` have no meaning for a search); None if invalid."""
-    pattern = _JS_BACKREF.sub(r"(?P=\1)", _JS_NAMED_GROUP.sub("(?P<", pattern))
+def compile_pattern(pattern: str, flags: str = "") -> regex.Pattern[str] | None:
+    """A JavaScript pattern compiled by the ``regex`` package (named groups and ``\\k<name>`` translated;
+    ``i``, ``m`` and ``s`` flags kept, ``g``, ``u`` and ``y`` have no meaning for a search); None if
+    invalid or too big once its fixed repeats are written out (``MAX_PATTERN_SIZE``)."""
     bits = 0
-    for flag, bit in (("i", re.IGNORECASE), ("m", re.MULTILINE), ("s", re.DOTALL)):
+    for flag, bit in (("i", regex.IGNORECASE), ("m", regex.MULTILINE), ("s", regex.DOTALL)):
         if flag in flags:
             bits |= bit
-    try:
-        return re.compile(pattern, bits)
-    except (re.error, RecursionError, OverflowError, ValueError):
+    return _compiled(_literal_braces(_JS_BACKREF.sub(r"(?P=\1)", _JS_NAMED_GROUP.sub("(?P<", pattern))), bits)
+
+
+def _literal_braces(pattern: str) -> str:
+    """``pattern`` with every ``{`` that starts no ``{m}``, ``{m,}``, ``{m,n}`` or ``{,n}`` repeat escaped:
+    literal in JavaScript and in ``re``, but ``regex`` reads ``(?:cat){e<=1}`` as fuzzy matching."""
+    if "{" not in pattern:
+        return pattern
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "\\":
+            j = i + 2
+            if j < n and pattern[j] == "{" and pattern[j - 1] in _BRACED_ESCAPES:
+                end = pattern.find("}", j)
+                j = n if end == -1 else end + 1
+        elif char == "[":
+            j = _class_end(pattern, i)
+        elif char == "{" and not _REPEAT.match(pattern, i):
+            out.append("\\{")
+            i += 1
+            continue
+        else:
+            j = i + 1
+        out.append(pattern[i:j])
+        i = j
+    return "".join(out)
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """Where the character class opening at ``pattern[i]`` ends (past its ``]``)."""
+    j = i + 1
+    if pattern.startswith("^", j):
+        j += 1
+    if pattern.startswith("]", j):
+        j += 1
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str, bits: int) -> regex.Pattern[str] | None:
+    if _FOREIGN_FLAGS.search(pattern) or pattern_size(pattern) > MAX_PATTERN_SIZE:
         return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "possible nested set" and the like: the card's business
+            return regex.compile(pattern, bits | regex.VERSION0)
+    except (regex.error, RecursionError, OverflowError, ValueError, MemoryError):
+        return None
+
+
+_REPEAT = re.compile(r"\{(?:(\d+)(?:,\d*)?|,\d+)\}")  # {m} {m,} {m,n} {,n}
+# Inline flags JavaScript has none of and ``pattern_size`` does not read: verbose (``x``: comments and
+# spaces), ``V1`` (nested sets), ``regex``'s fuzzy, reverse, POSIX and word flags. Refused.
+_FOREIGN_FLAGS = re.compile(r"\(\?[-a-zA-Z0-9]*[xVbefprw][-a-zA-Z0-9]*[:)]")
+_BRACED_ESCAPES = "pPxuNg"  # \\p{L}, \\x{e9}, \\N{name}, ...: the braces belong to the escape
+
+
+def pattern_size(pattern: str) -> int:
+    """An upper bound of ``pattern``'s size with its repeats' minimum counts written out (every
+    alternative counted, an optional part too): ``regex`` expands fixed repeats when it compiles,
+    so ``(?:(?:a{1000}){1000}){1000}``, 27 characters, would take gigabytes."""
+    groups: list[int] = [0]  # the size so far of each open group, the innermost last
+    last = 0  # the size of the item a quantifier would apply to
+    quantified = False  # the previous token was a quantifier (a ``?`` or ``+`` after it is a modifier)
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        repeat = _REPEAT.match(pattern, i) if char == "{" else None
+        if char in "?*+" or repeat:
+            if repeat:
+                i = repeat.end()
+                if not quantified:
+                    count = max(1, int(repeat.group(1) or 0))
+                    groups[-1] += last * (count - 1)
+                    last *= count
+                    quantified = True
+                continue
+            i += 1
+            quantified = not quantified  # ``a*?``: the ``?`` modifies; ``a**`` is an error anyway
+            continue
+        quantified = False
+        if char == "\\":
+            i += 2
+            if i < n and pattern[i] == "{" and pattern[i - 1] in _BRACED_ESCAPES:
+                end = pattern.find("}", i)
+                i = n if end == -1 else end + 1
+            size = 1
+        elif char == "[":
+            i, size = _class_end(pattern, i), 1
+        elif char == "(" and pattern.startswith("(?#", i):  # a comment
+            end = pattern.find(")", i)
+            i, size = (n if end == -1 else end + 1), 0
+        elif char == "(":
+            groups.append(0)
+            i += 2 if pattern.startswith("?", i + 1) else 1  # ``(?:``, ``(?=``, ...: not a quantifier
+            continue
+        elif char == ")":
+            size = groups.pop() + 1 if len(groups) > 1 else 1
+            i += 1
+        else:  # a literal, ``|`` (every alternative counts), ``^``, ``$``, ``.``
+            size = 1
+            i += 1
+        groups[-1] += size
+        last = size
+    return sum(groups)
+
+
+@dataclass(slots=True)
+class RegexScan:
+    """The time regex keys may take in one activation (a turn), and whose keys are off.
+
+    ``character`` names the card in the log; ``clock`` (seconds, monotonic) measures the turn's
+    total, compiling included. A key that uses up ``REGEX_KEY_SECONDS`` goes into ``slow`` (by
+    default the process-wide set): it counts as not matched, now and on every later turn. Once the
+    turn's ``REGEX_TURN_SECONDS`` are spent, the remaining regex keys count as not matched this turn.
+    """
+
+    character: str = ""
+    clock: Callable[[], float] = time.monotonic
+    slow: set[tuple[str, int, str]] = field(default_factory=lambda: _SLOW_KEYS)
+    spent: float = 0.0
+
+    def matches(self, haystack: str, key: str, entry: LoreEntry) -> bool | None:
+        """Whether regex ``key`` (one of ``entry``'s) is found in ``haystack`` in the time left; None
+        when ``key`` is no regex (not ``/pattern/flags``, and the entry is not ``use_regex``)."""
+        mark = (self.character, entry.position, key)
+        if mark in self.slow:
+            return False
+        if self._out_of_time():
+            return False if entry.use_regex or _regex_source(key) is not None else None
+        start = self.clock()
+        try:
+            pattern = js_regex(key)
+            if pattern is None and entry.use_regex:
+                pattern = compile_pattern(key)
+        finally:
+            self.spent += max(0.0, self.clock() - start)
+        if pattern is None:
+            return False if entry.use_regex else None  # V3: an invalid pattern never matches
+        if self._out_of_time():
+            return False
+        bound = min(REGEX_KEY_SECONDS, REGEX_TURN_SECONDS - self.spent)
+        start = self.clock()
+        try:
+            return pattern.search(haystack, timeout=bound) is not None
+        except TimeoutError:
+            if bound >= REGEX_KEY_SECONDS:  # it had its full time: off for this character from now on
+                self.slow.add(mark)
+                log.warning(
+                    "lorebook of %s: entry %d's key %r ran past %d ms and is off until restart (fix the key with /lore edit %d keys=...)",
+                    self.character or "a character", entry.position + 1, key[:60], int(REGEX_KEY_SECONDS * 1000), entry.position + 1,
+                )
+            return False
+        finally:
+            self.spent += max(0.0, self.clock() - start)
+
+    def _out_of_time(self) -> bool:
+        if self.spent < REGEX_TURN_SECONDS:
+            return False
+        if self.character not in _OUT_OF_TIME:  # said once per character: it may happen on every turn
+            _OUT_OF_TIME.add(self.character)
+            log.warning(
+                "lorebook of %s: its regex keys took more than %d ms on one turn; the rest did not match (see /lore list)",
+                self.character or "a character", int(REGEX_TURN_SECONDS * 1000),
+            )
+        return True
+
+
+_SLOW_KEYS: set[tuple[str, int, str]] = set()  # (character, entry position, key): regex keys that timed out
+_OUT_OF_TIME: set[str] = set()  # characters whose regex keys have used up a turn's time
 
 
 def _unspaced(char: str) -> bool:
@@ -295,15 +495,16 @@ def _word_char(char: str) -> bool:
     return (char.isalnum() or char == "_") and not _unspaced(char)
 
 
-def key_matches(haystack: str, key: str, entry: LoreEntry, folded: str | None = None) -> bool:
+def key_matches(
+    haystack: str, key: str, entry: LoreEntry, folded: str | None = None, scan: RegexScan | None = None,
+) -> bool:
     """Whether ``key`` (one of ``entry``'s keys) occurs in ``haystack`` by ``entry``'s rules
-    (``folded``: ``haystack.casefold()``, when the caller has it already)."""
-    if entry.use_regex:
-        pattern = js_regex(key) or compile_pattern(key)
-        return pattern is not None and pattern.search(haystack) is not None
-    pattern = js_regex(key)
-    if pattern is not None:
-        return pattern.search(haystack) is not None
+    (``folded``: ``haystack.casefold()``, when the caller has it already; ``scan``: the time regex keys
+    have left, a fresh budget when None)."""
+    if entry.use_regex or key.startswith("/"):
+        found = (scan if scan is not None else RegexScan()).matches(haystack, key, entry)
+        if found is not None:
+            return found
     if not entry.case_sensitive:
         haystack, key = folded if folded is not None else haystack.casefold(), key.casefold()
     if entry.whole_words is False or len(key.split()) > 1:
@@ -320,11 +521,13 @@ def key_matches(haystack: str, key: str, entry: LoreEntry, folded: str | None = 
     return False
 
 
-def _secondary_ok(haystack: str, keys: Sequence[str], entry: LoreEntry, folded: str | None = None) -> bool:
+def _secondary_ok(
+    haystack: str, keys: Sequence[str], entry: LoreEntry, folded: str | None = None, scan: RegexScan | None = None,
+) -> bool:
     """SillyTavern's ``matchSecondaryKeys``."""
     any_match, all_match = False, True
     for key in keys:
-        found = bool(key) and key_matches(haystack, key, entry, folded)
+        found = bool(key) and key_matches(haystack, key, entry, folded, scan)
         any_match = any_match or found
         all_match = all_match and found
         if entry.logic == AND_ANY and found:
@@ -349,12 +552,14 @@ def activate(
     names: Callable[[str], str] = lambda key: key,
     count: Callable[[str], int],
     join: Callable[[Sequence[str]], str] = " ".join,
+    character: str = "",
 ) -> list[LoreEntry]:
     """The entries ``messages`` (the conversation's, oldest first, the new message last) activate, kept
     within the budget, in prompt order (lowest ``insertion_order`` first).
 
     ``names`` fills ``{{char}}`` and ``{{user}}`` in keys; ``count`` counts tokens of the entries' text
-    as ``join`` puts it together (the budget is counted on what goes into the prompt).
+    as ``join`` puts it together (the budget is counted on what goes into the prompt). ``character``
+    (the card's name) is whose regex keys these are: one that times out is off for it from then on.
     """
     if book is None or not book.entries or settings.max_tokens <= 0:
         return []
@@ -367,6 +572,7 @@ def activate(
     taken: set[int] = set()
     counted: list[str] = []  # every entry text the walk has taken in (SillyTavern's newContent)
     recursed: list[str] = []
+    scan = RegexScan(character)  # one time budget for every regex key of this activation
     for step in range(passes):
         recursion = step > 0
         now: list[LoreEntry] = []
@@ -388,10 +594,10 @@ def activate(
             haystack, folded = scanned[depth]
             if not haystack:
                 continue
-            if not any((k := names(key).strip()) and key_matches(haystack, k, entry, folded) for key in entry.keys):
+            if not any((k := names(key).strip()) and key_matches(haystack, k, entry, folded, scan) for key in entry.keys):
                 continue
             if entry.selective and entry.secondary_keys:
-                if not _secondary_ok(haystack, [names(k).strip() for k in entry.secondary_keys], entry, folded):
+                if not _secondary_ok(haystack, [names(k).strip() for k in entry.secondary_keys], entry, folded, scan):
                     continue
             now.append(entry)
         overflowed = False
@@ -421,11 +627,14 @@ def _depth(entry: LoreEntry, book: Lorebook) -> int:
 
 def _scanned(recent: Sequence[str], recursed: Sequence[str], depth: int) -> str:
     """SillyTavern's ``WorldInfoBuffer.get``: the last ``depth`` messages, newest first, each after a
-    ``\\x01``, then the text of entries activated by earlier passes."""
+    ``\\x01``, then the text of entries activated by earlier passes.
+
+    ``MAX_SCAN_CHARS`` bounds the messages' part (the newest kept) and again the entries' part.
+    """
     if depth <= 0:
         return ""
-    parts = list(recent[:depth]) + list(recursed)
-    return _MATCHER + ("\n" + _MATCHER).join(parts)
+    parts = [(_MATCHER + ("\n" + _MATCHER).join(part))[:MAX_SCAN_CHARS] for part in (recent[:depth], recursed) if part]
+    return "\n".join(parts) or _MATCHER
 
 
 # ---- editing a card's book (admin commands) ---------------------------------------------------
@@ -519,7 +728,10 @@ def _check_keys(name: str, keys: list[str], use_regex: bool) -> list[str]:
             raise InvalidInput(f"a key of {name} is {len(key):,} characters long; the limit is {MAX_KEY_CHARS}")
         looks_regex = key.startswith("/") and _REGEX_KEY.match(key) is not None
         if (use_regex and not looks_regex and compile_pattern(key) is None) or (looks_regex and js_regex(key) is None):
-            raise InvalidInput(f"key {key[:60]!r} is not a valid regular expression (write /pattern/flags, every / inside as \\/)")
+            raise InvalidInput(
+                f"key {key[:60]!r} is not a valid regular expression (write /pattern/flags, every / inside as \\/)"
+                f" or repeats too much (at most {MAX_PATTERN_SIZE:,} characters with its {{n}} repeats written out)"
+            )
     return keys
 
 
@@ -723,7 +935,7 @@ def entries_of(card: Mapping[str, Any]) -> list[Any]:
 # ---- the /lore command's text ------------------------------------------------------------------
 
 _ACTIONS = ("list", "show", "add", "edit", "remove")
-_SEPARATOR = re.compile(r"[;\n]")
+_SEPARATOR = re.compile(r"(?<!\\);|\n")  # a ; after a backslash is part of the value
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,6 +952,7 @@ def parse_lore_fields(text: str) -> tuple[dict[str, str], str | None]:
     """``field=value`` pairs separated by ``;`` or new lines, and ``character=NAME`` apart.
 
     ``content=`` takes everything after it, so an entry's text may hold ``;`` and new lines: it comes last.
+    Another value holds a ``;`` written ``\\;`` (a key ``/a\\;b/`` is ``/a;b/``).
     """
     fields: dict[str, str] = {}
     character: str | None = None
@@ -755,7 +968,7 @@ def parse_lore_fields(text: str) -> tuple[dict[str, str], str | None]:
         if not sep or not key:
             raise InvalidInput(f"expected field=value, not {part.strip()[:60]!r}")
         if key.lower() in ("character", "char"):
-            character = value.strip()
+            character = value.strip().replace("\\;", ";")
         else:
             name = field_name(key)
             if name == "content":
@@ -764,7 +977,7 @@ def parse_lore_fields(text: str) -> tuple[dict[str, str], str | None]:
                 after = ""
             if name in fields:
                 raise InvalidInput(f"{name} is given twice")
-            fields[name] = value.strip()
+            fields[name] = value.strip() if name == "content" else value.strip().replace("\\;", ";")
         rest = after.strip()
     return fields, character
 

@@ -104,6 +104,7 @@ def lore_texts(profile: CharacterProfile, *, user: str, turns: Sequence[str], se
         names=lambda key: fill_placeholders(key, **names),
         count=estimate_tokens,
         join=lambda pieces: " ".join(sentence(p, profile.language) for p in pieces),
+        character=profile.name,
     )
     return [e.content for e in entries]
 
