@@ -464,6 +464,7 @@ def prompt(
     from core.card_files import MAX_FILE_BYTES, read_card_file
     from core.cards import examples_switch, profile_from_card
     from core.emotions import check_level, parse_emotion_pairs
+    from bots.compose import lore_settings
     from core.model_input import history_window, model_messages, render_mistral_raw
     from core.prompt import Turn, estimate_tokens
     from core.text import display_name, message_text
@@ -498,6 +499,7 @@ def prompt(
         inputs = dict(
             user=user, text=text, history=turns, scene=scene, emotion=state, intimacy=level, from_start=from_start,
             examples=card["data"].get("mes_example") or "", use_examples=s.card_examples if switch is None else switch,
+            lore=lore_settings(s),
         )
         messages = model_messages(profile, **inputs)
         budget = s.max_input_tokens - s.max_tokens
@@ -760,6 +762,7 @@ def evaluate(
 ) -> None:
     """Measure role-play quality as BeyondDialogue's AutoRPEval does (partner: PERSONAE_EVAL_PARTNER_URL, judge: PERSONAE_EVAL_JUDGE_URL)."""
     from bots.eval.command import EvalRequest, run_eval
+    from bots.compose import lore_settings
     from bots.eval.run import EvalConfig
 
     from bots.eval.cadences import cadence_names
@@ -771,7 +774,7 @@ def evaluate(
         fail(f"--cadence {exc}")
     config = EvalConfig(
         turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
-        card_examples=s.card_examples, partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
+        card_examples=s.card_examples, lore=lore_settings(s), partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
         cadences=cadences, reappraise=reappraise,
     )
     request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)

@@ -15,6 +15,7 @@ from core.engine import Engine, EngineConfig, NoStateChange
 from core.errors import ConfigurationError, ModelError
 from core.feelings import Feelings
 from core.hot import HotState
+from core.lorebook import LoreSettings
 from core.ports import Appraiser, Cache, ChatModel, ModelSlots, StateUpdater, Store
 from core.state import Exchange
 
@@ -47,6 +48,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_input_tokens=settings.max_input_tokens,
         history_turns=settings.history_turns,
         card_examples=settings.card_examples,
+        lore=lore_settings(settings),
         rate_limit_messages=settings.rate_limit_messages,
         rate_limit_window_s=settings.rate_limit_window_s,
         cache_ttl_s=settings.cache_ttl_s,
@@ -59,6 +61,11 @@ def engine_config(settings: Settings) -> EngineConfig:
         store_retry_s=settings.store_retry_s,
         replica_lease_s=settings.replica_lease_s,
     )
+
+
+def lore_settings(settings: Settings) -> LoreSettings:
+    """The lorebook limits (PERSONAE_LORE_TOKENS, PERSONAE_LORE_RECURSION)."""
+    return LoreSettings(max_tokens=settings.lore_tokens, recursion=settings.lore_recursion)
 
 
 def dynamics(settings: Settings) -> Dynamics:

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     # A card's example dialogue (mes_example) sent as leading turns, for characters that do not set
     # examples=on|off themselves; off by default: BeyondDialogue was never trained on such turns.
     card_examples: bool = False
+    # Lorebooks (a card's character_book): the most tokens its entries add to the scene (a card's
+    # token_budget may lower it; 0: lorebooks off), and the extra scan passes in which activated
+    # entries' content activates others (0: no recursion, as SillyTavern by default).
+    lore_tokens: int = Field(default=400, ge=0, le=4000)
+    lore_recursion: int = Field(default=0, ge=0, le=3)
     rate_limit_messages: int = Field(default=20, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
     cache_ttl_s: float = Field(default=3600.0, gt=0)

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from core import cards, derive
+from core import cards, derive, lorebook
 from core.card_dialogue import pick_greeting
 from core.card_files import MAX_FILE_BYTES, read_card_file
 from core.character import Character, check_name
@@ -288,6 +288,115 @@ class Commands:
         # Cached bindings to it now point nowhere; the engine ignores them until they expire.
         return Outcome(True, f"Deleted {character.name} and everything stored with it.", character=character)
 
+    # -- lorebooks ---------------------------------------------------------------------------
+
+    async def _lore_character(self, actor: Actor, place: Place | None, name: str | None) -> Character | Outcome:
+        """The character whose lorebook an admin means: ``name``, else the one playing here."""
+        if (why := self._may_manage(actor, place)) is not None:
+            return refused(why)
+        if name:
+            name = clean_text(name).strip()
+            character = await self.store.characters.get_by_name(name)
+            return character if character is not None else refused(f"There is no character called {name!r}.")
+        character = await self._character_here(place) if place is not None else None
+        if character is None:
+            return refused("No character plays here: say which one with character=NAME (or /lore list NAME).")
+        return character
+
+    async def lore(self, actor: Actor, place: Place | None, text: str) -> Outcome:
+        """``/lore ...`` as typed (Telegram, the console): parsed by ``core.lorebook.parse_lore_command``."""
+        try:
+            command = lorebook.parse_lore_command(clean_text(text))
+        except InvalidInput as exc:
+            return refused(_sentence(exc))
+        if command.action == "list":
+            return await self.lore_list(actor, place, command.character)
+        assert command.number is not None or command.action == "add"
+        if command.action == "show":
+            return await self.lore_show(actor, place, command.number, command.character)  # type: ignore[arg-type]
+        if command.action == "remove":
+            return await self.lore_remove(actor, place, command.number, command.character)  # type: ignore[arg-type]
+        if command.action == "add":
+            return await self.lore_add(actor, place, command.fields or {}, command.character)
+        return await self.lore_edit(actor, place, command.number, command.fields or {}, command.character)  # type: ignore[arg-type]
+
+    async def lore_list(self, actor: Actor, place: Place | None, name: str | None = None) -> Outcome:
+        """The entries of a character's lorebook, one line each, numbered for show, edit and remove."""
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        entries = lorebook.entries_of(found.card)
+        if not entries:
+            return Outcome(True, f"{found.name} has no lorebook entries. Add one with /lore add keys=a,b; content=...", character=found)
+        summary = lorebook.book_summary(found.card)
+        lines = [f"{found.name}'s lorebook ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; {summary}):"]
+        size = len(lines[0])
+        for i, e in enumerate(entries, 1):
+            line = lorebook.describe_entry(i, e)
+            if size + len(line) > LORE_SHOWN:  # one chat message: Telegram takes 4,096 characters
+                lines.append(f"… and {len(entries) - i + 1} more (entries {i} to {len(entries)}: /lore show N).")
+                break
+            lines.append(line)
+            size += len(line) + 1
+        return Outcome(True, "\n".join(lines), character=found)
+
+    async def lore_show(self, actor: Actor, place: Place | None, number: int, name: str | None = None) -> Outcome:
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        try:
+            entry = lorebook.entry_at(found.card, number)
+        except InvalidInput as exc:
+            return refused(_sentence(exc))
+        text = lorebook.describe_entry(number, entry, full=True)
+        if len(text) > LORE_SHOWN:
+            text = text[:LORE_SHOWN] + f"… ({len(text) - LORE_SHOWN:,} more characters: the whole entry is in the exported card)"
+        return Outcome(True, text, character=found)
+
+    async def lore_add(self, actor: Actor, place: Place | None, fields: Mapping[str, Any], name: str | None = None) -> Outcome:
+        """A new entry (keys and content at least, or constant=on and content) in the character's card."""
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        try:
+            card, number = lorebook.add_entry(found.card, clean_value(dict(fields)))  # type: ignore[arg-type]
+            updated = await self._store_card(found, card)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            return refused(_sentence(exc))
+        return Outcome(True, f"Added entry {number} to {updated.name}'s lorebook.", character=updated)
+
+    async def lore_edit(
+        self, actor: Actor, place: Place | None, number: int, fields: Mapping[str, Any], name: str | None = None
+    ) -> Outcome:
+        """Change fields of entry ``number``; the entry's other fields, known or not, stay as they were."""
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        try:
+            card = lorebook.edit_entry(found.card, number, clean_value(dict(fields)))  # type: ignore[arg-type]
+            updated = await self._store_card(found, card)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            return refused(_sentence(exc))
+        return Outcome(True, f"Updated entry {number} of {updated.name}'s lorebook.", character=updated)
+
+    async def lore_remove(self, actor: Actor, place: Place | None, number: int, name: str | None = None) -> Outcome:
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        try:
+            card, _ = lorebook.remove_entry(found.card, number)
+            updated = await self._store_card(found, card)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            return refused(_sentence(exc))
+        left = len(lorebook.entries_of(updated.card))
+        return Outcome(True, f"Removed entry {number} from {updated.name}'s lorebook ({left} left; later entries moved up one).", character=updated)
+
+    async def _store_card(self, character: Character, card: dict[str, Any]) -> Character:
+        """Store a changed card (validated whole) and drop the hot copy, so the next turn reads it."""
+        updated = await self.store.characters.replace(character.id, cards.normalise_card(card))
+        self.hot.forget_character(character.id)
+        return updated
+
     # -- bindings and scene -----------------------------------------------------------------
 
     async def bind(self, actor: Actor, place: Place, name: str, trigger: str = "all") -> Outcome:
@@ -408,6 +517,7 @@ NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and
 
 
 EXAMPLES_SHOWN = 600  # characters of a card's example dialogue /character show quotes
+LORE_SHOWN = 3500  # characters of /lore list and /lore show: one chat message on every platform
 
 
 def describe(character: Character, *, edit: str = CHAT_EDIT, card_examples: bool = False) -> str:
@@ -439,6 +549,8 @@ def describe(character: Character, *, edit: str = CHAT_EDIT, card_examples: bool
     if p.missing:
         fill = f"set them with {edit}" + (f" or {derive_command(p.name)}" if missing_derivable(p) else "")
         lines.append(f"Missing profile fields: {', '.join(p.missing)} ({fill}).")
+    if entries := lorebook.entries_of(character.card):
+        lines.append(f"Lorebook: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} (in a chat: /lore list {p.name}).")
     if character.examples.strip():
         switch = cards.examples_switch(character.card)
         if switch is None:

@@ -19,6 +19,7 @@ from core.events import ChatEvent, ConversationKey, Trigger
 from core.flood import ArrivalWindow, Verdict, WaitingTurns
 from core.hot import HotState, history_key, lock_key
 from core.locks import KeyedLocks
+from core.lorebook import LoreSettings
 from core.ports import Cache, ChatModel, StateUpdater, Store
 from core.prompt import estimate_tokens
 from core.reply import (  # noqa: F401 - the adapters' names for these live here
@@ -55,6 +56,7 @@ class EngineConfig:
     # Whether a card's example dialogue goes to the model as leading turns, for characters that do not
     # say (``examples=on|off`` on the card); off: BeyondDialogue was never trained on such turns.
     card_examples: bool = False
+    lore: LoreSettings = LoreSettings()  # PERSONAE_LORE_TOKENS, PERSONAE_LORE_RECURSION
     rate_limit_messages: int = 20
     rate_limit_window_s: float = 60.0
     cache_ttl_s: float = 3600.0

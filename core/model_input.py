@@ -14,7 +14,9 @@ from typing import Callable, Mapping, Sequence, TypeVar
 from core.card_dialogue import parse_examples
 from core.character import CharacterProfile
 from core.emotions import EmotionState
-from core.prompt import Turn, build_messages, render_system_prompt
+from core.lorebook import LoreSettings, activate
+from core.prompt import Turn, build_messages, estimate_tokens, fill_placeholders, render_system_prompt
+from core.scene import scene_text, sentence
 from core.text import neutralise_controls, one_line_name
 
 T = TypeVar("T")
@@ -65,6 +67,7 @@ def model_messages(
     examples: str = "",
     use_examples: bool = False,
     from_start: bool = True,
+    lore: LoreSettings = LoreSettings(),
     budget: int | None = None,
     count: Callable[[str], int] | None = None,
 ) -> list[dict[str, str]]:
@@ -75,11 +78,35 @@ def model_messages(
     example dialogue (``mes_example``), sent as leading turns only with ``use_examples``. With
     ``budget`` and ``count``, example dialogue and then the oldest exchanges (the opening line and the
     greeting as one) are left out until the messages fit.
+
+    The scene slot gets the lorebook entries the recent turns and ``text`` activate (``lore``: the
+    deployment's limits; ``core.lorebook``), composed by ``core.scene.scene_text``.
     """
+    scene = scene_text(
+        scene if scene is not None else profile.scene,
+        lore_texts(profile, user=user, turns=[*(t.content for t in history), text], settings=lore),
+        language=profile.language,
+    )
     system = render_system_prompt(profile, chat_role=user, scene=scene, emotion=emotion, relationship=intimacy)
     leading = parse_examples(examples, char=profile.name, user=user) if use_examples and examples else []
     turns = with_opening(profile, user, history, from_start=from_start)
     return build_messages(system, turns, text, examples=leading, budget=budget, count=count)
+
+
+def lore_texts(profile: CharacterProfile, *, user: str, turns: Sequence[str], settings: LoreSettings = LoreSettings()) -> list[str]:
+    """The content of the lorebook entries ``turns`` (oldest first, the new message last) activate, in
+    prompt order, within the budget (counted by ``estimate_tokens`` on the text as the scene holds it)."""
+    if profile.lorebook is None:
+        return []
+    names = {"char": profile.name, "user": one_line_name(user)}
+    entries = activate(
+        profile.lorebook, [t for t in turns if t], settings=settings,
+        names=lambda key: fill_placeholders(key, **names),
+        count=estimate_tokens,
+        join=lambda pieces: " ".join(sentence(p, profile.language) for p in pieces),
+        character=profile.name,
+    )
+    return [e.content for e in entries]
 
 
 def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>", eos: str = "</s>") -> str:

@@ -301,6 +301,7 @@ class ChatTurn:
             # A leading reply is the greeting only when the window reaches the conversation's start
             # (known exactly: ``HotState.history``); otherwise it is a reply cut from its message.
             from_start=self.from_start,
+            lore=self.config.lore,
         )
 
     async def _fit(self) -> list[dict[str, str]]:

@@ -150,6 +150,7 @@ def register(application: Application, h: Handlers) -> None:
         "unbind": h.on_unbind,
         "scene": h.on_scene,
         "character": h.on_character,
+        "lore": h.on_lore,
     }
     for name, callback in commands.items():
         application.add_handler(CommandHandler(name, callback, filters=new))

@@ -34,6 +34,10 @@ Group admins, and bot owners anywhere
    (fields are separated by ";" or new lines)
 /character edit NAME field=value; field=value   (also examples=on|off|default: send the card's example dialogue)
 /character import – as the caption of a card file (PNG, CharX or JSON), in reply to one, or followed by the JSON itself
+/lore list – the lorebook of the character here (/lore list NAME: another's)
+/lore show N · /lore remove N
+/lore add keys=a,b; content=… (content last: it takes the rest of the message; elsewhere write ; as \\;)
+/lore edit N field=value; …   fields: keys, secondary_keys, logic=and_any|not_all|not_any|and_all, content, order, priority, enabled, constant, case_sensitive, whole_words, scan_depth, use_regex, comment, name (character=NAME for another character)
 
 In private chats only bot owners create, import, edit or delete characters."""
 
@@ -49,6 +53,7 @@ COMMANDS = (
     ("unbind", "Admins: the character leaves this chat"),
     ("scene", "Admins: /scene TEXT sets the scene"),
     ("character", "Admins: create, import, edit, list, show, delete"),
+    ("lore", "Admins: the character's lorebook: list, show, add, edit, remove"),
     ("help", "What I can do"),
 )
 

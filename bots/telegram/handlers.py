@@ -299,6 +299,11 @@ class Handlers:
             outcome = Outcome(False, f"{str(exc)[:1].upper()}{str(exc)[1:]}. See /help for the syntax.")
         await self._say(update, outcome, avatar=sub == "show")
 
+    async def on_lore(self, update: Update, context: Context) -> None:
+        """/lore list|show|add|edit|remove ...: the lorebook of the character here (or character=NAME)."""
+        actor = await self.actor(update, context, check_admin=True)
+        await self._say(update, await self.commands.lore(actor, self.place(update), after_command(_text(update))))
+
     async def on_card_document(self, update: Update, context: Context) -> None:
         """A card file (PNG, CharX or JSON) sent with the caption ``/character import``."""
         message = update.effective_message
