@@ -15,6 +15,7 @@ from core.card_dialogue import parse_examples
 from core.character import CharacterProfile
 from core.emotions import EmotionState
 from core.prompt import Turn, build_messages, render_system_prompt
+from core.scene_text import scene_text
 from core.text import neutralise_controls, one_line_name
 
 T = TypeVar("T")
@@ -67,6 +68,7 @@ def model_messages(
     from_start: bool = True,
     budget: int | None = None,
     count: Callable[[str], int] | None = None,
+    memories: Sequence[str] = (),
 ) -> list[dict[str, str]]:
     """The messages the model gets for ``user``'s new ``text`` to ``profile``'s character.
 
@@ -74,8 +76,11 @@ def model_messages(
     turn; ``scene``, ``emotion`` and ``intimacy`` default to the card's. ``examples`` is the card's
     example dialogue (``mes_example``), sent as leading turns only with ``use_examples``. With
     ``budget`` and ``count``, example dialogue and then the oldest exchanges (the opening line and the
-    greeting as one) are left out until the messages fit.
+    greeting as one) are left out until the messages fit. ``memories`` (what the character remembers
+    of the person, ``core.memory``) follow the scene in its slot (``core.scene_text``).
     """
+    if memories:
+        scene = scene_text(scene if scene is not None else profile.scene, memories=memories, language=profile.language)
     system = render_system_prompt(profile, chat_role=user, scene=scene, emotion=emotion, relationship=intimacy)
     leading = parse_examples(examples, char=profile.name, user=user) if use_examples and examples else []
     turns = with_opening(profile, user, history, from_start=from_start)
