@@ -295,6 +295,9 @@ class MemoryKeeper:
         self.config = config or MemoryConfig()
         self._running: set[str] = set()  # conversations being condensed in this process
         self._failed: dict[str, int] = {}  # conversation -> turns to wait before trying again after a failure
+        # conversation -> turns since its backlog was last looked at: a turn adds about two messages,
+        # so the database is asked about every batch/2 turns, not after every reply.
+        self._since: dict[str, int] = {}
         self._slots = asyncio.Semaphore(self.config.concurrency)
         # Since start: condensings written, and those that failed (the model, or an unreadable answer).
         self.condensed = 0
@@ -339,6 +342,13 @@ class MemoryKeeper:
         if self._failed.get(key, 0) > 0:
             self._failed[key] -= 1  # the last try failed: a few more turns before the next
             return
+        since = self._since.get(key)
+        if since is not None and since + 1 < self.config.batch // 2:
+            self._since[key] = since + 1
+            return
+        if len(self._since) > 10_000:
+            self._since.clear()
+        self._since[key] = 0
         self._running.add(key)
         try:
             async with self._slots:
