@@ -170,8 +170,49 @@ async def probe(
         await store.close()
 
 
+async def condense_check(url: str) -> None:
+    """Each probe's fact among four lines of small talk, as one condensing task straight to ``url``:
+    how many answers can be read, how long each took."""
+    from bots.llm.client import ModelClient
+    from core.memory import BadAnswer, condensing_task, memory_schema, read_memories
+
+    client = ModelClient(url, timeout_s=300.0, concurrency=1, retries=0, first_token_timeout_s=600.0, layout="auto")
+    readable = 0
+    try:
+        for told, _, key in PROBES:
+            lines: list[tuple[str, str]] = []
+            for n in range(5):
+                lines += [("Elena", told if n == 2 else FILLERS[n]), ("Hamlet", FILLER_REPLIES[n])]
+            task = condensing_task("en", char="Hamlet", user="Elena", known=[], lines=lines)
+            started = time.monotonic()
+            answer = await client.complete(
+                [{"role": "system", "content": MEMORY_SYSTEM}, {"role": "user", "content": task}],
+                max_tokens=256, temperature=0.2, json_schema=memory_schema(),
+            )
+            try:
+                found = read_memories(answer)
+                readable += 1
+                verdict = f"read: {found}"
+            except BadAnswer as exc:
+                verdict = f"unreadable: {exc}"
+            print(f"    [{key}] {time.monotonic() - started:.1f} s, {verdict}; answer {answer[:100]!r}")
+    finally:
+        await client.close()
+    print(f"condensing answers readable: {readable}/{len(PROBES)}")
+
+
 async def main_async(args: argparse.Namespace) -> None:
     bundled = None
+    if args.condense_check:
+        from bots.llm.embedded import EmbeddedModelServer
+
+        bundled = EmbeddedModelServer()
+        await bundled.start()
+        try:
+            await condense_check(bundled.base_url)
+        finally:
+            await bundled.stop()
+        return
     if args.answer == "bundled" or args.condenser == "bundled":
         from bots.llm.embedded import EmbeddedModelServer
 
@@ -219,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--condenser", choices=("double", "bundled"), default="double", help="who condenses (double: scripted, deterministic)")
     parser.add_argument("--probes", type=int, default=len(PROBES), help=f"how many of the {len(PROBES)} facts to probe")
+    parser.add_argument("--condense-check", action="store_true", help="only send five condensing tasks to the bundled model and count the readable answers")
     parser.add_argument("--show-answers", action="store_true", help="print each answer of turn 80")
     asyncio.run(main_async(parser.parse_args(argv)))
 
