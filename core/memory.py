@@ -358,7 +358,7 @@ class MemoryKeeper:
 
     async def _condense(self, conversation: ConversationKey, character: Character, display_name: str) -> bool:
         cfg = self.config
-        mark, lines = await self.store.memories.uncondensed(conversation, cfg.history_turns, cfg.max_lines)
+        mark, lines = await self.store.memories.uncondensed(conversation, cfg.history_turns, max(cfg.max_lines, cfg.batch))
         if len(lines) < cfg.batch:
             return False
         key = conversation.cache_key()

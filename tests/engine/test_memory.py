@@ -5,6 +5,7 @@ and delete them, and a private chat's stay in the private chat."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any, Mapping
 
@@ -14,7 +15,6 @@ from bots.llm.client import ModelClient
 from core.commands import Actor, Place
 from core.events import Platform
 from core.memory import MEMORY_SYSTEM
-from core.state import MessageStatus
 from tests.conftest import paired_cache, paired_database
 from tests.engine.conftest import build_world
 from tests.tgi_server import TGIServer
@@ -74,7 +74,7 @@ class Condenser:
             memories.append({"kind": "event", "text": f"Elena and Hamlet spoke of {TOPICS[len(self.tasks) % len(TOPICS)]}."})
         elif said:
             memories.append({"kind": "event", "text": f"They made small talk, turns {said[0]} to {said[-1]}, about the weather and the road."})
-        return 'Here is what to keep. {"memories": %s}' % __import__("json").dumps(memories)
+        return 'Here is what to keep. {"memories": %s}' % json.dumps(memories)
 
 
 def reply_bodies(tgi: TGIServer) -> list[dict]:
