@@ -456,6 +456,11 @@ def prompt(
     message_file: Optional[Path] = typer.Option(None, "--message-file", help="Read the new user message from FILE (- for stdin)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {\"messages\": [...]} (with --raw: {\"prompt\": \"...\"})."),
     raw: bool = typer.Option(False, "--raw", help="Print the training layout's exact string (what a BD-RP server gets)."),
+    memory: Optional[list[str]] = typer.Option(
+        None, "--memory",
+        help="A memory the character keeps of the person (repeat for several); those relevant to --message go into the "
+        "scene within PERSONAE_MEMORY_PROMPT_TOKENS, as the bots add them.",
+    ),
 ) -> None:
     """Print exactly what would go to the model server, built by the engine's own function (no database or model needed)."""
     from bots.llm import dialects
@@ -500,6 +505,7 @@ def prompt(
             user=user, text=text, history=turns, scene=scene, emotion=state, intimacy=level, from_start=from_start,
             examples=card["data"].get("mes_example") or "", use_examples=s.card_examples if switch is None else switch,
             lore=lore_settings(s),
+            memories=_prompt_memories(memory or [], text, s.memory_prompt_tokens, notes),
         )
         messages = model_messages(profile, **inputs)
         budget = s.max_input_tokens - s.max_tokens
@@ -537,6 +543,28 @@ _LAYOUT_MISMATCH = {
     "training": "note: the configured server gets the training layout, not this one: add --raw to see it",
     "chat": "note: the configured server gets the chat layout (messages), not this string: leave out --raw to see it",
 }
+
+
+def _prompt_memories(memories: list[str], text: str, budget: int, notes: list[str]) -> list[str]:
+    """The --memory texts the engine would put into the scene for ``text`` (``core.memory.select``)."""
+    import datetime as dt
+
+    from core.memory import MAX_MEMORY_CHARS, Memory, select
+    from core.prompt import estimate_tokens
+    from core.text import clean_text, one_line
+
+    kept = []
+    for number, given in enumerate(memories, 1):
+        cleaned = one_line(clean_text(given)).strip()
+        if not cleaned:
+            raise InvalidInput(f"--memory number {number} is empty: give the text of a memory")
+        if len(cleaned) > MAX_MEMORY_CHARS:
+            raise InvalidInput(f"--memory number {number} is {len(cleaned)} characters; a memory is at most {MAX_MEMORY_CHARS}")
+        kept.append(Memory(number, "fact", cleaned, 0, 0, estimate_tokens(cleaned), dt.datetime.now(dt.UTC)))
+    chosen = select(kept, text, budget)
+    if len(chosen) < len(kept):
+        notes.append(f"note: {len(kept) - len(chosen)} of {len(kept)} memories left out (PERSONAE_MEMORY_PROMPT_TOKENS={budget})")
+    return [m.text for m in chosen]
 
 
 def _prompt_message(message: str | None, message_file: Path | None, limit: int, notes: list[str]) -> str | None:
@@ -591,7 +619,7 @@ def state(
     changes: int = typer.Option(10, "--changes", min=0, help="How many recent changes to list."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show a character's emotions and intimacy toward one person (now, as stored, and the baseline) and the recent changes."""
+    """Show a character's emotions and intimacy toward one person (now, as stored, and the baseline), the recent changes, and its memories of them."""
     from bots.compose import dynamics, open_store
     from core.events import PersonKey, Platform
 
@@ -612,6 +640,7 @@ def state(
             if stored is None:
                 fail(f"{found.name} has no state toward {platform}:{user_id}: they have not talked (or it was forgotten)")
             rows = await store.relationships.changes(key, limit=changes)
+            memories = await store.memories.of_person(found.id, platform, user_id)
         finally:
             await store.close()
         now = dynamics(s).as_of_now(stored, found.profile.emotion)
@@ -626,6 +655,14 @@ def state(
                      "before": levels(r.before), "after": levels(r.after)}
                     for r in rows
                 ],
+                "memories": {
+                    channel: [
+                        {"number": n, "id": m.id, "kind": m.kind, "text": m.text, "created_at": m.created_at.isoformat(),
+                         "seq": [m.seq_from, m.seq_to]}
+                        for n, m in enumerate(kept, 1)
+                    ]
+                    for channel, kept in memories.items()
+                },
             }, ensure_ascii=False))
             return
         typer.echo(f"{found.name} toward {platform}:{user_id} (version {stored.version}, written {stored.updated_at:%Y-%m-%d %H:%M} UTC)")
@@ -636,6 +673,10 @@ def state(
             typer.echo("Recent changes, newest first:")
         for r in rows:
             typer.echo(f"  v{r.after.version} {r.appraiser} (message {r.message_id}): {r.reason}")
+        for channel, kept in memories.items():
+            typer.echo(f"Memories in channel {channel} (the person's /memory numbers):")
+            for n, m in enumerate(kept, 1):
+                typer.echo(f"  {n}. {m.text} ({m.kind}, {m.created_at:%Y-%m-%d}, turns {m.seq_from}-{m.seq_to})")
 
     run(work)
 

@@ -128,7 +128,32 @@ def cadence_named(value: str, moves: Dynamics, position: Callable[[Exchange], Aw
     return WhenMoved(feelings_moved(LexiconAppraiser(), moves))
 
 
-def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, appraiser: Appraiser | None = None) -> App:
+def memory_on(settings: Settings) -> bool:
+    """PERSONAE_MEMORY: ``on``, ``off``, or ``auto`` (on when a model server is configured)."""
+    return settings.memory == "on" or (settings.memory == "auto" and settings.llm_url is not None)
+
+
+def memory_keeper(settings: Settings, store: Store, cache: Cache, model: ChatModel):
+    from core.memory import MemoryConfig, MemoryKeeper
+
+    config = MemoryConfig(
+        history_turns=settings.history_turns,
+        budget_tokens=settings.memory_tokens,
+        prompt_tokens=settings.memory_prompt_tokens,
+        batch=settings.memory_batch,
+        max_tokens=settings.memory_max_tokens,
+        max_input_tokens=settings.max_input_tokens,
+        cache_ttl_s=settings.cache_ttl_s,
+        lock_ttl_s=settings.turn_deadline_s + 5,
+        concurrency=settings.appraiser_concurrency,
+    )
+    return MemoryKeeper(store, cache, model, config)
+
+
+def wire(
+    settings: Settings, store: Store, cache: Cache, model: ChatModel, *, appraiser: Appraiser | None = None,
+    memory_model: ChatModel | None = None,
+) -> App:
     """Assemble an App from already-built parts (tests use this with their own parts).
 
     Without an ``appraiser``: none when PERSONAE_APPRAISER=none, the model appraiser on ``model``
@@ -155,7 +180,11 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
             cadence=appraisal_cadence(settings, appraiser, store),
         )
     engine.state_updater = updater
+    if memory_on(settings):
+        # Condensing asks ``memory_model`` (open_app gives it a low-priority client), else ``model``.
+        engine.memory = memory_keeper(settings, store, cache, memory_model or model)
     commands = command_layer(settings, store, cache, engine.hot, model, feelings=updater)
+    commands.memory_keeper = engine.memory
     return App(settings, store, cache, model, engine, commands, replica=replica)
 
 
@@ -381,7 +410,16 @@ async def open_app(
             about.append(f"starting: {', '.join(platforms)}")
         log.info("; ".join(about))
         appraiser = await stack.enter_async_context(open_appraiser(settings, model_url, slots))
-        app = wire(settings, store, cache, model, appraiser=appraiser)
+        memory_model = None
+        if memory_on(settings) and (model_url or settings.llm_url):
+            # Condensing is background work like the appraisal: the same budget, a lower priority.
+            url = settings.appraiser_url or model_url or settings.llm_url
+            setting = "PERSONAE_APPRAISER_URL" if settings.appraiser_url else "PERSONAE_LLM_URL"
+            memory_model = model_pool(
+                settings, url, url_setting=setting, concurrency=settings.appraiser_concurrency, slots=slots, low_priority=True
+            )
+            stack.push_async_callback(memory_model.close)
+        app = wire(settings, store, cache, model, appraiser=appraiser, memory_model=memory_model)
         app.slots = slots
         stack.push_async_callback(app.engine.drain)
         yield app

@@ -19,7 +19,7 @@ from core.character import Character, check_name
 from core.emotions import check_level
 from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
 from core.events import ConversationKey, PersonKey, Trigger
-from core.hot import HotState, person_prefixes, rate_key
+from core.hot import HotState, memory_key, person_prefixes, rate_key
 from core.profile_notes import derived_note, field_value, missing_derivable, missing_note
 from core.prompt import estimate_tokens
 from core.text import clean_text, clean_value, one_line
@@ -82,6 +82,7 @@ class Outcome:
     derived: tuple[str, ...] = ()  # import: the profile fields the model proposed and that were stored
     derive_failed: str | None = None  # import: why deriving the missing fields did not work, if it was tried
     course: list[RelationshipState] = field(default_factory=list)  # /mood: the recent states, oldest first, ending now
+    memories: list[Any] = field(default_factory=list)  # /memory: what the character remembers of the actor here, numbered from 1
 
 
 def refused(message: str) -> Outcome:
@@ -117,6 +118,7 @@ class Commands:
         self.derive_model = derive_model
         self.derive_timeout_s = derive_timeout_s
         self.card_examples = card_examples  # PERSONAE_CARD_EXAMPLES: for cards that leave examples to it
+        self.memory_keeper: Any = None  # the engine's ``core.memory.MemoryKeeper`` (None: memory is off)
 
     # -- characters -------------------------------------------------------------------------
 
@@ -499,8 +501,56 @@ class Commands:
             return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
         conversation = ConversationKey(character.id, actor.platform, place.channel_id, actor.user_id)
         deleted = await self.store.messages.delete_conversation(conversation)
+        await self.store.memories.reset(conversation)  # the new history is condensed from its start
         await self.hot.forget_conversation(conversation)
         return Outcome(True, f"Started over with {character.name} ({deleted} message{'' if deleted == 1 else 's'} forgotten).", character=character, counts={"messages": deleted})
+
+    async def memory(self, actor: Actor, place: Place) -> Outcome:
+        """What the character here remembers of the actor in this chat, numbered, with dates."""
+        found = await self._memories_here(actor, place)
+        if isinstance(found, Outcome):
+            return found
+        character, _, memories = found
+        if not memories:
+            note = "" if self.memory_keeper is not None else " (memory is off: PERSONAE_MEMORY)"
+            return Outcome(True, f"{character.name} remembers nothing about you here yet{note}.", character=character)
+        lines = [f"{character.name} remembers about you here:"]
+        lines += [f"{n}. {m.text} ({m.kind}, {m.created_at:%Y-%m-%d})" for n, m in enumerate(memories, 1)]
+        lines.append("Delete one with /memory forget N, all of them (and everything else) with /forget.")
+        return Outcome(True, "\n".join(lines), character=character, memories=memories)
+
+    async def forget_memory(self, actor: Actor, place: Place, number: str | int) -> Outcome:
+        """Delete memory number ``number`` of the /memory list."""
+        try:
+            n = int(str(number).strip())
+        except ValueError:
+            return refused(f"Give the number of a memory from /memory, e.g. /memory forget 2 (not {one_line(str(number))[:40]!r}).")
+        found = await self._memories_here(actor, place)
+        if isinstance(found, Outcome):
+            return found
+        character, conversation, memories = found
+        if not 1 <= n <= len(memories):
+            if not memories:
+                return refused(f"{character.name} remembers nothing about you here.")
+            return refused(f"There is no memory number {n}: /memory lists 1 to {len(memories)}.")
+        memory = memories[n - 1]
+        if not await self.store.memories.delete(conversation, memory.id):
+            return refused("That memory is already gone: see /memory again.")
+        await self._memory_changed(conversation)
+        return Outcome(True, f"{character.name} forgot: {memory.text}", character=character, memories=[memory])
+
+    async def _memories_here(self, actor: Actor, place: Place) -> Outcome | tuple[Character, ConversationKey, list[Any]]:
+        character = await self._character_here(place)
+        if character is None:
+            return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
+        conversation = ConversationKey(character.id, actor.platform, place.channel_id, actor.user_id)
+        return character, conversation, await self.store.memories.list(conversation)
+
+    async def _memory_changed(self, conversation: ConversationKey) -> None:
+        if self.memory_keeper is not None:
+            await self.memory_keeper.forget(conversation)  # under the conversation's lock: no turn puts it back
+        else:
+            await self.cache.delete(memory_key(conversation))
 
     async def forget(self, actor: Actor) -> Outcome:
         """Delete everything stored about the actor on this platform, for every character."""

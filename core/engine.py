@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
 
 from core import observe
 from core.events import ChatEvent, ConversationKey, Trigger
@@ -39,6 +39,9 @@ from core.character import Character
 from core.text import display_name as clean_display_name
 from core.text import message_text
 from core.turn import ChatTurn, with_backoff
+
+if TYPE_CHECKING:
+    from core.memory import MemoryKeeper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -128,6 +131,8 @@ class Engine:
         self.config = config or EngineConfig()
         self.hot = HotState(store, cache, ttl_s=self.config.cache_ttl_s)
         self.state_updater = state_updater or NoStateChange()
+        # Long-term memory (``core.memory.MemoryKeeper``); None: turns that leave the window are gone.
+        self.memory: "MemoryKeeper | None" = None
         self._background: set[asyncio.Task[None]] = set()
         # One person's messages in one channel wait here in arrival order, before anything can reorder them.
         self._arrivals = KeyedLocks()

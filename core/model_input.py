@@ -16,7 +16,7 @@ from core.character import CharacterProfile
 from core.emotions import EmotionState
 from core.lorebook import LoreSettings, activate
 from core.prompt import Turn, build_messages, estimate_tokens, fill_placeholders, render_system_prompt
-from core.scene import scene_text, sentence
+from core.scene_text import lore_line, scene_text
 from core.text import neutralise_controls, one_line_name
 
 T = TypeVar("T")
@@ -70,6 +70,7 @@ def model_messages(
     lore: LoreSettings = LoreSettings(),
     budget: int | None = None,
     count: Callable[[str], int] | None = None,
+    memories: Sequence[str] = (),
 ) -> list[dict[str, str]]:
     """The messages the model gets for ``user``'s new ``text`` to ``profile``'s character.
 
@@ -80,11 +81,13 @@ def model_messages(
     greeting as one) are left out until the messages fit.
 
     The scene slot gets the lorebook entries the recent turns and ``text`` activate (``lore``: the
-    deployment's limits; ``core.lorebook``), composed by ``core.scene.scene_text``.
+    deployment's limits; ``core.lorebook``), then ``memories`` (what the character remembers of the
+    person, ``core.memory``), composed by ``core.scene_text.scene_text``.
     """
     scene = scene_text(
         scene if scene is not None else profile.scene,
         lore_texts(profile, user=user, turns=[*(t.content for t in history), text], settings=lore),
+        memories,
         language=profile.language,
     )
     system = render_system_prompt(profile, chat_role=user, scene=scene, emotion=emotion, relationship=intimacy)
@@ -103,7 +106,7 @@ def lore_texts(profile: CharacterProfile, *, user: str, turns: Sequence[str], se
         profile.lorebook, [t for t in turns if t], settings=settings,
         names=lambda key: fill_placeholders(key, **names),
         count=estimate_tokens,
-        join=lambda pieces: " ".join(sentence(p, profile.language) for p in pieces),
+        join=lambda pieces: lore_line(pieces, profile.language),
         character=profile.name,
     )
     return [e.content for e in entries]

@@ -55,6 +55,21 @@ def test_options_override_scene_emotion_relationship_and_history_is_appended(tmp
     assert messages[1]["content"] == "Hi {role_name}"
 
 
+def test_memories_join_the_scene_line_as_the_bots_add_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSONAE_MEMORY_PROMPT_TOKENS", "20")
+    result = prompt(
+        str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "Do you still have my lantern?", "--json",
+        "--memory", "Elena keeps a blue\nlantern.", "--memory", "They walked on the walls at dawn and talked of the sea for a long time.",
+    )
+    assert result.exit_code == 0, result.output
+    system = json.loads(result.stdout)["messages"][0]["content"]
+    scene = system.split("Current scene:\n", 1)[1].split("\n", 1)[0]
+    assert scene.endswith(" What Hamlet remembers of Elena: Elena keeps a blue lantern.")  # the other one is over the budget
+    assert "1 of 2 memories left out (PERSONAE_MEMORY_PROMPT_TOKENS=20)" in result.stderr
+    empty = prompt(str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "Hi", "--memory", " ")
+    assert empty.exit_code == 1 and "--memory number 1 is empty" in empty.output
+
+
 def test_chinese_card_takes_english_emotion_keys_and_renders_chinese_names() -> None:
     result = prompt(str(SAMPLES / "lin_daiyu.json"), "--user", "宝玉", "--emotion", "happiness=4", "--json")
     assert result.exit_code == 0, result.output

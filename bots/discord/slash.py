@@ -381,6 +381,18 @@ async def reset(interaction: discord.Interaction) -> None:
     await finish(interaction, await app_of(interaction).commands.reset(actor_of(interaction), place_of(interaction)))
 
 
+@app_commands.describe(forget="the number of a memory to delete (see /memory)")
+async def memory(interaction: discord.Interaction, forget: Optional[int] = None) -> None:
+    """What the character here remembers about you; with ``forget``: delete that memory."""
+    await begin(interaction)
+    app = app_of(interaction)
+    if forget is None:
+        outcome = await app.commands.memory(actor_of(interaction), place_of(interaction))
+    else:
+        outcome = await app.commands.forget_memory(actor_of(interaction), place_of(interaction), forget)
+    await finish(interaction, outcome)
+
+
 async def forget(interaction: discord.Interaction) -> None:
     await begin(interaction)
     await finish(interaction, await app_of(interaction).commands.forget(actor_of(interaction)))
@@ -393,6 +405,7 @@ _TOP_LEVEL = (
     (use, "In a DM with the bot: talk to this character from now on."),
     (mood, "How the character here feels toward you."),
     (reset, "Start your conversation with the character here over."),
+    (memory, "What the character here remembers about you; forget: delete one."),
     (forget, "Delete everything stored about you."),
 )
 

@@ -145,6 +145,7 @@ def register(application: Application, h: Handlers) -> None:
         "use": h.on_use,
         "mood": h.on_mood,
         "reset": h.on_reset,
+        "memory": h.on_memory,
         "forget": h.on_forget,
         "bind": h.on_bind,
         "unbind": h.on_unbind,

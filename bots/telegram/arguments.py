@@ -18,7 +18,8 @@ Everyone
 /characters – the characters you can pick
 /use NAME – talk to NAME (private chats)
 /mood – how the character feels about you
-/reset – start your conversation over (feelings stay)
+/reset – start your conversation over (feelings and memories stay)
+/memory – what the character remembers about you here; /memory forget N deletes one
 /forget – delete everything stored about you
 /help – this text
 
@@ -48,6 +49,7 @@ COMMANDS = (
     ("use", "Talk to a character: /use NAME"),
     ("mood", "How the character feels about you"),
     ("reset", "Start your conversation over"),
+    ("memory", "What the character remembers: /memory forget N"),
     ("forget", "Delete everything stored about you"),
     ("bind", "Admins: /bind NAME [mention|all]"),
     ("unbind", "Admins: the character leaves this chat"),

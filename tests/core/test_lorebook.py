@@ -23,7 +23,7 @@ from core.lorebook import (
 )
 from core.model_input import model_messages
 from core.prompt import Turn, estimate_tokens, render_system_prompt
-from core.scene import scene_text
+from core.scene_text import scene_text
 
 
 def entry(keys, content, **fields) -> dict:
@@ -213,7 +213,7 @@ def test_scene_text_is_one_line_of_sentences() -> None:
         "Elsinore at night. The king is dead Long live the king!"
     )
     assert scene_text("", ["A ghost walks"]) == "A ghost walks."
-    assert scene_text("长安城。", ["李白爱酒"], language="zh") == "长安城。 李白爱酒。"
+    assert scene_text("长安城。", ["李白爱酒"], language="zh") == "长安城。李白爱酒。"
 
 
 def test_a_lorebook_entry_reaches_the_system_prompt_only_when_its_key_is_recent() -> None:

@@ -101,6 +101,34 @@ async def test_mood_reset_and_forget(bot: Harness) -> None:
     assert tg.texts(chat["id"])[-1].startswith("Deleted everything stored about you")
 
 
+async def test_memory_lists_and_forgets_one_in_a_private_chat(bot: Harness) -> None:
+    from core.events import ConversationKey
+    from core.memory import NewMemory
+
+    tg = bot.tg
+    await bot.add_character("Hamlet")
+    ann = tg.user(56, "Ann")
+    chat = tg.private(ann)
+    tg.say(chat, ann, "/use Hamlet")
+    tg.say(chat, ann, "/memory")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1] == "Hamlet remembers nothing about you here yet."
+
+    hamlet = await bot.app.store.characters.get_by_name("Hamlet")
+    here = ConversationKey(hamlet.id, "telegram", str(chat["id"]), str(ann["id"]))
+    assert await bot.app.store.memories.condensed(here, 0, 2, [NewMemory("fact", "Ann was born in Bergen.", 1, 2, 8)], [])
+    tg.say(chat, ann, "/memory")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1].startswith("Hamlet remembers about you here:\n1. Ann was born in Bergen. (fact, ")
+    tg.say(chat, ann, "/memory forget one")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1].startswith("Give the number of a memory from /memory")
+    tg.say(chat, ann, "/memory forget 1")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1] == "Hamlet forgot: Ann was born in Bergen."
+    assert await bot.app.store.memories.list(here) == []
+
+
 async def test_help_and_unknown_commands(bot: Harness) -> None:
     tg = bot.tg
     ann = tg.user(55, "Ann")
