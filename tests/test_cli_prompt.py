@@ -207,3 +207,20 @@ def test_a_prompt_the_engine_never_sends_is_refused(tmp_path: Path) -> None:
     assert empty.exit_code == 1 and empty.stdout == "" and "the message is empty" in empty.stderr
     nobody = prompt(str(SAMPLES / "hamlet.json"), "--user", " ", "--json")
     assert nobody.exit_code == 1 and nobody.stdout == "" and "--user is empty" in nobody.stderr
+
+
+def test_lorebook_entries_and_memories_share_the_scene_line_in_that_order(tmp_path: Path) -> None:
+    card = json.loads((SAMPLES / "hamlet.json").read_text())
+    card["data"]["character_book"] = {
+        "extensions": {},
+        "entries": [{"keys": ["lantern"], "content": "Lanterns are forbidden on the walls", "extensions": {}, "enabled": True, "insertion_order": 100}],
+    }
+    path = tmp_path / "hamlet_lore.json"
+    path.write_text(json.dumps(card), encoding="utf-8")
+    result = prompt(str(path), "--user", "Elena", "--message", "Do you still have my lantern?", "--json", "--memory", "Elena keeps a blue lantern.")
+    assert result.exit_code == 0, result.output
+    scene = json.loads(result.stdout)["messages"][0]["content"].split("Current scene:\n", 1)[1].split("\n", 1)[0]
+    plain = prompt(str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "Do you still have my lantern?", "--json")
+    plain_scene = json.loads(plain.stdout)["messages"][0]["content"].split("Current scene:\n", 1)[1].split("\n", 1)[0]
+    assert "Lanterns" not in plain_scene and "remembers" not in plain_scene  # no lore and no memory: the scene as it was
+    assert scene == plain_scene + " Lanterns are forbidden on the walls. What Hamlet remembers of Elena: Elena keeps a blue lantern."
