@@ -465,6 +465,11 @@ def prompt(
     message_file: Optional[Path] = typer.Option(None, "--message-file", help="Read the new user message from FILE (- for stdin)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {\"messages\": [...]} (with --raw: {\"prompt\": \"...\"})."),
     raw: bool = typer.Option(False, "--raw", help="Print the training layout's exact string (what a BD-RP server gets)."),
+    memory: Optional[list[str]] = typer.Option(
+        None, "--memory",
+        help="A memory the character keeps of the person (repeat for several); those relevant to --message go into the "
+        "scene within PERSONAE_MEMORY_PROMPT_TOKENS, as the bots add them.",
+    ),
 ) -> None:
     """Print exactly what would go to the model server, built by the engine's own function (no database or
     model needed; with --channel, read from the database)."""
@@ -483,6 +488,7 @@ def prompt(
     from core.card_files import MAX_FILE_BYTES, read_card_file
     from core.cards import examples_switch, profile_from_card
     from core.emotions import check_level, parse_emotion_pairs
+    from bots.compose import lore_settings
     from core.model_input import history_window, model_messages, render_mistral_raw
     from core.prompt import Turn, estimate_tokens
     from core.text import display_name, message_text
@@ -517,6 +523,8 @@ def prompt(
         inputs = dict(
             user=user, text=text, history=turns, scene=scene, emotion=state, intimacy=level, from_start=from_start,
             examples=card["data"].get("mes_example") or "", use_examples=s.card_examples if switch is None else switch,
+            lore=lore_settings(s),
+            memories=_prompt_memories(memory or [], text, s.memory_prompt_tokens, notes),
         )
         messages = model_messages(profile, **inputs)
         budget = s.max_input_tokens - s.max_tokens
@@ -639,6 +647,28 @@ _LAYOUT_MISMATCH = {
 }
 
 
+def _prompt_memories(memories: list[str], text: str, budget: int, notes: list[str]) -> list[str]:
+    """The --memory texts the engine would put into the scene for ``text`` (``core.memory.select``)."""
+    import datetime as dt
+
+    from core.memory import MAX_MEMORY_CHARS, Memory, select
+    from core.prompt import estimate_tokens
+    from core.text import clean_text, one_line
+
+    kept = []
+    for number, given in enumerate(memories, 1):
+        cleaned = one_line(clean_text(given)).strip()
+        if not cleaned:
+            raise InvalidInput(f"--memory number {number} is empty: give the text of a memory")
+        if len(cleaned) > MAX_MEMORY_CHARS:
+            raise InvalidInput(f"--memory number {number} is {len(cleaned)} characters; a memory is at most {MAX_MEMORY_CHARS}")
+        kept.append(Memory(number, "fact", cleaned, 0, 0, estimate_tokens(cleaned), dt.datetime.now(dt.UTC)))
+    chosen = select(kept, text, budget)
+    if len(chosen) < len(kept):
+        notes.append(f"note: {len(kept) - len(chosen)} of {len(kept)} memories left out (PERSONAE_MEMORY_PROMPT_TOKENS={budget})")
+    return [m.text for m in chosen]
+
+
 def _prompt_message(message: str | None, message_file: Path | None, limit: int, notes: list[str]) -> str | None:
     """The new user message from --message or --message-file (``-``: stdin); a note when the bots would refuse it."""
     if message_file is not None:
@@ -691,7 +721,7 @@ def state(
     changes: int = typer.Option(10, "--changes", min=0, help="How many recent changes to list."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show a character's emotions and intimacy toward one person (now, as stored, and the baseline) and the recent changes."""
+    """Show a character's emotions and intimacy toward one person (now, as stored, and the baseline), the recent changes, and its memories of them."""
     from bots.compose import dynamics, open_store
     from core.events import PersonKey, Platform
 
@@ -712,6 +742,7 @@ def state(
             if stored is None:
                 fail(f"{found.name} has no state toward {platform}:{user_id}: they have not talked (or it was forgotten)")
             rows = await store.relationships.changes(key, limit=changes)
+            memories = await store.memories.of_person(found.id, platform, user_id)
         finally:
             await store.close()
         now = dynamics(s).as_of_now(stored, found.profile.emotion)
@@ -726,6 +757,14 @@ def state(
                      "before": levels(r.before), "after": levels(r.after)}
                     for r in rows
                 ],
+                "memories": {
+                    channel: [
+                        {"number": n, "id": m.id, "kind": m.kind, "text": m.text, "created_at": m.created_at.isoformat(),
+                         "seq": [m.seq_from, m.seq_to]}
+                        for n, m in enumerate(kept, 1)
+                    ]
+                    for channel, kept in memories.items()
+                },
             }, ensure_ascii=False))
             return
         typer.echo(f"{found.name} toward {platform}:{user_id} (version {stored.version}, written {stored.updated_at:%Y-%m-%d %H:%M} UTC)")
@@ -736,6 +775,10 @@ def state(
             typer.echo("Recent changes, newest first:")
         for r in rows:
             typer.echo(f"  v{r.after.version} {r.appraiser} (message {r.message_id}): {r.reason}")
+        for channel, kept in memories.items():
+            typer.echo(f"Memories in channel {channel} (the person's /memory numbers):")
+            for n, m in enumerate(kept, 1):
+                typer.echo(f"  {n}. {m.text} ({m.kind}, {m.created_at:%Y-%m-%d}, turns {m.seq_from}-{m.seq_to})")
 
     run(work)
 
@@ -867,6 +910,7 @@ def evaluate(
 ) -> None:
     """Measure role-play quality as BeyondDialogue's AutoRPEval does (partner: PERSONAE_EVAL_PARTNER_URL, judge: PERSONAE_EVAL_JUDGE_URL)."""
     from bots.eval.command import EvalRequest, run_eval
+    from bots.compose import lore_settings
     from bots.eval.run import EvalConfig
 
     from bots.eval.cadences import cadence_names
@@ -884,8 +928,8 @@ def evaluate(
         fail("--scene plays new dialogues; it does not go with --recorded")
     config = EvalConfig(
         turns=turns, samples=samples, max_tokens=s.max_tokens, temperature=s.temperature, max_input_tokens=s.max_input_tokens,
-        card_examples=s.card_examples, partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens, recorded=recorded,
-        cadences=cadences, reappraise=reappraise, scene=scene, scene_share=s.scene_share or 0.25,
+        card_examples=s.card_examples, lore=lore_settings(s), partner_max_tokens=partner_max_tokens, judge_max_tokens=judge_max_tokens,
+        recorded=recorded, cadences=cadences, reappraise=reappraise, scene=scene, scene_share=s.scene_share or 0.25,
     )
     request = EvalRequest(tuple(role_files or ()), tuple(character), out, chats, fresh, config)
     typer.echo(run(lambda: run_eval(s, request, lambda line: typer.echo(line, err=True))))

@@ -15,6 +15,7 @@ from core.engine import Engine, EngineConfig, NoStateChange
 from core.errors import ConfigurationError, ModelError
 from core.feelings import Feelings
 from core.hot import HotState
+from core.lorebook import LoreSettings
 from core.ports import Appraiser, Cache, ChatModel, ModelSlots, StateUpdater, Store
 from core.scene import scene_budget
 from core.state import Exchange
@@ -51,6 +52,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         scene_share=settings.scene_share,
         scene_layout=settings.scene_layout,
         conversation_turns=settings.conversation_turns,
+        lore=lore_settings(settings),
         rate_limit_messages=settings.rate_limit_messages,
         rate_limit_window_s=settings.rate_limit_window_s,
         cache_ttl_s=settings.cache_ttl_s,
@@ -63,6 +65,11 @@ def engine_config(settings: Settings) -> EngineConfig:
         store_retry_s=settings.store_retry_s,
         replica_lease_s=settings.replica_lease_s,
     )
+
+
+def lore_settings(settings: Settings) -> LoreSettings:
+    """The lorebook limits (PERSONAE_LORE_TOKENS, PERSONAE_LORE_RECURSION)."""
+    return LoreSettings(max_tokens=settings.lore_tokens, recursion=settings.lore_recursion)
 
 
 def dynamics(settings: Settings) -> Dynamics:
@@ -125,7 +132,32 @@ def cadence_named(value: str, moves: Dynamics, position: Callable[[Exchange], Aw
     return WhenMoved(feelings_moved(LexiconAppraiser(), moves))
 
 
-def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, appraiser: Appraiser | None = None) -> App:
+def memory_on(settings: Settings) -> bool:
+    """PERSONAE_MEMORY: ``on``, ``off``, or ``auto`` (on when a model server is configured)."""
+    return settings.memory == "on" or (settings.memory == "auto" and settings.llm_url is not None)
+
+
+def memory_keeper(settings: Settings, store: Store, cache: Cache, model: ChatModel):
+    from core.memory import MemoryConfig, MemoryKeeper
+
+    config = MemoryConfig(
+        history_turns=settings.history_turns,
+        budget_tokens=settings.memory_tokens,
+        prompt_tokens=settings.memory_prompt_tokens,
+        batch=settings.memory_batch,
+        max_tokens=settings.memory_max_tokens,
+        max_input_tokens=settings.max_input_tokens,
+        cache_ttl_s=settings.cache_ttl_s,
+        lock_ttl_s=settings.turn_deadline_s + 5,
+        concurrency=settings.appraiser_concurrency,
+    )
+    return MemoryKeeper(store, cache, model, config)
+
+
+def wire(
+    settings: Settings, store: Store, cache: Cache, model: ChatModel, *, appraiser: Appraiser | None = None,
+    memory_model: ChatModel | None = None,
+) -> App:
     """Assemble an App from already-built parts (tests use this with their own parts).
 
     Without an ``appraiser``: none when PERSONAE_APPRAISER=none, the model appraiser on ``model``
@@ -152,7 +184,11 @@ def wire(settings: Settings, store: Store, cache: Cache, model: ChatModel, *, ap
             cadence=appraisal_cadence(settings, appraiser, store),
         )
     engine.state_updater = updater
+    if memory_on(settings):
+        # Condensing asks ``memory_model`` (open_app gives it a low-priority client), else ``model``.
+        engine.memory = memory_keeper(settings, store, cache, memory_model or model)
     commands = command_layer(settings, store, cache, engine.hot, model, feelings=updater)
+    commands.memory_keeper = engine.memory
     return App(settings, store, cache, model, engine, commands, replica=replica)
 
 
@@ -379,7 +415,16 @@ async def open_app(
             about.append(f"starting: {', '.join(platforms)}")
         log.info("; ".join(about))
         appraiser = await stack.enter_async_context(open_appraiser(settings, model_url, slots))
-        app = wire(settings, store, cache, model, appraiser=appraiser)
+        memory_model = None
+        if memory_on(settings) and (model_url or settings.llm_url):
+            # Condensing is background work like the appraisal: the same budget, a lower priority.
+            url = settings.appraiser_url or model_url or settings.llm_url
+            setting = "PERSONAE_APPRAISER_URL" if settings.appraiser_url else "PERSONAE_LLM_URL"
+            memory_model = model_pool(
+                settings, url, url_setting=setting, concurrency=settings.appraiser_concurrency, slots=slots, low_priority=True
+            )
+            stack.push_async_callback(memory_model.close)
+        app = wire(settings, store, cache, model, appraiser=appraiser, memory_model=memory_model)
         app.slots = slots
         stack.push_async_callback(app.engine.drain)
         yield app

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     # How the others' lines reach the model: folded into the person's turns, or in the scene slot (docs/scenes.md).
     scene_layout: Literal["turns", "slot"] = "turns"
     conversation_turns: int = Field(default=2, ge=0, le=10)
+    # Lorebooks (a card's character_book): the most tokens its entries add to the scene (a card's
+    # token_budget may lower it; 0: lorebooks off), and the extra scan passes in which activated
+    # entries' content activates others (0: no recursion, as SillyTavern by default).
+    lore_tokens: int = Field(default=400, ge=0, le=4000)
+    lore_recursion: int = Field(default=0, ge=0, le=3)
     rate_limit_messages: int = Field(default=20, ge=1)
     rate_limit_window_s: float = Field(default=60.0, gt=0)
     cache_ttl_s: float = Field(default=3600.0, gt=0)
@@ -163,6 +168,14 @@ class Settings(BaseSettings):
     max_emotion_step: int = Field(default=2, ge=0)  # largest change of one emotion per turn
     max_intimacy_step: int = Field(default=1, ge=0)  # largest change of intimacy per turn
     emotion_half_life_s: float = Field(default=6 * 3600.0, gt=0)  # idle emotions drift halfway back to the baseline
+
+    # Long-term memory: turns that leave the history window are condensed by the model into short
+    # memories per person and chat, and the relevant ones join the scene of later prompts
+    memory: Literal["auto", "on", "off"] = "auto"  # auto: on when PERSONAE_LLM_URL is set (the bundled model is too small)
+    memory_tokens: int = Field(default=800, ge=16)  # kept per person in one chat; past it the oldest events go first
+    memory_prompt_tokens: int = Field(default=200, ge=0)  # added to the scene of one prompt at most
+    memory_batch: int = Field(default=10, ge=1)  # messages out of the history window before they are condensed
+    memory_max_tokens: int = Field(default=512, ge=32)  # the condensing answer's budget
 
     # `personae eval`: the models that play the partner and judge (unset: the model under test)
     eval_partner_url: str | None = None

@@ -24,6 +24,7 @@ from core.character import (
 )
 from core.emotions import EMOTIONS, EmotionState, check_level, parse_emotion_pairs
 from core.errors import InvalidInput
+from core.lorebook import read_lorebook
 from core.text import clean_value, one_line
 
 EXTENSION_KEY = "personae"
@@ -183,6 +184,7 @@ def profile_from_card(card: Mapping[str, Any]) -> CharacterProfile:
         greeting=data.get("first_mes") or "",
         missing=missing,
         derived=derived_fields(ext),
+        lorebook=read_lorebook(card),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from core.emotions import EmotionState, check_level
 from core.errors import InvalidInput
+from core.lorebook import Lorebook
 from core.text import one_line
 
 LANGUAGES = ("en", "zh")
@@ -96,6 +97,8 @@ class CharacterProfile:
     missing: tuple[str, ...] = ()
     # Profile fields the model proposed (``core.derive``) and no admin has edited since.
     derived: tuple[str, ...] = ()
+    # The card's lorebook (``character_book``) as activation reads it; None when it has none.
+    lorebook: Lorebook | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)

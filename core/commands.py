@@ -12,14 +12,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from core import cards, derive
+from core import cards, derive, lorebook
 from core.card_dialogue import pick_greeting
 from core.card_files import MAX_FILE_BYTES, read_card_file
 from core.character import Character, check_name
 from core.emotions import check_level
 from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
 from core.events import ConversationKey, PersonKey, Trigger
-from core.hot import HotState, person_prefixes, rate_key
+from core.hot import HotState, memory_key, person_prefixes, rate_key
 from core.profile_notes import derived_note, field_value, missing_derivable, missing_note
 from core.prompt import estimate_tokens
 from core.scene import line_text, scene_around
@@ -83,6 +83,7 @@ class Outcome:
     derived: tuple[str, ...] = ()  # import: the profile fields the model proposed and that were stored
     derive_failed: str | None = None  # import: why deriving the missing fields did not work, if it was tried
     course: list[RelationshipState] = field(default_factory=list)  # /mood: the recent states, oldest first, ending now
+    memories: list[Any] = field(default_factory=list)  # /memory: what the character remembers of the actor here, numbered from 1
 
 
 def refused(message: str) -> Outcome:
@@ -124,6 +125,7 @@ class Commands:
         self.derive_model = derive_model
         self.derive_timeout_s = derive_timeout_s
         self.card_examples = card_examples  # PERSONAE_CARD_EXAMPLES: for cards that leave examples to it
+        self.memory_keeper: Any = None  # the engine's ``core.memory.MemoryKeeper`` (None: memory is off)
 
     # -- characters -------------------------------------------------------------------------
 
@@ -294,6 +296,115 @@ class Commands:
         self.hot.forget_character(character.id)
         # Cached bindings to it now point nowhere; the engine ignores them until they expire.
         return Outcome(True, f"Deleted {character.name} and everything stored with it.", character=character)
+
+    # -- lorebooks ---------------------------------------------------------------------------
+
+    async def _lore_character(self, actor: Actor, place: Place | None, name: str | None) -> Character | Outcome:
+        """The character whose lorebook an admin means: ``name``, else the one playing here."""
+        if (why := self._may_manage(actor, place)) is not None:
+            return refused(why)
+        if name:
+            name = clean_text(name).strip()
+            character = await self.store.characters.get_by_name(name)
+            return character if character is not None else refused(f"There is no character called {name!r}.")
+        character = await self._character_here(place) if place is not None else None
+        if character is None:
+            return refused("No character plays here: say which one with character=NAME (or /lore list NAME).")
+        return character
+
+    async def lore(self, actor: Actor, place: Place | None, text: str) -> Outcome:
+        """``/lore ...`` as typed (Telegram, the console): parsed by ``core.lorebook.parse_lore_command``."""
+        try:
+            command = lorebook.parse_lore_command(clean_text(text))
+        except InvalidInput as exc:
+            return refused(_sentence(exc))
+        if command.action == "list":
+            return await self.lore_list(actor, place, command.character)
+        assert command.number is not None or command.action == "add"
+        if command.action == "show":
+            return await self.lore_show(actor, place, command.number, command.character)  # type: ignore[arg-type]
+        if command.action == "remove":
+            return await self.lore_remove(actor, place, command.number, command.character)  # type: ignore[arg-type]
+        if command.action == "add":
+            return await self.lore_add(actor, place, command.fields or {}, command.character)
+        return await self.lore_edit(actor, place, command.number, command.fields or {}, command.character)  # type: ignore[arg-type]
+
+    async def lore_list(self, actor: Actor, place: Place | None, name: str | None = None) -> Outcome:
+        """The entries of a character's lorebook, one line each, numbered for show, edit and remove."""
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        entries = lorebook.entries_of(found.card)
+        if not entries:
+            return Outcome(True, f"{found.name} has no lorebook entries. Add one with /lore add keys=a,b; content=...", character=found)
+        summary = lorebook.book_summary(found.card)
+        lines = [f"{found.name}'s lorebook ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; {summary}):"]
+        size = len(lines[0])
+        for i, e in enumerate(entries, 1):
+            line = lorebook.describe_entry(i, e)
+            if size + len(line) > LORE_SHOWN:  # one chat message: Telegram takes 4,096 characters
+                lines.append(f"… and {len(entries) - i + 1} more (entries {i} to {len(entries)}: /lore show N).")
+                break
+            lines.append(line)
+            size += len(line) + 1
+        return Outcome(True, "\n".join(lines), character=found)
+
+    async def lore_show(self, actor: Actor, place: Place | None, number: int, name: str | None = None) -> Outcome:
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        try:
+            entry = lorebook.entry_at(found.card, number)
+        except InvalidInput as exc:
+            return refused(_sentence(exc))
+        text = lorebook.describe_entry(number, entry, full=True)
+        if len(text) > LORE_SHOWN:
+            text = text[:LORE_SHOWN] + f"… ({len(text) - LORE_SHOWN:,} more characters: the whole entry is in the exported card)"
+        return Outcome(True, text, character=found)
+
+    async def lore_add(self, actor: Actor, place: Place | None, fields: Mapping[str, Any], name: str | None = None) -> Outcome:
+        """A new entry (keys and content at least, or constant=on and content) in the character's card."""
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        try:
+            card, number = lorebook.add_entry(found.card, clean_value(dict(fields)))  # type: ignore[arg-type]
+            updated = await self._store_card(found, card)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            return refused(_sentence(exc))
+        return Outcome(True, f"Added entry {number} to {updated.name}'s lorebook.", character=updated)
+
+    async def lore_edit(
+        self, actor: Actor, place: Place | None, number: int, fields: Mapping[str, Any], name: str | None = None
+    ) -> Outcome:
+        """Change fields of entry ``number``; the entry's other fields, known or not, stay as they were."""
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        try:
+            card = lorebook.edit_entry(found.card, number, clean_value(dict(fields)))  # type: ignore[arg-type]
+            updated = await self._store_card(found, card)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            return refused(_sentence(exc))
+        return Outcome(True, f"Updated entry {number} of {updated.name}'s lorebook.", character=updated)
+
+    async def lore_remove(self, actor: Actor, place: Place | None, number: int, name: str | None = None) -> Outcome:
+        found = await self._lore_character(actor, place, name)
+        if isinstance(found, Outcome):
+            return found
+        try:
+            card, _ = lorebook.remove_entry(found.card, number)
+            updated = await self._store_card(found, card)
+        except (InvalidInput, Conflict, NotFound) as exc:
+            return refused(_sentence(exc))
+        left = len(lorebook.entries_of(updated.card))
+        return Outcome(True, f"Removed entry {number} from {updated.name}'s lorebook ({left} left; later entries moved up one).", character=updated)
+
+    async def _store_card(self, character: Character, card: dict[str, Any]) -> Character:
+        """Store a changed card (validated whole) and drop the hot copy, so the next turn reads it."""
+        updated = await self.store.characters.replace(character.id, cards.normalise_card(card))
+        self.hot.forget_character(character.id)
+        return updated
 
     # -- bindings and scene -----------------------------------------------------------------
 
@@ -540,8 +651,56 @@ class Commands:
             return refused(character)
         conversation = ConversationKey(character.id, actor.platform, place.channel_id, actor.user_id)
         deleted = await self.store.messages.delete_conversation(conversation)
+        await self.store.memories.reset(conversation)  # the new history is condensed from its start
         await self.hot.forget_conversation(conversation)
         return Outcome(True, f"Started over with {character.name} ({deleted} message{'' if deleted == 1 else 's'} forgotten).", character=character, counts={"messages": deleted})
+
+    async def memory(self, actor: Actor, place: Place) -> Outcome:
+        """What the character here remembers of the actor in this chat, numbered, with dates."""
+        found = await self._memories_here(actor, place)
+        if isinstance(found, Outcome):
+            return found
+        character, _, memories = found
+        if not memories:
+            note = "" if self.memory_keeper is not None else " (memory is off: PERSONAE_MEMORY)"
+            return Outcome(True, f"{character.name} remembers nothing about you here yet{note}.", character=character)
+        lines = [f"{character.name} remembers about you here:"]
+        lines += [f"{n}. {m.text} ({m.kind}, {m.created_at:%Y-%m-%d})" for n, m in enumerate(memories, 1)]
+        lines.append("Delete one with /memory forget N, all of them (and everything else) with /forget.")
+        return Outcome(True, "\n".join(lines), character=character, memories=memories)
+
+    async def forget_memory(self, actor: Actor, place: Place, number: str | int) -> Outcome:
+        """Delete memory number ``number`` of the /memory list."""
+        try:
+            n = int(str(number).strip())
+        except ValueError:
+            return refused(f"Give the number of a memory from /memory, e.g. /memory forget 2 (not {one_line(str(number))[:40]!r}).")
+        found = await self._memories_here(actor, place)
+        if isinstance(found, Outcome):
+            return found
+        character, conversation, memories = found
+        if not 1 <= n <= len(memories):
+            if not memories:
+                return refused(f"{character.name} remembers nothing about you here.")
+            return refused(f"There is no memory number {n}: /memory lists 1 to {len(memories)}.")
+        memory = memories[n - 1]
+        if not await self.store.memories.delete(conversation, memory.id):
+            return refused("That memory is already gone: see /memory again.")
+        await self._memory_changed(conversation)
+        return Outcome(True, f"{character.name} forgot: {memory.text}", character=character, memories=[memory])
+
+    async def _memories_here(self, actor: Actor, place: Place) -> Outcome | tuple[Character, ConversationKey, list[Any]]:
+        character = await self._character_here(place)
+        if character is None:
+            return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
+        conversation = ConversationKey(character.id, actor.platform, place.channel_id, actor.user_id)
+        return character, conversation, await self.store.memories.list(conversation)
+
+    async def _memory_changed(self, conversation: ConversationKey) -> None:
+        if self.memory_keeper is not None:
+            await self.memory_keeper.forget(conversation)  # under the conversation's lock: no turn puts it back
+        else:
+            await self.cache.delete(memory_key(conversation))
 
     async def forget(self, actor: Actor) -> Outcome:
         """Delete everything stored about the actor on this platform, for every character."""
@@ -575,6 +734,7 @@ NO_CHARACTER_PRIVATE = "You have not picked a character yet: see /characters and
 
 
 EXAMPLES_SHOWN = 600  # characters of a card's example dialogue /character show quotes
+LORE_SHOWN = 3500  # characters of /lore list and /lore show: one chat message on every platform
 
 
 def describe(character: Character, *, edit: str = CHAT_EDIT, card_examples: bool = False) -> str:
@@ -606,6 +766,8 @@ def describe(character: Character, *, edit: str = CHAT_EDIT, card_examples: bool
     if p.missing:
         fill = f"set them with {edit}" + (f" or {derive_command(p.name)}" if missing_derivable(p) else "")
         lines.append(f"Missing profile fields: {', '.join(p.missing)} ({fill}).")
+    if entries := lorebook.entries_of(character.card):
+        lines.append(f"Lorebook: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} (in a chat: /lore list {p.name}).")
     if character.examples.strip():
         switch = cards.examples_switch(character.card)
         if switch is None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
 
 from core import observe
 from core.addressing import Castmate, named, next_speaker, pick
@@ -20,6 +20,7 @@ from core.events import ChatEvent, ConversationKey
 from core.flood import ArrivalWindow, Verdict, WaitingTurns
 from core.hot import HotState, history_key, lock_key
 from core.locks import KeyedLocks
+from core.lorebook import LoreSettings
 from core.ports import Cache, ChatModel, StateUpdater, Store
 from core.prompt import estimate_tokens
 from core.reply import (  # noqa: F401 - the adapters' names for these live here
@@ -39,6 +40,9 @@ from core.character import Character
 from core.text import display_name as clean_display_name
 from core.text import message_text
 from core.turn import ChatTurn, with_backoff
+
+if TYPE_CHECKING:
+    from core.memory import MemoryKeeper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +67,7 @@ class EngineConfig:
     scene_layout: str = "turns"  # core.scene.LAYOUTS: how those lines reach the model
     # Character replies in a row the ``conversation`` trigger allows (core.addressing.next_speaker).
     conversation_turns: int = 2
+    lore: LoreSettings = LoreSettings()  # PERSONAE_LORE_TOKENS, PERSONAE_LORE_RECURSION
     rate_limit_messages: int = 20
     rate_limit_window_s: float = 60.0
     cache_ttl_s: float = 3600.0
@@ -134,6 +139,8 @@ class Engine:
         self.config = config or EngineConfig()
         self.hot = HotState(store, cache, ttl_s=self.config.cache_ttl_s)
         self.state_updater = state_updater or NoStateChange()
+        # Long-term memory (``core.memory.MemoryKeeper``); None: turns that leave the window are gone.
+        self.memory: "MemoryKeeper | None" = None
         self._background: set[asyncio.Task[None]] = set()
         # One person's messages in one channel wait here in arrival order, before anything can reorder them.
         self._arrivals = KeyedLocks()

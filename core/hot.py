@@ -24,9 +24,9 @@ def binding_key(platform: str, channel_id: str) -> str:
     return f"b:{platform}:{channel_id}"
 
 
-def person_prefixes(platform: str, user_id: str) -> tuple[str, str]:
+def person_prefixes(platform: str, user_id: str) -> tuple[str, ...]:
     """Key prefixes of everything hot about one person (their keys start with the person)."""
-    return f"s:{platform}:{user_id}:", f"h:{platform}:{user_id}:"
+    return f"s:{platform}:{user_id}:", f"h:{platform}:{user_id}:", f"m:{platform}:{user_id}:"
 
 
 def rate_key(platform: str, user_id: str) -> str:
@@ -40,6 +40,12 @@ def state_key(person: PersonKey) -> str:
 def history_key(conversation: ConversationKey) -> str:
     c = conversation
     return f"h:{c.platform}:{c.user_id}:{c.character_id}:{c.channel_id}"
+
+
+def memory_key(conversation: ConversationKey) -> str:
+    """A conversation's long-term memories (``core.memory``)."""
+    c = conversation
+    return f"m:{c.platform}:{c.user_id}:{c.character_id}:{c.channel_id}"
 
 
 def shown_key(message_id: int) -> str:

@@ -14,8 +14,10 @@ from typing import Callable, Mapping, Sequence, TypeVar
 from core.card_dialogue import parse_examples
 from core.character import CharacterProfile
 from core.emotions import EmotionState
-from core.prompt import Turn, build_messages, render_system_prompt
+from core.lorebook import LoreSettings, activate
+from core.prompt import Turn, build_messages, estimate_tokens, fill_placeholders, render_system_prompt
 from core.scene import DEFAULT_LAYOUT, SceneLine, fold_into_turns, into_slot
+from core.scene_text import lore_line, scene_text
 from core.text import neutralise_controls, one_line_name
 
 T = TypeVar("T")
@@ -66,8 +68,10 @@ def model_messages(
     examples: str = "",
     use_examples: bool = False,
     from_start: bool = True,
+    lore: LoreSettings = LoreSettings(),
     budget: int | None = None,
     count: Callable[[str], int] | None = None,
+    memories: Sequence[str] = (),
     scene_lines: Sequence[SceneLine] = (),
     scene_layout: str = DEFAULT_LAYOUT,
 ) -> list[dict[str, str]]:
@@ -77,18 +81,45 @@ def model_messages(
     turn; ``scene``, ``emotion`` and ``intimacy`` default to the card's. ``examples`` is the card's
     example dialogue (``mes_example``), sent as leading turns only with ``use_examples``. With
     ``budget`` and ``count``, example dialogue and then the oldest exchanges (the opening line and the
-    greeting as one) are left out until the messages fit. ``scene_lines`` are the channel's lines
-    around the conversation (``core.scene``), folded into the user turns (layout ``turns``) or
-    written into the scene slot (``slot``); the system prompt is still the person's.
+    greeting as one) are left out until the messages fit.
+
+    The scene slot gets the lorebook entries the recent turns and ``text`` activate (``lore``: the
+    deployment's limits; ``core.lorebook``), then ``memories`` (what the character remembers of the
+    person, ``core.memory``), composed by ``core.scene_text.scene_text``. ``scene_lines`` are the
+    channel's lines around the conversation (``core.scene``), folded into the user turns (layout
+    ``turns``) or written into the scene slot after the rest (``slot``); the system prompt is still
+    the person's.
     """
+    scene = scene_text(
+        scene if scene is not None else profile.scene,
+        lore_texts(profile, user=user, turns=[*(t.content for t in history), text], settings=lore),
+        memories,
+        language=profile.language,
+    )
     if scene_lines and scene_layout == "slot":
-        scene = into_slot(scene if scene is not None else profile.scene, scene_lines, language=profile.language)
+        scene = into_slot(scene, scene_lines, language=profile.language)
     elif scene_lines:
         history, text = fold_into_turns(history, text, scene_lines, user=user, language=profile.language)
     system = render_system_prompt(profile, chat_role=user, scene=scene, emotion=emotion, relationship=intimacy)
     leading = parse_examples(examples, char=profile.name, user=user) if use_examples and examples else []
     turns = with_opening(profile, user, history, from_start=from_start)
     return build_messages(system, turns, text, examples=leading, budget=budget, count=count)
+
+
+def lore_texts(profile: CharacterProfile, *, user: str, turns: Sequence[str], settings: LoreSettings = LoreSettings()) -> list[str]:
+    """The content of the lorebook entries ``turns`` (oldest first, the new message last) activate, in
+    prompt order, within the budget (counted by ``estimate_tokens`` on the text as the scene holds it)."""
+    if profile.lorebook is None:
+        return []
+    names = {"char": profile.name, "user": one_line_name(user)}
+    entries = activate(
+        profile.lorebook, [t for t in turns if t], settings=settings,
+        names=lambda key: fill_placeholders(key, **names),
+        count=estimate_tokens,
+        join=lambda pieces: lore_line(pieces, profile.language),
+        character=profile.name,
+    )
+    return [e.content for e in entries]
 
 
 def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>", eos: str = "</s>") -> str:

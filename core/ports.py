@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, AsyncContextManager, AsyncIterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, AsyncContextManager, AsyncIterator, Mapping, Protocol, Sequence
 
 from core.character import Character
 from core.events import ConversationKey, PersonKey
 from core.state import Appraisal, Binding, ChannelLine, Exchange, Intake, MessageStatus, RelationshipState, StateChange, StoredMessage
+
+if TYPE_CHECKING:
+    from core.memory import Line, Memory, NewMemory
 
 
 class CharacterRepository(Protocol):
@@ -167,6 +170,34 @@ class EventRepository(Protocol):
     async def prune(self, older_than: dt.datetime) -> int: ...
 
 
+class MemoryRepository(Protocol):
+    """Long-term memories per conversation scope (character, platform, channel, person), and how far
+    each conversation's history has been condensed into them (``core.memory``)."""
+
+    async def list(self, conversation: ConversationKey) -> list["Memory"]:
+        """The conversation's memories, oldest first."""
+
+    async def of_person(self, character_id: int, platform: str, user_id: str) -> dict[str, list["Memory"]]:
+        """A character's memories of a person in every channel, by channel id (admins' view)."""
+
+    async def uncondensed(self, conversation: ConversationKey, keep: int, limit: int) -> tuple[int, list["Line"]]:
+        """The condensed mark (the last history ``seq`` condensed, 0 for none) and, oldest first, at
+        most ``limit`` history messages after it that are no longer among the newest ``keep``."""
+
+    async def condensed(
+        self, conversation: ConversationKey, mark: int, through: int, add: Sequence["NewMemory"], remove: Sequence[int]
+    ) -> bool:
+        """In one transaction: move the condensed mark from ``mark`` to ``through``, store ``add`` and
+        delete the memories ``remove``; False (nothing written) when the mark is no longer ``mark``."""
+
+    async def delete(self, conversation: ConversationKey, memory_id: int) -> bool:
+        """Delete one memory of the conversation; False when it is not there."""
+
+    async def reset(self, conversation: ConversationKey) -> None:
+        """The conversation's history was deleted (/reset): its condensed mark starts over; the
+        memories stay."""
+
+
 class Store(Protocol):
     """The database: the source of truth."""
 
@@ -175,9 +206,10 @@ class Store(Protocol):
     relationships: RelationshipRepository
     messages: MessageRepository
     events: EventRepository
+    memories: MemoryRepository
 
     async def forget_person(self, platform: str, user_id: str) -> dict[str, int]:
-        """Delete a person's messages, states and audit rows for every character; counts per kind."""
+        """Delete a person's messages, states, audit rows and memories for every character; counts per kind."""
 
     async def close(self) -> None: ...
 

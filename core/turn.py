@@ -20,7 +20,7 @@ from core.character import Character
 from core.errors import ModelError, PersonaeError
 from core.events import ConversationKey, PersonKey
 from core.flood import ReplyBudget
-from core.hot import HotState, encode_history, encode_state, history_key, lock_key, rate_key, state_key
+from core.hot import HotState, encode_history, encode_state, history_key, lock_key, memory_key, rate_key, state_key
 from core.ports import AdmitRequest, Held
 from core.slots import MODEL_CHANNEL, SLOT_CLOCK, SlotClock, channel_of
 from core.model_input import model_messages
@@ -73,6 +73,8 @@ class ChatTurn:
         self.from_start = True  # the history window starts at the conversation's start (a leading reply is the greeting)
         self.scene: str | None = None
         self.scene_lines: list[SceneLine] = []  # the channel's lines around this conversation (core.scene)
+        self.memories: list = []  # what the character remembers of the person here (``core.memory``)
+        self.window_from_start = True  # after the reply: the history window still reaches the start
         self.answer = ""
         self.user_tokens = estimate_tokens(text)
 
@@ -80,6 +82,8 @@ class ChatTurn:
         """Lock the conversation, then walk the steps; the state update runs after the lock is released."""
         cfg = self.config
         keys = (state_key(self.person), history_key(self.conversation))
+        if self.engine.memory is not None:
+            keys += (memory_key(self.conversation),)
         admit = None
         if self.intake is not None:
             # The database keeps the record of deliveries (the stored message); the cache counts the rate.
@@ -156,6 +160,8 @@ class ChatTurn:
             history = [(0, "assistant", greeting, estimate_tokens(greeting))]
             reply.greeting = greeting
         self.history = history
+        if self.engine.memory is not None:
+            self.memories = await self.engine.memory.recall(self.conversation, held.values[2], held)
         return True
 
     async def look_around(self) -> None:
@@ -272,6 +278,7 @@ class ChatTurn:
         window = self.history + new
         from_start = self.from_start and len(window) <= cfg.history_turns
         window = window[len(window) - cfg.history_turns :] if len(window) > cfg.history_turns else window
+        self.window_from_start = from_start
         held.stage(h_key, encode_history(window, from_start), cfg.cache_ttl_s)
         return reply.reply_message_id is not None
 
@@ -295,6 +302,10 @@ class ChatTurn:
             regenerated=self.replace is not None,
         )
         self.engine.in_background(self.engine.state_updater.after_exchange(exchange))
+        memory = self.engine.memory
+        if memory is not None and not self.window_from_start:
+            # Turns have left the history window: condense them into memories, off the reply's path.
+            self.engine.in_background(memory.after_turn(c, self.character, self.display_name), what="memory condensing")
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -317,6 +328,8 @@ class ChatTurn:
             from_start=self.from_start,
             scene_lines=self.scene_lines,
             scene_layout=self.config.scene_layout,
+            lore=self.config.lore,
+            memories=self.engine.memory.for_prompt(self.memories, self.text) if self.engine.memory is not None else (),
         )
 
     async def _fit(self) -> list[dict[str, str]]:

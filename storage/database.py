@@ -21,11 +21,12 @@ from storage.repositories import (
     SqlBindingRepository,
     SqlCharacterRepository,
     SqlEventRepository,
+    SqlMemoryRepository,
     SqlMessageRepository,
     SqlRelationshipRepository,
 )
 from storage.sql import Db
-from storage.tables import messages, relationship_states, state_changes
+from storage.tables import memories, memory_marks, messages, relationship_states, state_changes
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class SqlStore:
         self.relationships = SqlRelationshipRepository(db)
         self.messages = SqlMessageRepository(db)
         self.events = SqlEventRepository(db)
+        self.memories = SqlMemoryRepository(db)
 
     @classmethod
     async def open(
@@ -257,9 +259,14 @@ class SqlStore:
     async def forget_person(self, platform: str, user_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
         async with self._db.begin() as conn:
-            for kind, table in (("messages", messages), ("states", relationship_states), ("changes", state_changes)):
+            for kind, table in (
+                ("messages", messages), ("states", relationship_states), ("changes", state_changes),
+                ("memories", memories), (None, memory_marks),
+            ):
                 statement = sa.delete(table).where(table.c.platform == platform, table.c.user_id == user_id)
-                counts[kind] = (await conn.execute(statement)).rowcount
+                deleted = (await conn.execute(statement)).rowcount
+                if kind is not None:
+                    counts[kind] = deleted
         return counts
 
     async def close(self) -> None:

@@ -184,4 +184,45 @@ processed_events = sa.Table(
     _created(),
 )
 
-TABLES = ("characters", "bindings", "relationship_states", "state_changes", "messages", "reply_messages", "processed_events")
+memories = sa.Table(
+    "memories",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column(
+        "character_id", sa.Integer, sa.ForeignKey("characters.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("platform", sa.String(16), nullable=False),
+    # The scope: the conversation's channel (a private chat's memories stay in the private chat).
+    sa.Column("channel_id", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("tokens", sa.Integer, nullable=False),
+    # The history messages it was condensed from (their ``messages.seq`` range).
+    sa.Column("seq_from", sa.BigInteger, nullable=False),
+    sa.Column("seq_to", sa.BigInteger, nullable=False),
+    _created(),
+    sa.CheckConstraint("kind IN ('fact', 'event', 'relationship')", name="kind"),
+    sa.Index("ix_memories_conversation", "character_id", "platform", "channel_id", "user_id", "id"),
+    sa.Index(None, "platform", "user_id"),
+)
+
+# How far each conversation's history has been condensed into memories: the last ``seq`` read.
+memory_marks = sa.Table(
+    "memory_marks",
+    metadata,
+    sa.Column(
+        "character_id", sa.Integer, sa.ForeignKey("characters.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("platform", sa.String(16), primary_key=True),
+    sa.Column("channel_id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("through_seq", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False, server_default=NOW),
+    sa.Index(None, "platform", "user_id"),
+)
+
+TABLES = (
+    "characters", "bindings", "relationship_states", "state_changes", "messages", "reply_messages",
+    "processed_events", "memories", "memory_marks",
+)

@@ -55,6 +55,21 @@ def test_options_override_scene_emotion_relationship_and_history_is_appended(tmp
     assert messages[1]["content"] == "Hi {role_name}"
 
 
+def test_memories_join_the_scene_line_as_the_bots_add_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSONAE_MEMORY_PROMPT_TOKENS", "20")
+    result = prompt(
+        str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "Do you still have my lantern?", "--json",
+        "--memory", "Elena keeps a blue\nlantern.", "--memory", "They walked on the walls at dawn and talked of the sea for a long time.",
+    )
+    assert result.exit_code == 0, result.output
+    system = json.loads(result.stdout)["messages"][0]["content"]
+    scene = system.split("Current scene:\n", 1)[1].split("\n", 1)[0]
+    assert scene.endswith(" What Hamlet remembers of Elena: Elena keeps a blue lantern.")  # the other one is over the budget
+    assert "1 of 2 memories left out (PERSONAE_MEMORY_PROMPT_TOKENS=20)" in result.stderr
+    empty = prompt(str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "Hi", "--memory", " ")
+    assert empty.exit_code == 1 and "--memory number 1 is empty" in empty.output
+
+
 def test_chinese_card_takes_english_emotion_keys_and_renders_chinese_names() -> None:
     result = prompt(str(SAMPLES / "lin_daiyu.json"), "--user", "宝玉", "--emotion", "happiness=4", "--json")
     assert result.exit_code == 0, result.output
@@ -192,3 +207,20 @@ def test_a_prompt_the_engine_never_sends_is_refused(tmp_path: Path) -> None:
     assert empty.exit_code == 1 and empty.stdout == "" and "the message is empty" in empty.stderr
     nobody = prompt(str(SAMPLES / "hamlet.json"), "--user", " ", "--json")
     assert nobody.exit_code == 1 and nobody.stdout == "" and "--user is empty" in nobody.stderr
+
+
+def test_lorebook_entries_and_memories_share_the_scene_line_in_that_order(tmp_path: Path) -> None:
+    card = json.loads((SAMPLES / "hamlet.json").read_text())
+    card["data"]["character_book"] = {
+        "extensions": {},
+        "entries": [{"keys": ["lantern"], "content": "Lanterns are forbidden on the walls", "extensions": {}, "enabled": True, "insertion_order": 100}],
+    }
+    path = tmp_path / "hamlet_lore.json"
+    path.write_text(json.dumps(card), encoding="utf-8")
+    result = prompt(str(path), "--user", "Elena", "--message", "Do you still have my lantern?", "--json", "--memory", "Elena keeps a blue lantern.")
+    assert result.exit_code == 0, result.output
+    scene = json.loads(result.stdout)["messages"][0]["content"].split("Current scene:\n", 1)[1].split("\n", 1)[0]
+    plain = prompt(str(SAMPLES / "hamlet.json"), "--user", "Elena", "--message", "Do you still have my lantern?", "--json")
+    plain_scene = json.loads(plain.stdout)["messages"][0]["content"].split("Current scene:\n", 1)[1].split("\n", 1)[0]
+    assert "Lanterns" not in plain_scene and "remembers" not in plain_scene  # no lore and no memory: the scene as it was
+    assert scene == plain_scene + " Lanterns are forbidden on the walls. What Hamlet remembers of Elena: Elena keeps a blue lantern."

@@ -18,7 +18,8 @@ from core.events import ChatEvent, ConversationKey, Platform
 from core.text import clean_text, one_line_name
 
 HELP = (
-    "Commands: /characters, /use NAME, /mood, /undo (take back the last exchange), /reset, /help, /quit. "
+    "Commands: /characters, /use NAME, /mood, /memory [forget N], /undo (take back the last exchange), /reset, "
+    "/lore (list, show N, add keys=a,b; content=..., edit N field=value, remove N), /help, /quit. "
     "Anything else is said to the character."
 )
 
@@ -120,8 +121,18 @@ class ConsoleChat:
                 self.write("The last exchange is taken back (your message and the reply), and what it did to the character's mood with it.\n")
             else:
                 self.write("Only the newest reply can be taken back.\n")
+        elif name == "lore":
+            self.write((await commands.lore(self.actor, self.place, arg)).message + "\n")
         elif name == "reset":
             self.write((await commands.reset(self.actor, self.place)).message + "\n")
+        elif name == "memory":
+            await self.app.engine.drain()  # condensing runs in the background: show what it kept
+            sub, _, rest = arg.partition(" ")
+            if sub == "forget":
+                outcome = await commands.forget_memory(self.actor, self.place, rest)
+            else:
+                outcome = await commands.memory(self.actor, self.place)
+            self.write(outcome.message + "\n")
         else:
             self.write(f"Unknown command /{name}. {HELP}\n")
         return True

@@ -245,6 +245,82 @@ class CharacterCommands(app_commands.Group, name="character", description="Creat
         await finish(interaction, await app.commands.delete_character(actor_of(interaction), place_of(interaction), name))
 
 
+# -- /lore ----------------------------------------------------------------------------------
+
+Logic = Literal["and_any", "not_all", "not_any", "and_all"]
+Switch = Literal["on", "off", "default"]
+
+
+class LoreCommands(app_commands.Group, name="lore", description="A character's lorebook: list, show, add, edit and remove entries (admins)."):
+    """``/lore ...``: the lorebook of the character playing here, or of ``character``."""
+
+    @app_commands.command(name="list", description="The lorebook's entries, numbered.")
+    @app_commands.autocomplete(character=character_names)
+    @app_commands.describe(character="another character than the one here")
+    async def list_(self, interaction: discord.Interaction, character: Optional[str] = None) -> None:
+        await begin(interaction)
+        await finish(interaction, await app_of(interaction).commands.lore_list(actor_of(interaction), place_of(interaction), character))
+
+    @app_commands.command(name="show", description="One entry with all its fields.")
+    @app_commands.autocomplete(character=character_names)
+    @app_commands.describe(number="the entry's number in /lore list", character="another character than the one here")
+    async def show(self, interaction: discord.Interaction, number: int, character: Optional[str] = None) -> None:
+        await begin(interaction)
+        commands = app_of(interaction).commands
+        await finish(interaction, await commands.lore_show(actor_of(interaction), place_of(interaction), number, character))
+
+    @app_commands.command(name="add", description="Add an entry: its keys and what it tells the model.")
+    @app_commands.autocomplete(character=character_names)
+    @app_commands.describe(
+        keys="comma-separated keywords (or /regex/flags)", content="the text the scene gets when a key is in the recent turns",
+        secondary_keys="comma-separated; with logic", logic="how the secondary keys combine (default and_any)",
+        order="insertion order (default 100; higher keeps its place in the budget first)", constant="always in the scene",
+        character="another character than the one here",
+    )
+    async def add(
+        self, interaction: discord.Interaction, content: str, keys: Optional[str] = None, secondary_keys: Optional[str] = None,
+        logic: Optional[Logic] = None, order: Optional[int] = None, constant: Optional[bool] = None, character: Optional[str] = None,
+    ) -> None:
+        await begin(interaction)
+        given = dict(keys=keys, content=content, secondary_keys=secondary_keys, logic=logic, order=order, constant=constant)
+        fields = {k: v for k, v in given.items() if v is not None}
+        commands = app_of(interaction).commands
+        await finish(interaction, await commands.lore_add(actor_of(interaction), place_of(interaction), fields, character))
+
+    @app_commands.command(name="edit", description="Change fields of an entry; the others stay.")
+    @app_commands.autocomplete(character=character_names)
+    @app_commands.describe(
+        number="the entry's number in /lore list", keys="comma-separated keywords (or /regex/flags)", content="the entry's text",
+        secondary_keys="comma-separated", logic="how the secondary keys combine", order="insertion order",
+        priority="among equal orders, the lower is dropped first", enabled="whether it can activate", constant="always in the scene",
+        case_sensitive="keys match case", whole_words="keys match whole words (default on)",
+        scan_depth="recent messages scanned for this entry", character="another character than the one here",
+    )
+    async def edit(
+        self, interaction: discord.Interaction, number: int, keys: Optional[str] = None, content: Optional[str] = None,
+        secondary_keys: Optional[str] = None, logic: Optional[Logic] = None, order: Optional[int] = None,
+        priority: Optional[int] = None, enabled: Optional[bool] = None, constant: Optional[bool] = None,
+        case_sensitive: Optional[Switch] = None, whole_words: Optional[Switch] = None,
+        scan_depth: Optional[app_commands.Range[int, 0, 1000]] = None, character: Optional[str] = None,
+    ) -> None:
+        await begin(interaction)
+        given = dict(
+            keys=keys, content=content, secondary_keys=secondary_keys, logic=logic, order=order, priority=priority,
+            enabled=enabled, constant=constant, case_sensitive=case_sensitive, whole_words=whole_words, scan_depth=scan_depth,
+        )
+        fields = {k: v for k, v in given.items() if v is not None}
+        commands = app_of(interaction).commands
+        await finish(interaction, await commands.lore_edit(actor_of(interaction), place_of(interaction), number, fields, character))
+
+    @app_commands.command(name="remove", description="Remove an entry (later entries move up one).")
+    @app_commands.autocomplete(character=character_names)
+    @app_commands.describe(number="the entry's number in /lore list", character="another character than the one here")
+    async def remove(self, interaction: discord.Interaction, number: int, character: Optional[str] = None) -> None:
+        await begin(interaction)
+        commands = app_of(interaction).commands
+        await finish(interaction, await commands.lore_remove(actor_of(interaction), place_of(interaction), number, character))
+
+
 # -- channel and personal commands ----------------------------------------------------------
 
 
@@ -305,6 +381,18 @@ async def reset(interaction: discord.Interaction) -> None:
     await finish(interaction, await app_of(interaction).commands.reset(actor_of(interaction), place_of(interaction)))
 
 
+@app_commands.describe(forget="the number of a memory to delete (see /memory)")
+async def memory(interaction: discord.Interaction, forget: Optional[int] = None) -> None:
+    """What the character here remembers about you; with ``forget``: delete that memory."""
+    await begin(interaction)
+    app = app_of(interaction)
+    if forget is None:
+        outcome = await app.commands.memory(actor_of(interaction), place_of(interaction))
+    else:
+        outcome = await app.commands.forget_memory(actor_of(interaction), place_of(interaction), forget)
+    await finish(interaction, outcome)
+
+
 async def forget(interaction: discord.Interaction) -> None:
     await begin(interaction)
     await finish(interaction, await app_of(interaction).commands.forget(actor_of(interaction)))
@@ -317,13 +405,14 @@ _TOP_LEVEL = (
     (use, "In a DM with the bot: talk to this character from now on."),
     (mood, "How the character here feels toward you."),
     (reset, "Start your conversation with the character here over."),
+    (memory, "What the character here remembers about you; forget: delete one."),
     (forget, "Delete everything stored about you."),
 )
 
 
 def build_commands() -> list[app_commands.Command | app_commands.Group]:
     """Fresh command objects for one client's tree."""
-    commands: list[app_commands.Command | app_commands.Group] = [CharacterCommands()]
+    commands: list[app_commands.Command | app_commands.Group] = [CharacterCommands(), LoreCommands()]
     for callback, description in _TOP_LEVEL:
         commands.append(app_commands.Command(name=callback.__name__, description=description, callback=callback))
     return commands

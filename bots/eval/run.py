@@ -23,6 +23,7 @@ from bots.eval.roles import EvalChat, EvalRole
 from core.cards import examples_switch
 from core.dynamics import Dynamics
 from core.errors import InvalidInput, ModelError
+from core.lorebook import LoreSettings
 from core.ports import Appraiser, ChatModel
 from core.model_input import model_messages
 from core.prompt import Turn, estimate_tokens
@@ -40,6 +41,7 @@ class EvalConfig:
     temperature: float = 0.7  # the role's temperature (PERSONAE_TEMPERATURE)
     max_input_tokens: int = 3500
     card_examples: bool = False  # PERSONAE_CARD_EXAMPLES, for roles whose card does not say
+    lore: LoreSettings = LoreSettings()  # PERSONAE_LORE_TOKENS, PERSONAE_LORE_RECURSION
     partner_max_tokens: int = 64
     partner_temperature: float = 0.7
     judge_max_tokens: int = 768
@@ -140,7 +142,7 @@ def actor_messages(
     return model_messages(
         role.profile, user=chat.partner, text=text, history=history, scene=chat.scene, emotion=chat.emotion,
         intimacy=chat.relationship, examples=role.examples,
-        use_examples=config.card_examples if switch is None else switch,
+        use_examples=config.card_examples if switch is None else switch, lore=config.lore,
         budget=budget, count=estimate_tokens,
         scene_lines=newest_within(scene_lines, scene_budget(config.scene_share, budget), estimate_tokens),
         scene_layout=config.scene if config.scene != "private" else "turns",

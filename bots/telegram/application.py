@@ -145,11 +145,13 @@ def register(application: Application, h: Handlers) -> None:
         "use": h.on_use,
         "mood": h.on_mood,
         "reset": h.on_reset,
+        "memory": h.on_memory,
         "forget": h.on_forget,
         "bind": h.on_bind,
         "unbind": h.on_unbind,
         "scene": h.on_scene,
         "character": h.on_character,
+        "lore": h.on_lore,
     }
     for name, callback in commands.items():
         application.add_handler(CommandHandler(name, callback, filters=new))

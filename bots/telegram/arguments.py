@@ -18,8 +18,9 @@ Everyone
 /characters – the characters you can pick
 /use NAME – talk to NAME (private chats)
 /mood [NAME] – how the character feels about you
-/reset [NAME] – start your conversation over (feelings stay)
+/reset [NAME] – start your conversation over (feelings and memories stay)
 /scene – who plays here and what the character sees
+/memory – what the character remembers about you here; /memory forget N deletes one
 /forget – delete everything stored about you
 /help – this text
 
@@ -37,6 +38,10 @@ Group admins, and bot owners anywhere
    (fields are separated by ";" or new lines)
 /character edit NAME field=value; field=value   (also examples=on|off|default: send the card's example dialogue)
 /character import – as the caption of a card file (PNG, CharX or JSON), in reply to one, or followed by the JSON itself
+/lore list – the lorebook of the character here (/lore list NAME: another's)
+/lore show N · /lore remove N
+/lore add keys=a,b; content=… (content last: it takes the rest of the message; elsewhere write ; as \\;)
+/lore edit N field=value; …   fields: keys, secondary_keys, logic=and_any|not_all|not_any|and_all, content, order, priority, enabled, constant, case_sensitive, whole_words, scan_depth, use_regex, comment, name (character=NAME for another character)
 
 In private chats only bot owners create, import, edit or delete characters."""
 
@@ -47,11 +52,13 @@ COMMANDS = (
     ("use", "Talk to a character: /use NAME"),
     ("mood", "How the character feels about you"),
     ("reset", "Start your conversation over"),
+    ("memory", "What the character remembers: /memory forget N"),
     ("forget", "Delete everything stored about you"),
     ("bind", "Admins: /bind NAME [mention|all]"),
     ("unbind", "Admins: the character leaves this chat"),
     ("scene", "Who plays here; admins: /scene set TEXT, add NAME, remove NAME"),
     ("character", "Admins: create, import, edit, list, show, delete"),
+    ("lore", "Admins: the character's lorebook: list, show, add, edit, remove"),
     ("help", "What I can do"),
 )
 

@@ -258,13 +258,24 @@ class Handlers:
         name = after_command(_text(update)) or None
         await self._say(update, await self.commands.reset(await self.actor(update, context), self.place(update), name))
 
+    async def on_memory(self, update: Update, context: Context) -> None:
+        """/memory lists what the character here remembers about the person; /memory forget N deletes one."""
+        sub, rest = split_word(after_command(_text(update)))
+        actor, place = await self.actor(update, context), self.place(update)
+        if sub == "forget":
+            await self._say(update, await self.commands.forget_memory(actor, place, rest))
+        elif sub:
+            await self._say(update, "Say /memory to see what the character remembers, or /memory forget N to delete one.")
+        else:
+            await self._say(update, await self.commands.memory(actor, place))
+
     async def on_forget(self, update: Update, context: Context) -> None:
         """/forget asks for a confirmation first: it cannot be undone."""
         user, message = update.effective_user, update.effective_message
         assert user is not None and message is not None
         button = InlineKeyboardButton("Yes, delete everything about me", callback_data=f"{FORGET}:{user.id}")
         await message.reply_text(
-            "This deletes your conversations and every character's feelings about you, here and everywhere on Telegram. Sure?",
+            "This deletes your conversations and every character's feelings and memories about you, here and everywhere on Telegram. Sure?",
             reply_markup=InlineKeyboardMarkup([[button]]),
         )
 
@@ -310,6 +321,11 @@ class Handlers:
         except InvalidInput as exc:
             outcome = Outcome(False, f"{str(exc)[:1].upper()}{str(exc)[1:]}. See /help for the syntax.")
         await self._say(update, outcome, avatar=sub == "show")
+
+    async def on_lore(self, update: Update, context: Context) -> None:
+        """/lore list|show|add|edit|remove ...: the lorebook of the character here (or character=NAME)."""
+        actor = await self.actor(update, context, check_admin=True)
+        await self._say(update, await self.commands.lore(actor, self.place(update), after_command(_text(update))))
 
     async def on_card_document(self, update: Update, context: Context) -> None:
         """A card file (PNG, CharX or JSON) sent with the caption ``/character import``."""

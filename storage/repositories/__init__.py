@@ -3,6 +3,7 @@
 from storage.repositories.bindings import SqlBindingRepository
 from storage.repositories.characters import SqlCharacterRepository, name_key
 from storage.repositories.events import SqlEventRepository
+from storage.repositories.memories import SqlMemoryRepository
 from storage.repositories.messages import SqlMessageRepository
 from storage.repositories.relationships import SqlRelationshipRepository
 
@@ -10,6 +11,7 @@ __all__ = [
     "SqlBindingRepository",
     "SqlCharacterRepository",
     "SqlEventRepository",
+    "SqlMemoryRepository",
     "SqlMessageRepository",
     "SqlRelationshipRepository",
     "name_key",

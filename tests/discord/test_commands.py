@@ -179,6 +179,30 @@ async def test_mood_reset_and_forget_are_for_everyone(bot):
     assert (await bot.fake.answer_to(forget)).startswith("Deleted everything stored about you")
 
 
+async def test_memory_lists_and_forgets_one_by_its_number(bot):
+    from core.events import ConversationKey
+    from core.memory import NewMemory
+
+    await bot.bind(ROLEPLAY)
+    await bot.say(ROLEPLAY, ALICE, "Good morrow.")
+    hamlet = await bot.app.store.characters.get_by_name("Hamlet")
+    here = ConversationKey(hamlet.id, "discord", str(ROLEPLAY), str(ALICE))
+    told = [NewMemory("fact", "Alice keeps a blue lantern.", 1, 2, 9), NewMemory("event", "They met on the walls.", 1, 2, 8)]
+    assert await bot.app.store.memories.condensed(here, 0, 2, told, [])
+
+    listed = await bot.fake.answer_to(await bot.fake.slash("memory", user=ALICE))
+    assert listed.startswith("Hamlet remembers about you here:\n1. Alice keeps a blue lantern. (fact, ")
+    assert "\n2. They met on the walls. (event, " in listed
+    # Someone else sees nothing of Alice's.
+    assert "remembers nothing about you" in await bot.fake.answer_to(await bot.fake.slash("memory", user=BOB))
+
+    forgot = await bot.fake.slash("memory", {"forget": 1}, user=ALICE)
+    assert await bot.fake.answer_to(forgot) == "Hamlet forgot: Alice keeps a blue lantern."
+    assert [m.text for m in await bot.app.store.memories.list(here)] == ["They met on the walls."]
+    missing = await bot.fake.slash("memory", {"forget": 5}, user=ALICE)
+    assert await bot.fake.answer_to(missing) == "There is no memory number 5: /memory lists 1 to 1."
+
+
 async def test_use_in_a_server_channel_points_to_dms(bot):
     sent = await bot.fake.slash("use", {"character": "Hamlet"}, user=ALICE, channel=ROLEPLAY)
 
@@ -195,9 +219,11 @@ async def test_creating_characters_in_a_dm_is_for_owners_only(bot):
 async def test_the_commands_are_synced_to_the_configured_guild(bot):
     names = sorted(c["name"] for c in bot.fake.commands[GUILD_ID])
 
-    assert names == ["bind", "character", "forget", "mood", "reset", "scene", "unbind", "use"]
+    assert names == ["bind", "character", "forget", "lore", "memory", "mood", "reset", "scene", "unbind", "use"]
     (character,) = [c for c in bot.fake.commands[GUILD_ID] if c["name"] == "character"]
     assert sorted(o["name"] for o in character["options"]) == ["create", "delete", "edit", "import", "list", "show"]
+    (lore,) = [c for c in bot.fake.commands[GUILD_ID] if c["name"] == "lore"]
+    assert sorted(o["name"] for o in lore["options"]) == ["add", "edit", "list", "remove", "show"]
     assert None not in bot.fake.commands  # nothing global in guild mode
 
 
@@ -265,3 +291,23 @@ async def test_an_attachment_over_the_limit_is_refused_without_downloading_it(bo
     assert (await bot.fake.answer_to(sent)).endswith("a card may be at most 1,000.")
     assert bot.fake.downloads == []
     assert await bot.app.store.characters.get_by_name("Ophelia") is None
+
+
+async def test_an_admin_manages_the_lorebook_of_the_character_here(bot):
+    await bot.fake.answer_to(await bot.fake.slash("bind", {"character": "Hamlet"}, permissions=MANAGE_GUILD))
+    sent = await bot.fake.slash("lore add", {"keys": "Yorick, jester", "content": "Yorick was the king's jester.", "order": 50}, permissions=MANAGE_GUILD)
+    assert await bot.fake.answer_to(sent) == "Added entry 1 to Hamlet's lorebook."
+    sent = await bot.fake.slash("lore edit", {"number": 1, "logic": "not_any", "secondary_keys": "skull"}, permissions=MANAGE_GUILD)
+    assert await bot.fake.answer_to(sent) == "Updated entry 1 of Hamlet's lorebook."
+    sent = await bot.fake.slash("lore list", {}, permissions=MANAGE_GUILD)
+    assert "1. [Yorick, jester] order 50: Yorick was the king's jester." in await bot.fake.answer_to(sent)
+    card = (await bot.app.store.characters.get_by_name("Hamlet")).card
+    before = json.dumps(card, sort_keys=True)
+    (entry,) = card["data"]["character_book"]["entries"]
+    assert entry["secondary_keys"] == ["skull"] and entry["extensions"]["selectiveLogic"] == 2
+
+    refused = await bot.fake.slash("lore remove", {"number": 1}, user=BOB)
+    assert await bot.fake.answer_to(refused) == ADMIN_ONLY
+    wrong = await bot.fake.slash("lore edit", {"number": 5, "content": "x"}, permissions=MANAGE_GUILD)
+    assert await bot.fake.answer_to(wrong) == "There is no entry 5: the lorebook has entries 1 to 1."
+    assert json.dumps((await bot.app.store.characters.get_by_name("Hamlet")).card, sort_keys=True) == before

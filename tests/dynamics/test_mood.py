@@ -117,6 +117,12 @@ async def test_the_state_command_shows_a_persons_state_and_changes(db, tgi) -> N
             await world.say(text)
             await world.app.engine.drain()
         expected = levels(await stored_state(world))
+        from core.events import ConversationKey
+        from core.memory import NewMemory
+
+        character = await store.characters.get_by_name(world.character_name)
+        for channel, memory in ((world.channel, NewMemory("fact", "Elena keeps a blue lantern.", 1, 2, 9)), ("dm-u1", NewMemory("event", "They met in private.", 1, 2, 7))):
+            assert await store.memories.condensed(ConversationKey(character.id, "discord", channel, "u1"), 0, 2, [memory], [])
     finally:
         await close(world)
         await cache.close()
@@ -128,9 +134,14 @@ async def test_the_state_command_shows_a_persons_state_and_changes(db, tgi) -> N
     assert shown["now"] == shown["stored"] == expected and shown["version"] == 2
     assert [c["appraiser"] for c in shown["changes"]] == ["lexicon", "lexicon"]
     assert shown["changes"][0]["after"] == expected and shown["baseline"]["intimacy"] == 7
+    # Its memories of the person, in every chat (the admin's view; the person sees one chat's with /memory).
+    assert {c: [(m["number"], m["kind"], m["text"]) for m in ms] for c, ms in shown["memories"].items()} == {
+        world.channel: [(1, "fact", "Elena keeps a blue lantern.")], "dm-u1": [(1, "event", "They met in private.")],
+    }
 
     text = await asyncio.to_thread(runner.invoke, cli_app, ["state", world.character_name.lower(), "--user", "discord:u1"])
     assert text.exit_code == 0 and "Recent changes, newest first:" in text.stdout and "intimacy" in text.stdout
+    assert f"Memories in channel {world.channel} (the person's /memory numbers):\n  1. Elena keeps a blue lantern. (fact, " in text.stdout
 
     for args, message in [
         (["state", world.character_name, "--user", "u1"], "--user must be PLATFORM:ID"),

@@ -278,7 +278,7 @@ async def test_forget_leaves_no_row_and_no_cache_key_for_that_person(store, cach
         assert any(":u1:" in k for k in await redis_keys(cache))
 
         outcome = await world.app.commands.forget(ELENA)
-        assert outcome.ok and outcome.counts == {"messages": 8, "states": 2, "changes": 4}
+        assert outcome.ok and outcome.counts == {"messages": 8, "states": 2, "changes": 4, "memories": 0}
         assert "8 messages" in outcome.message
         assert await rows_of(store, "u1") == {"messages": 0, "relationship_states": 0, "state_changes": 0}
         assert [k for k in await redis_keys(cache) if re.search(r"(^|:)u1(:|$)", k)] == []

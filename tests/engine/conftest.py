@@ -30,6 +30,9 @@ def make_settings(**overrides) -> Settings:
         llm_timeout_s=5.0,
         turn_deadline_s=10.0,
         rate_limit_messages=1000,
+        # Long-term memory is on with a model server (PERSONAE_MEMORY=auto); the suites that test it
+        # turn it on, the others keep their request counts as they were.
+        memory="off",
     )
     base.update(overrides)
     return Settings(**base)

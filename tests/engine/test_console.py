@@ -138,3 +138,26 @@ async def test_a_notice_is_printed_without_a_made_up_speaker(store, cache, tgi) 
     notice = next(line for line in text.splitlines() if "too long" in line)
     assert not notice.startswith("…") and not notice.startswith(f"{world.character_name}:")
     assert tgi.count("/v1/chat/completions") == 0
+
+
+async def test_memory_in_the_terminal_lists_and_forgets(store, cache, tgi) -> None:
+    from core.memory import MEMORY_SYSTEM
+
+    def answer(body) -> str:
+        if body["messages"][0]["content"] == MEMORY_SYSTEM:
+            return '{"memories": [{"kind": "fact", "text": "Elena keeps a blue lantern."}]}'
+        return "(nods) Go on."
+
+    world = await build_world(store, cache, tgi, memory="on", history_turns=4, memory_batch=2)
+    tgi.script(reply=answer)
+    try:
+        talk = [f"Line {n}, and my lantern." for n in range(6)]
+        text = await run_console(
+            world.app, f"/use {world.character_name}", *talk, "/memory", "/memory forget 1", "/memory", "/quit"
+        )
+    finally:
+        await world.app.engine.drain()
+        await world.app.model.close()
+    assert f"{world.character_name} remembers about you here:\n1. Elena keeps a blue lantern. (fact, " in text
+    assert f"{world.character_name} forgot: Elena keeps a blue lantern." in text
+    assert f"{world.character_name} remembers nothing about you here yet." in text

@@ -101,6 +101,34 @@ async def test_mood_reset_and_forget(bot: Harness) -> None:
     assert tg.texts(chat["id"])[-1].startswith("Deleted everything stored about you")
 
 
+async def test_memory_lists_and_forgets_one_in_a_private_chat(bot: Harness) -> None:
+    from core.events import ConversationKey
+    from core.memory import NewMemory
+
+    tg = bot.tg
+    await bot.add_character("Hamlet")
+    ann = tg.user(56, "Ann")
+    chat = tg.private(ann)
+    tg.say(chat, ann, "/use Hamlet")
+    tg.say(chat, ann, "/memory")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1] == "Hamlet remembers nothing about you here yet."
+
+    hamlet = await bot.app.store.characters.get_by_name("Hamlet")
+    here = ConversationKey(hamlet.id, "telegram", str(chat["id"]), str(ann["id"]))
+    assert await bot.app.store.memories.condensed(here, 0, 2, [NewMemory("fact", "Ann was born in Bergen.", 1, 2, 8)], [])
+    tg.say(chat, ann, "/memory")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1].startswith("Hamlet remembers about you here:\n1. Ann was born in Bergen. (fact, ")
+    tg.say(chat, ann, "/memory forget one")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1].startswith("Give the number of a memory from /memory")
+    tg.say(chat, ann, "/memory forget 1")
+    await bot.idle()
+    assert tg.texts(chat["id"])[-1] == "Hamlet forgot: Ann was born in Bergen."
+    assert await bot.app.store.memories.list(here) == []
+
+
 async def test_help_and_unknown_commands(bot: Harness) -> None:
     tg = bot.tg
     ann = tg.user(55, "Ann")
@@ -128,3 +156,35 @@ async def test_editing_emotions_changes_only_those_named(bot: Harness) -> None:
     assert tg.texts(chat["id"])[-3:] == ["Created Ophelia.", "Updated Ophelia.", "Updated Ophelia."]
     ophelia = await bot.app.store.characters.get_by_name("Ophelia")
     assert ophelia.profile.emotion.as_dict() == {"happiness": 9, "sadness": 4, "disgust": 0, "fear": 3, "surprise": 0, "anger": 2}
+
+
+async def test_a_group_admin_manages_the_lorebook_and_a_bad_command_changes_nothing(bot: Harness) -> None:
+    import json
+
+    tg = bot.tg
+    group, ada, bob = tg.group(GROUP), tg.user(51, "Ada"), tg.user(52, "Bob")
+    tg.members[(GROUP, 51)] = "administrator"
+    await bot.add_character("Ophelia")
+    script = [
+        ("/bind Ophelia all", "Ophelia now plays here"),
+        ("/lore add keys=willow, brook; order=50; content=A willow grows aslant a brook;\nits leaves show in the glassy stream.",
+         "Added entry 1 to Ophelia's lorebook."),
+        ("/lore edit 1 case_sensitive=on", "Updated entry 1 of Ophelia's lorebook."),
+        ("/lore list", "Ophelia's lorebook (1 entry; scans the last 2 messages):\n1. [willow, brook] order 50: A willow"),
+        ("/lore show 1", "1. [willow, brook] order 50\ncase-sensitive\nA willow grows aslant a brook;\nits leaves"),
+    ]
+    for command, expected in script:
+        tg.say(group, ada, command)
+        await bot.idle()
+        assert tg.texts(GROUP)[-1].startswith(expected), (command, tg.texts(GROUP)[-1])
+    before = json.dumps((await bot.app.store.characters.get_by_name("Ophelia")).card, sort_keys=True)
+    for user, command, expected in [
+        (ada, "/lore edit 1 whole_words=sometimes", "Whole_words must be on, off or default"),
+        (ada, "/lore edit 3 content=x", "There is no entry 3"),
+        (ada, "/lore frob", "Unknown /lore action 'frob'"),
+        (bob, "/lore remove 1", ADMIN_ONLY),
+    ]:
+        tg.say(group, user, command)
+        await bot.idle()
+        assert tg.texts(GROUP)[-1].startswith(expected), (command, tg.texts(GROUP)[-1])
+    assert json.dumps((await bot.app.store.characters.get_by_name("Ophelia")).card, sort_keys=True) == before
