@@ -7,7 +7,7 @@ import logging
 
 from core.engine import NOTICE_RATE
 from tests.discord.conftest import add_character, build_app, discord_settings, start_bot, stop_bot
-from tests.discord.fake_discord import ALICE, BOB, ROLEPLAY
+from bots.fakes.discord import ALICE, BOB, ROLEPLAY
 
 
 async def test_a_flood_in_a_channel_gets_one_notice_and_the_line_stays_bounded(store, cache, fake, tgi, caplog) -> None:
