@@ -65,8 +65,10 @@ class EditBudget:
     """One rate-limit bucket: at most ``count`` writes per ``per`` seconds (and per each of ``also``'s
     windows), granted in priority order (lower first, then first come).
 
-    ``platform_wait()`` (optional) is how long the platform itself says to hold off (a bucket it
-    reported empty): writes wait for the longer of the two.
+    ``follow(unstarted)`` (optional) reads the platform's own account of the bucket: None while it
+    has none (the windows above are then the conservative fallback), else ``(wait, free)``: how long
+    until one more write fits, and how many fit now, given ``unstarted`` writes granted here whose
+    requests have not started yet (a writer calls ``started()`` as its request goes out).
     """
 
     def __init__(
@@ -75,25 +77,32 @@ class EditBudget:
         per: float,
         *,
         also: tuple[tuple[int, float], ...] = (),
-        platform_wait: Callable[[], float] | None = None,
+        follow: Callable[[int], tuple[float, int] | None] | None = None,
         margin: float = 0.0,
     ) -> None:
         self.count, self.per = count, per
-        self.margin = margin  # waited on top of a window: a request reaches the platform a little after it is counted here
         self.windows = [(count, per), *also]
-        self.platform_wait = platform_wait
+        self.follow = follow
+        self.margin = margin  # waited on top of a window: a request reaches the platform a little after it is counted here
         self._times: deque[float] = deque()
         self._longest = max(w for _, w in self.windows)
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self.unstarted = 0  # granted, request not yet gone out (only counted with ``follow``)
 
     def _prune(self, now: float) -> None:
         while self._times and now - self._times[0] >= self._longest + self.margin:
             self._times.popleft()
 
+    def _platform(self) -> tuple[float, int] | None:
+        return self.follow(self.unstarted) if self.follow is not None else None
+
     def wait_time(self) -> float:
-        """Seconds until one more write fits every window (0.0: now)."""
+        """Seconds until one more write fits (0.0: now)."""
+        platform = self._platform()
+        if platform is not None:
+            return platform[0]
         now = time.monotonic()
         self._prune(now)
         wait = 0.0
@@ -102,14 +111,26 @@ class EditBudget:
             inside = [t for t in times if now - t < per + self.margin]
             if len(inside) >= count:
                 wait = max(wait, per - (now - inside[-count]) + self.margin)
-        if self.platform_wait is not None:
-            wait = max(wait, self.platform_wait())
         return wait
 
     def free(self) -> int:
-        """Writes the main window still has room for now."""
+        """Writes the bucket still has room for now."""
+        platform = self._platform()
+        if platform is not None:
+            return platform[1]
         now = time.monotonic()
         return self.count - sum(1 for t in self._times if now - t < self.per + self.margin)
+
+    def _count(self) -> None:
+        self._times.append(time.monotonic())
+        if self.follow is not None:
+            self.unstarted += 1
+
+    def started(self) -> None:
+        """A write granted here has gone out (or will not): the platform's account now holds it."""
+        if self.follow is not None and self.unstarted > 0:
+            self.unstarted -= 1
+            self._pump()
 
     @property
     def waiting(self) -> int:
@@ -122,7 +143,7 @@ class EditBudget:
     async def take(self, priority: int = FIRST) -> None:
         """Wait until a write may go out (by priority), and count it."""
         if not self._waiters and self.wait_time() <= 0:
-            self._times.append(time.monotonic())
+            self._count()
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), granted))
@@ -139,7 +160,7 @@ class EditBudget:
         """Count a write now if nobody waits and more than ``spare`` writes would be left; else False."""
         if self.waiting or self.wait_time() > 0 or self.free() <= spare:
             return False
-        self._times.append(time.monotonic())
+        self._count()
         return True
 
     def _pump(self) -> None:
@@ -156,7 +177,7 @@ class EditBudget:
                 self._timer = asyncio.get_running_loop().call_later(delay, self._pump)
                 return
             heapq.heappop(self._waiters)
-            self._times.append(time.monotonic())
+            self._count()
             granted.set_result(None)
 
 
@@ -396,18 +417,26 @@ class StreamedMessage(Generic[H]):
                     if first and not self._done and room.tight(bucket):
                         # A busy room: spend this one write on as much of the reply as can come soon.
                         await self._wait_done(self.hold_s)
-            if self._halted is not None and self._halted():
-                return wrote
-            pieces = self._layout()  # the newest text, now that it is this write's turn
-            if i >= len(pieces):
-                continue
-            piece = pieces[i]
-            final = self._done and i == len(pieces) - 1
+            try:
+                if self._halted is not None and self._halted():
+                    return wrote
+                pieces = self._layout()  # the newest text, now that it is this write's turn
+                if i >= len(pieces):
+                    continue
+                piece = pieces[i]
+                final = self._done and i == len(pieces) - 1
+                if i < len(self.handles):
+                    write: Awaitable[object] = self._edit(self.handles[i], piece, final=final)
+                else:
+                    write = self._send(piece, final=final)
+            finally:
+                if bucket is not None:
+                    bucket.started()  # the request goes out now (the platform's account takes it from here)
             if i < len(self.handles):
-                await self._edit(self.handles[i], piece, final=final)
+                await write
                 self._shown[i] = piece
             else:
-                self.handles.append(await self._send(piece, final=final))
+                self.handles.append(await write)  # type: ignore[arg-type]
                 self._shown.append(piece)
                 if self._on_first is not None:
                     on_first, self._on_first = self._on_first, None

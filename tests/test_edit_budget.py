@@ -107,7 +107,7 @@ class Held(EditBudget):
     """A bucket the test opens: closed, every write waits (as in a room whose budget is spent)."""
 
     def __init__(self) -> None:
-        super().__init__(100, 5.0, platform_wait=lambda: 0.0 if self.open else 3600.0)
+        super().__init__(100, 5.0, follow=lambda unstarted: None if self.open else (3600.0, 0))
         self.open = False
         self.queued = 0
         self.queued_event = asyncio.Event()
@@ -224,3 +224,30 @@ async def test_a_complete_reply_whose_text_is_shown_still_gets_its_final_write()
     shown = StreamedMessage(limit=2000, send=send, edit=edit, interval=1000.0, needs_final=lambda: True)
     await shown.run(deltas())
     assert writes == [("send", "Hello", False), ("edit", "Hello", True)]
+
+
+async def test_the_platforms_account_of_a_bucket_is_followed_once_known(clock: list[float]) -> None:
+    """Discord's bucket (as discord.py read it) decides once known, counting the writes granted but
+    not yet sent; before that, the conservative window does."""
+    platform: dict[str, int] = {}
+
+    def follow(unstarted: int) -> tuple[float, int] | None:
+        if "remaining" not in platform:
+            return None
+        free = platform["remaining"] - unstarted
+        return (0.0, free) if free > 0 else (1.0, 0)
+
+    budget = EditBudget(1, 5.0, follow=follow)
+    await budget.take()
+    assert budget.wait_time() == pytest.approx(5.0)  # unknown: one per 5 s, the fallback
+    budget.started()
+    platform["remaining"] = 3  # Discord said: 3 more in this window
+    assert budget.wait_time() == 0.0
+    await budget.take()
+    await budget.take()
+    assert budget.free() == 1
+    budget.started()
+    platform["remaining"] = 2  # one of them reached discord.py, which counted it
+    assert budget.free() == 1  # the other is still on its way
+    await budget.take()
+    assert budget.wait_time() == 1.0 and budget.free() == 0

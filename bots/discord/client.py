@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 EDIT_INTERVAL_S = 1.0  # at most one edit per second for one message while it streams
 TYPING_EVERY_S = 8.0  # Discord shows "typing…" for 10 s per call
 WINDOW_MARGIN_S = 0.1  # on top of a channel's window: requests reach Discord a little after they are counted
+LIBRARY_POLL_S = 0.02  # past a bucket's reset, or while its requests are answered: look again this soon
 _REMEMBERED = 10_000  # replies whose messages are remembered (regenerate, button removal)
 
 K = TypeVar("K")
@@ -443,11 +444,11 @@ class PersonaeClient(discord.Client):
             count, per = self.app.settings.discord_channel_writes, self.app.settings.discord_channel_window_s
             sends = EditBudget(
                 count, per, margin=WINDOW_MARGIN_S,
-                platform_wait=library_bucket_wait(self.http, "POST", "/channels/{channel_id}/messages", channel_id),
+                follow=library_bucket(self.http, "POST", "/channels/{channel_id}/messages", channel_id),
             )
             edits = EditBudget(
                 count, per, margin=WINDOW_MARGIN_S,
-                platform_wait=library_bucket_wait(self.http, "PATCH", "/channels/{channel_id}/messages/{message_id}", channel_id),
+                follow=library_bucket(self.http, "PATCH", "/channels/{channel_id}/messages/{message_id}", channel_id),
             )
             room = self._rooms[channel_id] = Room(sends, edits, spare=1, max_wait_s=self.app.settings.delivery_max_wait_s)
         return room
@@ -480,8 +481,13 @@ class PersonaeClient(discord.Client):
         _remember(self._offers, conversation.cache_key(), (reply_id, [h.id for h in handles]))
         last = handles[-1]
         if last.id != has_button:
-            await self.room_for(channel).edits.take(FINAL)
-            await last.edit(view=regenerate_view(conversation, reply_id))
+            edits = self.room_for(channel).edits
+            await edits.take(FINAL)
+            try:
+                write = last.edit(view=regenerate_view(conversation, reply_id))
+            finally:
+                edits.started()
+            await write
 
     async def regenerate(self, interaction: discord.Interaction, conversation: ConversationKey, reply_id: int) -> None:
         """The author pressed Regenerate: stream a new reply into the messages that showed the old one."""
@@ -592,28 +598,36 @@ async def _show_typing(channel: discord.abc.Messageable) -> None:
     await channel._state.http.send_typing(channel.id)  # type: ignore[attr-defined]
 
 
-def library_bucket_wait(http: Any, method: str, path: str, channel_id: int) -> Callable[[], float]:
-    """How long discord.py's own rate limit for this route and channel says to wait before the next
-    request (0.0 when it has room, or has not seen the route yet). discord.py reads Discord's bucket
-    headers (``X-RateLimit-Bucket``, ``-Remaining``, ``-Reset-After``) and keys its limits by bucket
-    hash and channel: POST and PATCH of messages are separate buckets."""
+def library_bucket(http: Any, method: str, path: str, channel_id: int) -> Callable[[int], tuple[float, int] | None]:
+    """discord.py's own account of one route's rate limit in a channel, for ``EditBudget(follow=...)``.
+
+    discord.py reads Discord's bucket headers (``X-RateLimit-Bucket``, ``-Limit``, ``-Remaining``,
+    ``-Reset-After``) and keys its limits by bucket hash and channel: message sends (POST) and edits
+    (PATCH) are separate buckets. Returns None until discord.py has seen the bucket's headers (the
+    caller's own window is then the conservative fallback), else (wait, free) given ``unstarted``
+    writes granted but not yet handed to discord.py.
+    """
     route = discord.http.Route(method, path, channel_id=channel_id, message_id=0)
 
-    def wait() -> float:
+    def follow(unstarted: int) -> tuple[float, int] | None:
         try:
             key = route.key
             bucket = http._bucket_hashes.get(key)
             limit = http._buckets.get(f"{bucket or key}:{route.major_parameters}")
-            if limit is None or limit.expires is None:
-                return 0.0
-            left = limit.expires - limit._loop.time()
-            if left <= 0 or limit.remaining > 0:
-                return 0.0
-            return left
+            if limit is None or limit.limit <= 1:
+                return None  # not learned yet
+            now = limit._loop.time()
+            expired = limit.expires is not None and now > limit.expires
+            free = (limit.limit if expired else limit.remaining) - unstarted
+            if free > 0:
+                return 0.0, free
+            if limit.expires is None or expired:
+                return LIBRARY_POLL_S, 0  # requests in flight: their answers will say
+            return limit.expires - now + LIBRARY_POLL_S, 0
         except (AttributeError, TypeError):  # another discord.py inside: our own window alone
-            return 0.0
+            return None
 
-    return wait
+    return follow
 
 
 async def _ended(deltas: AsyncIterator[str], done: asyncio.Event) -> AsyncIterator[str]:

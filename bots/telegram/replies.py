@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4,096 characters
 REGENERATE = "regen"
 TYPING_EVERY_S = 4.5  # Telegram shows "typing…" for 5 s per sendChatAction
-WINDOW_MARGIN_S = 0.1  # on top of a chat's windows: requests reach Telegram a little after they are counted
+WINDOW_MARGIN_S = 0.25  # on top of a chat's windows: requests reach Telegram a little after they are counted
 
 
 def regenerate_data(reply_message_id: int, conversation: ConversationKey) -> str:
@@ -199,6 +199,7 @@ class Replies:
         for i, piece in enumerate(pieces):
             markup = self._button(reply) if i == len(pieces) - 1 else None
             await room.sends.take(FINAL)
+            room.sends.started()
             sent = await self.bot.send_message(chat_id, piece, reply_markup=markup)
             first()
             ids.append(sent.message_id)
