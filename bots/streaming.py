@@ -66,9 +66,11 @@ class EditBudget:
     windows), granted in priority order (lower first, then first come).
 
     ``follow(unstarted)`` (optional) reads the platform's own account of the bucket: None while it
-    has none (the windows above are then the conservative fallback), else ``(wait, free)``: how long
-    until one more write fits, and how many fit now, given ``unstarted`` writes granted here whose
-    requests have not started yet (a writer calls ``started()`` as its request goes out).
+    has none, else ``(wait, free)``: how long until one more write fits, and how many fit now, given
+    ``unstarted`` writes granted here whose requests have not started yet (a writer calls
+    ``started()`` as its request goes out). The windows above stay as the conservative bound: the
+    platform's account can hold writes back (a smaller or longer bucket, a reset still ahead), never
+    let more through.
     """
 
     def __init__(
@@ -101,8 +103,6 @@ class EditBudget:
     def wait_time(self) -> float:
         """Seconds until one more write fits (0.0: now)."""
         platform = self._platform()
-        if platform is not None:
-            return platform[0]
         now = time.monotonic()
         self._prune(now)
         wait = 0.0
@@ -111,15 +111,16 @@ class EditBudget:
             inside = [t for t in times if now - t < per + self.margin]
             if len(inside) >= count:
                 wait = max(wait, per - (now - inside[-count]) + self.margin)
-        return wait
+        # The platform's account can only hold writes back: right after a window resets, a library
+        # that has not heard back from every request in flight counts more room than there is.
+        return wait if platform is None else max(wait, platform[0])
 
     def free(self) -> int:
         """Writes the bucket still has room for now."""
         platform = self._platform()
-        if platform is not None:
-            return platform[1]
         now = time.monotonic()
-        return self.count - sum(1 for t in self._times if now - t < self.per + self.margin)
+        own = self.count - sum(1 for t in self._times if now - t < self.per + self.margin)
+        return own if platform is None else min(own, platform[1])
 
     def _count(self) -> None:
         self._times.append(time.monotonic())
@@ -130,7 +131,9 @@ class EditBudget:
         """A write granted here has gone out (or will not): the platform's account now holds it."""
         if self.follow is not None and self.unstarted > 0:
             self.unstarted -= 1
-            self._pump()
+            # Looked at once the request has reached the platform's account (it gets there before
+            # this task next yields): granting now would count the same room twice.
+            asyncio.get_running_loop().call_soon(self._pump)
 
     @property
     def waiting(self) -> int:

@@ -226,28 +226,23 @@ async def test_a_complete_reply_whose_text_is_shown_still_gets_its_final_write()
     assert writes == [("send", "Hello", False), ("edit", "Hello", True)]
 
 
-async def test_the_platforms_account_of_a_bucket_is_followed_once_known(clock: list[float]) -> None:
-    """Discord's bucket (as discord.py read it) decides once known, counting the writes granted but
-    not yet sent; before that, the conservative window does."""
+async def test_the_platforms_account_of_a_bucket_can_hold_writes_back(clock: list[float]) -> None:
+    """Discord's bucket (as discord.py read it) is followed once known, counting the writes granted
+    but not yet sent; the conservative window stays the upper bound."""
     platform: dict[str, int] = {}
 
     def follow(unstarted: int) -> tuple[float, int] | None:
         if "remaining" not in platform:
             return None
         free = platform["remaining"] - unstarted
-        return (0.0, free) if free > 0 else (1.0, 0)
+        return (0.0, free) if free > 0 else (2.0, 0)
 
-    budget = EditBudget(1, 5.0, follow=follow)
+    budget = EditBudget(5, 5.0, follow=follow)
+    platform["remaining"] = 2  # Discord said: 2 more in this window
     await budget.take()
-    assert budget.wait_time() == pytest.approx(5.0)  # unknown: one per 5 s, the fallback
     budget.started()
-    platform["remaining"] = 3  # Discord said: 3 more in this window
-    assert budget.wait_time() == 0.0
-    await budget.take()
-    await budget.take()
-    assert budget.free() == 1
-    budget.started()
-    platform["remaining"] = 2  # one of them reached discord.py, which counted it
-    assert budget.free() == 1  # the other is still on its way
-    await budget.take()
-    assert budget.wait_time() == 1.0 and budget.free() == 0
+    platform["remaining"] = 1  # it reached discord.py, which counted it
+    await budget.take()  # granted, not yet sent
+    assert budget.free() == 0 and budget.wait_time() == 2.0  # the window would allow 3 more: the platform says no
+    platform["remaining"] = 10
+    assert budget.free() == 3  # and never more than the window
