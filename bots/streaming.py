@@ -88,7 +88,7 @@ class EditBudget:
         self.margin = margin  # waited on top of a window: a request reaches the platform a little after it is counted here
         self._times: deque[float] = deque()
         self._longest = max(w for _, w in self.windows)
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[float]]] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self.unstarted = 0  # granted, request not yet gone out (only counted with ``follow``)
@@ -122,10 +122,20 @@ class EditBudget:
         own = self.count - sum(1 for t in self._times if now - t < self.per + self.margin)
         return own if platform is None else min(own, platform[1])
 
-    def _count(self) -> None:
-        self._times.append(time.monotonic())
+    def _count(self) -> float:
+        stamp = time.monotonic()
+        self._times.append(stamp)
         if self.follow is not None:
             self.unstarted += 1
+        return stamp
+
+    def restamp(self, stamp: float) -> None:
+        """A write granted at ``stamp`` goes out only now (it waited for more text): count it from now."""
+        try:
+            self._times.remove(stamp)
+        except ValueError:
+            return
+        self._times.append(time.monotonic())
 
     def started(self) -> None:
         """A write granted here has gone out (or will not): the platform's account now holds it."""
@@ -143,16 +153,15 @@ class EditBudget:
         """The steady spacing of writes this bucket allows (seconds per write)."""
         return max(per / count for count, per in self.windows)
 
-    async def take(self, priority: int = FIRST) -> None:
-        """Wait until a write may go out (by priority), and count it."""
+    async def take(self, priority: int = FIRST) -> float:
+        """Wait until a write may go out (by priority), and count it; returns when it was counted."""
         if not self._waiters and self.wait_time() <= 0:
-            self._count()
-            return
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return self._count()
+        granted: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), granted))
         self._pump()
         try:
-            await granted
+            return await granted
         except asyncio.CancelledError:
             if not granted.done():
                 granted.cancel()
@@ -180,8 +189,7 @@ class EditBudget:
                 self._timer = asyncio.get_running_loop().call_later(delay, self._pump)
                 return
             heapq.heappop(self._waiters)
-            self._count()
-            granted.set_result(None)
+            granted.set_result(self._count())
 
 
 class Room:
@@ -416,10 +424,11 @@ class StreamedMessage(Generic[H]):
                         return wrote
                 else:
                     first = not self.handles
-                    await bucket.take(FIRST if first else priority)
+                    stamp = await bucket.take(FIRST if first else priority)
                     if first and not self._done and room.tight(bucket):
                         # A busy room: spend this one write on as much of the reply as can come soon.
                         await self._wait_done(self.hold_s)
+                        bucket.restamp(stamp)  # it goes out now, not when it was granted
             try:
                 if self._halted is not None and self._halted():
                     return wrote

@@ -105,7 +105,7 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         .base_url(settings.telegram_api_base)
         .base_file_url(settings.telegram_file_base)
         .concurrent_updates(updates)
-        .rate_limiter(WritesRateLimiter(max_retries=tuning.rate_limit_retries, group_max_rate=tuning.group_messages_per_minute))
+        .rate_limiter(WritesRateLimiter(max_retries=tuning.rate_limit_retries, group_max_rate=0))
         .connect_timeout(tuning.request_timeout)
         .read_timeout(tuning.request_timeout)
         .write_timeout(tuning.request_timeout)
