@@ -34,7 +34,7 @@ from core.commands import Actor, Place
 from core.errors import PersonaeError
 from core.events import Platform
 
-# 193 characters, the length of the reply the measurements used.
+# 193 characters: the reply length of the earlier busy-room measurements (docs/performance.md).
 REPLY = (
     "(leans on the counter) Twenty voices at once, and every one of them wants the same ale. "
     "Sit, friend, the night is long; tell me your name and I will tell you which of these rogues to trust."
