@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     # then dropped (logged). Keep the first above RATE_LIMIT_MESSAGES: the rate notice comes first.
     max_waiting_per_person: int = Field(default=25, ge=1)
     max_waiting_turns: int = Field(default=4096, ge=1)
+    # Writing replies into a busy room (a channel, a group): a message that would wait longer than
+    # this for its reply's first text to be written is dropped (logged) instead of queued.
+    delivery_max_wait_s: float = Field(default=30.0, gt=0)
+    # Discord's per-channel buckets when discord.py has not learned them yet (sends and edits apart).
+    discord_channel_writes: int = Field(default=5, ge=1)
+    discord_channel_window_s: float = Field(default=5.0, gt=0)
 
     # Durability: messages are stored on arrival; what a crash or an outage interrupts is picked up
     pending_answer_within_s: float = Field(default=600.0, ge=0)  # older unanswered messages get a short notice instead

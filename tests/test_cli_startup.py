@@ -9,8 +9,8 @@ from pathlib import Path
 
 from bots.discord.client import invite_url
 from tests.cli_process import GUARD_S, cli_env, command, personae
-from tests.discord.fake_discord import APP_ID, TOKEN as DISCORD_TOKEN, FakeDiscord
-from tests.telegram.fake_telegram import TOKEN as TELEGRAM_TOKEN, FakeTelegram
+from bots.fakes.discord import APP_ID, TOKEN as DISCORD_TOKEN, FakeDiscord
+from bots.fakes.telegram import TOKEN as TELEGRAM_TOKEN, FakeTelegram
 from tests.tgi_server import MODEL_ID, TGIServer
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from tests.discord.fake_discord import ALICE, ROLEPLAY, TOKEN as DISCORD_TOKEN, FakeDiscord
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.discord import ALICE, ROLEPLAY, TOKEN as DISCORD_TOKEN, FakeDiscord
+from bots.fakes.telegram import FakeTelegram
 from tests.test_service_drain import GROUP, REPLY, prepared_database, stored
 from tests.tgi_server import TGIServer
 from tests.throwaway import PersonaeProcess, throwaway_redis

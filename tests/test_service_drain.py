@@ -13,8 +13,8 @@ from core.state import Binding
 from storage import migrate
 from storage.database import SqlStore
 from storage.tables import messages
-from tests.discord.fake_discord import ALICE, ROLEPLAY, GUILD_ID, TOKEN as DISCORD_TOKEN, FakeDiscord
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.discord import ALICE, ROLEPLAY, GUILD_ID, TOKEN as DISCORD_TOKEN, FakeDiscord
+from bots.fakes.telegram import FakeTelegram
 from tests.tgi_server import TGIServer
 from tests.throwaway import PersonaeProcess
 

@@ -30,18 +30,21 @@ from bots.discord.chat import (
 )
 from bots.discord.shards import ShardPlan, shard_plan
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
-from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
+from bots.streaming import FINAL, EditBudget, Room, StreamedMessage, Typing, first_shown, greeting_first
 from bots.recovering import keep_recovering, sweep_every
 from core import observe
 from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import ConfigurationError, PersonaeError
 from core.locks import KeyedLocks
 from core.events import ChatEvent, ConversationKey, Platform, Trigger
+from core.state import MessageStatus
 
 log = logging.getLogger(__name__)
 
-EDITS_PER_CHANNEL = (5, 5.0)  # at most 5 sends or edits per 5 s in one channel
 EDIT_INTERVAL_S = 1.0  # at most one edit per second for one message while it streams
+TYPING_EVERY_S = 8.0  # Discord shows "typing…" for 10 s per call
+WINDOW_MARGIN_S = 0.1  # on top of a channel's window: requests reach Discord a little after they are counted
+LIBRARY_POLL_S = 0.02  # past a bucket's reset, or while its requests are answered: look again this soon
 _REMEMBERED = 10_000  # replies whose messages are remembered (regenerate, button removal)
 
 K = TypeVar("K")
@@ -148,7 +151,8 @@ class PersonaeClient(discord.Client):
         self.tree = CommandTree(self)
         for command in build_commands():
             self.tree.add_command(command)
-        self._budgets: dict[int, EditBudget] = {}
+        self._rooms: dict[int, Room] = {}
+        self._typing: dict[int, Typing] = {}
         # conversation -> (reply id, ids of the messages showing it): the newest reply with a button
         self._offers: dict[str, tuple[int, list[int]]] = {}
         self._told_about_attachments: dict[str, None] = {}
@@ -218,18 +222,25 @@ class PersonaeClient(discord.Client):
         reference = discord.MessageReference(
             message_id=int(intake.platform_message_id or 0), channel_id=channel_id, fail_if_not_exists=False
         )
+        reply = turn.reply
+        done = asyncio.Event()
+
+        def button() -> discord.ui.View | None:
+            if done.is_set() and reply.conversation is not None and reply.reply_message_id is not None:
+                return regenerate_view(reply.conversation, reply.reply_message_id)
+            return None
+
         shown_messages, has_button = await self._stream(
-            _chain(first, deltas),
+            _ended(_chain(first, deltas), done),
             channel,
             send_first=lambda text, **kw: channel.send(text, reference=reference, **kw),
             reuse=[partial] if partial is not None else None,
+            button=button,
             halted=lambda: turn.reply.status is ReplyStatus.LOST,
         )
-        reply = turn.reply
         if reply.reply_message_id is not None and reply.conversation is not None and shown_messages.handles:
             await self._move_button(
-                reply.conversation, reply.reply_message_id, shown_messages.handles, channel,
-                has_button=has_button, old_button=self._button_of(reply.conversation),
+                reply.conversation, reply.reply_message_id, shown_messages.handles, channel, has_button=has_button
             )
 
     # -- chat ---------------------------------------------------------------------------------
@@ -265,7 +276,10 @@ class PersonaeClient(discord.Client):
             assert self.user is not None
             event = chat_event(message, self.user)
             if event is not None:
-                await self._store_on_arrival(event)
+                accepted = await self._store_on_arrival(event)
+                if accepted is not None and accepted.status is MessageStatus.PENDING and self.room_for(message.channel).full():
+                    await self._too_busy(event)
+                    return
                 reply = self.app.engine.handle(event)
                 await self.answer(message, event, reply)
         except Exception as exc:
@@ -274,23 +288,36 @@ class PersonaeClient(discord.Client):
         finally:
             self.dispatch("turn_finished", message, reply)
 
-    async def _store_on_arrival(self, event: ChatEvent) -> None:
+    async def _too_busy(self, event: ChatEvent) -> None:
+        """The channel's line of replies waiting to be written is longer than PERSONAE_DELIVERY_MAX_WAIT_S:
+        the message is settled unanswered (no restart answers it later) and logged, not queued."""
+        room = self.room_for_id(int(event.channel_id))
+        await self.app.engine.discard(event)
+        log.warning(
+            "dropped message %s in Discord channel %s: %d replies already wait about %.0f s to be written "
+            "(PERSONAE_DELIVERY_MAX_WAIT_S=%.0f)",
+            event.message_id, event.channel_id, room.waiting, room.expected_wait(), room.max_wait_s,
+        )
+
+    async def _store_on_arrival(self, event: ChatEvent) -> Any:
         """Store the message (pending) before it waits behind the person's earlier ones: if this
         process dies meanwhile, another replica (or the restart) answers it; Discord never sends it
         again. One person's messages are stored in the order they came."""
         async with self._arrivals.hold(f"{event.channel_id}:{event.user_id}"):
             try:
-                await self.app.engine.accept(event)
+                return await self.app.engine.accept(event)
             except Exception:  # noqa: BLE001 - the database's own errors: handle stores it again, or says so
                 log.debug("storing Discord message %s on arrival failed", event.message_id, exc_info=True)
+                return None
 
     async def answer(self, message: discord.Message, event: ChatEvent, reply: Reply) -> None:
-        """Show the Engine's reply to ``message``: typing until the first text, then a send and paced edits."""
+        """Show the Engine's reply to ``message``: typing until its first text is written, then a send
+        and the edits the channel can spare."""
         channel = message.channel
-        first_text, finished = asyncio.Event(), asyncio.Event()
-        typing = None
-        if await self._may_answer(event):
-            typing = asyncio.create_task(_typing_until(channel, first_text))
+        finished = asyncio.Event()
+        room = self.room_for(channel)
+        leave = room.enter()
+        stop_typing = self.typing_for(channel).hold() if await self._may_answer(event) else (lambda: None)
         reference = message.to_reference(fail_if_not_exists=False)
 
         def button() -> discord.ui.View | None:
@@ -306,26 +333,28 @@ class PersonaeClient(discord.Client):
                 await self.app.engine.showing(reply.intake, str(sent.id))
             return sent
 
+        def on_first() -> None:
+            leave()
+            stop_typing()
+            first_shown(reply, "discord")
+
         try:
             shown, has_button = await self._stream(
-                self._deltas(reply, message, first_text, finished),
+                self._deltas(reply, message, finished),
                 channel,
                 send_first=send_first,
                 button=button,
-                on_first=lambda: first_shown(reply, "discord"),
+                on_first=on_first,
                 halted=lambda: reply.status is ReplyStatus.LOST,
             )
         finally:
-            first_text.set()
-            if typing is not None:
-                await typing
+            leave()
+            stop_typing()
         if reply.status is ReplyStatus.NO_CHARACTER:
             await message.reply(await no_character_hint(self.app, event), allowed_mentions=NO_MENTIONS)
         elif reply.reply_message_id is not None and reply.conversation is not None and shown.handles:
-            old_button = self._button_of(reply.conversation)
             await self._move_button(
-                reply.conversation, reply.reply_message_id, shown.handles, channel,
-                has_button=has_button, old_button=old_button,
+                reply.conversation, reply.reply_message_id, shown.handles, channel, has_button=has_button,
             )
 
     async def _may_answer(self, event: ChatEvent) -> bool:
@@ -333,15 +362,14 @@ class PersonaeClient(discord.Client):
         binding = await self.app.engine.binding_for(event)
         return binding is not None and (binding.trigger is Trigger.ALL or event.addressed or event.private)
 
-    async def _deltas(
-        self, reply: Reply, message: discord.Message, first_text: asyncio.Event, finished: asyncio.Event
-    ) -> AsyncIterator[str]:
-        """The reply's deltas (after the greeting, on first contact); once per conversation, a note that attachments were not read."""
-        async for delta in greeting_first(reply, lambda text: message.channel.send(text, allowed_mentions=NO_MENTIONS), "discord"):
-            first_text.set()
+    async def _deltas(self, reply: Reply, message: discord.Message, finished: asyncio.Event) -> AsyncIterator[str]:
+        """The reply's deltas (the greeting first, on first contact); once per conversation, a note that attachments were not read."""
+        said = False
+        async for delta in greeting_first(reply):
+            said = True
             yield delta
         finished.set()
-        if first_text.is_set() and message.attachments and reply.conversation is not None:
+        if said and message.attachments and reply.conversation is not None:
             key = reply.conversation.cache_key()
             if key not in self._told_about_attachments:
                 _remember(self._told_about_attachments, key, None)
@@ -360,21 +388,23 @@ class PersonaeClient(discord.Client):
     ) -> tuple[StreamedMessage[discord.Message | discord.PartialMessage], int | None]:
         """Render ``deltas``: ``reuse``'d messages are edited first, then ``send_first``, then plain sends.
 
-        When the reply is complete and fits in one message, the last write also carries ``button()``
-        (one edit fewer). Returns the rendering and the id of the message that got the button.
+        ``StreamedMessage`` decides when to write and what; these writes only say how. The write
+        that completes the reply's last message also carries ``button()`` (no edit of its own).
+        Returns the rendering and the id of the message that got the button.
         """
         reuse = list(reuse or ())
         sent = 0
         has_button: int | None = None
+        typing = self.typing_for(channel)
 
-        def extras() -> dict[str, Any]:
-            view = button() if len(shown.text) <= MESSAGE_LIMIT else None
+        def extras(final: bool) -> dict[str, Any]:
+            view = button() if final else None
             return {"allowed_mentions": NO_MENTIONS} if view is None else {"allowed_mentions": NO_MENTIONS, "view": view}
 
-        async def send(text: str) -> discord.Message | discord.PartialMessage:
+        async def send(text: str, *, final: bool = False) -> discord.Message | discord.PartialMessage:
             nonlocal sent, has_button
             sent += 1
-            kw = extras()
+            kw = extras(final)
             if reuse:
                 target: discord.Message | discord.PartialMessage = reuse.pop(0)
                 await target.edit(content=text, **kw)
@@ -382,33 +412,56 @@ class PersonaeClient(discord.Client):
                 target = await send_first(text, **kw)
             else:
                 target = await channel.send(text, **kw)
+            typing.nudge()  # the bot wrote: Discord hides "typing…", which others may still need
             if "view" in kw:
                 has_button = target.id
             return target
 
-        async def edit(target: discord.Message | discord.PartialMessage, text: str) -> None:
+        async def edit(target: discord.Message | discord.PartialMessage, text: str, *, final: bool = False) -> None:
             nonlocal has_button
-            kw = extras()
+            kw = extras(final)
             await target.edit(content=text, **kw)
             if "view" in kw:
                 has_button = target.id
 
         shown: StreamedMessage[discord.Message | discord.PartialMessage] = StreamedMessage(
-            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, budget=self.budget_for(channel), on_first=on_first,
-            halted=halted,
+            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, room=self.room_for(channel),
+            on_first=on_first, halted=halted, needs_final=lambda: button() is not None,
         )
         await shown.run(deltas)
         return shown, has_button
 
-    def budget_for(self, channel: discord.abc.Messageable) -> EditBudget:
-        """The edit budget of one channel, shared by every reply shown in it."""
+    def room_for(self, channel: discord.abc.Messageable) -> Room:
+        """The room of one channel, shared by every reply shown in it: its send and edit buckets
+        (separate on Discord), each following what discord.py learned of the bucket."""
+        return self.room_for_id(channel.id)  # type: ignore[attr-defined]
+
+    def room_for_id(self, channel_id: int) -> Room:
+        room = self._rooms.get(channel_id)
+        if room is None:
+            if len(self._rooms) > _REMEMBERED:
+                self._rooms.clear()  # losing old windows only risks a 429, which discord.py absorbs
+            count, per = self.app.settings.discord_channel_writes, self.app.settings.discord_channel_window_s
+            sends = EditBudget(
+                count, per, margin=WINDOW_MARGIN_S,
+                follow=library_bucket(self.http, "POST", "/channels/{channel_id}/messages", channel_id),
+            )
+            edits = EditBudget(
+                count, per, margin=WINDOW_MARGIN_S,
+                follow=library_bucket(self.http, "PATCH", "/channels/{channel_id}/messages/{message_id}", channel_id),
+            )
+            room = self._rooms[channel_id] = Room(sends, edits, spare=1, max_wait_s=self.app.settings.delivery_max_wait_s)
+        return room
+
+    def typing_for(self, channel: discord.abc.Messageable) -> Typing:
+        """One "typing…" per channel, kept up while any reply there waits for its first text."""
         channel_id = channel.id  # type: ignore[attr-defined]
-        budget = self._budgets.get(channel_id)
-        if budget is None:
-            if len(self._budgets) > _REMEMBERED:
-                self._budgets.clear()  # losing old windows only risks a 429, which discord.py absorbs
-            budget = self._budgets[channel_id] = EditBudget(*EDITS_PER_CHANNEL)
-        return budget
+        typing = self._typing.get(channel_id)
+        if typing is None:
+            if len(self._typing) > _REMEMBERED:
+                self._typing = {k: t for k, t in self._typing.items() if t.holders > 0}
+            typing = self._typing[channel_id] = Typing(lambda: _show_typing(channel), TYPING_EVERY_S)
+        return typing
 
     # -- regenerate ---------------------------------------------------------------------------
 
@@ -420,26 +473,21 @@ class PersonaeClient(discord.Client):
         channel: discord.abc.Messageable,
         *,
         has_button: int | None,
-        old_button: int | None,
     ) -> None:
-        """Put the Regenerate button under the reply's last message and take it off ``old_button``."""
+        """Remember the reply as the conversation's newest; put the Regenerate button under its last
+        message if its final write could not carry it. The previous reply keeps its button: pressed,
+        it answers that only the newest reply can be regenerated (and loses it then), which costs no
+        write in a busy channel."""
         _remember(self._offers, conversation.cache_key(), (reply_id, [h.id for h in handles]))
-        budget = self.budget_for(channel)
         last = handles[-1]
         if last.id != has_button:
-            await budget.take()
-            await last.edit(view=regenerate_view(conversation, reply_id))
-        if old_button is not None and old_button != last.id:
+            edits = self.room_for(channel).edits
+            await edits.take(FINAL)
             try:
-                await budget.take()
-                await channel.get_partial_message(old_button).edit(view=None)  # type: ignore[attr-defined]
-            except discord.HTTPException as exc:  # deleted meanwhile: nothing to remove
-                log.debug("could not remove an old regenerate button: %s", exc)
-
-    def _button_of(self, conversation: ConversationKey) -> int | None:
-        """The message that carries the conversation's button, as far as this process knows."""
-        offer = self._offers.get(conversation.cache_key())
-        return offer[1][-1] if offer is not None else None
+                write = last.edit(view=regenerate_view(conversation, reply_id))
+            finally:
+                edits.started()
+            await write
 
     async def regenerate(self, interaction: discord.Interaction, conversation: ConversationKey, reply_id: int) -> None:
         """The author pressed Regenerate: stream a new reply into the messages that showed the old one."""
@@ -475,8 +523,16 @@ class PersonaeClient(discord.Client):
         offer = self._offers.get(conversation.cache_key())
         ids = offer[1] if offer is not None and offer[0] == reply_id else [pressed.id]
         old = [pressed if i == pressed.id else channel.get_partial_message(i) for i in ids]  # type: ignore[union-attr]
-        shown, _ = await self._stream(
-            _chain(first, deltas), channel, send_first=channel.send, reuse=old, halted=lambda: reply.status is ReplyStatus.LOST
+        done = asyncio.Event()
+
+        def button() -> discord.ui.View | None:
+            if done.is_set() and reply.reply_message_id is not None:
+                return regenerate_view(conversation, reply.reply_message_id)
+            return None
+
+        shown, has_button = await self._stream(
+            _ended(_chain(first, deltas), done), channel, send_first=channel.send, reuse=old, button=button,
+            halted=lambda: reply.status is ReplyStatus.LOST,
         )
         stale = old[len(shown.handles) :]
         for message in stale:
@@ -485,10 +541,7 @@ class PersonaeClient(discord.Client):
             except discord.HTTPException as exc:
                 log.debug("could not delete a stale reply message: %s", exc)
         if reply.reply_message_id is not None and shown.handles:
-            kept = None if any(m.id == pressed.id for m in stale) else pressed.id
-            await self._move_button(
-                conversation, reply.reply_message_id, shown.handles, channel, has_button=kept, old_button=kept
-            )
+            await self._move_button(conversation, reply.reply_message_id, shown.handles, channel, has_button=has_button)
 
 
 class ShardedClient(PersonaeClient, discord.AutoShardedClient):
@@ -540,13 +593,47 @@ def _connected(client: PersonaeClient) -> bool:
     return client.ws is not None and client.ws.open
 
 
-async def _typing_until(channel: discord.abc.Messageable, first_text: asyncio.Event) -> None:
-    """Show "typing…" until the first text of the reply arrives (Discord shows it for 10 s per call)."""
-    try:
-        async with channel.typing():
-            await first_text.wait()
-    except discord.HTTPException as exc:
-        log.debug("typing indicator failed: %s", exc)
+async def _show_typing(channel: discord.abc.Messageable) -> None:
+    """Show "typing…" once (Discord shows it for 10 s, or until the bot writes in the channel)."""
+    await channel._state.http.send_typing(channel.id)  # type: ignore[attr-defined]
+
+
+def library_bucket(http: Any, method: str, path: str, channel_id: int) -> Callable[[int], tuple[float, int] | None]:
+    """discord.py's own account of one route's rate limit in a channel, for ``EditBudget(follow=...)``.
+
+    discord.py reads Discord's bucket headers (``X-RateLimit-Bucket``, ``-Limit``, ``-Remaining``,
+    ``-Reset-After``) and keys its limits by bucket hash and channel: message sends (POST) and edits
+    (PATCH) are separate buckets. Returns None until discord.py has seen the bucket's headers (the
+    caller's own window is then the conservative fallback), else (wait, free) given ``unstarted``
+    writes granted but not yet handed to discord.py.
+    """
+    route = discord.http.Route(method, path, channel_id=channel_id, message_id=0)
+
+    def follow(unstarted: int) -> tuple[float, int] | None:
+        try:
+            key = route.key
+            bucket = http._bucket_hashes.get(key)
+            limit = http._buckets.get(f"{bucket or key}:{route.major_parameters}")
+            if limit is None or limit.limit <= 1:
+                return None  # not learned yet
+            now = limit._loop.time()
+            expired = limit.expires is not None and now > limit.expires
+            free = (limit.limit if expired else limit.remaining) - unstarted
+            if free > 0:
+                return 0.0, free
+            if limit.expires is None or expired:
+                return LIBRARY_POLL_S, 0  # requests in flight: their answers will say
+            return limit.expires - now + LIBRARY_POLL_S, 0
+        except (AttributeError, TypeError):  # another discord.py inside: our own window alone
+            return None
+
+    return follow
+
+
+async def _ended(deltas: AsyncIterator[str], done: asyncio.Event) -> AsyncIterator[str]:
+    async for delta in deltas:
+        yield delta
+    done.set()
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -23,7 +23,7 @@ from core.commands import Actor, Place
 from core.engine import Reply
 from core.events import Platform
 from tests.conftest import paired_cache, paired_database
-from tests.discord.fake_discord import GUILD_ID, OWNER, TOKEN, FakeDiscord
+from bots.fakes.discord import GUILD_ID, OWNER, TOKEN, FakeDiscord
 from tests.tgi_server import TGIServer
 
 CHARACTER = "Hamlet"

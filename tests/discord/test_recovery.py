@@ -10,7 +10,7 @@ from core.engine import NOTICE_INTERRUPTED
 from core.events import ConversationKey, Platform
 from storage.tables import messages
 from tests.discord.conftest import CHARACTER, add_character, bind, build_app, discord_settings, start_bot, stop_bot
-from tests.discord.fake_discord import ALICE, BOT_ID, ROLEPLAY
+from bots.fakes.discord import ALICE, BOT_ID, ROLEPLAY
 
 
 async def left_pending(store, cache, fake, tgi, *, half_shown: str | None = None) -> tuple[dict, int | None]:

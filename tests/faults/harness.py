@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from tests.discord import fake_discord as fd
-from tests.discord.fake_discord import FakeDiscord
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes import discord as fd
+from bots.fakes.discord import FakeDiscord
+from bots.fakes.telegram import FakeTelegram
 from tests.tgi_server import TGIServer
 from tests.throwaway import PersonaeProcess, ThrowawayPostgres, ThrowawayRedis
 

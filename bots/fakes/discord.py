@@ -17,14 +17,16 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import math
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from aiohttp import WSMsgType, web
 
-from tests.loopback import serve_on_loopback
+from bots.fakes.loopback import serve_on_loopback
 
 TOKEN = "fake-bot-token.XXXXXX.yyyyyyyyyyyyyyyyyyyyyyyyyyy"
 APP_ID = BOT_ID = 900000000000000010
@@ -93,6 +95,60 @@ class Fault:
     times: int
 
 
+class RateLimits:
+    """Discord's limits as the fake enforces them, with the headers discord.py reads.
+
+    Per channel, message sends (POST) and edits (PATCH) are two buckets of ``per_channel`` requests
+    per ``window_s``, each a fixed window opened by its first request (as Discord's reset works);
+    all requests together at most ``global_per_s`` a second. Past a limit: 429 with ``retry_after``,
+    a ``Via`` header (else discord.py takes it for a Cloudflare ban) and the bucket headers.
+    """
+
+    BUCKETS = {"POST": "c0ffee01", "PATCH": "c0ffee02"}  # bucket hashes, one per kind of write
+
+    def __init__(self, per_channel: int = 5, window_s: float = 5.0, global_per_s: int = 50) -> None:
+        self.per_channel, self.window_s, self.global_per_s = per_channel, window_s, global_per_s
+        self._windows: dict[tuple[str, int], tuple[float, int]] = {}  # (method, channel) -> (opened at, used)
+        self._second: deque[float] = deque()
+        self.refused = 0  # 429s answered
+        self.refused_global = 0
+
+    def judge(self, method: str, channel: int | None, now: float) -> tuple[int, dict[str, str], dict[str, Any] | None]:
+        """(status, headers, 429 body or None) for a request; counts it when it is let through."""
+        while self._second and now - self._second[0] >= 1.0:
+            self._second.popleft()
+        if len(self._second) >= self.global_per_s:
+            self.refused += 1
+            self.refused_global += 1
+            retry = 1.0 - (now - self._second[0])
+            headers = {"Via": "1.1 google", "Retry-After": str(max(1, math.ceil(retry))), "X-RateLimit-Global": "true",
+                       "X-RateLimit-Scope": "global"}
+            return 429, headers, {"message": "You are being rate limited.", "retry_after": round(retry, 3), "global": True}
+        if channel is None or method not in self.BUCKETS:
+            self._second.append(now)
+            return 200, {}, None
+        key = (method, channel)
+        opened, used = self._windows.get(key, (now, 0))
+        if now - opened >= self.window_s:
+            opened, used = now, 0
+        reset_after = self.window_s - (now - opened)
+        headers = {
+            "X-RateLimit-Limit": str(self.per_channel),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": self.BUCKETS[method],
+        }
+        if used >= self.per_channel:
+            self.refused += 1
+            headers.update({"Via": "1.1 google", "Retry-After": str(max(1, math.ceil(reset_after))),
+                            "X-RateLimit-Remaining": "0", "X-RateLimit-Scope": "user"})
+            return 429, headers, {"message": "You are being rate limited.", "retry_after": round(reset_after, 3), "global": False}
+        self._windows[key] = (opened, used + 1)
+        self._second.append(now)
+        headers["X-RateLimit-Remaining"] = str(self.per_channel - used - 1)
+        return 200, headers, None
+
+
 @dataclass(slots=True)
 class Sent:
     """An interaction the fake delivered: tests read its callbacks and follow-ups by token."""
@@ -114,6 +170,9 @@ class FakeDiscord:
         self.commands: dict[int | None, list[dict[str, Any]]] = {}  # synced commands by guild (None: global)
         self.refuse_message_content = False  # close the gateway with 4014 when IDENTIFY asks for it
         self.faults: list[Fault] = []
+        self.limits: RateLimits | None = None  # set: Discord's rate limits are enforced
+        # Told of every message the bot created or edited (``"send"`` or ``"edit"``, the message as it is now).
+        self.watchers: list[Callable[[str, dict[str, Any]], None]] = []
         self._sockets: list[web.WebSocketResponse] = []
         # Each connection's shard [id, count] from its IDENTIFY (None: unsharded, it gets every event).
         self.shards: dict[web.WebSocketResponse, tuple[int, int] | None] = {}
@@ -262,6 +321,10 @@ class FakeDiscord:
     def connected_shards(self) -> list[tuple[int, int] | None]:
         """The shard of each open gateway connection."""
         return [self.shards.get(ws) for ws in self._sockets]
+
+    def add_person(self, user_id: int, name: str) -> None:
+        """One more person who can write in the guild (``say(channel, user_id, ...)``)."""
+        USERS[user_id] = _user(user_id, name)
 
     def add_annex(self) -> None:
         """A second guild, ANNEX_GUILD with channel ANNEX (on the other shard of two than GUILD_ID)."""
@@ -511,7 +574,16 @@ class FakeDiscord:
                     status=fault.status,
                     headers=headers,
                 )
-        return await self._route(request.method, path, body)
+        if self.limits is None:
+            return await self._route(request.method, path, body)
+        parts = path.strip("/").split("/")
+        channel = int(parts[1]) if len(parts) >= 3 and parts[0] == "channels" and parts[2] == "messages" else None
+        status, headers, refusal = self.limits.judge(request.method, channel, time.monotonic())
+        if refusal is not None:
+            return _json(refusal, status=status, headers=headers)
+        response = await self._route(request.method, path, body)
+        response.headers.update(headers)
+        return response
 
     async def _route(self, method: str, path: str, body: Any) -> web.Response:
         parts = path.strip("/").split("/")
@@ -589,6 +661,8 @@ class FakeDiscord:
             message["webhook_id"] = str(APP_ID)
         else:
             self.messages[message_id] = message
+            for watcher in self.watchers:
+                watcher("send", message)
         return message
 
     def _edit(self, message: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -596,6 +670,8 @@ class FakeDiscord:
             if key in body:
                 message[key] = body[key] if body[key] is not None else ([] if key != "content" else "")
         message["edited_timestamp"] = _now()
+        for watcher in self.watchers:
+            watcher("edit", message)
         return message
 
 
