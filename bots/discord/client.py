@@ -26,8 +26,12 @@ from bots.discord.chat import (
     NO_MENTIONS,
     RegenerateButton,
     chat_event,
+    proxied_event,
     regenerate_view,
 )
+from bots.discord.avatars import AvatarLinks
+from bots.discord.faces import ChannelPlace, Handle, Identity, Place, Webhooks
+from bots.discord.proxies import Proxies
 from bots.discord.shards import ShardPlan, shard_plan
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
 from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
@@ -60,6 +64,7 @@ class DiscordUnreachable(PersonaeError):
 INVITE_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True,
     attach_files=True, embed_links=True,  # the /mood picture and /character show's avatar
+    manage_webhooks=True,  # characters speak through a channel webhook under their own name and avatar
 )
 
 
@@ -149,8 +154,12 @@ class PersonaeClient(discord.Client):
         for command in build_commands():
             self.tree.add_command(command)
         self._budgets: dict[int, EditBudget] = {}
-        # conversation -> (reply id, ids of the messages showing it): the newest reply with a button
-        self._offers: dict[str, tuple[int, list[int]]] = {}
+        # conversation -> (reply id, the messages showing it): the newest reply with a button
+        self._offers: dict[str, tuple[int, list[Handle]]] = {}
+        # Where replies are written: each channel's webhook (the character's name and avatar) or the bot.
+        self.webhooks = Webhooks(self, enabled=app.settings.discord_webhooks)
+        self.avatars = AvatarLinks(self, app.settings.discord_avatar_channel, app.store.characters.avatar)
+        self.proxies = Proxies()
         self._told_about_attachments: dict[str, None] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Task[Any]] = set()  # on_message handlers in progress
@@ -205,24 +214,34 @@ class PersonaeClient(discord.Client):
         channel_id = int(intake.conversation.channel_id)
         channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)
         assert isinstance(channel, discord.abc.Messageable)
-        partial = channel.get_partial_message(int(turn.shown_in)) if turn.shown_in else None  # type: ignore[attr-defined]
         deltas = aiter(turn.reply)
         first = await anext(deltas, None)
         if first is None:
             return
-        if partial is not None and turn.reply.status is ReplyStatus.NOTICE:
+        shown: discord.Message | None = None
+        if turn.shown_in:
+            try:
+                shown = await channel.fetch_message(int(turn.shown_in))
+            except discord.NotFound:
+                shown = None  # deleted meanwhile: the answer comes as a new message
+        if shown is not None and turn.reply.status is ReplyStatus.NOTICE:
             # Too late to answer: the half-shown reply is marked, not left dangling.
-            shown = await channel.fetch_message(partial.id)  # type: ignore[attr-defined]
-            await shown.edit(content=(shown.content + NOTICE_INTERRUPTED)[:MESSAGE_LIMIT], allowed_mentions=NO_MENTIONS)
+            place = await self.webhooks.place_of(shown, None)
+            await place.handle(shown.id).edit(content=(shown.content + NOTICE_INTERRUPTED)[:MESSAGE_LIMIT], allowed_mentions=NO_MENTIONS)
             return
         reference = discord.MessageReference(
             message_id=int(intake.platform_message_id or 0), channel_id=channel_id, fail_if_not_exists=False
         )
+        if shown is not None:
+            place: Place = await self.webhooks.place_of(shown, await self._identity(turn.reply))
+        else:
+            place = await self._place_for(channel, turn.reply)
         shown_messages, has_button = await self._stream(
             _chain(first, deltas),
             channel,
-            send_first=lambda text, **kw: channel.send(text, reference=reference, **kw),
-            reuse=[partial] if partial is not None else None,
+            place,
+            send_first=lambda text, **kw: place.send(text, reference=reference, **kw),
+            reuse=[place.handle(shown.id)] if shown is not None else None,
             halted=lambda: turn.reply.status is ReplyStatus.LOST,
         )
         reply = turn.reply
@@ -236,9 +255,11 @@ class PersonaeClient(discord.Client):
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         """Someone deleted the newest reply of a conversation: it is taken back, and so is what it
-        did to the character's feelings."""
+        did to the character's feelings. A person's message deleted before it was answered (a proxy
+        deletes the original it copied) is not answered."""
+        self.proxies.deleted(payload.channel_id, payload.message_id)
         for key, (reply_id, shown) in list(self._offers.items()):
-            if payload.message_id not in shown:
+            if payload.message_id not in [h.id for h in shown]:
                 continue
             character_id, platform, channel_id, user_id = key.split(":", 3)
             conversation = ConversationKey(int(character_id), platform, channel_id, user_id)
@@ -263,9 +284,14 @@ class PersonaeClient(discord.Client):
             task.add_done_callback(self._handling.discard)
         try:
             assert self.user is not None
-            event = chat_event(message, self.user)
+            event = self._event_of(message)
             if event is not None:
+                original = self.proxies.arrived(message, event.addressed) if str(message.author.id) == event.user_id else None
                 await self._store_on_arrival(event)
+                if not await self.proxies.answer_original(original, message.guild.id if message.guild else None):
+                    # A proxy copied (or someone deleted) it: the copy is answered instead, this never.
+                    await self.app.engine.discard(event)
+                    return
                 reply = self.app.engine.handle(event)
                 await self.answer(message, event, reply)
         except Exception as exc:
@@ -273,6 +299,43 @@ class PersonaeClient(discord.Client):
             log.exception("failed to answer message %s in channel %s", message.id, message.channel.id)
         finally:
             self.dispatch("turn_finished", message, reply)
+
+    def _event_of(self, message: discord.Message) -> ChatEvent | None:
+        """The event of a person's message, or of a proxy's copy of one (as that person's); None for
+        the rest: bots, the bot's own webhook, a webhook message that copies nobody's message."""
+        assert self.user is not None
+        if message.webhook_id is not None:
+            if self.webhooks.ours(message):
+                return None
+            original = self.proxies.copy_of(message)
+            if original is None:
+                return None
+            return proxied_event(message, self.user, original.author_id, original.addressed, self.webhooks.ours)
+        return chat_event(message, self.user, self.webhooks.ours)
+
+    async def _identity(self, reply: Reply) -> Identity | None:
+        """The name and avatar the reply's character speaks with (None: no character, the bot's own)."""
+        if reply.character is None:
+            return None
+        return Identity(reply.character.name, await self.avatar_url(reply))
+
+    async def _place_for(self, channel: discord.abc.Messageable, reply: Reply) -> Place:
+        """Where ``reply`` is written in ``channel``: the character's webhook, or the bot (no character: a notice)."""
+        try:
+            return await self.webhooks.place(channel, reply.character, await self.avatar_url(reply))
+        except Exception:  # noqa: BLE001 - whatever the webhook lookup hit, the reply still goes out
+            log.exception("Discord: could not pick a webhook in channel %s; the bot writes the reply", getattr(channel, "id", "?"))
+            return ChannelPlace(channel)
+
+    async def avatar_url(self, reply: Reply) -> str | None:
+        """The link of the character's avatar for its webhook messages (None: Discord's default picture)."""
+        if reply.character is None or not self.webhooks.enabled:
+            return None
+        try:
+            return await self.avatars.url(reply.character)
+        except Exception:  # noqa: BLE001 - a picture is never worth a reply
+            log.exception("Discord: could not get the avatar link of %s", reply.character.name)
+            return None
 
     async def _store_on_arrival(self, event: ChatEvent) -> None:
         """Store the message (pending) before it waits behind the person's earlier ones: if this
@@ -292,6 +355,7 @@ class PersonaeClient(discord.Client):
         if await self._may_answer(event):
             typing = asyncio.create_task(_typing_until(channel, first_text))
         reference = message.to_reference(fail_if_not_exists=False)
+        place = _LazyPlace(lambda: self._place_for(channel, reply))
 
         def button() -> discord.ui.View | None:
             # Known once the Engine's iteration ended: the stored reply's id goes into the button.
@@ -299,8 +363,8 @@ class PersonaeClient(discord.Client):
                 return regenerate_view(reply.conversation, reply.reply_message_id)
             return None
 
-        async def send_first(text: str, **kw: Any) -> discord.Message:
-            sent = await channel.send(text, reference=reference, **kw)
+        async def send_first(text: str, **kw: Any) -> Handle:
+            sent = await place.send(text, reference=reference, **kw)
             if reply.intake is not None and reply.status is ReplyStatus.PENDING:
                 # A crash from here on leaves this message half-shown: recovery writes the answer over it.
                 await self.app.engine.showing(reply.intake, str(sent.id))
@@ -308,8 +372,9 @@ class PersonaeClient(discord.Client):
 
         try:
             shown, has_button = await self._stream(
-                self._deltas(reply, message, first_text, finished),
+                self._deltas(reply, message, place, first_text, finished),
                 channel,
+                place,
                 send_first=send_first,
                 button=button,
                 on_first=lambda: first_shown(reply, "discord"),
@@ -334,10 +399,10 @@ class PersonaeClient(discord.Client):
         return binding is not None and (binding.trigger is Trigger.ALL or event.addressed or event.private)
 
     async def _deltas(
-        self, reply: Reply, message: discord.Message, first_text: asyncio.Event, finished: asyncio.Event
+        self, reply: Reply, message: discord.Message, place: Place, first_text: asyncio.Event, finished: asyncio.Event
     ) -> AsyncIterator[str]:
         """The reply's deltas (after the greeting, on first contact); once per conversation, a note that attachments were not read."""
-        async for delta in greeting_first(reply, lambda text: message.channel.send(text, allowed_mentions=NO_MENTIONS), "discord"):
+        async for delta in greeting_first(reply, lambda text: place.send(text, allowed_mentions=NO_MENTIONS), "discord"):
             first_text.set()
             yield delta
         finished.set()
@@ -351,14 +416,16 @@ class PersonaeClient(discord.Client):
         self,
         deltas: AsyncIterable[str],
         channel: discord.abc.Messageable,
+        place: Place,
         *,
-        send_first: Callable[..., Awaitable[discord.Message]],
-        reuse: list[discord.PartialMessage] | None = None,
+        send_first: Callable[..., Awaitable[Handle]],
+        reuse: list[Handle] | None = None,
         button: Callable[[], discord.ui.View | None] = lambda: None,
         on_first: Callable[[], None] | None = None,
         halted: Callable[[], bool] | None = None,
-    ) -> tuple[StreamedMessage[discord.Message | discord.PartialMessage], int | None]:
-        """Render ``deltas``: ``reuse``'d messages are edited first, then ``send_first``, then plain sends.
+    ) -> tuple[StreamedMessage[Handle], int | None]:
+        """Render ``deltas`` in ``place`` (paced by ``channel``'s budget): ``reuse``'d messages are
+        edited first, then ``send_first``, then plain sends.
 
         When the reply is complete and fits in one message, the last write also carries ``button()``
         (one edit fewer). Returns the rendering and the id of the message that got the button.
@@ -371,29 +438,29 @@ class PersonaeClient(discord.Client):
             view = button() if len(shown.text) <= MESSAGE_LIMIT else None
             return {"allowed_mentions": NO_MENTIONS} if view is None else {"allowed_mentions": NO_MENTIONS, "view": view}
 
-        async def send(text: str) -> discord.Message | discord.PartialMessage:
+        async def send(text: str) -> Handle:
             nonlocal sent, has_button
             sent += 1
             kw = extras()
             if reuse:
-                target: discord.Message | discord.PartialMessage = reuse.pop(0)
+                target: Handle = reuse.pop(0)
                 await target.edit(content=text, **kw)
             elif sent == 1:
                 target = await send_first(text, **kw)
             else:
-                target = await channel.send(text, **kw)
+                target = await place.send(text, **kw)
             if "view" in kw:
                 has_button = target.id
             return target
 
-        async def edit(target: discord.Message | discord.PartialMessage, text: str) -> None:
+        async def edit(target: Handle, text: str) -> None:
             nonlocal has_button
             kw = extras()
             await target.edit(content=text, **kw)
             if "view" in kw:
                 has_button = target.id
 
-        shown: StreamedMessage[discord.Message | discord.PartialMessage] = StreamedMessage(
+        shown: StreamedMessage[Handle] = StreamedMessage(
             limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, budget=self.budget_for(channel), on_first=on_first,
             halted=halted,
         )
@@ -416,27 +483,27 @@ class PersonaeClient(discord.Client):
         self,
         conversation: ConversationKey,
         reply_id: int,
-        handles: list[discord.Message | discord.PartialMessage],
+        handles: list[Handle],
         channel: discord.abc.Messageable,
         *,
         has_button: int | None,
-        old_button: int | None,
+        old_button: Handle | None,
     ) -> None:
         """Put the Regenerate button under the reply's last message and take it off ``old_button``."""
-        _remember(self._offers, conversation.cache_key(), (reply_id, [h.id for h in handles]))
+        _remember(self._offers, conversation.cache_key(), (reply_id, list(handles)))
         budget = self.budget_for(channel)
         last = handles[-1]
         if last.id != has_button:
             await budget.take()
             await last.edit(view=regenerate_view(conversation, reply_id))
-        if old_button is not None and old_button != last.id:
+        if old_button is not None and old_button.id != last.id:
             try:
                 await budget.take()
-                await channel.get_partial_message(old_button).edit(view=None)  # type: ignore[attr-defined]
+                await old_button.edit(view=None)
             except discord.HTTPException as exc:  # deleted meanwhile: nothing to remove
                 log.debug("could not remove an old regenerate button: %s", exc)
 
-    def _button_of(self, conversation: ConversationKey) -> int | None:
+    def _button_of(self, conversation: ConversationKey) -> Handle | None:
         """The message that carries the conversation's button, as far as this process knows."""
         offer = self._offers.get(conversation.cache_key())
         return offer[1][-1] if offer is not None else None
@@ -466,17 +533,20 @@ class PersonaeClient(discord.Client):
             async for _ in deltas:
                 pass
             if reply.status is ReplyStatus.NOT_FOUND:
-                await pressed.edit(view=None)
+                place = await self.webhooks.place_of(pressed, None)
+                await place.handle(pressed.id).edit(view=None)
                 await interaction.followup.send(GONE, ephemeral=True)
             elif reply.text:
                 await interaction.followup.send(reply.text, ephemeral=True)
             return
         channel = pressed.channel
+        # The pressed message's writer (the character's webhook, or the bot) writes the new text.
+        place = await self.webhooks.place_of(pressed, await self._identity(reply))
         offer = self._offers.get(conversation.cache_key())
-        ids = offer[1] if offer is not None and offer[0] == reply_id else [pressed.id]
-        old = [pressed if i == pressed.id else channel.get_partial_message(i) for i in ids]  # type: ignore[union-attr]
+        ids = [h.id for h in offer[1]] if offer is not None and offer[0] == reply_id else [pressed.id]
+        old = [place.handle(i) for i in ids]
         shown, _ = await self._stream(
-            _chain(first, deltas), channel, send_first=channel.send, reuse=old, halted=lambda: reply.status is ReplyStatus.LOST
+            _chain(first, deltas), channel, place, send_first=place.send, reuse=old, halted=lambda: reply.status is ReplyStatus.LOST
         )
         stale = old[len(shown.handles) :]
         for message in stale:
@@ -487,7 +557,8 @@ class PersonaeClient(discord.Client):
         if reply.reply_message_id is not None and shown.handles:
             kept = None if any(m.id == pressed.id for m in stale) else pressed.id
             await self._move_button(
-                conversation, reply.reply_message_id, shown.handles, channel, has_button=kept, old_button=kept
+                conversation, reply.reply_message_id, shown.handles, channel, has_button=kept,
+                old_button=place.handle(kept) if kept is not None else None,
             )
 
 
@@ -547,6 +618,32 @@ async def _typing_until(channel: discord.abc.Messageable, first_text: asyncio.Ev
             await first_text.wait()
     except discord.HTTPException as exc:
         log.debug("typing indicator failed: %s", exc)
+
+
+class _LazyPlace:
+    """A Place picked at the first write, once the Engine has said which character answers."""
+
+    def __init__(self, pick: Callable[[], Awaitable[Place]]) -> None:
+        self._pick = pick
+        self._place: Place | None = None
+        self._picking = asyncio.Lock()
+
+    @property
+    def webhook(self) -> bool:
+        return self._place is not None and self._place.webhook
+
+    async def _get(self) -> Place:
+        async with self._picking:
+            if self._place is None:
+                self._place = await self._pick()
+            return self._place
+
+    async def send(self, text: str, *, reference: discord.MessageReference | None = None, **fields: Any) -> Handle:
+        return await (await self._get()).send(text, reference=reference, **fields)
+
+    def handle(self, message_id: int) -> Handle:
+        assert self._place is not None, "a message is named only after the first write"
+        return self._place.handle(message_id)
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
