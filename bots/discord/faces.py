@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -170,12 +171,18 @@ class WebhookPlace:
             except discord.HTTPException as exc:
                 if exc.status >= 500:
                     raise  # Discord is in trouble: as a bot message would, this fails the write
+                if exc.status == 400:  # this message (a name Discord will not show, say), not the channel
+                    log.warning(
+                        "Discord refused a webhook message in channel %s as %r (400: %s); this one comes from the bot",
+                        self.target.id, self.identity.name, exc.text or exc,
+                    )
+                    break
                 self.webhooks.refuse(self.target, f"the webhook was refused ({exc.status}: {exc.text or exc})")
                 break
         return await self.fallback.send(text, reference=reference, **fields)
 
     async def _send(self, text: str, **fields: Any) -> Handle:
-        extra: dict[str, Any] = {"username": self.identity.name[:NAME_LIMIT]}
+        extra: dict[str, Any] = {"username": webhook_name(self.identity.name)}
         if self.identity.avatar_url:
             extra["avatar_url"] = self.identity.avatar_url
         if self.thread is not None:
@@ -303,6 +310,16 @@ class Webhooks:
             "Discord: no webhook in channel %s (%s); replies there come from the bot itself "
             "(grant the bot Manage Webhooks, or set PERSONAE_DISCORD_WEBHOOKS=off)", target.id, why,
         )
+
+
+_RESERVED = re.compile(r"(discord|clyde)", re.IGNORECASE)
+
+
+def webhook_name(name: str) -> str:
+    """``name`` as Discord accepts a webhook message's username: at most 80 characters, and the
+    words it refuses there ("discord", "clyde") broken by a zero-width space, as PluralKit does."""
+    name = _RESERVED.sub(lambda m: m[0][0] + "\u200b" + m[0][1:], name.strip()) or "?"
+    return name[:NAME_LIMIT]
 
 
 def _webhook_target(channel: discord.abc.Messageable) -> tuple[discord.abc.GuildChannel | None, discord.abc.Snowflake | None]:

@@ -13,7 +13,6 @@ from typing import Any, AsyncIterator
 import pytest
 
 from core.engine import ReplyStatus
-from core.state import MessageStatus
 from tests.discord.conftest import (
     CHARACTER, Bot, build_app, discord_settings, start_bot, stop_bot,
 )
@@ -304,3 +303,71 @@ async def test_deleting_a_webhook_reply_in_discord_takes_it_back(hooked):
     await taken_back
 
     assert await hooked.app.store.messages.recent(reply.conversation, 10) == []
+
+
+async def test_an_avatar_link_is_renewed_before_it_expires_and_when_the_avatar_changes(hooked):
+    import time
+
+    fake, links = hooked.fake, hooked.client.avatars
+    hooked.tgi.script(reply=FIRST)
+    await hooked.say(ROLEPLAY, ALICE, "Speak.")
+    await hooked.say(ROLEPLAY, ALICE, "Again.")
+    assert len(fake.posted(LOBBY)) == 1  # uploaded once, then reused
+
+    links.clock = lambda: time.time() + 86400  # a day later: past the link's expiry (less an hour)
+    await hooked.say(ROLEPLAY, ALICE, "A day later.")
+    assert len(fake.posted(LOBBY)) == 2
+    newest = fake.bot_messages(LOBBY)[-1]["attachments"][0]["url"]
+    assert fake.webhook_posts(ROLEPLAY)[-1].body["avatar_url"] == newest
+
+    character = await hooked.app.store.characters.get_by_name(CHARACTER)
+    await hooked.app.store.characters.replace(character.id, character.card, b"\x89PNG\r\n\x1a\nnew face", "png")
+    links.clock = lambda: time.time() + 86400 + 2 * 3600  # past the hourly check
+    await hooked.say(ROLEPLAY, ALICE, "You look different.")
+    assert len(fake.posted(LOBBY)) == 3
+    assert list(fake.posted(LOBBY)[-1].files.values()) == [b"\x89PNG\r\n\x1a\nnew face"]
+
+
+async def test_a_webhook_message_refused_alone_comes_from_the_bot_and_the_channel_keeps_its_webhook(hooked, caplog):
+    caplog.set_level(logging.INFO)
+    hooked.tgi.script(reply=FIRST)
+    hooked.fake.fail("POST", r"/webhooks/\d+/whtoken-\d+", status=400, via=False, times=1)
+
+    _, refused = await hooked.say(ROLEPLAY, ALICE, "Speak.")
+    _, later = await hooked.say(ROLEPLAY, ALICE, "Again.")
+
+    assert refused.status is ReplyStatus.ANSWERED and later.status is ReplyStatus.ANSWERED
+    assert [m["content"] for m in hooked.fake.bot_messages(ROLEPLAY)] == [FIRST]
+    assert [m["content"] for m in hooked.fake.webhook_messages(ROLEPLAY)] == [FIRST]
+    told = [r for r in caplog.records if "Discord refused a webhook message" in r.getMessage()]
+    assert len(told) == 1 and told[0].exc_info is None
+
+
+def test_webhook_names_avoid_what_discord_refuses():
+    from bots.discord.faces import webhook_name
+
+    assert webhook_name("Hamlet") == "Hamlet"
+    assert "discord" not in webhook_name("Discordia").lower() and webhook_name("Discordia").replace("\u200b", "") == "Discordia"
+    assert "clyde" not in webhook_name("Clyde").lower()
+    assert len(webhook_name("x" * 100)) == 80
+
+
+async def test_the_greeting_on_first_contact_comes_through_the_webhook_too(hooked):
+    from core.cards import new_card
+    from tests.discord.fake_discord import TAVERN
+
+    card = new_card(
+        name="Ophelia", world="8th Century Danish Royalty", traits=["gentle"], mbti="INFP", style=["soft"],
+        scene="A garden.", greeting="(curtsies) Good my lord, how does your honour for this many a day?",
+    )
+    await hooked.app.store.characters.add(card)
+    await hooked.bind(TAVERN, character="Ophelia")
+    hooked.tgi.script(reply=FIRST)
+
+    await hooked.say(TAVERN, ALICE, "Fair lady.")
+
+    shown = sorted(hooked.fake.webhook_messages(TAVERN), key=lambda m: int(m["id"]))
+    assert [m["content"] for m in shown] == [card["data"]["first_mes"], FIRST]
+    assert {m["author"]["username"] for m in shown} == {"Ophelia"}
+    assert [c.body.get("avatar_url") for c in hooked.fake.webhook_posts(TAVERN)] == [None, None]  # no avatar: no link
+    assert hooked.fake.bot_messages(TAVERN) == []
