@@ -545,6 +545,10 @@ class PersonaeClient(discord.Client):
         offer = self._offers.get(conversation.cache_key())
         ids = [h.id for h in offer[1]] if offer is not None and offer[0] == reply_id else [pressed.id]
         old = [place.handle(i) for i in ids]
+        if pressed.webhook_id is not None and not place.webhook:
+            # Written by a webhook that is gone (deleted in Discord): nobody can edit it any more.
+            log.info("Discord: message %s was written by a deleted webhook; the new reply comes as a new message", pressed.id)
+            place, old = await self._place_for(channel, reply), []
         shown, _ = await self._stream(
             _chain(first, deltas), channel, place, send_first=place.send, reuse=old, halted=lambda: reply.status is ReplyStatus.LOST
         )

@@ -371,3 +371,19 @@ async def test_the_greeting_on_first_contact_comes_through_the_webhook_too(hooke
     assert {m["author"]["username"] for m in shown} == {"Ophelia"}
     assert [c.body.get("avatar_url") for c in hooked.fake.webhook_posts(TAVERN)] == [None, None]  # no avatar: no link
     assert hooked.fake.bot_messages(TAVERN) == []
+
+
+async def test_regenerating_a_message_of_a_deleted_webhook_writes_a_new_message(hooked, caplog):
+    caplog.set_level(logging.INFO)
+    hooked.tgi.script(reply=FIRST)
+    await hooked.say(ROLEPLAY, ALICE, "What troubles you?")
+    (shown,) = hooked.fake.webhook_messages(ROLEPLAY)
+    hooked.fake.delete_webhook(int(shown["webhook_id"]))
+    hooked.tgi.script(reply=SECOND)
+
+    _, reply = await press(hooked, int(shown["id"]), ALICE)
+
+    assert reply.status is ReplyStatus.ANSWERED
+    (now,) = hooked.fake.webhook_messages(ROLEPLAY)  # through a new webhook
+    assert now["content"] == SECOND and now["components"] and now["id"] != shown["id"]
+    assert not [r for r in caplog.records if r.exc_info]
