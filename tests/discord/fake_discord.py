@@ -613,9 +613,14 @@ class FakeDiscord:
                 message = self.messages.get(int(parts[3]))
                 if message is None or message["channel_id"] != str(channel):
                     return _json({"message": "Unknown Message", "code": 10008}, status=404)
+                own = message["author"]["id"] == str(BOT_ID) and not message.get("webhook_id")
                 if method == "PATCH":
+                    if not own:  # as Discord: only the author edits, a webhook's messages through the webhook
+                        return _json({"message": "Cannot edit a message authored by another user", "code": 50005}, status=403)
                     return _json(self._edit(message, body))
                 if method == "DELETE":
+                    if not own:  # others' messages need Manage Messages, which the bot is not given
+                        return _json({"message": "Missing Permissions", "code": 50013}, status=403)
                     del self.messages[int(parts[3])]
                     return web.Response(status=204)
                 if method == "GET":

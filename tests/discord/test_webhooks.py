@@ -387,3 +387,25 @@ async def test_regenerating_a_message_of_a_deleted_webhook_writes_a_new_message(
     (now,) = hooked.fake.webhook_messages(ROLEPLAY)  # through a new webhook
     assert now["content"] == SECOND and now["components"] and now["id"] != shown["id"]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_after_a_restart_regenerating_a_message_of_a_deleted_webhook_writes_a_new_message(hooked, caplog):
+    from bots.discord.faces import Webhooks
+
+    caplog.set_level(logging.INFO)
+    hooked.tgi.script(reply=FIRST)
+    await hooked.say(ROLEPLAY, ALICE, "What troubles you?")
+    (shown,) = hooked.fake.webhook_messages(ROLEPLAY)
+    hooked.fake.delete_webhook(int(shown["webhook_id"]))
+    # What a new process knows: no webhook, no earlier reply.
+    hooked.client.webhooks = Webhooks(hooked.client)
+    hooked.client._offers.clear()
+    hooked.tgi.script(reply=SECOND)
+
+    _, reply = await press(hooked, int(shown["id"]), ALICE)
+
+    assert reply.status is ReplyStatus.ANSWERED
+    (now,) = hooked.fake.webhook_messages(ROLEPLAY)
+    assert now["content"] == SECOND and now["components"] and now["id"] != shown["id"]
+    assert hooked.fake.messages[int(shown["id"])]["content"] == FIRST  # nobody can edit it now
+    assert not [r for r in caplog.records if r.exc_info]
