@@ -9,10 +9,11 @@ asked (it may not be reachable); the rule is local:
   The copy is answered as that person's message (their id, so that only they can regenerate; the
   persona's name as the name the character reads); a webhook message that matches nothing is a
   bot's and is ignored.
-- In a server where a copy was seen, each person's message is stored on arrival (as always, so it
-  is never lost) and then held up to ``wait_s`` seconds: if its copy arrives or it is deleted
-  meanwhile, it is discarded (settled, never answered, also not after a restart) and the copy is
-  answered instead; else it is answered itself.
+- In a server where a copy was seen (or any message of PluralKit's or Tupperbox's application),
+  each person's message is stored on arrival (as always, so it is never lost) and then held up to
+  ``wait_s`` seconds: if its copy arrives or it is deleted meanwhile, it is discarded (settled,
+  never answered, also not after a restart) and the copy is answered instead; else it is answered
+  itself.
 - Until a server's first copy is seen, originals are not held: an original already being
   answered when its copy arrives keeps its answer and the copy is ignored. Either way a proxied
   message is answered once.
@@ -31,6 +32,8 @@ import discord
 PROXY_WAIT_S = 5.0  # how long a person's message waits for its proxy in a server with a proxy
 MATCH_WINDOW_S = 30.0  # a copy matches an original at most this old
 _PER_CHANNEL = 50  # originals remembered per channel
+# The applications of PluralKit and Tupperbox: a message of theirs marks the server as having a proxy.
+KNOWN_PROXIES = frozenset({466378653216014359, 431544605209788416})
 
 
 @dataclass(slots=True)
@@ -71,9 +74,10 @@ class Proxies:
         """The original that the webhook message ``message`` copies (and marks it copied), or None.
 
         None too when the original is being answered already (its answer counts; the copy is not
-        answered again). Either way the server is known to have a proxy from now on.
+        answered again). Either way the server is known to have a proxy from now on (also after
+        any message of PluralKit's or Tupperbox's application).
         """
-        if message.guild is not None:
+        if message.guild is not None and getattr(message, "application_id", None) in KNOWN_PROXIES:
             self._guilds.add(message.guild.id)
         text = message.content.strip()
         if not text:
@@ -84,6 +88,9 @@ class Proxies:
                 break
             if original.state in ("copied", "deleted") or text not in original.content:
                 continue
+            if message.guild is not None:
+                # A webhook that copies people is a proxy (a news feed's webhook copies nobody).
+                self._guilds.add(message.guild.id)
             if original.state == "answering":
                 return None
             original.state = "copied"

@@ -234,7 +234,9 @@ class FakeDiscord:
         """Someone deleted the webhook in Discord: its routes answer 404 Unknown Webhook."""
         del self.webhooks[webhook_id]
 
-    async def proxy(self, original: dict[str, Any], name: str, content: str, *, delete: bool = True) -> dict[str, Any]:
+    async def proxy(
+        self, original: dict[str, Any], name: str, content: str, *, delete: bool = True, application: int = PROXY_APP
+    ) -> dict[str, Any]:
         """What PluralKit does with ``original``: post ``content`` through its own webhook under
         ``name``, then delete the original. Returns the copy's payload."""
         channel = int(original["channel_id"])
@@ -243,7 +245,7 @@ class FakeDiscord:
             **self.message_payload(channel, ALICE, content),
             "author": {"id": str(hook_id), "username": name, "discriminator": "0000", "avatar": None, "bot": True},
             "webhook_id": str(hook_id),
-            "application_id": str(PROXY_APP),
+            "application_id": str(application),
         }
         copy.pop("member", None)
         self.messages[int(copy["id"])] = copy

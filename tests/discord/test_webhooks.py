@@ -267,10 +267,15 @@ async def test_a_webhook_message_that_copies_nobody_is_ignored(hooked):
     hooked.tgi.script(reply=FIRST)
     stray = {"id": str(hooked.fake.next_id()), "channel_id": str(ROLEPLAY), "guild_id": str(GUILD_ID)}
     waiter = hooked.client.wait_for("turn_finished", check=lambda m, _: m.webhook_id is not None, timeout=30)
-    copy = await hooked.fake.proxy({**hooked.fake.message_payload(ROLEPLAY, ALICE, "unrelated"), **stray}, "Newsbot", "Release 1.2 is out", delete=False)
+    feed = 900000000000000777  # a news feed's application: not a proxy
+    copy = await hooked.fake.proxy(
+        {**hooked.fake.message_payload(ROLEPLAY, ALICE, "unrelated"), **stray}, "Newsbot", "Release 1.2 is out",
+        delete=False, application=feed,
+    )
     assert copy["webhook_id"]
     message, reply = await waiter
     assert message.id == int(copy["id"]) and reply is None and hooked.tgi.count("/v1/chat/completions") == 0
+    assert not hooked.client.proxies.has_proxy(GUILD_ID)  # people's messages there are not held for it
 
 
 async def test_a_webhook_deleted_while_a_reply_streams_the_rest_comes_as_a_new_message(hooked, caplog):
