@@ -1,5 +1,8 @@
 """The Discord client: messages to the Engine, replies streamed back as a send and paced edits.
 
+Where a reply is written, and under which name (the channel's webhook as the character, or the
+bot), is ``bots.discord.faces``; proxies' copies of people's messages are ``bots.discord.proxies``.
+
 One ``PersonaeClient`` per process. ``run_discord(app)`` points discord.py at the configured API
 and gateway, logs in and runs until cancelled. Every handled message ends with the client event
 ``turn_finished(message, reply)`` (``reply`` is None when no reply was asked of the Engine), which
@@ -320,7 +323,10 @@ class PersonaeClient(discord.Client):
         return Identity(reply.character.name, await self.avatar_url(reply))
 
     async def _place_for(self, channel: discord.abc.Messageable, reply: Reply) -> Place:
-        """Where ``reply`` is written in ``channel``: the character's webhook, or the bot (no character: a notice)."""
+        """Where ``reply`` is written in ``channel``: the character's webhook, or the bot for a notice
+        (no character; or the model server failed before any text: not the character's words)."""
+        if reply.character is None or reply.status in (ReplyStatus.FAILED, ReplyStatus.NOTICE):
+            return ChannelPlace(channel)
         try:
             return await self.webhooks.place(channel, reply.character, await self.avatar_url(reply))
         except Exception:  # noqa: BLE001 - whatever the webhook lookup hit, the reply still goes out

@@ -414,3 +414,15 @@ async def test_after_a_restart_regenerating_a_message_of_a_deleted_webhook_write
     assert now["content"] == SECOND and now["components"] and now["id"] != shown["id"]
     assert hooked.fake.messages[int(shown["id"])]["content"] == FIRST  # nobody can edit it now
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_notice_that_the_model_server_is_down_comes_from_the_bot(hooked):
+    from core.engine import NOTICE_UNAVAILABLE
+
+    hooked.tgi.fail("503", times=10)
+
+    _, reply = await hooked.say(ROLEPLAY, ALICE, "Speak.")
+
+    assert reply.status is ReplyStatus.FAILED
+    assert [m["content"] for m in hooked.fake.bot_messages(ROLEPLAY)] == [NOTICE_UNAVAILABLE]
+    assert hooked.fake.webhook_posts() == []
