@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     # SHARDS the ones this process runs ("0-3", "0,2"; default: all). Replicas share one count.
     discord_shard_count: str | None = None
     discord_shards: str | None = None
+    # Characters speak through a channel webhook under their own name and avatar (on), or as the bot (off).
+    discord_webhooks: bool = True
+    # A channel where the bot uploads each character's avatar once, for the webhook messages' pictures
+    # (Discord needs a link; unset: the characters speak with Discord's default picture).
+    discord_avatar_channel: int | None = Field(default=None, ge=1)
 
     # Telegram
     telegram_api_base: str = "https://api.telegram.org/bot"

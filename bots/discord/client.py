@@ -1,5 +1,8 @@
 """The Discord client: messages to the Engine, replies streamed back as a send and paced edits.
 
+Where a reply is written, and under which name (the channel's webhook as the character, or the
+bot), is ``bots.discord.faces``; proxies' copies of people's messages are ``bots.discord.proxies``.
+
 One ``PersonaeClient`` per process. ``run_discord(app)`` points discord.py at the configured API
 and gateway, logs in and runs until cancelled. Every handled message ends with the client event
 ``turn_finished(message, reply)`` (``reply`` is None when no reply was asked of the Engine), which
@@ -26,8 +29,12 @@ from bots.discord.chat import (
     NO_MENTIONS,
     RegenerateButton,
     chat_event,
+    proxied_event,
     regenerate_view,
 )
+from bots.discord.avatars import AvatarLinks
+from bots.discord.faces import ChannelPlace, Handle, Identity, Place, Webhooks
+from bots.discord.proxies import Proxies
 from bots.discord.shards import ShardPlan, shard_plan
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
 from bots.streaming import FINAL, EditBudget, Room, StreamedMessage, Typing, first_shown, greeting_first
@@ -63,6 +70,7 @@ class DiscordUnreachable(PersonaeError):
 INVITE_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True,
     attach_files=True, embed_links=True,  # the /mood picture and /character show's avatar
+    manage_webhooks=True,  # characters speak through a channel webhook under their own name and avatar
 )
 
 
@@ -153,8 +161,12 @@ class PersonaeClient(discord.Client):
             self.tree.add_command(command)
         self._rooms: dict[int, Room] = {}
         self._typing: dict[int, Typing] = {}
-        # conversation -> (reply id, ids of the messages showing it): the newest reply with a button
-        self._offers: dict[str, tuple[int, list[int]]] = {}
+        # conversation -> (reply id, the messages showing it): the newest reply with a button
+        self._offers: dict[str, tuple[int, list[Handle]]] = {}
+        # Where replies are written: each channel's webhook (the character's name and avatar) or the bot.
+        self.webhooks = Webhooks(self, enabled=app.settings.discord_webhooks)
+        self.avatars = AvatarLinks(self, app.settings.discord_avatar_channel, app.store.characters.avatar)
+        self.proxies = Proxies()
         self._told_about_attachments: dict[str, None] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Task[Any]] = set()  # on_message handlers in progress
@@ -209,15 +221,20 @@ class PersonaeClient(discord.Client):
         channel_id = int(intake.conversation.channel_id)
         channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)
         assert isinstance(channel, discord.abc.Messageable)
-        partial = channel.get_partial_message(int(turn.shown_in)) if turn.shown_in else None  # type: ignore[attr-defined]
         deltas = aiter(turn.reply)
         first = await anext(deltas, None)
         if first is None:
             return
-        if partial is not None and turn.reply.status is ReplyStatus.NOTICE:
+        shown: discord.Message | None = None
+        if turn.shown_in:
+            try:
+                shown = await channel.fetch_message(int(turn.shown_in))
+            except discord.NotFound:
+                shown = None  # deleted meanwhile: the answer comes as a new message
+        if shown is not None and turn.reply.status is ReplyStatus.NOTICE:
             # Too late to answer: the half-shown reply is marked, not left dangling.
-            shown = await channel.fetch_message(partial.id)  # type: ignore[attr-defined]
-            await shown.edit(content=(shown.content + NOTICE_INTERRUPTED)[:MESSAGE_LIMIT], allowed_mentions=NO_MENTIONS)
+            place = await self.webhooks.place_of(shown, None)
+            await place.handle(shown.id).edit(content=(shown.content + NOTICE_INTERRUPTED)[:MESSAGE_LIMIT], allowed_mentions=NO_MENTIONS)
             return
         reference = discord.MessageReference(
             message_id=int(intake.platform_message_id or 0), channel_id=channel_id, fail_if_not_exists=False
@@ -230,11 +247,16 @@ class PersonaeClient(discord.Client):
                 return regenerate_view(reply.conversation, reply.reply_message_id)
             return None
 
+        if shown is not None:
+            place: Place = await self.webhooks.place_of(shown, await self._identity(reply))
+        else:
+            place = await self._place_for(channel, reply)
         shown_messages, has_button = await self._stream(
             _ended(_chain(first, deltas), done),
             channel,
-            send_first=lambda text, **kw: channel.send(text, reference=reference, **kw),
-            reuse=[partial] if partial is not None else None,
+            place,
+            send_first=lambda text, **kw: place.send(text, reference=reference, **kw),
+            reuse=[place.handle(shown.id)] if shown is not None else None,
             button=button,
             halted=lambda: turn.reply.status is ReplyStatus.LOST,
         )
@@ -247,9 +269,11 @@ class PersonaeClient(discord.Client):
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         """Someone deleted the newest reply of a conversation: it is taken back, and so is what it
-        did to the character's feelings."""
+        did to the character's feelings. A person's message deleted before it was answered (a proxy
+        deletes the original it copied) is not answered."""
+        self.proxies.deleted(payload.channel_id, payload.message_id)
         for key, (reply_id, shown) in list(self._offers.items()):
-            if payload.message_id not in shown:
+            if payload.message_id not in [h.id for h in shown]:
                 continue
             character_id, platform, channel_id, user_id = key.split(":", 3)
             conversation = ConversationKey(int(character_id), platform, channel_id, user_id)
@@ -274,9 +298,14 @@ class PersonaeClient(discord.Client):
             task.add_done_callback(self._handling.discard)
         try:
             assert self.user is not None
-            event = chat_event(message, self.user)
+            event = self._event_of(message)
             if event is not None:
+                original = self.proxies.arrived(message, event.addressed) if str(message.author.id) == event.user_id else None
                 accepted = await self._store_on_arrival(event)
+                if not await self.proxies.answer_original(original, message.guild.id if message.guild else None):
+                    # A proxy copied (or someone deleted) it: the copy is answered instead, this never.
+                    await self.app.engine.discard(event)
+                    return
                 if accepted is not None and accepted.status is MessageStatus.PENDING and self.room_for(message.channel).full():
                     await self._too_busy(event)
                     return
@@ -299,6 +328,46 @@ class PersonaeClient(discord.Client):
             event.message_id, event.channel_id, room.waiting, room.expected_wait(), room.max_wait_s,
         )
 
+    def _event_of(self, message: discord.Message) -> ChatEvent | None:
+        """The event of a person's message, or of a proxy's copy of one (as that person's); None for
+        the rest: bots, the bot's own webhook, a webhook message that copies nobody's message."""
+        assert self.user is not None
+        if message.webhook_id is not None:
+            if self.webhooks.ours(message):
+                return None
+            original = self.proxies.copy_of(message)
+            if original is None:
+                return None
+            return proxied_event(message, self.user, original.author_id, original.addressed, self.webhooks.ours)
+        return chat_event(message, self.user, self.webhooks.ours)
+
+    async def _identity(self, reply: Reply) -> Identity | None:
+        """The name and avatar the reply's character speaks with (None: no character, the bot's own)."""
+        if reply.character is None:
+            return None
+        return Identity(reply.character.name, await self.avatar_url(reply))
+
+    async def _place_for(self, channel: discord.abc.Messageable, reply: Reply) -> Place:
+        """Where ``reply`` is written in ``channel``: the character's webhook, or the bot for a notice
+        (no character; or the model server failed before any text: not the character's words)."""
+        if reply.character is None or reply.status in (ReplyStatus.FAILED, ReplyStatus.NOTICE):
+            return ChannelPlace(channel)
+        try:
+            return await self.webhooks.place(channel, reply.character, await self.avatar_url(reply))
+        except Exception:  # noqa: BLE001 - whatever the webhook lookup hit, the reply still goes out
+            log.exception("Discord: could not pick a webhook in channel %s; the bot writes the reply", getattr(channel, "id", "?"))
+            return ChannelPlace(channel)
+
+    async def avatar_url(self, reply: Reply) -> str | None:
+        """The link of the character's avatar for its webhook messages (None: Discord's default picture)."""
+        if reply.character is None or not self.webhooks.enabled:
+            return None
+        try:
+            return await self.avatars.url(reply.character)
+        except Exception:  # noqa: BLE001 - a picture is never worth a reply
+            log.exception("Discord: could not get the avatar link of %s", reply.character.name)
+            return None
+
     async def _store_on_arrival(self, event: ChatEvent) -> Any:
         """Store the message (pending) before it waits behind the person's earlier ones: if this
         process dies meanwhile, another replica (or the restart) answers it; Discord never sends it
@@ -319,6 +388,7 @@ class PersonaeClient(discord.Client):
         leave = room.enter()
         stop_typing = self.typing_for(channel).hold() if await self._may_answer(event) else (lambda: None)
         reference = message.to_reference(fail_if_not_exists=False)
+        place = _LazyPlace(lambda: self._place_for(channel, reply))
 
         def button() -> discord.ui.View | None:
             # Known once the Engine's iteration ended: the stored reply's id goes into the button.
@@ -326,8 +396,8 @@ class PersonaeClient(discord.Client):
                 return regenerate_view(reply.conversation, reply.reply_message_id)
             return None
 
-        async def send_first(text: str, **kw: Any) -> discord.Message:
-            sent = await channel.send(text, reference=reference, **kw)
+        async def send_first(text: str, **kw: Any) -> Handle:
+            sent = await place.send(text, reference=reference, **kw)
             if reply.intake is not None and reply.status is ReplyStatus.PENDING:
                 # A crash from here on leaves this message half-shown: recovery writes the answer over it.
                 await self.app.engine.showing(reply.intake, str(sent.id))
@@ -342,6 +412,7 @@ class PersonaeClient(discord.Client):
             shown, has_button = await self._stream(
                 self._deltas(reply, message, finished),
                 channel,
+                place,
                 send_first=send_first,
                 button=button,
                 on_first=on_first,
@@ -379,14 +450,16 @@ class PersonaeClient(discord.Client):
         self,
         deltas: AsyncIterable[str],
         channel: discord.abc.Messageable,
+        place: Place,
         *,
-        send_first: Callable[..., Awaitable[discord.Message]],
-        reuse: list[discord.PartialMessage] | None = None,
+        send_first: Callable[..., Awaitable[Handle]],
+        reuse: list[Handle] | None = None,
         button: Callable[[], discord.ui.View | None] = lambda: None,
         on_first: Callable[[], None] | None = None,
         halted: Callable[[], bool] | None = None,
-    ) -> tuple[StreamedMessage[discord.Message | discord.PartialMessage], int | None]:
-        """Render ``deltas``: ``reuse``'d messages are edited first, then ``send_first``, then plain sends.
+    ) -> tuple[StreamedMessage[Handle], int | None]:
+        """Render ``deltas`` in ``place`` (paced by ``channel``'s budget): ``reuse``'d messages are
+        edited first, then ``send_first``, then plain sends.
 
         ``StreamedMessage`` decides when to write and what; these writes only say how. The write
         that completes the reply's last message also carries ``button()`` (no edit of its own).
@@ -401,30 +474,30 @@ class PersonaeClient(discord.Client):
             view = button() if final else None
             return {"allowed_mentions": NO_MENTIONS} if view is None else {"allowed_mentions": NO_MENTIONS, "view": view}
 
-        async def send(text: str, *, final: bool = False) -> discord.Message | discord.PartialMessage:
+        async def send(text: str, *, final: bool = False) -> Handle:
             nonlocal sent, has_button
             sent += 1
             kw = extras(final)
             if reuse:
-                target: discord.Message | discord.PartialMessage = reuse.pop(0)
+                target: Handle = reuse.pop(0)
                 await target.edit(content=text, **kw)
             elif sent == 1:
                 target = await send_first(text, **kw)
             else:
-                target = await channel.send(text, **kw)
-            typing.nudge()  # the bot wrote: Discord hides "typing…", which others may still need
+                target = await place.send(text, **kw)
+            typing.nudge()  # a reply was written: Discord hides the bot's "typing…", which others may still need
             if "view" in kw:
                 has_button = target.id
             return target
 
-        async def edit(target: discord.Message | discord.PartialMessage, text: str, *, final: bool = False) -> None:
+        async def edit(target: Handle, text: str, *, final: bool = False) -> None:
             nonlocal has_button
             kw = extras(final)
             await target.edit(content=text, **kw)
             if "view" in kw:
                 has_button = target.id
 
-        shown: StreamedMessage[discord.Message | discord.PartialMessage] = StreamedMessage(
+        shown: StreamedMessage[Handle] = StreamedMessage(
             limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, room=self.room_for(channel),
             on_first=on_first, halted=halted, needs_final=lambda: button() is not None,
         )
@@ -469,16 +542,17 @@ class PersonaeClient(discord.Client):
         self,
         conversation: ConversationKey,
         reply_id: int,
-        handles: list[discord.Message | discord.PartialMessage],
+        handles: list[Handle],
         channel: discord.abc.Messageable,
         *,
         has_button: int | None,
     ) -> None:
         """Remember the reply as the conversation's newest; put the Regenerate button under its last
-        message if its final write could not carry it. The previous reply keeps its button: pressed,
-        it answers that only the newest reply can be regenerated (and loses it then), which costs no
-        write in a busy channel."""
-        _remember(self._offers, conversation.cache_key(), (reply_id, [h.id for h in handles]))
+        message if its final write could not carry it (through the route that message needs: the
+        webhook's or the channel's; either counts against the channel's edits). The previous reply
+        keeps its button: pressed, it answers that only the newest reply can be regenerated (and
+        loses it then), which costs no write in a busy channel."""
+        _remember(self._offers, conversation.cache_key(), (reply_id, list(handles)))
         last = handles[-1]
         if last.id != has_button:
             edits = self.room_for(channel).edits
@@ -514,15 +588,22 @@ class PersonaeClient(discord.Client):
             async for _ in deltas:
                 pass
             if reply.status is ReplyStatus.NOT_FOUND:
-                await pressed.edit(view=None)
+                place = await self.webhooks.place_of(pressed, None)
+                await place.handle(pressed.id).edit(view=None)
                 await interaction.followup.send(GONE, ephemeral=True)
             elif reply.text:
                 await interaction.followup.send(reply.text, ephemeral=True)
             return
         channel = pressed.channel
+        # The pressed message's writer (the character's webhook, or the bot) writes the new text.
+        place = await self.webhooks.place_of(pressed, await self._identity(reply))
         offer = self._offers.get(conversation.cache_key())
-        ids = offer[1] if offer is not None and offer[0] == reply_id else [pressed.id]
-        old = [pressed if i == pressed.id else channel.get_partial_message(i) for i in ids]  # type: ignore[union-attr]
+        ids = [h.id for h in offer[1]] if offer is not None and offer[0] == reply_id else [pressed.id]
+        old = [place.handle(i) for i in ids]
+        if pressed.webhook_id is not None and not place.webhook:
+            # Written by a webhook that is gone (deleted in Discord): nobody can edit it any more.
+            log.info("Discord: message %s was written by a deleted webhook; the new reply comes as a new message", pressed.id)
+            place, old = await self._place_for(channel, reply), []
         done = asyncio.Event()
 
         def button() -> discord.ui.View | None:
@@ -531,7 +612,7 @@ class PersonaeClient(discord.Client):
             return None
 
         shown, has_button = await self._stream(
-            _ended(_chain(first, deltas), done), channel, send_first=channel.send, reuse=old, button=button,
+            _ended(_chain(first, deltas), done), channel, place, send_first=place.send, reuse=old, button=button,
             halted=lambda: reply.status is ReplyStatus.LOST,
         )
         stale = old[len(shown.handles) :]
@@ -634,6 +715,32 @@ async def _ended(deltas: AsyncIterator[str], done: asyncio.Event) -> AsyncIterat
     async for delta in deltas:
         yield delta
     done.set()
+
+
+class _LazyPlace:
+    """A Place picked at the first write, once the Engine has said which character answers."""
+
+    def __init__(self, pick: Callable[[], Awaitable[Place]]) -> None:
+        self._pick = pick
+        self._place: Place | None = None
+        self._picking = asyncio.Lock()
+
+    @property
+    def webhook(self) -> bool:
+        return self._place is not None and self._place.webhook
+
+    async def _get(self) -> Place:
+        async with self._picking:
+            if self._place is None:
+                self._place = await self._pick()
+            return self._place
+
+    async def send(self, text: str, *, reference: discord.MessageReference | None = None, **fields: Any) -> Handle:
+        return await (await self._get()).send(text, reference=reference, **fields)
+
+    def handle(self, message_id: int) -> Handle:
+        assert self._place is not None, "a message is named only after the first write"
+        return self._place.handle(message_id)
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
