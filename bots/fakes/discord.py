@@ -642,7 +642,11 @@ class FakeDiscord:
         if refusal is not None:
             return _json(refusal, status=status, headers=headers)
         response = await self._route(request.method, path, body, query, files)
-        response.headers.update(headers)
+        if not path.startswith("/webhooks/"):
+            # A webhook's answers carry no bucket headers here: they would describe the channel's
+            # buckets, not the webhook's own (looser) one, and discord.py's webhook adapter holds every
+            # later write of that webhook until a bucket it reads as empty resets.
+            response.headers.update(headers)
         return response
 
     def _limited_channel(self, path: str, query: dict[str, str]) -> int | None:

@@ -17,7 +17,7 @@ from core.engine import ReplyStatus
 from tests.discord.conftest import (
     CHARACTER, Bot, build_app, discord_settings, start_bot, stop_bot,
 )
-from bots.fakes.discord import ALICE, BOB, DM, GUILD_ID, LOBBY, OTHER_BOT, ROLEPLAY, THREAD, FakeDiscord
+from bots.fakes.discord import ALICE, BOB, DM, GUILD_ID, LOBBY, OTHER_BOT, ROLEPLAY, THREAD, FakeDiscord, RateLimits
 from tests.discord.test_regenerate import press
 
 AVATAR = b"\x89PNG\r\n\x1a\n" + b"hamlet's face" * 10
@@ -40,6 +40,41 @@ async def hooked(store: Any, cache: Any, fake: FakeDiscord, tgi: Any) -> AsyncIt
     await running.bind(ROLEPLAY)
     yield running
     await stop_bot(app, task)
+
+
+async def test_webhook_writes_take_the_channels_budget_and_bucket(store, cache, fake, tgi, caplog):
+    """A webhook's writes count against the channel's writes, in the client's room and in the fake's
+    buckets: with one send a minute, a second message would wait past PERSONAE_DELIVERY_MAX_WAIT_S
+    for its reply's first text, so it is dropped and logged, and Discord never answered 429."""
+    from core.cards import new_card
+
+    caplog.set_level(logging.WARNING, logger="bots.discord.client")
+    fake.limits = RateLimits(per_channel=1, window_s=60.0)
+    app = build_app(store, cache, discord_settings(
+        fake, tgi, discord_webhooks=True, discord_channel_writes=1, discord_channel_window_s=60.0, delivery_max_wait_s=5.0,
+    ))
+    card = new_card(
+        name=CHARACTER, world="8th Century Danish Royalty", traits=["extreme"], mbti="ENFJ", style=["decisive"],
+        scene="Elsinore at night.", greeting="",
+    )
+    await store.characters.add(card)
+    running, task = await start_bot(app, fake, tgi)
+    try:
+        await running.bind(ROLEPLAY)
+        tgi.script(reply=FIRST)
+        _, first = await running.say(ROLEPLAY, ALICE, "Who goes there?")
+        assert first is not None and first.status is ReplyStatus.ANSWERED
+        payload, second = await running.say(ROLEPLAY, BOB, "And who are you?")
+
+        assert second is None  # never handed to the engine
+        (shown,) = fake.webhook_messages(ROLEPLAY)
+        assert shown["content"] == FIRST and fake.bot_messages(ROLEPLAY) == []
+        assert fake.limits._windows[("POST", ROLEPLAY)][1] == 1  # the webhook's send, in the channel's bucket
+        assert fake.limits.refused == 0
+        (line,) = [r.getMessage() for r in caplog.records if "dropped message" in r.getMessage()]
+        assert payload["id"] in line
+    finally:
+        await stop_bot(app, task)
 
 
 def channel_webhook_calls(fake: FakeDiscord, method: str) -> list[Any]:
