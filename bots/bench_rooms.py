@@ -8,6 +8,10 @@ group): "typing" people write again a random 20-40 s after their reply is comple
 people write again at once. For each count of people it prints the time to the first visible text
 and to the whole reply (p50/p95, from the person's message), the writes per answered turn, replies
 per second, 429s received and messages dropped by the bounded wait.
+
+On Discord the replies go through the channel's webhook under the character's name, as a default
+deployment writes them (PERSONAE_DISCORD_WEBHOOKS=off: the bot's own messages); the fake counts a
+webhook's sends and edits against the channel's send and edit buckets, as the client paces them.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class RoomFigures:
     budget_replies_per_s: float = 0.0  # what the room's send budget allows at one write per reply
     rate_limited: int = 0  # 429s the platform answered
     most_writes_in_5s: int = 0
+    written_by: str = ""  # Discord: "webhook" (the characters' names, as deployed by default) or "bot"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -128,12 +133,15 @@ class Watch:
         self.turns: dict[Any, Turn] = {}  # the person's message id -> turn
         self.of_message: dict[Any, Turn] = {}  # the bot's message id -> turn
         self.write_times: list[float] = []
+        # Writes of messages not yet known to answer anyone (a webhook's message is no reply): claimed later.
+        self.unclaimed: dict[Any, list[tuple[float, bool]]] = {}
 
     def sent(self, answered: Any, message_id: Any, finished: bool) -> None:
         now = time.monotonic()
         self.write_times.append(now)
         turn = self.turns.get(answered)
         if turn is None:
+            self.unclaimed[message_id] = [(now, finished)]
             return
         self.of_message[message_id] = turn
         self._seen(turn, now, finished)
@@ -144,6 +152,18 @@ class Watch:
         turn = self.of_message.get(message_id)
         if turn is not None:
             self._seen(turn, now, finished)
+        elif message_id in self.unclaimed:
+            self.unclaimed[message_id].append((now, finished))
+
+    def claim(self, answered: Any, message_id: Any) -> None:
+        """``message_id`` was written as the answer to ``answered``: its writes so far count for that turn."""
+        writes = self.unclaimed.pop(message_id, [])
+        turn = self.turns.get(answered)
+        if turn is None:
+            return
+        self.of_message[message_id] = turn
+        for at, finished in writes:
+            self._seen(turn, at, finished)
 
     @staticmethod
     def _seen(turn: Turn, now: float, finished: bool) -> None:
@@ -248,6 +268,7 @@ async def discord_room(settings: Settings, url: str, *, people: int, seconds: fl
     from bots.fakes import discord as fd
 
     figures = RoomFigures("discord", people, "saturation" if saturate else "typing", seconds)
+    figures.written_by = "webhook" if settings.discord_webhooks else "bot"
     async with fd.FakeDiscord() as fake:
         fake.limits = fd.RateLimits()
         channel = fd.ROLEPLAY
@@ -279,6 +300,7 @@ async def discord_room(settings: Settings, url: str, *, people: int, seconds: fl
                 if not outcome.ok:
                     raise PersonaeError(f"the benchmark could not bind its character: {outcome.message}")
                 client = PersonaeClient(app, guild_ready_timeout=0.1)
+                _claim_webhook_replies(client, watch)
                 stop = asyncio.Event()
                 running = asyncio.create_task(run_discord(app, client=client, stop=stop))
                 await fake.wait_for(lambda: client.is_ready() or running.done(), timeout=20, what="the client to be ready")
@@ -304,6 +326,36 @@ async def discord_room(settings: Settings, url: str, *, people: int, seconds: fl
                 await app.store.characters.delete(character_id)
         figures.budget_replies_per_s = fake.limits.per_channel / fake.limits.window_s
         return _figures(figures, turns, watch, elapsed, fake.limits.refused)
+
+
+class _Claiming:
+    """A Discord reply's place that tells the watch which person's message its first message answers:
+    a webhook's message carries no reference to it, so the fake alone cannot say."""
+
+    def __init__(self, place: Any, watch: Watch) -> None:
+        self.place, self.watch = place, watch
+
+    @property
+    def webhook(self) -> bool:
+        return bool(self.place.webhook)
+
+    async def send(self, text: str, *, reference: Any = None, **fields: Any) -> Any:
+        handle = await self.place.send(text, reference=reference, **fields)
+        if reference is not None:
+            self.watch.claim(str(reference.message_id), str(handle.id))
+        return handle
+
+    def handle(self, message_id: int) -> Any:
+        return self.place.handle(message_id)
+
+
+def _claim_webhook_replies(client: Any, watch: Watch) -> None:
+    pick = client._place_for
+
+    async def place_for(channel: Any, reply: Any) -> Any:
+        return _Claiming(await pick(channel, reply), watch)
+
+    client._place_for = place_for
 
 
 async def telegram_room(settings: Settings, url: str, *, people: int, seconds: float, saturate: bool, seed: int) -> RoomFigures:
@@ -373,6 +425,7 @@ def line(f: RoomFigures) -> str:
         f" | whole p50 {f.whole_p50_s:5.2f} s p95 {f.whole_p95_s:5.2f} s | {f.writes_per_turn:4.2f} writes/turn"
         f" | {f.replies_per_s:5.3f} replies/s (budget {f.budget_replies_per_s:5.3f}) | 429s {f.rate_limited}"
         f" | turns {f.turns}, answered {f.answered}, dropped {f.dropped}, unfinished {f.unfinished} | most writes in 5 s {f.most_writes_in_5s}"
+        + (f" | written by the {f.written_by}" if f.written_by else "")
     )
 
 
