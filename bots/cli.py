@@ -841,8 +841,25 @@ def bench(
     token_delay: float = typer.Option(0.0, "--token-delay", min=0, help="With --processes: seconds between the model server's stream events."),
     worker_of: Optional[str] = typer.Option(None, "--worker-of", hidden=True),
     worker_index: int = typer.Option(0, "--worker-index", hidden=True),
+    platform: Optional[str] = typer.Option(
+        None, "--platform",
+        help="discord or telegram: people in one room of the real adapter against the local fake platform (its rate limits enforced); "
+        "prints first-text and whole-reply times, writes per turn, replies/s and 429s.",
+    ),
+    people: Optional[list[int]] = typer.Option(None, "--people", min=1, help="With --platform: people in the room (repeat for several runs; default 1, 5 and 20)."),
+    seconds: float = typer.Option(120.0, "--seconds", min=1, help="With --platform: how long each run lasts."),
+    saturate: bool = typer.Option(False, "--saturate", help="With --platform: people write again as soon as their reply is complete."),
 ) -> None:
     """Drive simulated people through the Engine against an instant model server and print figures."""
+    if platform is not None:
+        if platform not in ("discord", "telegram"):
+            fail(f"--platform must be discord or telegram, not {platform!r}")
+        from bots.bench_rooms import run_room_bench
+
+        run(lambda: run_room_bench(
+            settings(), platform=platform, people=people or [1, 5, 20], seconds=seconds, saturate=saturate, as_json=as_json
+        ))
+        return
     if worker_of is not None:  # one of the children of `personae bench --processes N`
         from bots.bench_processes import run_worker
 

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     # SHARDS the ones this process runs ("0-3", "0,2"; default: all). Replicas share one count.
     discord_shard_count: str | None = None
     discord_shards: str | None = None
+    # Characters speak through a channel webhook under their own name and avatar (on), or as the bot (off).
+    discord_webhooks: bool = True
+    # A channel where the bot uploads each character's avatar once, for the webhook messages' pictures
+    # (Discord needs a link; unset: the characters speak with Discord's default picture).
+    discord_avatar_channel: int | None = Field(default=None, ge=1)
 
     # Telegram
     telegram_api_base: str = "https://api.telegram.org/bot"
@@ -144,6 +149,12 @@ class Settings(BaseSettings):
     # then dropped (logged). Keep the first above RATE_LIMIT_MESSAGES: the rate notice comes first.
     max_waiting_per_person: int = Field(default=25, ge=1)
     max_waiting_turns: int = Field(default=4096, ge=1)
+    # Writing replies into a busy room (a channel, a group): a message that would wait longer than
+    # this for its reply's first text to be written is dropped (logged) instead of queued.
+    delivery_max_wait_s: float = Field(default=30.0, gt=0)
+    # Discord's per-channel buckets when discord.py has not learned them yet (sends and edits apart).
+    discord_channel_writes: int = Field(default=5, ge=1)
+    discord_channel_window_s: float = Field(default=5.0, gt=0)
 
     # Durability: messages are stored on arrival; what a crash or an outage interrupts is picked up
     pending_answer_within_s: float = Field(default=600.0, ge=0)  # older unanswered messages get a short notice instead

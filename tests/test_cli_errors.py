@@ -16,8 +16,8 @@ import pytest
 
 from tests.cli_process import Finished, personae
 from tests.conftest import TEST_DATABASE_URL, throwaway_postgres
-from tests.discord.fake_discord import FakeDiscord
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.discord import FakeDiscord
+from bots.fakes.telegram import FakeTelegram
 from tests.tgi_server import TGIServer
 
 EX_CONFIG = 78
@@ -307,7 +307,7 @@ async def test_run_with_a_taken_metrics_port_or_a_twin_replica_id_stops_with_one
 
     from tests.cli_process import GUARD_S, cli_env, command
     from tests.conftest import TEST_REDIS_URL
-    from tests.telegram.fake_telegram import TOKEN as TELEGRAM_TOKEN, FakeTelegram
+    from bots.fakes.telegram import TOKEN as TELEGRAM_TOKEN, FakeTelegram
     from tests.tgi_server import TGIServer
 
     async with TGIServer() as model, FakeTelegram() as telegram:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from bots.discord.client import invite_url
 from tests.cli_process import GUARD_S, cli_env, command, personae
-from tests.discord.fake_discord import APP_ID, TOKEN as DISCORD_TOKEN, FakeDiscord
-from tests.telegram.fake_telegram import TOKEN as TELEGRAM_TOKEN, FakeTelegram
+from bots.fakes.discord import APP_ID, TOKEN as DISCORD_TOKEN, FakeDiscord
+from bots.fakes.telegram import TOKEN as TELEGRAM_TOKEN, FakeTelegram
 from tests.tgi_server import MODEL_ID, TGIServer
 
 
@@ -52,7 +52,7 @@ async def test_run_says_what_it_connected_to_and_how_to_invite_the_bot(tmp_path:
     assert f"model server: {model.base_url}, model {MODEL_ID}" in summary
     assert "starting: Discord, Telegram" in summary
     assert invite_url(APP_ID) in output
-    assert f"client_id={APP_ID}&scope=bot+applications.commands&permissions=274878024704" in invite_url(APP_ID)
+    assert f"client_id={APP_ID}&scope=bot+applications.commands&permissions=275414895616" in invite_url(APP_ID)
     assert DISCORD_TOKEN not in output and TELEGRAM_TOKEN not in output
 
 

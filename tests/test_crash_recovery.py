@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from tests.discord.fake_discord import ALICE, ROLEPLAY, TOKEN as DISCORD_TOKEN, FakeDiscord
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.discord import ALICE, ROLEPLAY, TOKEN as DISCORD_TOKEN, FakeDiscord
+from bots.fakes.telegram import FakeTelegram
 from tests.test_service_drain import GROUP, REPLY, prepared_database, stored
 from tests.tgi_server import TGIServer
 from tests.throwaway import PersonaeProcess, throwaway_redis
@@ -29,6 +29,8 @@ async def test_a_reply_cut_by_sigkill_is_completed_in_place_after_the_restart(tm
             "PERSONAE_DISCORD_API_BASE": discord_api.api_base,
             "PERSONAE_DISCORD_GATEWAY_URL": discord_api.gateway_url,
             "PERSONAE_DISCORD_SYNC": "off",
+            # The bot's own messages: recovery through a webhook is tests/discord/test_recovery.py's.
+            "PERSONAE_DISCORD_WEBHOOKS": "off",
             "PERSONAE_TELEGRAM_TOKEN": tg.token,
             "PERSONAE_TELEGRAM_API_BASE": tg.base_url,
             "PERSONAE_TELEGRAM_FILE_BASE": tg.file_base_url,

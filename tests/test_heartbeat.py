@@ -21,9 +21,9 @@ from tests.discord.conftest import (  # noqa: F401 - fixtures: SQLite and the in
     discord_settings,
     restore_discord_endpoints,
 )
-from tests.discord.fake_discord import FakeDiscord
+from bots.fakes.discord import FakeDiscord
 from tests.telegram.conftest import FAST, make_settings
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.telegram import FakeTelegram
 from tests.tgi_server import TGIServer
 
 runner = CliRunner()

@@ -13,8 +13,8 @@ from core.state import Binding
 from storage import migrate
 from storage.database import SqlStore
 from storage.tables import messages
-from tests.discord.fake_discord import ALICE, ROLEPLAY, GUILD_ID, TOKEN as DISCORD_TOKEN, FakeDiscord
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.discord import ALICE, ROLEPLAY, GUILD_ID, TOKEN as DISCORD_TOKEN, FakeDiscord
+from bots.fakes.telegram import FakeTelegram
 from tests.tgi_server import TGIServer
 from tests.throwaway import PersonaeProcess
 
@@ -60,6 +60,8 @@ async def test_a_stop_signal_lets_the_replies_in_flight_finish_stores_them_and_e
             "PERSONAE_DISCORD_API_BASE": discord_api.api_base,
             "PERSONAE_DISCORD_GATEWAY_URL": discord_api.gateway_url,
             "PERSONAE_DISCORD_SYNC": "off",
+            # The bot's own messages: recovery through a webhook is tests/discord/test_recovery.py's.
+            "PERSONAE_DISCORD_WEBHOOKS": "off",
             "PERSONAE_TELEGRAM_TOKEN": tg.token,
             "PERSONAE_TELEGRAM_API_BASE": tg.base_url,
             "PERSONAE_TELEGRAM_FILE_BASE": tg.file_base_url,

@@ -8,7 +8,7 @@ Showing replies (sends, paced edits) is the client's job, in ``bots.discord.clie
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import discord
 
@@ -29,10 +29,25 @@ _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 
 
-def chat_event(message: discord.Message, me: discord.abc.User) -> ChatEvent | None:
+Ours = Callable[[discord.Message], bool]  # whether a message was written by one of the bot's webhooks
+
+
+def chat_event(message: discord.Message, me: discord.abc.User, ours: Ours | None = None) -> ChatEvent | None:
     """The event for a person's message, or None for bots (this one too), system and empty messages."""
     if message.author.bot or message.author.id == me.id or message.type not in _PEOPLE:
         return None
+    return _event(message, me, message.author.id, message.author.display_name, is_addressed(message, me, ours))
+
+
+def proxied_event(copy: discord.Message, me: discord.abc.User, author_id: int, addressed: bool, ours: Ours | None = None) -> ChatEvent | None:
+    """The event for a proxy's copy of a person's message (``bots.discord.proxies``): the person's
+    (``author_id``), under the name the proxy shows; addressed if the original or the copy was."""
+    if copy.type not in _PEOPLE:
+        return None
+    return _event(copy, me, author_id, copy.author.display_name, addressed or is_addressed(copy, me, ours))
+
+
+def _event(message: discord.Message, me: discord.abc.User, author_id: int, name: str, addressed: bool) -> ChatEvent | None:
     text = clean_text(plain_text(message, me))
     if not text.strip():
         return None
@@ -43,12 +58,12 @@ def chat_event(message: discord.Message, me: discord.abc.User) -> ChatEvent | No
         platform=Platform.DISCORD,
         chat_id=str(guild.id if guild is not None else channel.id),
         channel_id=str(channel.id),
-        user_id=str(message.author.id),
-        display_name=clean_text(message.author.display_name),
+        user_id=str(author_id),
+        display_name=clean_text(name),
         message_id=str(message.id),
         text=text,
         private=guild is None,
-        addressed=is_addressed(message, me),
+        addressed=addressed,
         parent_channel_id=str(parent) if parent else None,
         sent_at=message.created_at.timestamp(),
         reply_to=replied_to(message, me),
@@ -67,8 +82,9 @@ def replied_to(message: discord.Message, me: discord.abc.User) -> str | None:
     return str(reference.message_id)
 
 
-def is_addressed(message: discord.Message, me: discord.abc.User) -> bool:
-    """The bot was mentioned (itself or its managed role) or the message replies to one of its messages."""
+def is_addressed(message: discord.Message, me: discord.abc.User, ours: Ours | None = None) -> bool:
+    """The bot was mentioned (itself or its managed role) or the message replies to one of its
+    messages (its own, or one a character wrote through the bot's webhook)."""
     if me.id in message.raw_mentions or any(user.id == me.id for user in message.mentions):
         return True
     guild = message.guild
@@ -78,7 +94,7 @@ def is_addressed(message: discord.Message, me: discord.abc.User) -> bool:
     if reference is None:
         return False
     target = reference.resolved if isinstance(reference.resolved, discord.Message) else reference.cached_message
-    return target is not None and target.author.id == me.id
+    return target is not None and (target.author.id == me.id or (ours is not None and ours(target)))
 
 
 def plain_text(message: discord.Message, me: discord.abc.User) -> str:

@@ -1,5 +1,8 @@
 """The Discord client: messages to the Engine, replies streamed back as a send and paced edits.
 
+Where a reply is written, and under which name (the channel's webhook as the character, or the
+bot), is ``bots.discord.faces``; proxies' copies of people's messages are ``bots.discord.proxies``.
+
 One ``PersonaeClient`` per process. ``run_discord(app)`` points discord.py at the configured API
 and gateway, logs in and runs until cancelled. Every handled message ends with the client event
 ``turn_finished(message, reply)`` (``reply`` is None when no reply was asked of the Engine), which
@@ -26,22 +29,29 @@ from bots.discord.chat import (
     NO_MENTIONS,
     RegenerateButton,
     chat_event,
+    proxied_event,
     regenerate_view,
 )
+from bots.discord.avatars import AvatarLinks
+from bots.discord.faces import ChannelPlace, Handle, Identity, Place, Webhooks
+from bots.discord.proxies import Proxies
 from bots.discord.shards import ShardPlan, shard_plan
 from bots.discord.slash import FAILED, CommandTree, build_commands, no_character_hint, sync_commands
-from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
+from bots.streaming import FINAL, EditBudget, Room, StreamedMessage, Typing, first_shown, greeting_first
 from bots.recovering import keep_recovering, sweep_every
 from core import observe
 from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import ConfigurationError, PersonaeError
 from core.locks import KeyedLocks
 from core.events import ChatEvent, ConversationKey, Platform, Trigger
+from core.state import MessageStatus
 
 log = logging.getLogger(__name__)
 
-EDITS_PER_CHANNEL = (5, 5.0)  # at most 5 sends or edits per 5 s in one channel
 EDIT_INTERVAL_S = 1.0  # at most one edit per second for one message while it streams
+TYPING_EVERY_S = 8.0  # Discord shows "typing…" for 10 s per call
+WINDOW_MARGIN_S = 0.1  # on top of a channel's window: requests reach Discord a little after they are counted
+LIBRARY_POLL_S = 0.02  # past a bucket's reset, or while its requests are answered: look again this soon
 _REMEMBERED = 10_000  # replies whose messages are remembered (regenerate, button removal)
 
 K = TypeVar("K")
@@ -60,6 +70,7 @@ class DiscordUnreachable(PersonaeError):
 INVITE_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True,
     attach_files=True, embed_links=True,  # the /mood picture and /character show's avatar
+    manage_webhooks=True,  # characters speak through a channel webhook under their own name and avatar
 )
 
 
@@ -148,9 +159,14 @@ class PersonaeClient(discord.Client):
         self.tree = CommandTree(self)
         for command in build_commands():
             self.tree.add_command(command)
-        self._budgets: dict[int, EditBudget] = {}
-        # conversation -> (reply id, ids of the messages showing it): the newest reply with a button
-        self._offers: dict[str, tuple[int, list[int]]] = {}
+        self._rooms: dict[int, Room] = {}
+        self._typing: dict[int, Typing] = {}
+        # conversation -> (reply id, the messages showing it): the newest reply with a button
+        self._offers: dict[str, tuple[int, list[Handle]]] = {}
+        # Where replies are written: each channel's webhook (the character's name and avatar) or the bot.
+        self.webhooks = Webhooks(self, enabled=app.settings.discord_webhooks)
+        self.avatars = AvatarLinks(self, app.settings.discord_avatar_channel, app.store.characters.avatar)
+        self.proxies = Proxies()
         self._told_about_attachments: dict[str, None] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Task[Any]] = set()  # on_message handlers in progress
@@ -205,40 +221,59 @@ class PersonaeClient(discord.Client):
         channel_id = int(intake.conversation.channel_id)
         channel = self.get_channel(channel_id) or await self.fetch_channel(channel_id)
         assert isinstance(channel, discord.abc.Messageable)
-        partial = channel.get_partial_message(int(turn.shown_in)) if turn.shown_in else None  # type: ignore[attr-defined]
         deltas = aiter(turn.reply)
         first = await anext(deltas, None)
         if first is None:
             return
-        if partial is not None and turn.reply.status is ReplyStatus.NOTICE:
+        shown: discord.Message | None = None
+        if turn.shown_in:
+            try:
+                shown = await channel.fetch_message(int(turn.shown_in))
+            except discord.NotFound:
+                shown = None  # deleted meanwhile: the answer comes as a new message
+        if shown is not None and turn.reply.status is ReplyStatus.NOTICE:
             # Too late to answer: the half-shown reply is marked, not left dangling.
-            shown = await channel.fetch_message(partial.id)  # type: ignore[attr-defined]
-            await shown.edit(content=(shown.content + NOTICE_INTERRUPTED)[:MESSAGE_LIMIT], allowed_mentions=NO_MENTIONS)
+            place = await self.webhooks.place_of(shown, None)
+            await place.handle(shown.id).edit(content=(shown.content + NOTICE_INTERRUPTED)[:MESSAGE_LIMIT], allowed_mentions=NO_MENTIONS)
             return
         reference = discord.MessageReference(
             message_id=int(intake.platform_message_id or 0), channel_id=channel_id, fail_if_not_exists=False
         )
+        reply = turn.reply
+        done = asyncio.Event()
+
+        def button() -> discord.ui.View | None:
+            if done.is_set() and reply.conversation is not None and reply.reply_message_id is not None:
+                return regenerate_view(reply.conversation, reply.reply_message_id)
+            return None
+
+        if shown is not None:
+            place: Place = await self.webhooks.place_of(shown, await self._identity(reply))
+        else:
+            place = await self._place_for(channel, reply)
         shown_messages, has_button = await self._stream(
-            _chain(first, deltas),
+            _ended(_chain(first, deltas), done),
             channel,
-            send_first=lambda text, **kw: channel.send(text, reference=reference, **kw),
-            reuse=[partial] if partial is not None else None,
+            place,
+            send_first=lambda text, **kw: place.send(text, reference=reference, **kw),
+            reuse=[place.handle(shown.id)] if shown is not None else None,
+            button=button,
             halted=lambda: turn.reply.status is ReplyStatus.LOST,
         )
-        reply = turn.reply
         if reply.reply_message_id is not None and reply.conversation is not None and shown_messages.handles:
             await self._move_button(
-                reply.conversation, reply.reply_message_id, shown_messages.handles, channel,
-                has_button=has_button, old_button=self._button_of(reply.conversation),
+                reply.conversation, reply.reply_message_id, shown_messages.handles, channel, has_button=has_button
             )
 
     # -- chat ---------------------------------------------------------------------------------
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         """Someone deleted the newest reply of a conversation: it is taken back, and so is what it
-        did to the character's feelings."""
+        did to the character's feelings. A person's message deleted before it was answered (a proxy
+        deletes the original it copied) is not answered."""
+        self.proxies.deleted(payload.channel_id, payload.message_id)
         for key, (reply_id, shown) in list(self._offers.items()):
-            if payload.message_id not in shown:
+            if payload.message_id not in [h.id for h in shown]:
                 continue
             character_id, platform, channel_id, user_id = key.split(":", 3)
             conversation = ConversationKey(int(character_id), platform, channel_id, user_id)
@@ -263,9 +298,17 @@ class PersonaeClient(discord.Client):
             task.add_done_callback(self._handling.discard)
         try:
             assert self.user is not None
-            event = chat_event(message, self.user)
+            event = self._event_of(message)
             if event is not None:
-                await self._store_on_arrival(event)
+                original = self.proxies.arrived(message, event.addressed) if str(message.author.id) == event.user_id else None
+                accepted = await self._store_on_arrival(event)
+                if not await self.proxies.answer_original(original, message.guild.id if message.guild else None):
+                    # A proxy copied (or someone deleted) it: the copy is answered instead, this never.
+                    await self.app.engine.discard(event)
+                    return
+                if accepted is not None and accepted.status is MessageStatus.PENDING and self.room_for(message.channel).full():
+                    await self._too_busy(event)
+                    return
                 reply = self.app.engine.handle(event)
                 await self.answer(message, event, reply)
         except Exception as exc:
@@ -274,24 +317,78 @@ class PersonaeClient(discord.Client):
         finally:
             self.dispatch("turn_finished", message, reply)
 
-    async def _store_on_arrival(self, event: ChatEvent) -> None:
+    async def _too_busy(self, event: ChatEvent) -> None:
+        """The channel's line of replies waiting to be written is longer than PERSONAE_DELIVERY_MAX_WAIT_S:
+        the message is settled unanswered (no restart answers it later) and logged, not queued."""
+        room = self.room_for_id(int(event.channel_id))
+        await self.app.engine.discard(event)
+        log.warning(
+            "dropped message %s in Discord channel %s: %d replies already wait about %.0f s to be written "
+            "(PERSONAE_DELIVERY_MAX_WAIT_S=%.0f)",
+            event.message_id, event.channel_id, room.waiting, room.expected_wait(), room.max_wait_s,
+        )
+
+    def _event_of(self, message: discord.Message) -> ChatEvent | None:
+        """The event of a person's message, or of a proxy's copy of one (as that person's); None for
+        the rest: bots, the bot's own webhook, a webhook message that copies nobody's message."""
+        assert self.user is not None
+        if message.webhook_id is not None:
+            if self.webhooks.ours(message):
+                return None
+            original = self.proxies.copy_of(message)
+            if original is None:
+                return None
+            return proxied_event(message, self.user, original.author_id, original.addressed, self.webhooks.ours)
+        return chat_event(message, self.user, self.webhooks.ours)
+
+    async def _identity(self, reply: Reply) -> Identity | None:
+        """The name and avatar the reply's character speaks with (None: no character, the bot's own)."""
+        if reply.character is None:
+            return None
+        return Identity(reply.character.name, await self.avatar_url(reply))
+
+    async def _place_for(self, channel: discord.abc.Messageable, reply: Reply) -> Place:
+        """Where ``reply`` is written in ``channel``: the character's webhook, or the bot for a notice
+        (no character; or the model server failed before any text: not the character's words)."""
+        if reply.character is None or reply.status in (ReplyStatus.FAILED, ReplyStatus.NOTICE):
+            return ChannelPlace(channel)
+        try:
+            return await self.webhooks.place(channel, reply.character, await self.avatar_url(reply))
+        except Exception:  # noqa: BLE001 - whatever the webhook lookup hit, the reply still goes out
+            log.exception("Discord: could not pick a webhook in channel %s; the bot writes the reply", getattr(channel, "id", "?"))
+            return ChannelPlace(channel)
+
+    async def avatar_url(self, reply: Reply) -> str | None:
+        """The link of the character's avatar for its webhook messages (None: Discord's default picture)."""
+        if reply.character is None or not self.webhooks.enabled:
+            return None
+        try:
+            return await self.avatars.url(reply.character)
+        except Exception:  # noqa: BLE001 - a picture is never worth a reply
+            log.exception("Discord: could not get the avatar link of %s", reply.character.name)
+            return None
+
+    async def _store_on_arrival(self, event: ChatEvent) -> Any:
         """Store the message (pending) before it waits behind the person's earlier ones: if this
         process dies meanwhile, another replica (or the restart) answers it; Discord never sends it
         again. One person's messages are stored in the order they came."""
         async with self._arrivals.hold(f"{event.channel_id}:{event.user_id}"):
             try:
-                await self.app.engine.accept(event)
+                return await self.app.engine.accept(event)
             except Exception:  # noqa: BLE001 - the database's own errors: handle stores it again, or says so
                 log.debug("storing Discord message %s on arrival failed", event.message_id, exc_info=True)
+                return None
 
     async def answer(self, message: discord.Message, event: ChatEvent, reply: Reply) -> None:
-        """Show the Engine's reply to ``message``: typing until the first text, then a send and paced edits."""
+        """Show the Engine's reply to ``message``: typing until its first text is written, then a send
+        and the edits the channel can spare."""
         channel = message.channel
-        first_text, finished = asyncio.Event(), asyncio.Event()
-        typing = None
-        if await self._may_answer(event):
-            typing = asyncio.create_task(_typing_until(channel, first_text))
+        finished = asyncio.Event()
+        room = self.room_for(channel)
+        leave = room.enter()
+        stop_typing = self.typing_for(channel).hold() if await self._may_answer(event) else (lambda: None)
         reference = message.to_reference(fail_if_not_exists=False)
+        place = _LazyPlace(lambda: self._place_for(channel, reply))
 
         def button() -> discord.ui.View | None:
             # Known once the Engine's iteration ended: the stored reply's id goes into the button.
@@ -299,33 +396,36 @@ class PersonaeClient(discord.Client):
                 return regenerate_view(reply.conversation, reply.reply_message_id)
             return None
 
-        async def send_first(text: str, **kw: Any) -> discord.Message:
-            sent = await channel.send(text, reference=reference, **kw)
+        async def send_first(text: str, **kw: Any) -> Handle:
+            sent = await place.send(text, reference=reference, **kw)
             if reply.intake is not None and reply.status is ReplyStatus.PENDING:
                 # A crash from here on leaves this message half-shown: recovery writes the answer over it.
                 await self.app.engine.showing(reply.intake, str(sent.id))
             return sent
 
+        def on_first() -> None:
+            leave()
+            stop_typing()
+            first_shown(reply, "discord")
+
         try:
             shown, has_button = await self._stream(
-                self._deltas(reply, message, first_text, finished),
+                self._deltas(reply, message, finished),
                 channel,
+                place,
                 send_first=send_first,
                 button=button,
-                on_first=lambda: first_shown(reply, "discord"),
+                on_first=on_first,
                 halted=lambda: reply.status is ReplyStatus.LOST,
             )
         finally:
-            first_text.set()
-            if typing is not None:
-                await typing
+            leave()
+            stop_typing()
         if reply.status is ReplyStatus.NO_CHARACTER:
             await message.reply(await no_character_hint(self.app, event), allowed_mentions=NO_MENTIONS)
         elif reply.reply_message_id is not None and reply.conversation is not None and shown.handles:
-            old_button = self._button_of(reply.conversation)
             await self._move_button(
-                reply.conversation, reply.reply_message_id, shown.handles, channel,
-                has_button=has_button, old_button=old_button,
+                reply.conversation, reply.reply_message_id, shown.handles, channel, has_button=has_button,
             )
 
     async def _may_answer(self, event: ChatEvent) -> bool:
@@ -333,15 +433,14 @@ class PersonaeClient(discord.Client):
         binding = await self.app.engine.binding_for(event)
         return binding is not None and (binding.trigger is Trigger.ALL or event.addressed or event.private)
 
-    async def _deltas(
-        self, reply: Reply, message: discord.Message, first_text: asyncio.Event, finished: asyncio.Event
-    ) -> AsyncIterator[str]:
-        """The reply's deltas (after the greeting, on first contact); once per conversation, a note that attachments were not read."""
-        async for delta in greeting_first(reply, lambda text: message.channel.send(text, allowed_mentions=NO_MENTIONS), "discord"):
-            first_text.set()
+    async def _deltas(self, reply: Reply, message: discord.Message, finished: asyncio.Event) -> AsyncIterator[str]:
+        """The reply's deltas (the greeting first, on first contact); once per conversation, a note that attachments were not read."""
+        said = False
+        async for delta in greeting_first(reply):
+            said = True
             yield delta
         finished.set()
-        if first_text.is_set() and message.attachments and reply.conversation is not None:
+        if said and message.attachments and reply.conversation is not None:
             key = reply.conversation.cache_key()
             if key not in self._told_about_attachments:
                 _remember(self._told_about_attachments, key, None)
@@ -351,64 +450,91 @@ class PersonaeClient(discord.Client):
         self,
         deltas: AsyncIterable[str],
         channel: discord.abc.Messageable,
+        place: Place,
         *,
-        send_first: Callable[..., Awaitable[discord.Message]],
-        reuse: list[discord.PartialMessage] | None = None,
+        send_first: Callable[..., Awaitable[Handle]],
+        reuse: list[Handle] | None = None,
         button: Callable[[], discord.ui.View | None] = lambda: None,
         on_first: Callable[[], None] | None = None,
         halted: Callable[[], bool] | None = None,
-    ) -> tuple[StreamedMessage[discord.Message | discord.PartialMessage], int | None]:
-        """Render ``deltas``: ``reuse``'d messages are edited first, then ``send_first``, then plain sends.
+    ) -> tuple[StreamedMessage[Handle], int | None]:
+        """Render ``deltas`` in ``place`` (paced by ``channel``'s budget): ``reuse``'d messages are
+        edited first, then ``send_first``, then plain sends.
 
-        When the reply is complete and fits in one message, the last write also carries ``button()``
-        (one edit fewer). Returns the rendering and the id of the message that got the button.
+        ``StreamedMessage`` decides when to write and what; these writes only say how. The write
+        that completes the reply's last message also carries ``button()`` (no edit of its own).
+        Returns the rendering and the id of the message that got the button.
         """
         reuse = list(reuse or ())
         sent = 0
         has_button: int | None = None
+        typing = self.typing_for(channel)
 
-        def extras() -> dict[str, Any]:
-            view = button() if len(shown.text) <= MESSAGE_LIMIT else None
+        def extras(final: bool) -> dict[str, Any]:
+            view = button() if final else None
             return {"allowed_mentions": NO_MENTIONS} if view is None else {"allowed_mentions": NO_MENTIONS, "view": view}
 
-        async def send(text: str) -> discord.Message | discord.PartialMessage:
+        async def send(text: str, *, final: bool = False) -> Handle:
             nonlocal sent, has_button
             sent += 1
-            kw = extras()
+            kw = extras(final)
             if reuse:
-                target: discord.Message | discord.PartialMessage = reuse.pop(0)
+                target: Handle = reuse.pop(0)
                 await target.edit(content=text, **kw)
             elif sent == 1:
                 target = await send_first(text, **kw)
             else:
-                target = await channel.send(text, **kw)
+                target = await place.send(text, **kw)
+            typing.nudge()  # a reply was written: Discord hides the bot's "typing…", which others may still need
             if "view" in kw:
                 has_button = target.id
             return target
 
-        async def edit(target: discord.Message | discord.PartialMessage, text: str) -> None:
+        async def edit(target: Handle, text: str, *, final: bool = False) -> None:
             nonlocal has_button
-            kw = extras()
+            kw = extras(final)
             await target.edit(content=text, **kw)
             if "view" in kw:
                 has_button = target.id
 
-        shown: StreamedMessage[discord.Message | discord.PartialMessage] = StreamedMessage(
-            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, budget=self.budget_for(channel), on_first=on_first,
-            halted=halted,
+        shown: StreamedMessage[Handle] = StreamedMessage(
+            limit=MESSAGE_LIMIT, send=send, edit=edit, interval=EDIT_INTERVAL_S, room=self.room_for(channel),
+            on_first=on_first, halted=halted, needs_final=lambda: button() is not None,
         )
         await shown.run(deltas)
         return shown, has_button
 
-    def budget_for(self, channel: discord.abc.Messageable) -> EditBudget:
-        """The edit budget of one channel, shared by every reply shown in it."""
+    def room_for(self, channel: discord.abc.Messageable) -> Room:
+        """The room of one channel, shared by every reply shown in it: its send and edit buckets
+        (separate on Discord), each following what discord.py learned of the bucket."""
+        return self.room_for_id(channel.id)  # type: ignore[attr-defined]
+
+    def room_for_id(self, channel_id: int) -> Room:
+        room = self._rooms.get(channel_id)
+        if room is None:
+            if len(self._rooms) > _REMEMBERED:
+                self._rooms.clear()  # losing old windows only risks a 429, which discord.py absorbs
+            count, per = self.app.settings.discord_channel_writes, self.app.settings.discord_channel_window_s
+            sends = EditBudget(
+                count, per, margin=WINDOW_MARGIN_S,
+                follow=library_bucket(self.http, "POST", "/channels/{channel_id}/messages", channel_id),
+            )
+            edits = EditBudget(
+                count, per, margin=WINDOW_MARGIN_S,
+                follow=library_bucket(self.http, "PATCH", "/channels/{channel_id}/messages/{message_id}", channel_id),
+            )
+            room = self._rooms[channel_id] = Room(sends, edits, spare=1, max_wait_s=self.app.settings.delivery_max_wait_s)
+        return room
+
+    def typing_for(self, channel: discord.abc.Messageable) -> Typing:
+        """One "typing…" per channel, kept up while any reply there waits for its first text."""
         channel_id = channel.id  # type: ignore[attr-defined]
-        budget = self._budgets.get(channel_id)
-        if budget is None:
-            if len(self._budgets) > _REMEMBERED:
-                self._budgets.clear()  # losing old windows only risks a 429, which discord.py absorbs
-            budget = self._budgets[channel_id] = EditBudget(*EDITS_PER_CHANNEL)
-        return budget
+        typing = self._typing.get(channel_id)
+        if typing is None:
+            if len(self._typing) > _REMEMBERED:
+                self._typing = {k: t for k, t in self._typing.items() if t.holders > 0}
+            typing = self._typing[channel_id] = Typing(lambda: _show_typing(channel), TYPING_EVERY_S)
+        return typing
 
     # -- regenerate ---------------------------------------------------------------------------
 
@@ -416,32 +542,28 @@ class PersonaeClient(discord.Client):
         self,
         conversation: ConversationKey,
         reply_id: int,
-        handles: list[discord.Message | discord.PartialMessage],
+        handles: list[Handle],
         channel: discord.abc.Messageable,
         *,
         has_button: int | None,
-        old_button: int | None,
     ) -> None:
-        """Put the Regenerate button under the reply's last message and take it off ``old_button``."""
-        _remember(self._offers, conversation.cache_key(), (reply_id, [h.id for h in handles]))
+        """Remember the reply as the conversation's newest; put the Regenerate button under its last
+        message if its final write could not carry it (through the route that message needs: the
+        webhook's or the channel's; either counts against the channel's edits). The previous reply
+        keeps its button: pressed, it answers that only the newest reply can be regenerated (and
+        loses it then), which costs no write in a busy channel."""
+        _remember(self._offers, conversation.cache_key(), (reply_id, list(handles)))
         # A reply to one of these messages goes to this reply's character (a scene may have several).
         await self.app.engine.remember_shown(conversation, reply_id, [str(h.id) for h in handles])
-        budget = self.budget_for(channel)
         last = handles[-1]
         if last.id != has_button:
-            await budget.take()
-            await last.edit(view=regenerate_view(conversation, reply_id))
-        if old_button is not None and old_button != last.id:
+            edits = self.room_for(channel).edits
+            await edits.take(FINAL)
             try:
-                await budget.take()
-                await channel.get_partial_message(old_button).edit(view=None)  # type: ignore[attr-defined]
-            except discord.HTTPException as exc:  # deleted meanwhile: nothing to remove
-                log.debug("could not remove an old regenerate button: %s", exc)
-
-    def _button_of(self, conversation: ConversationKey) -> int | None:
-        """The message that carries the conversation's button, as far as this process knows."""
-        offer = self._offers.get(conversation.cache_key())
-        return offer[1][-1] if offer is not None else None
+                write = last.edit(view=regenerate_view(conversation, reply_id))
+            finally:
+                edits.started()
+            await write
 
     async def regenerate(self, interaction: discord.Interaction, conversation: ConversationKey, reply_id: int) -> None:
         """The author pressed Regenerate: stream a new reply into the messages that showed the old one."""
@@ -468,17 +590,32 @@ class PersonaeClient(discord.Client):
             async for _ in deltas:
                 pass
             if reply.status is ReplyStatus.NOT_FOUND:
-                await pressed.edit(view=None)
+                place = await self.webhooks.place_of(pressed, None)
+                await place.handle(pressed.id).edit(view=None)
                 await interaction.followup.send(GONE, ephemeral=True)
             elif reply.text:
                 await interaction.followup.send(reply.text, ephemeral=True)
             return
         channel = pressed.channel
+        # The pressed message's writer (the character's webhook, or the bot) writes the new text.
+        place = await self.webhooks.place_of(pressed, await self._identity(reply))
         offer = self._offers.get(conversation.cache_key())
-        ids = offer[1] if offer is not None and offer[0] == reply_id else [pressed.id]
-        old = [pressed if i == pressed.id else channel.get_partial_message(i) for i in ids]  # type: ignore[union-attr]
-        shown, _ = await self._stream(
-            _chain(first, deltas), channel, send_first=channel.send, reuse=old, halted=lambda: reply.status is ReplyStatus.LOST
+        ids = [h.id for h in offer[1]] if offer is not None and offer[0] == reply_id else [pressed.id]
+        old = [place.handle(i) for i in ids]
+        if pressed.webhook_id is not None and not place.webhook:
+            # Written by a webhook that is gone (deleted in Discord): nobody can edit it any more.
+            log.info("Discord: message %s was written by a deleted webhook; the new reply comes as a new message", pressed.id)
+            place, old = await self._place_for(channel, reply), []
+        done = asyncio.Event()
+
+        def button() -> discord.ui.View | None:
+            if done.is_set() and reply.reply_message_id is not None:
+                return regenerate_view(conversation, reply.reply_message_id)
+            return None
+
+        shown, has_button = await self._stream(
+            _ended(_chain(first, deltas), done), channel, place, send_first=place.send, reuse=old, button=button,
+            halted=lambda: reply.status is ReplyStatus.LOST,
         )
         stale = old[len(shown.handles) :]
         for message in stale:
@@ -487,10 +624,7 @@ class PersonaeClient(discord.Client):
             except discord.HTTPException as exc:
                 log.debug("could not delete a stale reply message: %s", exc)
         if reply.reply_message_id is not None and shown.handles:
-            kept = None if any(m.id == pressed.id for m in stale) else pressed.id
-            await self._move_button(
-                conversation, reply.reply_message_id, shown.handles, channel, has_button=kept, old_button=kept
-            )
+            await self._move_button(conversation, reply.reply_message_id, shown.handles, channel, has_button=has_button)
 
 
 class ShardedClient(PersonaeClient, discord.AutoShardedClient):
@@ -542,13 +676,73 @@ def _connected(client: PersonaeClient) -> bool:
     return client.ws is not None and client.ws.open
 
 
-async def _typing_until(channel: discord.abc.Messageable, first_text: asyncio.Event) -> None:
-    """Show "typing…" until the first text of the reply arrives (Discord shows it for 10 s per call)."""
-    try:
-        async with channel.typing():
-            await first_text.wait()
-    except discord.HTTPException as exc:
-        log.debug("typing indicator failed: %s", exc)
+async def _show_typing(channel: discord.abc.Messageable) -> None:
+    """Show "typing…" once (Discord shows it for 10 s, or until the bot writes in the channel)."""
+    await channel._state.http.send_typing(channel.id)  # type: ignore[attr-defined]
+
+
+def library_bucket(http: Any, method: str, path: str, channel_id: int) -> Callable[[int], tuple[float, int] | None]:
+    """discord.py's own account of one route's rate limit in a channel, for ``EditBudget(follow=...)``.
+
+    discord.py reads Discord's bucket headers (``X-RateLimit-Bucket``, ``-Limit``, ``-Remaining``,
+    ``-Reset-After``) and keys its limits by bucket hash and channel: message sends (POST) and edits
+    (PATCH) are separate buckets. Returns None until discord.py has seen the bucket's headers (the
+    caller's own window is then the conservative fallback), else (wait, free) given ``unstarted``
+    writes granted but not yet handed to discord.py.
+    """
+    route = discord.http.Route(method, path, channel_id=channel_id, message_id=0)
+
+    def follow(unstarted: int) -> tuple[float, int] | None:
+        try:
+            key = route.key
+            bucket = http._bucket_hashes.get(key)
+            limit = http._buckets.get(f"{bucket or key}:{route.major_parameters}")
+            if limit is None or limit.limit <= 1:
+                return None  # not learned yet
+            now = limit._loop.time()
+            expired = limit.expires is not None and now > limit.expires
+            free = (limit.limit if expired else limit.remaining) - unstarted
+            if free > 0:
+                return 0.0, free
+            if limit.expires is None or expired:
+                return LIBRARY_POLL_S, 0  # requests in flight: their answers will say
+            return limit.expires - now + LIBRARY_POLL_S, 0
+        except (AttributeError, TypeError):  # another discord.py inside: our own window alone
+            return None
+
+    return follow
+
+
+async def _ended(deltas: AsyncIterator[str], done: asyncio.Event) -> AsyncIterator[str]:
+    async for delta in deltas:
+        yield delta
+    done.set()
+
+
+class _LazyPlace:
+    """A Place picked at the first write, once the Engine has said which character answers."""
+
+    def __init__(self, pick: Callable[[], Awaitable[Place]]) -> None:
+        self._pick = pick
+        self._place: Place | None = None
+        self._picking = asyncio.Lock()
+
+    @property
+    def webhook(self) -> bool:
+        return self._place is not None and self._place.webhook
+
+    async def _get(self) -> Place:
+        async with self._picking:
+            if self._place is None:
+                self._place = await self._pick()
+            return self._place
+
+    async def send(self, text: str, *, reference: discord.MessageReference | None = None, **fields: Any) -> Handle:
+        return await (await self._get()).send(text, reference=reference, **fields)
+
+    def handle(self, message_id: int) -> Handle:
+        assert self._place is not None, "a message is named only after the first write"
+        return self._place.handle(message_id)
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:

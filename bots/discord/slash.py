@@ -6,11 +6,8 @@ resolved permissions, or the configured admin role; owner = an id in ``owner_ids
 ``default_permissions`` set on some commands only hides them from others in Discord's menu.
 
 A character's avatar is shown on ``/character show`` (the image as the thumbnail of an embed).
-Chat replies deliberately stay the bot's own messages rather than going through a channel webhook
-under the character's name and avatar: a webhook message cannot reply to the person's message,
-a reply to it does not count as addressing the bot (its author is the webhook, not the bot), it is
-edited through the webhook's routes rather than the channel's (which streaming, the Regenerate
-button and its removal all use), and DMs have no webhooks at all.
+Chat replies go through a channel webhook under the character's name and avatar where Discord
+allows it (``bots.discord.faces``); command answers are always the bot's own.
 """
 
 # No `from __future__ import annotations`: discord.py reads the parameter annotations below at runtime.

@@ -59,6 +59,24 @@ class TelegramConnectionLost(PersonaeError):
     """The Bot API could not be reached for longer than ``PERSONAE_TELEGRAM_GIVE_UP_S``."""
 
 
+# The Bot API methods that write a message: the ones Telegram's flood limits count.
+MESSAGE_WRITES = frozenset({
+    "sendMessage", "editMessageText", "editMessageReplyMarkup", "editMessageCaption", "sendPhoto", "sendDocument",
+    "copyMessage", "forwardMessage",
+})
+
+
+class WritesRateLimiter(AIORateLimiter):
+    """python-telegram-bot's limiter (and its retries after a 429), with the group limits applied to
+    message writes only: "typing…", member lookups and the like are not messages, and counted among
+    them they would hold a group's replies back."""
+
+    async def process_request(self, callback: Any, args: Any, kwargs: dict[str, Any], endpoint: str, data: dict[str, Any], rate_limit_args: Any) -> Any:  # type: ignore[override]
+        if endpoint not in MESSAGE_WRITES and "chat_id" in data:
+            data = {k: v for k, v in data.items() if k != "chat_id"}  # it only picks the limits; the call keeps its own
+        return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+
 @dataclass(frozen=True, slots=True)
 class Tuning:
     """Pacing and timing of the adapter. The defaults follow Telegram's limits; tests shorten some."""
@@ -66,6 +84,7 @@ class Tuning:
     edit_interval: float = 1.0  # seconds between edits of one streamed message
     draft_interval: float = 1.0  # seconds between drafts in one private chat
     group_messages_per_minute: int = 20  # sends and edits per group chat
+    chat_interval: float = 1.0  # seconds between sends or edits in one chat (private or group)
     poll_timeout: int = 30  # seconds one getUpdates may wait for updates
     request_timeout: float = 15.0  # connect/read/write timeout of one Bot API call
     rate_limit_retries: int = 2  # retries of a call Telegram answers with "retry after"
@@ -86,7 +105,7 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         .base_url(settings.telegram_api_base)
         .base_file_url(settings.telegram_file_base)
         .concurrent_updates(updates)
-        .rate_limiter(AIORateLimiter(max_retries=tuning.rate_limit_retries))
+        .rate_limiter(WritesRateLimiter(max_retries=tuning.rate_limit_retries, group_max_rate=0))
         .connect_timeout(tuning.request_timeout)
         .read_timeout(tuning.request_timeout)
         .write_timeout(tuning.request_timeout)
@@ -102,6 +121,8 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         edit_interval=tuning.edit_interval,
         draft_interval=tuning.draft_interval,
         group_per_minute=tuning.group_messages_per_minute,
+        chat_interval=tuning.chat_interval,
+        max_wait_s=settings.delivery_max_wait_s,
     )
     handlers = Handlers(app, replies, admin_ttl=tuning.admin_ttl)
     register(application, handlers)

@@ -84,6 +84,9 @@ class Handlers:
         if event is None or message is None:
             return
         typing = await self._may_answer(event)
+        if typing and self.replies.room(message.chat.id, private=event.private).full():
+            await self._too_busy(event)
+            return
         reply = self.app.engine.handle(event)
         ids = await self.replies.answer(
             reply,
@@ -105,6 +108,17 @@ class Handlers:
         while ids and (reply := await self.app.engine.follow_up(reply, str(ids[-1]))) is not None:
             ids = await self.replies.answer(reply, message.chat.id, message.chat.type, reply_to=ids[-1], thread_id=thread_id)
             await self.app.engine.shown(reply, [str(i) for i in ids])
+
+    async def _too_busy(self, event: ChatEvent) -> None:
+        """The chat's line of replies waiting to be written is longer than PERSONAE_DELIVERY_MAX_WAIT_S:
+        the message is settled unanswered (no restart answers it later) and logged, not queued."""
+        room = self.replies.room(int(event.chat_id), private=event.private)
+        await self.app.engine.discard(event)
+        log.warning(
+            "dropped message %s in Telegram chat %s: %d replies already wait about %.0f s to be written "
+            "(PERSONAE_DELIVERY_MAX_WAIT_S=%.0f)",
+            event.message_id, event.chat_id, room.waiting, room.expected_wait(), room.max_wait_s,
+        )
 
     async def _may_answer(self, event: ChatEvent) -> bool:
         """Whether the Engine will probably answer (then "typing…" is shown); the Engine still decides."""

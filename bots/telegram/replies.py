@@ -15,7 +15,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, MessageEnt
 from telegram.constants import ChatAction, ChatType, MessageLimit
 from telegram.error import BadRequest, TelegramError
 
-from bots.streaming import EditBudget, StreamedMessage, first_shown, greeting_first
+from bots.streaming import FINAL, EditBudget, Room, StreamedMessage, Typing, first_shown, greeting_first
 from bots.telegram.drafts import DraftStream
 from bots.telegram.updates import Recent
 from core.engine import Reply, ReplyStatus
@@ -27,29 +27,7 @@ log = logging.getLogger(__name__)
 LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4,096 characters
 REGENERATE = "regen"
 TYPING_EVERY_S = 4.5  # Telegram shows "typing…" for 5 s per sendChatAction
-
-
-async def typing_until_first(
-    deltas: AsyncIterator[str], show: Callable[[], Awaitable[object]], every_s: float = TYPING_EVERY_S
-) -> AsyncIterator[str]:
-    """``deltas``, with "typing…" kept up (``show`` every ``every_s``) until the first one arrives."""
-
-    async def keep_typing() -> None:
-        while True:
-            try:
-                await show()
-            except TelegramError as exc:
-                log.debug("typing indicator failed: %s", exc)
-                return
-            await asyncio.sleep(every_s)
-
-    typing = asyncio.get_running_loop().create_task(keep_typing())
-    try:
-        async for delta in deltas:
-            typing.cancel()
-            yield delta
-    finally:
-        typing.cancel()
+WINDOW_MARGIN_S = 0.25  # on top of a chat's windows: requests reach Telegram a little after they are counted
 
 
 async def headed(reply: Reply, deltas: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -106,7 +84,8 @@ class Replies:
 
     Private chats stream through drafts until the Bot API refuses one; from then on (for the life of
     the process) they stream like groups: a message, then edits at most once per ``edit_interval``.
-    Each group chat has one ``EditBudget`` of ``group_per_minute`` sends and edits.
+    Every chat is a ``Room`` with one bucket for sends and edits alike: one per ``chat_interval`` in
+    any chat, and in a group also ``group_per_minute``.
     """
 
     def __init__(
@@ -116,13 +95,19 @@ class Replies:
         edit_interval: float = 1.0,
         draft_interval: float = 1.0,
         group_per_minute: int = 20,
+        chat_interval: float = 1.0,
+        max_wait_s: float = 30.0,
     ) -> None:
         self.bot = bot
         self.edit_interval = edit_interval
         self.draft_interval = draft_interval
         self.group_per_minute = group_per_minute
+        self.chat_interval = chat_interval
+        self.max_wait_s = max_wait_s
         self.drafts_available = True
-        self._budgets: Recent[int, EditBudget] = Recent(10_000)
+        self._rooms: Recent[int, Room] = Recent(10_000)
+        self._drafts: Recent[int, EditBudget] = Recent(10_000)
+        self._typing: Recent[tuple[int, int | None], Typing] = Recent(10_000)
         self._pieces: Recent[tuple[int, int], list[int]] = Recent(10_000)  # (chat, reply id) -> message ids
         self._draft_ids = itertools.count(1)
 
@@ -144,20 +129,29 @@ class Replies:
 
         ``shown(message_id)`` is told of the first message sent while the reply is still streaming
         (a crash would leave it half-shown); ``reuse``: messages to write over first (that half).
-        ``typing``: show "typing…" until the first text (a turn may wait for the model budget).
+        ``typing``: show "typing…" until the first text is written (a turn may wait for the model
+        budget, then for the chat's turn to write).
         """
-        deltas = greeting_first(reply, lambda text: self.bot.send_message(chat_id, text, message_thread_id=thread_id), "telegram")
-        if typing:
-            deltas = typing_until_first(
-                deltas, lambda: self.bot.send_chat_action(chat_id, ChatAction.TYPING, message_thread_id=thread_id)
-            )
-        if chat_type == ChatType.PRIVATE and self.drafts_available and not reuse:
-            ids = await self._through_drafts(reply, deltas, chat_id)
-        else:
-            group = chat_type != ChatType.PRIVATE
-            ids = await self._through_edits(
-                reply, deltas, chat_id, group=group, reply_to=reply_to, thread_id=thread_id, reuse=reuse, shown=shown
-            )
+        room = self.room(chat_id, private=chat_type == ChatType.PRIVATE)
+        leave = room.enter()
+        stop_typing = self._typing_in(chat_id, thread_id).hold() if typing else (lambda: None)
+
+        def first() -> None:
+            leave()
+            stop_typing()
+            first_shown(reply, "telegram")
+
+        try:
+            deltas = greeting_first(reply)
+            if chat_type == ChatType.PRIVATE and self.drafts_available and not reuse:
+                ids = await self._through_drafts(reply, deltas, chat_id, first)
+            else:
+                ids = await self._through_edits(
+                    reply, deltas, chat_id, reply_to=reply_to, thread_id=thread_id, reuse=reuse, shown=shown, first=first
+                )
+        finally:
+            leave()
+            stop_typing()
         self._remember(reply, chat_id, ids)
         return ids
 
@@ -167,7 +161,7 @@ class Replies:
         """Stream a regenerated reply over the messages of reply ``reply_message_id`` (``shown_in`` has its button)."""
         old = self._pieces.get((chat_id, reply_message_id))
         reuse = list(old) if old and old[-1] == shown_in else [shown_in]
-        ids = await self._through_edits(reply, deltas, chat_id, reuse=reuse, group=chat_type != ChatType.PRIVATE)
+        ids = await self._through_edits(reply, deltas, chat_id, reuse=reuse)
         for leftover in reuse[len(ids) :]:
             try:
                 await self.bot.delete_message(chat_id, leftover)
@@ -176,33 +170,59 @@ class Replies:
         self._remember(reply, chat_id, ids)
         return ids
 
+    def room(self, chat_id: int, *, private: bool) -> Room:
+        """The chat's room: one bucket for its sends and edits (a group's ~20 a minute, 1 a second in any chat)."""
+        room = self._rooms.get(chat_id)
+        if room is None:
+            second = (1, self.chat_interval)
+            if private:
+                bucket = EditBudget(*second, margin=WINDOW_MARGIN_S)
+            else:
+                bucket = EditBudget(self.group_per_minute, 60.0, also=(second,), margin=WINDOW_MARGIN_S)
+            room = Room(bucket, spare=0 if private else max(1, self.group_per_minute // 4), max_wait_s=self.max_wait_s)
+            self._rooms.put(chat_id, room)
+        return room
+
+    def _typing_in(self, chat_id: int, thread_id: int | None) -> Typing:
+        typing = self._typing.get((chat_id, thread_id))
+        if typing is None:
+            typing = Typing(
+                lambda: self.bot.send_chat_action(chat_id, ChatAction.TYPING, message_thread_id=thread_id), TYPING_EVERY_S
+            )
+            self._typing.put((chat_id, thread_id), typing)
+        return typing
+
     # -- how -------------------------------------------------------------------------------
 
-    async def _through_drafts(self, reply: Reply, deltas: AsyncIterator[str], chat_id: int) -> list[int]:
+    async def _through_drafts(self, reply: Reply, deltas: AsyncIterator[str], chat_id: int, first: Callable[[], None]) -> list[int]:
         draft_id = next(self._draft_ids)
 
         async def send_draft(text: str) -> object:
             sent = await self.bot.send_message_draft(chat_id, draft_id, text)
-            first_shown(reply, "telegram")
+            first()
             return sent
 
-        stream = DraftStream(
-            send_draft=send_draft,
-            budget=self._budget(chat_id, private=True),
-            limit=LIMIT,
-        )
+        budget = self._drafts.get(chat_id)
+        if budget is None:
+            budget = EditBudget(1, self.draft_interval)
+            self._drafts.put(chat_id, budget)
+        stream = DraftStream(send_draft=send_draft, budget=budget, limit=LIMIT)
         if not await stream.run(deltas):
             log.warning("Telegram refused a message draft; private replies are shown by editing messages from now on")
             self.drafts_available = False
-            return await self._through_edits(reply, prepend(stream.text, deltas), chat_id, group=False)
+            return await self._through_edits(reply, prepend(stream.text, deltas), chat_id, first=first)
         text = stream.text.strip()
         if not text or reply.status is ReplyStatus.LOST:
             return []
         pieces = split_message(text, LIMIT)
         ids = []
+        room = self.room(chat_id, private=True)
         for i, piece in enumerate(pieces):
             markup = self._button(reply) if i == len(pieces) - 1 else None
+            await room.sends.take(FINAL)
+            room.sends.started()
             sent = await self.bot.send_message(chat_id, piece, reply_markup=markup)
+            first()
             ids.append(sent.message_id)
         return ids
 
@@ -212,55 +232,48 @@ class Replies:
         deltas: AsyncIterator[str],
         chat_id: int,
         *,
-        group: bool,
         reply_to: int | None = None,
         thread_id: int | None = None,
         reuse: list[int] | None = None,
         shown: Callable[[int], Awaitable[None]] | None = None,
+        first: Callable[[], None] | None = None,
     ) -> list[int]:
-        """Send, then edit at a paced rate (the group's budget too); ``reuse``: messages to write over first."""
+        """Send, then edit as the chat's room allows; ``reuse``: messages to write over first.
+        ``StreamedMessage`` decides when and what; these writes say how (the final one carries the button)."""
         reusable = list(reuse or [])
         deltas = headed(reply, deltas) if group else deltas
         finished = False
-        buttoned: list[int] = []  # the message that got the button with its final text
+        typing = self._typing.get((chat_id, thread_id))
 
-        def complete_in_one() -> bool:
-            # The whole reply is known and fits in one message: its button can ride on this call.
-            return finished and len(streamed.text.strip()) <= LIMIT
-
-        async def send(text: str) -> int:
+        async def send(text: str, *, final: bool = False) -> int:
             if reusable:
                 message_id = reusable.pop(0)
-                await edit(message_id, text)
+                await edit(message_id, text, final=final)
                 return message_id
-            first = not streamed.handles
-            markup = self._button(reply) if first and complete_in_one() else None
+            opening = not streamed.handles
             sent = await self.bot.send_message(
                 chat_id,
                 text,
-                reply_parameters=ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to and first else None,
+                reply_parameters=ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to and opening else None,
                 message_thread_id=thread_id,
-                reply_markup=markup,
+                reply_markup=self._button(reply) if final else None,
                 entities=heading_entities(reply, text),
             )
-            if markup is not None:
-                buttoned[:] = [sent.message_id]
-            if first and shown is not None and not finished:
+            if typing is not None:
+                typing.nudge()  # the bot wrote: Telegram hides "typing…", which others may still need
+            if opening and shown is not None and not finished:
                 await shown(sent.message_id)
             return sent.message_id
 
-        async def edit(message_id: int, text: str) -> None:
-            markup = self._button(reply) if complete_in_one() else None
+        async def edit(message_id: int, text: str, *, final: bool = False) -> None:
             try:
                 await self.bot.edit_message_text(
-                    text, chat_id, message_id, reply_markup=markup, entities=heading_entities(reply, text)
+                    text, chat_id, message_id, reply_markup=self._button(reply) if final else None,
+                    entities=heading_entities(reply, text),
                 )
             except BadRequest as exc:
                 if not is_not_modified(exc):
                     log.warning("could not edit a reply in chat %s: %s", chat_id, exc)
-                    return
-            if markup is not None:
-                buttoned[:] = [message_id]
 
         async def tracked() -> AsyncIterator[str]:
             nonlocal finished
@@ -273,23 +286,12 @@ class Replies:
             send=send,
             edit=edit,
             interval=self.edit_interval,
-            budget=self._budget(chat_id, private=False) if group else None,
-            on_first=lambda: first_shown(reply, "telegram"),
+            room=self.room(chat_id, private=chat_id > 0),
+            on_first=first,
             halted=lambda: reply.status is ReplyStatus.LOST,
+            needs_final=lambda: self._button(reply) is not None,
         )
-        ids = await streamed.run(tracked())
-        button = self._button(reply)
-        if button is not None and ids and buttoned != [ids[-1]]:
-            # The final text was shown before the reply was stored, or spans several messages:
-            # add the button to the last one on its own.
-            if group:
-                await self._budget(chat_id, private=False).take()
-            try:
-                await self.bot.edit_message_reply_markup(chat_id, ids[-1], reply_markup=button)
-            except BadRequest as exc:
-                if not is_not_modified(exc):
-                    log.warning("could not add the regenerate button in chat %s: %s", chat_id, exc)
-        return ids
+        return await streamed.run(tracked())
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -298,13 +300,6 @@ class Replies:
             return None
         data = regenerate_data(reply.reply_message_id, reply.conversation)
         return InlineKeyboardMarkup([[InlineKeyboardButton("↻ Regenerate", callback_data=data)]])
-
-    def _budget(self, chat_id: int, *, private: bool) -> EditBudget:
-        budget = self._budgets.get(chat_id)
-        if budget is None:
-            budget = EditBudget(1, self.draft_interval) if private else EditBudget(self.group_per_minute, 60.0)
-            self._budgets.put(chat_id, budget)
-        return budget
 
     def _remember(self, reply: Reply, chat_id: int, ids: list[int]) -> None:
         if reply.reply_message_id is not None and ids:

@@ -23,7 +23,7 @@ from core.commands import Actor, Place
 from core.engine import Reply
 from core.events import Platform
 from tests.conftest import paired_cache, paired_database
-from tests.discord.fake_discord import GUILD_ID, OWNER, TOKEN, FakeDiscord
+from bots.fakes.discord import GUILD_ID, OWNER, TOKEN, FakeDiscord
 from tests.tgi_server import TGIServer
 
 CHARACTER = "Hamlet"
@@ -81,6 +81,8 @@ def discord_settings(fake: FakeDiscord, tgi: TGIServer, **overrides: Any) -> Set
         # With Redis, a first sweep that finds no liveness epoch presumes owners alive for one lease
         # (the cache may have restarted empty): a short lease keeps recovery tests quick.
         replica_lease_s=1.0,
+        # The bot's own messages (the channel routes) unless a test asks for the characters' webhooks.
+        discord_webhooks=False,
     )
     fields.update(overrides)
     return Settings(**fields)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from core.engine import ReplyStatus
-from tests.discord.fake_discord import ALICE, ROLEPLAY
+from bots.fakes.discord import ALICE, ROLEPLAY
 
 
 # PostgreSQL here: it is the database that refuses NUL in text.

@@ -9,7 +9,7 @@ import time
 from bots.discord.chat import ATTACHMENT_NOTE
 from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
 from tests.texts import just_over, sentences
-from tests.discord.fake_discord import ALICE, BOB, BOT_ID, DM, LOBBY, OTHER_BOT, OWNER, ROLEPLAY, TAVERN, THREAD
+from bots.fakes.discord import ALICE, BOB, BOT_ID, DM, LOBBY, OTHER_BOT, OWNER, ROLEPLAY, TAVERN, THREAD
 
 LINE = "Speak, for the night is long and the ghosts of Elsinore are restless tonight, my friend."
 
@@ -196,24 +196,41 @@ async def test_a_reply_of_2001_characters_is_cut_at_the_last_boundary_within_200
     assert [m["content"] for m in bot.fake.bot_messages(ROLEPLAY)] == [head, "I"]
 
 
-async def test_edits_never_exceed_five_per_five_seconds_in_a_channel(bot):
+async def test_sends_and_edits_never_exceed_five_per_five_seconds_each_in_a_channel(bot):
+    """Discord counts a channel's message sends and its edits in two buckets of 5 per 5 s: the
+    adapter keeps to each (client side, before discord.py's own rate limiting)."""
     await bot.bind(ROLEPLAY)
     recorded = record_writes(bot.client)
     bot.tgi.script(reply=LINE, token_delay=0.12)  # each reply streams for about 2 s
 
-    await asyncio.gather(
-        bot.say(ROLEPLAY, ALICE, "First question"),
-        bot.say(ROLEPLAY, BOB, "Second question"),
-        bot.say(ROLEPLAY, OWNER, "Third question"),
-    )
+    await asyncio.gather(*(bot.say(ROLEPLAY, who, f"Question {i}") for i, who in enumerate((ALICE, BOB, OWNER, ALICE, BOB, OWNER))))
 
-    # When the adapter made each write (client side), not when the fake received it.
-    writes = sorted(at for _, url, _, at in recorded if f"/channels/{ROLEPLAY}/messages" in url)
-    assert len(writes) > 5  # enough traffic that the budget had to hold some back
-    for i, start in enumerate(writes):
-        in_window = [t for t in writes[i:] if t < start + 5.0 - 1e-3]
-        assert len(in_window) <= 5, f"{len(in_window)} writes within 5 s starting at write {i}"
-    assert sorted(m["content"] for m in bot.fake.bot_messages(ROLEPLAY)) == [LINE] * 3
+    for method in ("POST", "PATCH"):
+        # When the adapter made each write (client side), not when the fake received it.
+        writes = sorted(at for m, url, _, at in recorded if m == method and f"/channels/{ROLEPLAY}/messages" in url)
+        for i, start in enumerate(writes):
+            in_window = [t for t in writes[i:] if t < start + 5.0 - 1e-3]
+            assert len(in_window) <= 5, f"{len(in_window)} {method}s within 5 s starting at {method} {i}"
+    assert len([m for m, url, *_ in recorded if m == "POST" and f"/channels/{ROLEPLAY}/messages" in url]) == 6  # past the budget: one had to wait
+    assert sorted(m["content"] for m in bot.fake.bot_messages(ROLEPLAY)) == [LINE] * 6
+
+
+async def test_a_busy_channel_answers_each_reply_in_one_write_with_its_button(bot):
+    """Sends are spent (5 per 5 s): the replies that wait for their turn are complete by then and go
+    out whole, button included, in one write each (never a stale first chunk, then the rest)."""
+    await bot.bind(ROLEPLAY)
+    recorded = record_writes(bot.client)
+    bot.tgi.script(reply=LINE, chunks=4, token_delay=0.02)
+
+    await asyncio.gather(*(bot.say(ROLEPLAY, who, f"Question {i}") for i, who in enumerate((ALICE, BOB, OWNER) * 3)))
+
+    posts = [content for m, url, content, _ in recorded if m == "POST" and f"/channels/{ROLEPLAY}/messages" in url]
+    assert len(posts) == 9
+    late = posts[5:]  # these waited for the channel's send budget
+    assert late == [LINE] * 4, late
+    messages = bot.fake.bot_messages(ROLEPLAY)
+    waited = [m for m in messages if m["content"] == LINE and not m["edited_timestamp"]]
+    assert len(waited) >= 4 and all(m["components"] for m in waited)  # one write: text and button together
 
 
 async def test_the_same_message_delivered_twice_is_answered_once(bot):
@@ -293,7 +310,11 @@ async def test_first_contact_shows_the_characters_greeting_before_the_reply(bot)
     await bot.say(ROLEPLAY, ALICE, "May I sit?")
 
     posts = bot.fake.posted(ROLEPLAY)
+    # The greeting rides in the reply's first message (one write, counted against the channel's budget).
     assert posts[0].body["content"].startswith("(starts) Who's there, ")
-    assert "message_reference" not in posts[0].body or posts[0].body.get("message_reference") is None
+    assert posts[0].body["message_reference"]["message_id"]
     assert posts[0].body["allowed_mentions"]["parse"] == []
-    assert len(posts) == 3  # the greeting once, then one reply per message
+    assert len(posts) == 2  # one message per reply, the greeting in the first
+    first = bot.fake.bot_messages(ROLEPLAY)[0]
+    assert first["content"].startswith("(starts) Who's there, ") and first["content"].endswith(LINE)
+    assert "Who's there" not in bot.fake.bot_messages(ROLEPLAY)[1]["content"]

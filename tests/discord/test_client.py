@@ -8,7 +8,7 @@ import pytest
 
 from bots.discord import DiscordTokenRejected, PersonaeClient, run_discord
 from tests.discord.conftest import add_character, bind, build_app, discord_settings, start_bot, stop_bot
-from tests.discord.fake_discord import ALICE, BOT_ID, TAVERN
+from bots.fakes.discord import ALICE, BOT_ID, TAVERN
 
 WRONG_TOKEN = "not-the-right-token.AAAAAA.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 

@@ -8,7 +8,7 @@ from bots.discord.slash import FAILED
 from core.card_files import placeholder_png
 from core.commands import ADMIN_ONLY
 from tests.card_builders import png_card
-from tests.discord.fake_discord import (
+from bots.fakes.discord import (
     ADMINISTRATOR,
     ALICE,
     BOB,

@@ -13,7 +13,7 @@ from bots.service import run_adapters
 from core.engine import ReplyStatus
 from core.errors import PersonaeError
 from tests.discord.conftest import add_character, build_app, discord_settings
-from tests.discord.fake_discord import ALICE, ROLEPLAY
+from bots.fakes.discord import ALICE, ROLEPLAY
 
 
 async def test_a_malformed_interaction_is_logged_and_the_adapter_goes_on(bot, caplog) -> None:

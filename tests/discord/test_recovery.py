@@ -10,10 +10,12 @@ from core.engine import NOTICE_INTERRUPTED
 from core.events import ConversationKey, Platform
 from storage.tables import messages
 from tests.discord.conftest import CHARACTER, add_character, bind, build_app, discord_settings, start_bot, stop_bot
-from tests.discord.fake_discord import ALICE, BOT_ID, ROLEPLAY
+from bots.fakes.discord import ALICE, BOT_ID, ROLEPLAY
 
 
-async def left_pending(store, cache, fake, tgi, *, half_shown: str | None = None) -> tuple[dict, int | None]:
+async def left_pending(
+    store, cache, fake, tgi, *, half_shown: str | None = None, webhook: bool = False
+) -> tuple[dict, int | None]:
     """What a process killed mid-reply leaves: the message stored as pending, maybe a reply half-shown."""
     app = build_app(store, cache, discord_settings(fake, tgi))
     await add_character(store)
@@ -28,7 +30,10 @@ async def left_pending(store, cache, fake, tgi, *, half_shown: str | None = None
     intake = await store.messages.accept(conversation, payload["content"], 4, payload["id"], "Alice", owner=app.replica)
     partial_id = None
     if half_shown is not None:
-        partial = fake._create(ROLEPLAY, {"content": half_shown}, author=BOT_ID)
+        if webhook:  # shown through the channel's webhook, under the character's name
+            partial = fake.webhook_says(fake.add_webhook(ROLEPLAY), half_shown, CHARACTER)
+        else:
+            partial = fake._create(ROLEPLAY, {"content": half_shown}, author=BOT_ID)
         partial_id = int(partial["id"])
         await app.engine.showing(intake, str(partial_id))
     return payload, partial_id
@@ -73,3 +78,19 @@ async def test_a_half_shown_reply_too_old_to_answer_is_marked_interrupted(store,
     finally:
         await stop_bot(app, task)
     assert tgi.count("/v1/chat/completions") == 0
+
+
+
+async def test_a_half_shown_webhook_reply_is_completed_through_the_webhook(store, cache, fake, tgi) -> None:
+    _, partial_id = await left_pending(store, cache, fake, tgi, half_shown="(bows) Good morrow, friend; th", webhook=True)
+    app = build_app(store, cache, discord_settings(fake, tgi, discord_webhooks=True))
+    _, task = await start_bot(app, fake, tgi)
+    try:
+        await fake.wait_for(
+            lambda: fake.messages[partial_id]["content"] == tgi.reply and fake.messages[partial_id]["components"],
+            what="the completed reply with its button",
+        )
+        assert fake.bot_messages(ROLEPLAY) == [] and fake.edits(ROLEPLAY) == []  # all through the webhook
+        assert [m["id"] for m in fake.webhook_messages(ROLEPLAY)] == [str(partial_id)]
+    finally:
+        await stop_bot(app, task)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bots.discord.chat import GONE, NOT_YOURS
 from core.engine import NOTICE_UNAVAILABLE, ReplyStatus
 from core.events import ConversationKey
-from tests.discord.fake_discord import ALICE, BOB, ROLEPLAY, Sent
+from bots.fakes.discord import ALICE, BOB, ROLEPLAY, Sent
 
 FIRST = "To be, or not to be: that is the question."
 SECOND = "Whether 'tis nobler in the mind to suffer the slings and arrows of outrageous fortune."
@@ -87,17 +87,25 @@ async def test_a_failed_regeneration_keeps_the_old_text_and_says_why_privately(b
 async def test_the_button_moves_to_the_newest_reply(bot):
     older = await first_reply(bot)
     stale = older["components"][0]["components"][0]["custom_id"]
+    edits_of_older = len([c for c in bot.fake.edits(ROLEPLAY) if c.path.endswith(older["id"])])
     bot.tgi.script(reply=SECOND)
     await bot.say(ROLEPLAY, ALICE, "And then?")
 
     newer = max(bot.fake.bot_messages(ROLEPLAY), key=lambda m: int(m["id"]))
     assert newer["components"]
-    assert bot.fake.messages[int(older["id"])]["components"] == []
+    # No write spent on taking the old button away: pressed, it says why it no longer works.
+    assert bot.fake.messages[int(older["id"])]["components"]
+    assert len([c for c in bot.fake.edits(ROLEPLAY) if c.path.endswith(older["id"])]) == edits_of_older
+
+    sent, reply = await press(bot, int(older["id"]), ALICE)
+    assert reply.status is ReplyStatus.NOT_FOUND
+    assert bot.fake.answer_text(sent) == GONE
+    assert bot.fake.messages[int(older["id"])]["content"] == FIRST
+    assert bot.fake.messages[int(older["id"])]["components"] == []  # and then it is gone
 
     sent, reply = await press(bot, int(older["id"]), ALICE, stale)  # a screen that still shows the old button
     assert reply.status is ReplyStatus.NOT_FOUND
     assert bot.fake.answer_text(sent) == GONE
-    assert bot.fake.messages[int(older["id"])]["content"] == FIRST
 
 
 async def test_the_button_still_works_after_a_restart(bot):
@@ -132,7 +140,7 @@ async def test_regenerating_a_long_reply_reuses_its_messages_and_deletes_the_res
 
 
 async def test_deleting_the_newest_reply_in_discord_takes_it_back(bot):
-    from tests.discord.fake_discord import GUILD_ID
+    from bots.fakes.discord import GUILD_ID
 
     await bot.bind(ROLEPLAY)
     bot.tgi.script(reply=FIRST)

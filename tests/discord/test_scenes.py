@@ -9,7 +9,7 @@ from core.commands import Actor, Place
 from core.engine import ReplyStatus
 from core.events import Platform
 from tests.discord.conftest import CHARACTER, GUILD_ID
-from tests.discord.fake_discord import ALICE, BOB, ROLEPLAY, TAVERN
+from bots.fakes.discord import ALICE, BOB, ROLEPLAY, TAVERN
 
 OPHELIA = "Ophelia"
 

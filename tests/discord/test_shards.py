@@ -16,7 +16,7 @@ from bots.settings import Settings
 from core.commands import Actor, Place
 from core.events import Platform
 from tests.discord.conftest import CHARACTER, add_character, build_app, discord_settings
-from tests.discord.fake_discord import ALICE, ANNEX, ANNEX_GUILD, DM, GUILD_ID, ROLEPLAY, FakeDiscord
+from bots.fakes.discord import ALICE, ANNEX, ANNEX_GUILD, DM, GUILD_ID, ROLEPLAY, FakeDiscord
 
 
 def test_shard_settings_are_read_as_ranges_and_checked_against_the_count() -> None:

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from tests.discord import fake_discord as fd
-from tests.discord.fake_discord import FakeDiscord
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes import discord as fd
+from bots.fakes.discord import FakeDiscord
+from bots.fakes.telegram import FakeTelegram
 from tests.tgi_server import TGIServer
 from tests.throwaway import PersonaeProcess, ThrowawayPostgres, ThrowawayRedis
 
@@ -180,7 +180,9 @@ class FaultRun:
                        PERSONAE_TELEGRAM_FILE_BASE=self.tg.file_base_url)
         if self.dc is not None:
             env.update(PERSONAE_DISCORD_TOKEN=self.dc.token, PERSONAE_DISCORD_API_BASE=self.dc.api_base,
-                       PERSONAE_DISCORD_GATEWAY_URL=self.dc.gateway_url, PERSONAE_DISCORD_SYNC="off")
+                       PERSONAE_DISCORD_GATEWAY_URL=self.dc.gateway_url, PERSONAE_DISCORD_SYNC="off",
+                       # The bot's own messages, which the scenarios read; webhooks are tests/discord's.
+                       PERSONAE_DISCORD_WEBHOOKS="off")
         env.update(self.extra_env)
         self.env = env
         await self._migrate_and_bind()

@@ -12,7 +12,7 @@ import signal
 import time
 from typing import Awaitable, Callable
 
-from tests.discord import fake_discord as fd
+from bots.fakes import discord as fd
 from tests.faults.harness import DISCORD_CHANNELS, TELEGRAM_GROUPS, TELEGRAM_PRIVATE, FaultRun, Row, Sent, kill_mid_reply
 from tests.throwaway import ThrowawayPostgres
 

@@ -55,11 +55,11 @@ async def test_turns_through_the_engine_move_the_metrics(store, cache, tgi, metr
             reply = world.app.engine.handle(world.event(text, sent_at=time.time()))
             sent: list[str] = []
 
-            async def send(piece: str) -> int:
+            async def send(piece: str, **_: object) -> int:
                 sent.append(piece)
                 return len(sent)
 
-            async def edit(_handle: int, _piece: str) -> None:
+            async def edit(_handle: int, _piece: str, **_: object) -> None:
                 return None
 
             shown = StreamedMessage(limit=2000, send=send, edit=edit, interval=0.0, on_first=lambda r=reply: first_shown(r, "discord"))

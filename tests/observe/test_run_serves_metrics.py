@@ -8,7 +8,7 @@ import signal
 import httpx
 
 from tests.observe.test_metrics import samples, value
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.telegram import FakeTelegram
 from tests.test_service_drain import GROUP, prepared_database
 from tests.tgi_server import TGIServer
 from tests.throwaway import PersonaeProcess, free_port

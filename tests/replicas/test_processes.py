@@ -21,7 +21,7 @@ import pytest
 
 from bots.telegram.intake import SECRET_HEADER
 from tests.conftest import require_service
-from tests.discord import fake_discord as fd
+from bots.fakes import discord as fd
 from tests.faults.harness import TELEGRAM_GROUPS, FaultRun, Sent
 from tests.throwaway import PersonaeProcess, ThrowawayError, ThrowawayPostgres, free_port
 

@@ -23,12 +23,12 @@ from bots.telegram import Tuning, build_application, serving
 from core.character import Character
 from core.commands import Actor, Place
 from tests.conftest import paired_cache, paired_database
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.telegram import FakeTelegram
 from tests.tgi_server import TGIServer
 
 OWNER_ID = 1
 # Telegram's pacing, shortened so that a streamed reply takes a fraction of a second.
-FAST = Tuning(edit_interval=0.2, draft_interval=0.2, poll_timeout=1, request_timeout=5.0)
+FAST = Tuning(edit_interval=0.2, draft_interval=0.2, chat_interval=0.2, poll_timeout=1, request_timeout=5.0)
 
 
 @pytest.fixture

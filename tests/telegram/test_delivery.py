@@ -14,7 +14,7 @@ from bots.telegram import TelegramStartError, run_telegram
 from bots.telegram.arguments import COMMANDS, HELP
 from core.errors import PersonaeError
 from tests.telegram.conftest import Harness, make_settings, running_bot
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.telegram import FakeTelegram
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from core.commands import Actor, Place
 from core.events import ConversationKey
 from storage.tables import messages
 from tests.telegram.conftest import Harness, running_bot
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.telegram import FakeTelegram
 from tests.telegram.test_delivery import free_port
 
 

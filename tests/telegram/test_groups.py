@@ -8,7 +8,7 @@ import pytest
 
 from core.commands import ADMIN_ONLY
 from tests.telegram.conftest import FAST, Harness
-from tests.telegram.fake_telegram import NOT_MODIFIED
+from bots.fakes.telegram import NOT_MODIFIED
 from tests.texts import just_over, sentences
 
 GROUP = -100123

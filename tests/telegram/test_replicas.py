@@ -22,7 +22,7 @@ from core.state import Binding
 from storage.cache_redis import RedisCache
 from tests.conftest import TEST_REDIS_URL
 from tests.telegram.conftest import Harness, running_bot
-from tests.telegram.fake_telegram import FakeTelegram
+from bots.fakes.telegram import FakeTelegram
 from tests.tgi_server import TGIServer
 
 _MARK = re.compile(r"\bm\d+x\b")

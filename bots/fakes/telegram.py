@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from tests.loopback import serve_on_loopback
+from bots.fakes.loopback import serve_on_loopback
 
 TOKEN = "424242:AAFakeTokenForTests_Only-0123456789ab"
 NOT_MODIFIED = (
@@ -65,6 +66,38 @@ def auto_entities(text: str) -> list[dict[str, Any]]:
     return entities
 
 
+# Methods that write a message, counted against Telegram's flood limits.
+WRITES = {"sendMessage", "editMessageText", "editMessageReplyMarkup", "sendPhoto", "sendDocument"}
+
+
+class FloodLimits:
+    """Telegram's flood limits as the fake enforces them: ``per_chat`` writes per second in any chat
+    and ``per_group`` per minute in a group (sliding windows); past either, 429 with ``retry_after``."""
+
+    def __init__(self, per_chat: int = 1, per_group: int = 20) -> None:
+        self.windows = {"chat": (per_chat, 1.0), "group": (per_group, 60.0)}
+        self._times: dict[int, deque[float]] = defaultdict(deque)
+        self.refused = 0  # 429s answered
+
+    def judge(self, chat_id: int, now: float) -> float:
+        """0.0 and counted if a write to ``chat_id`` may go now, else the seconds to retry after."""
+        times = self._times[chat_id]
+        while times and now - times[0] >= 60.0:
+            times.popleft()
+        wait = 0.0
+        for kind, (count, per) in self.windows.items():
+            if kind == "group" and chat_id > 0:
+                continue  # a private chat has no group limit
+            inside = [t for t in times if now - t < per]
+            if len(inside) >= count:
+                wait = max(wait, per - (now - inside[-count]))
+        if wait > 0:
+            self.refused += 1
+            return wait
+        times.append(now)
+        return 0.0
+
+
 class FakeTelegram:
     """The fake Bot API. Attributes to script it:
 
@@ -72,6 +105,7 @@ class FakeTelegram:
     members: ``{(chat_id, user_id): "administrator" | "creator" | "member" | ...}`` for getChatMember.
     files: ``{file_id: bytes}`` served by getFile and the file download route.
     failures: ``fail(method, status, description, times)`` scripts errors for the next calls.
+    limits: a ``FloodLimits`` to enforce Telegram's flood limits (None: none).
     """
 
     def __init__(self, *, token: str = TOKEN, bot_id: int = 4242, username: str = "persona_bot") -> None:
@@ -81,6 +115,9 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.rejected: list[str] = []  # methods called with a wrong token
         self.refuse_drafts = False
+        self.limits: FloodLimits | None = None
+        # Told of every message the bot sent or edited (the method, the message as it is now).
+        self.watchers: list[Callable[[str, dict[str, Any]], None]] = []
         self.members: dict[tuple[int, int], str] = {}
         self.files: dict[str, bytes] = {}
         self.failures: dict[str, deque[tuple[int, str]]] = defaultdict(deque)
@@ -279,6 +316,15 @@ class FakeTelegram:
         if self.failures.get(method):
             status, description = self.failures[method].popleft()
             return _error(status, description)
+        if self.limits is not None and method in WRITES and "chat_id" in params:
+            wait = self.limits.judge(int(params["chat_id"]), time.monotonic())
+            if wait > 0:
+                retry = max(1, math.ceil(wait))  # Telegram says whole seconds
+                return web.json_response(
+                    {"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {retry}",
+                     "parameters": {"retry_after": retry}},
+                    status=429,
+                )
         handler = getattr(self, f"_m_{method}", None)
         self._request = request
         if handler is None:
@@ -286,6 +332,9 @@ class FakeTelegram:
         result = await handler(params) if asyncio.iscoroutinefunction(handler) else handler(params)
         if isinstance(result, web.Response):
             return result
+        if method in WRITES and isinstance(result, dict):
+            for watcher in self.watchers:
+                watcher(method, result)
         return web.json_response({"ok": True, "result": result})
 
     async def _file(self, request: web.Request) -> web.Response:

@@ -17,14 +17,16 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import math
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from aiohttp import WSMsgType, web
 
-from tests.loopback import serve_on_loopback
+from bots.fakes.loopback import serve_on_loopback
 
 TOKEN = "fake-bot-token.XXXXXX.yyyyyyyyyyyyyyyyyyyyyyyyyyy"
 APP_ID = BOT_ID = 900000000000000010
@@ -44,6 +46,7 @@ ALICE = 900000000000000101
 BOB = 900000000000000102
 OWNER = 900000000000000103
 OTHER_BOT = 900000000000000104
+PROXY_APP = 466378653216014359  # PluralKit's application: its webhooks post the proxied copies
 
 MANAGE_GUILD = 1 << 5
 ADMINISTRATOR = 1 << 3
@@ -93,6 +96,60 @@ class Fault:
     times: int
 
 
+class RateLimits:
+    """Discord's limits as the fake enforces them, with the headers discord.py reads.
+
+    Per channel, message sends (POST) and edits (PATCH) are two buckets of ``per_channel`` requests
+    per ``window_s``, each a fixed window opened by its first request (as Discord's reset works);
+    all requests together at most ``global_per_s`` a second. Past a limit: 429 with ``retry_after``,
+    a ``Via`` header (else discord.py takes it for a Cloudflare ban) and the bucket headers.
+    """
+
+    BUCKETS = {"POST": "c0ffee01", "PATCH": "c0ffee02"}  # bucket hashes, one per kind of write
+
+    def __init__(self, per_channel: int = 5, window_s: float = 5.0, global_per_s: int = 50) -> None:
+        self.per_channel, self.window_s, self.global_per_s = per_channel, window_s, global_per_s
+        self._windows: dict[tuple[str, int], tuple[float, int]] = {}  # (method, channel) -> (opened at, used)
+        self._second: deque[float] = deque()
+        self.refused = 0  # 429s answered
+        self.refused_global = 0
+
+    def judge(self, method: str, channel: int | None, now: float) -> tuple[int, dict[str, str], dict[str, Any] | None]:
+        """(status, headers, 429 body or None) for a request; counts it when it is let through."""
+        while self._second and now - self._second[0] >= 1.0:
+            self._second.popleft()
+        if len(self._second) >= self.global_per_s:
+            self.refused += 1
+            self.refused_global += 1
+            retry = 1.0 - (now - self._second[0])
+            headers = {"Via": "1.1 google", "Retry-After": str(max(1, math.ceil(retry))), "X-RateLimit-Global": "true",
+                       "X-RateLimit-Scope": "global"}
+            return 429, headers, {"message": "You are being rate limited.", "retry_after": round(retry, 3), "global": True}
+        if channel is None or method not in self.BUCKETS:
+            self._second.append(now)
+            return 200, {}, None
+        key = (method, channel)
+        opened, used = self._windows.get(key, (now, 0))
+        if now - opened >= self.window_s:
+            opened, used = now, 0
+        reset_after = self.window_s - (now - opened)
+        headers = {
+            "X-RateLimit-Limit": str(self.per_channel),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": self.BUCKETS[method],
+        }
+        if used >= self.per_channel:
+            self.refused += 1
+            headers.update({"Via": "1.1 google", "Retry-After": str(max(1, math.ceil(reset_after))),
+                            "X-RateLimit-Remaining": "0", "X-RateLimit-Scope": "user"})
+            return 429, headers, {"message": "You are being rate limited.", "retry_after": round(reset_after, 3), "global": False}
+        self._windows[key] = (opened, used + 1)
+        self._second.append(now)
+        headers["X-RateLimit-Remaining"] = str(self.per_channel - used - 1)
+        return 200, headers, None
+
+
 @dataclass(slots=True)
 class Sent:
     """An interaction the fake delivered: tests read its callbacks and follow-ups by token."""
@@ -114,6 +171,13 @@ class FakeDiscord:
         self.commands: dict[int | None, list[dict[str, Any]]] = {}  # synced commands by guild (None: global)
         self.refuse_message_content = False  # close the gateway with 4014 when IDENTIFY asks for it
         self.faults: list[Fault] = []
+        self.limits: RateLimits | None = None  # set: Discord's rate limits are enforced
+        # Told of every message the bot created or edited (``"send"`` or ``"edit"``, the message as it is now).
+        self.watchers: list[Callable[[str, dict[str, Any]], None]] = []
+        # Channel webhooks by id (GET/POST /channels/{c}/webhooks, /webhooks/{id}/{token}...).
+        self.webhooks: dict[int, dict[str, Any]] = {}
+        self.refuse_webhooks = False  # answer 403 Missing Permissions to the webhook routes of channels
+        self._hook_channels: dict[str, str] = {}  # webhook id -> its channel, deleted ones too
         self._sockets: list[web.WebSocketResponse] = []
         # Each connection's shard [id, count] from its IDENTIFY (None: unsharded, it gets every event).
         self.shards: dict[web.WebSocketResponse, tuple[int, int] | None] = {}
@@ -200,6 +264,62 @@ class FakeDiscord:
     def edits(self, channel: int) -> list[Call]:
         return self.requests("PATCH", rf"/channels/{channel}/messages/\d+")
 
+    def webhook_messages(self, channel: int) -> list[dict[str, Any]]:
+        """Messages the bot's webhooks wrote in a channel (or thread), as they read now."""
+        ours = {str(i) for i, hook in self.webhooks.items() if hook["application_id"] == str(APP_ID)}
+        return [m for m in self.messages.values() if m["channel_id"] == str(channel) and m.get("webhook_id") in ours]
+
+    def webhook_posts(self, channel: int | None = None) -> list[Call]:
+        """Executions of channel webhooks (``POST /webhooks/{id}/{token}``), optionally of one channel's."""
+        calls = [c for c in self.requests("POST", r"/webhooks/\d+/[^/]+") if c.path.split("/")[2] != str(APP_ID)]
+        if channel is None:
+            return calls
+        return [c for c in calls if (c.query.get("thread_id") or self._hook_channels.get(c.path.split("/")[2])) == str(channel)]
+
+    def add_webhook(self, channel: int, name: str = "personae") -> int:
+        """A webhook of the bot in ``channel``, as one made in an earlier run; returns its id."""
+        self._channel_webhooks("POST", channel, {"name": name})
+        return max(self.webhooks)
+
+    def webhook_says(self, webhook_id: int, content: str, username: str) -> dict[str, Any]:
+        """A message the webhook wrote (as if through ``POST /webhooks/{id}/{token}``), without a request."""
+        hook = self.webhooks[webhook_id]
+        message = self._create(int(hook["channel_id"]), {"content": content}, author=BOT_ID)
+        message["author"] = {"id": hook["id"], "username": username, "discriminator": "0000", "avatar": None, "bot": True}
+        message["webhook_id"], message["application_id"] = hook["id"], hook["application_id"]
+        return message
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        """Someone deleted the webhook in Discord: its routes answer 404 Unknown Webhook."""
+        del self.webhooks[webhook_id]
+
+    async def proxy(
+        self, original: dict[str, Any], name: str, content: str, *, delete: bool = True, application: int = PROXY_APP
+    ) -> dict[str, Any]:
+        """What PluralKit does with ``original``: post ``content`` through its own webhook under
+        ``name``, then delete the original. Returns the copy's payload."""
+        channel = int(original["channel_id"])
+        hook_id = 900000000000009000 + channel % 1000
+        copy = {
+            **self.message_payload(channel, ALICE, content),
+            "author": {"id": str(hook_id), "username": name, "discriminator": "0000", "avatar": None, "bot": True},
+            "webhook_id": str(hook_id),
+            "application_id": str(application),
+        }
+        copy.pop("member", None)
+        self.messages[int(copy["id"])] = copy
+        await self.dispatch("MESSAGE_CREATE", copy)
+        if delete:
+            await self.delete_message(original)
+        return copy
+
+    async def delete_message(self, message: dict[str, Any]) -> None:
+        self.messages.pop(int(message["id"]), None)
+        data = {"id": message["id"], "channel_id": message["channel_id"]}
+        if "guild_id" in message:
+            data["guild_id"] = message["guild_id"]
+        await self.dispatch("MESSAGE_DELETE", data)
+
     def bot_messages(self, channel: int) -> list[dict[str, Any]]:
         """The bot's messages in a channel as they read now (after edits, without deleted ones)."""
         return [m for m in self.messages.values() if m["channel_id"] == str(channel) and m["author"]["id"] == str(BOT_ID)]
@@ -262,6 +382,10 @@ class FakeDiscord:
     def connected_shards(self) -> list[tuple[int, int] | None]:
         """The shard of each open gateway connection."""
         return [self.shards.get(ws) for ws in self._sockets]
+
+    def add_person(self, user_id: int, name: str) -> None:
+        """One more person who can write in the guild (``say(channel, user_id, ...)``)."""
+        USERS[user_id] = _user(user_id, name)
 
     def add_annex(self) -> None:
         """A second guild, ANNEX_GUILD with channel ANNEX (on the other shard of two than GUILD_ID)."""
@@ -511,10 +635,45 @@ class FakeDiscord:
                     status=fault.status,
                     headers=headers,
                 )
-        return await self._route(request.method, path, body)
+        query = dict(request.query)
+        if self.limits is None:
+            return await self._route(request.method, path, body, query, files)
+        status, headers, refusal = self.limits.judge(request.method, self._limited_channel(path, query), time.monotonic())
+        if refusal is not None:
+            return _json(refusal, status=status, headers=headers)
+        response = await self._route(request.method, path, body, query, files)
+        if not path.startswith("/webhooks/"):
+            # A webhook's answers carry no bucket headers here: they would describe the channel's
+            # buckets, not the webhook's own (looser) one, and discord.py's webhook adapter holds every
+            # later write of that webhook until a bucket it reads as empty resets.
+            response.headers.update(headers)
+        return response
 
-    async def _route(self, method: str, path: str, body: Any) -> web.Response:
+    def _limited_channel(self, path: str, query: dict[str, str]) -> int | None:
+        """The channel whose write buckets a request counts against, or None (not a message write).
+
+        A channel webhook's execute (POST) and message edits (PATCH) count against the channel's own
+        send and edit buckets, as the bot's writes there do. (Discord gives the webhook routes buckets
+        of their own; one shared count is the stricter rule, and the one the client paces by.)
+        """
         parts = path.strip("/").split("/")
+        if len(parts) >= 3 and parts[0] == "channels" and parts[2] == "messages":
+            return int(parts[1])
+        if len(parts) >= 3 and parts[0] == "webhooks" and parts[1].isdigit() and int(parts[1]) in self.webhooks:
+            if len(parts) == 3 or (len(parts) == 5 and parts[3] == "messages"):
+                thread = query.get("thread_id")
+                return int(thread) if thread else int(self.webhooks[int(parts[1])]["channel_id"])
+        return None
+
+    async def _route(
+        self, method: str, path: str, body: Any, query: dict[str, str] | None = None, files: dict[str, bytes] | None = None
+    ) -> web.Response:
+        parts = path.strip("/").split("/")
+        query = query or {}
+        if parts[0] == "channels" and len(parts) == 3 and parts[2] == "webhooks":
+            return self._channel_webhooks(method, int(parts[1]), body)
+        if parts[0] == "webhooks" and len(parts) >= 3 and parts[1].isdigit() and int(parts[1]) != APP_ID:
+            return self._execute(method, parts, body, query)
         if path == "/users/@me":
             return _json(USERS[BOT_ID])
         if path == "/oauth2/applications/@me":
@@ -542,14 +701,19 @@ class FakeDiscord:
             if parts[2] == "typing":
                 return web.Response(status=204)
             if parts[2] == "messages" and len(parts) == 3 and method == "POST":
-                return _json(self._create(channel, body, author=BOT_ID))
+                return _json(self._create(channel, body, author=BOT_ID, files=files))
             if parts[2] == "messages" and len(parts) == 4:
                 message = self.messages.get(int(parts[3]))
                 if message is None or message["channel_id"] != str(channel):
                     return _json({"message": "Unknown Message", "code": 10008}, status=404)
+                own = message["author"]["id"] == str(BOT_ID) and not message.get("webhook_id")
                 if method == "PATCH":
+                    if not own:  # as Discord: only the author edits, a webhook's messages through the webhook
+                        return _json({"message": "Cannot edit a message authored by another user", "code": 50005}, status=403)
                     return _json(self._edit(message, body))
                 if method == "DELETE":
+                    if not own:  # others' messages need Manage Messages, which the bot is not given
+                        return _json({"message": "Missing Permissions", "code": 50013}, status=403)
                     del self.messages[int(parts[3])]
                     return web.Response(status=204)
                 if method == "GET":
@@ -570,12 +734,71 @@ class FakeDiscord:
             return web.Response(status=204)
         return _json({"message": f"404: Not Found ({method} {path})", "code": 0}, status=404)
 
-    def _create(self, channel: int, body: dict[str, Any], *, author: int, webhook: bool = False) -> dict[str, Any]:
+    def _channel_webhooks(self, method: str, channel: int, body: Any) -> web.Response:
+        """GET (list) and POST (create) a channel's webhooks; 403 while ``refuse_webhooks``."""
+        if self.refuse_webhooks:
+            return _json({"message": "Missing Permissions", "code": 50013}, status=403)
+        if channel not in self.channels or "guild_id" not in self.channels[channel]:
+            return _json({"message": "Unknown Channel", "code": 10003}, status=404)
+        if method == "GET":
+            return _json([h for h in self.webhooks.values() if h["channel_id"] == str(channel)])
+        if method == "POST":
+            hook_id = self.next_id()
+            hook = {
+                "id": str(hook_id), "type": 1, "guild_id": self.channels[channel]["guild_id"], "channel_id": str(channel),
+                "user": USERS[BOT_ID], "name": body.get("name") or "webhook", "avatar": None,
+                "token": f"whtoken-{hook_id}", "application_id": str(APP_ID),
+            }
+            self.webhooks[hook_id] = hook
+            self._hook_channels[hook["id"]] = hook["channel_id"]
+            return _json(hook)
+        return _json({"message": "405: Method Not Allowed", "code": 0}, status=405)
+
+    def _execute(self, method: str, parts: list[str], body: Any, query: dict[str, str]) -> web.Response:
+        """A channel webhook's routes: execute (POST, ``?wait=1``, ``thread_id``), and GET, PATCH,
+        DELETE of its messages; 404 Unknown Webhook once deleted (``delete_webhook``)."""
+        hook = self.webhooks.get(int(parts[1]))
+        if hook is None or hook["token"] != parts[2]:
+            return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
+        channel = int(query.get("thread_id") or hook["channel_id"])
+        if len(parts) == 3 and method == "POST":
+            message = self._create(channel, body, author=BOT_ID)
+            message["author"] = {
+                "id": hook["id"], "username": body.get("username") or hook["name"], "discriminator": "0000",
+                "avatar": None, "bot": True,
+            }
+            message["webhook_id"] = hook["id"]
+            message["application_id"] = hook["application_id"]
+            message["avatar_url"] = body.get("avatar_url")  # not in Discord's answer: kept for the tests
+            message.pop("message_reference", None)
+            return _json(message) if query.get("wait") in ("1", "true", "True") else web.Response(status=204)
+        if len(parts) == 5 and parts[3] == "messages":
+            message = self.messages.get(int(parts[4]))
+            if message is None or message.get("webhook_id") != hook["id"] or message["channel_id"] != str(channel):
+                return _json({"message": "Unknown Message", "code": 10008}, status=404)
+            if method == "PATCH":
+                return _json(self._edit(message, body))
+            if method == "DELETE":
+                del self.messages[int(parts[4])]
+                return web.Response(status=204)
+            if method == "GET":
+                return _json(message)
+        return _json({"message": "405: Method Not Allowed", "code": 0}, status=405)
+
+    def _create(
+        self, channel: int, body: dict[str, Any], *, author: int, webhook: bool = False, files: dict[str, bytes] | None = None
+    ) -> dict[str, Any]:
         message_id = self.next_id()
+        attachments = []
+        for name, data in (files or {}).items():
+            attachment_id = self.next_id()
+            # Like Discord's: a link that expires (``ex``, hex seconds), signed.
+            url = self.add_file(f"{attachment_id}-{name}", data) + f"?ex={int(time.time()) + 86400:x}&is={int(time.time()):x}&hm=00"
+            attachments.append({"id": str(attachment_id), "filename": name, "size": len(data), "url": url, "proxy_url": url})
         message: dict[str, Any] = {
             "id": str(message_id), "type": 0, "content": body.get("content") or "",
             "channel_id": str(channel), "author": USERS[author],
-            "attachments": [], "embeds": body.get("embeds") or [], "mentions": [], "mention_roles": [],
+            "attachments": attachments, "embeds": body.get("embeds") or [], "mentions": [], "mention_roles": [],
             "mention_everyone": False, "pinned": False, "tts": False, "timestamp": _now(), "edited_timestamp": None,
             "flags": body.get("flags", 0), "components": body.get("components") or [],
         }
@@ -589,6 +812,8 @@ class FakeDiscord:
             message["webhook_id"] = str(APP_ID)
         else:
             self.messages[message_id] = message
+            for watcher in self.watchers:
+                watcher("send", message)
         return message
 
     def _edit(self, message: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -596,6 +821,8 @@ class FakeDiscord:
             if key in body:
                 message[key] = body[key] if body[key] is not None else ([] if key != "content" else "")
         message["edited_timestamp"] = _now()
+        for watcher in self.watchers:
+            watcher("edit", message)
         return message
 
 
