@@ -241,7 +241,7 @@ class Replies:
         """Send, then edit as the chat's room allows; ``reuse``: messages to write over first.
         ``StreamedMessage`` decides when and what; these writes say how (the final one carries the button)."""
         reusable = list(reuse or [])
-        deltas = headed(reply, deltas) if group else deltas
+        deltas = headed(reply, deltas)  # the name line, when several characters share this bot here
         finished = False
         typing = self._typing.get((chat_id, thread_id))
 

@@ -148,7 +148,7 @@ async def test_a_webhook_reply_can_be_regenerated_and_its_button_moves(hooked):
 async def test_a_reply_to_the_characters_webhook_message_addresses_it(hooked):
     await hooked.bind(ROLEPLAY, trigger="mention")
     hooked.tgi.script(reply=FIRST)
-    await hooked.say(ROLEPLAY, ALICE, "Hamlet?", mentions=[])  # not addressed: no reply
+    await hooked.say(ROLEPLAY, ALICE, "Anyone there?", mentions=[])  # not addressed (no mention, no name): no reply
     assert hooked.tgi.count("/v1/chat/completions") == 0
     _, reply = await hooked.say(ROLEPLAY, ALICE, "@personae speak", mentions=[hooked.client.user.id])
     assert reply.status is ReplyStatus.ANSWERED
