@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from core.events import Trigger
+from core.memory import STOPWORDS
 
 _ACTION = r"(?:\([^)]*\)\s*|（[^）]*）\s*)?"  # a leading stage action, "(bows) Ophelia."
 _OPENERS = r"(?:(?:hey|hi|hello|oh|ok|okay|so|and|but|dear|well|嘿|喂)[\s,，!！]+)?"
@@ -50,8 +51,11 @@ def named(text: str, cast: Sequence[Castmate]) -> int | None:
             continue
         name = _name_pattern(mate.name)
         at_sign = re.search(r"@" + re.escape(mate.name.strip()) + r"(?!\w)", body, re.IGNORECASE)
-        opens = re.match(r"^" + _ACTION + r"\W*" + _OPENERS + name, body, re.IGNORECASE)
-        closes = re.search(r"[,，]\s*" + name + r"\W*$", body, re.IGNORECASE)
+        if mate.name.strip().lower() in STOPWORDS:  # "The", "Will": only "@The" addresses them
+            opens = closes = None
+        else:
+            opens = re.match(r"^" + _ACTION + r"\W*" + _OPENERS + name, body, re.IGNORECASE)
+            closes = re.search(r"[,，]\s*" + name + r"\W*$", body, re.IGNORECASE)
         found = [m.start() for m in (at_sign, opens, closes) if m is not None]
         if found and (best is None or min(found) < best[0]):
             best = (min(found), mate.character_id)

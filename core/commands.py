@@ -308,7 +308,7 @@ class Commands:
             character = await self.store.characters.get_by_name(name)
             return character if character is not None else refused(f"There is no character called {name!r}.")
         character = await self._character_here(place) if place is not None else None
-        if character is None:
+        if character is None or isinstance(character, str):
             return refused("No character plays here: say which one with character=NAME (or /lore list NAME).")
         return character
 
@@ -690,9 +690,9 @@ class Commands:
         return Outcome(True, f"{character.name} forgot: {memory.text}", character=character, memories=[memory])
 
     async def _memories_here(self, actor: Actor, place: Place) -> Outcome | tuple[Character, ConversationKey, list[Any]]:
-        character = await self._character_here(place)
-        if character is None:
-            return refused(NO_CHARACTER_HERE if not place.private else NO_CHARACTER_PRIVATE)
+        character = await self._character_here(place, actor)  # in a scene: the one the person talked to last
+        if isinstance(character, str):
+            return refused(character)
         conversation = ConversationKey(character.id, actor.platform, place.channel_id, actor.user_id)
         return character, conversation, await self.store.memories.list(conversation)
 

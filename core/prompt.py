@@ -7,6 +7,8 @@ model as a ``{``.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -43,13 +45,16 @@ def expand_mbti(mbti: str | None, language: str = "en") -> str:
     return ", ".join(_MBTI_EN[c] for c in mbti)
 
 
+_PLACEHOLDER = re.compile(r"\{\{(char|user)\}\}", re.IGNORECASE)
+
+
 def fill_placeholders(text: str, *, char: str, user: str) -> str:
     """Replace the card convention's ``{{char}}`` and ``{{user}}`` (any case) with the names."""
     if "{{" not in text:
         return text
-    for token, value in (("{{char}}", char), ("{{user}}", user)):
-        text = text.replace(token, value).replace(token.upper(), value).replace(token.capitalize(), value)
-    return text
+    names = {"char": char, "user": user}
+    # One pass: a name that itself reads "{{user}}" is not filled in again.
+    return _PLACEHOLDER.sub(lambda m: names[m.group(1).lower()], text)
 
 
 def render_system_prompt(

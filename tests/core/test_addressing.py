@@ -60,3 +60,10 @@ def test_the_conversation_trigger_is_bounded_and_never_answers_itself() -> None:
     assert next_speaker(CAST, speaker=1, reply_text=reply, trigger=Trigger.ALL, turns_in_a_row=0, limit=2) is None
     assert next_speaker(CAST, speaker=2, reply_text=reply, trigger=Trigger.CONVERSATION, turns_in_a_row=0, limit=2) is None
     assert next_speaker(CAST, speaker=1, reply_text="(sighs)", trigger=Trigger.CONVERSATION, turns_in_a_row=0, limit=2) is None
+
+
+def test_a_character_named_with_a_common_word_is_addressed_only_with_an_at_sign() -> None:
+    cast = [Castmate(1, "Hamlet"), Castmate(2, "The")]
+    assert pick(cast, text="The sword!", trigger=Trigger.ALL, last_partner=1) == 1
+    assert pick(cast, text="The weather is fine today, Hamlet.", trigger=Trigger.ALL, last_partner=2) == 1
+    assert pick(cast, text="@The, are you there?", trigger=Trigger.ALL, last_partner=1) == 2

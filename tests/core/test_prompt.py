@@ -220,3 +220,12 @@ def test_the_hamlet_sample_addresses_whoever_talks_to_it() -> None:
     assert "Tom conjures" in render_system_prompt(profile, chat_role="Tom")
     assert "Elena" not in render_system_prompt(profile, chat_role="Tom")
     assert profile.greeting == "(turns from the torchlight) {{user}}... what visions do you weave tonight?"
+
+
+def test_placeholders_are_filled_in_any_case_and_a_name_is_not_filled_again() -> None:
+    from core.prompt import fill_placeholders
+
+    assert fill_placeholders("{{User}} meets {{Char}}; {{uSER}}, {{CHAR}}", char="Hamlet", user="Elena") == (
+        "Elena meets Hamlet; Elena, Hamlet"
+    )
+    assert fill_placeholders("{{char}} sees {{user}}", char="{{user}}", user="Elena") == "{{user}} sees Elena"

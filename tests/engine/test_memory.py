@@ -273,3 +273,17 @@ async def test_the_memory_budget_is_kept(store, cache, tgi) -> None:
     from core.prompt import estimate_tokens
 
     assert sum(estimate_tokens(m.text) for m in memories if m.text in added) <= 30
+
+
+async def test_memory_and_lore_where_no_character_plays_are_refused_in_a_line(store, cache, tgi) -> None:
+    world = await build_world(store, cache, tgi, memory="on")
+    commands = world.app.commands
+    nowhere = Place(world.place.platform, world.place.chat_id, "a-channel-with-no-character")
+    for outcome in (
+        await commands.memory(ELENA, nowhere),
+        await commands.forget_memory(ELENA, nowhere, "1"),
+        await commands.forget_memory(ELENA, nowhere, "-1"),
+    ):
+        assert not outcome.ok and "\n" not in outcome.message and "character" in outcome.message.lower()
+    lore = await commands.lore(world.admin, nowhere, "list")
+    assert not lore.ok and "No character plays here" in lore.message
