@@ -19,6 +19,11 @@ from sqlalchemy.pool import NullPool
 
 from tests.llama_fixture import llama_server  # noqa: F401  (llama.cpp with the bundled model, one per run)
 
+# CREATE and DROP DATABASE wait on each other (and on a checkpoint) across the test workers and the
+# throwaway servers' tests: on a loaded machine one may take longer than the product's 30 s statement
+# bound, which is for personae's own short queries, not for these.
+ADMIN_CONNECT_ARGS = {"timeout": 30, "command_timeout": 300}
+
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -47,7 +52,9 @@ async def create_database(server_url: str) -> None:
     from storage.database import create_engine
 
     url = sa.make_url(server_url)
-    maintenance = create_engine(url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    maintenance = create_engine(
+        url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=ADMIN_CONNECT_ARGS
+    )
     try:
         async with maintenance.connect() as conn:
             exists = await conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database})
@@ -68,7 +75,7 @@ async def throwaway_postgres(server_url: str = TEST_DATABASE_URL) -> AsyncIterat
     from storage.database import create_engine
 
     name = f"personae_test_{secrets.token_hex(6)}"
-    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=ADMIN_CONNECT_ARGS)
     try:
         try:
             try:
