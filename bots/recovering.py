@@ -7,6 +7,7 @@ import logging
 from typing import Awaitable, Callable
 
 from bots.settings import Settings
+from core.cancelled import raise_if_cancelled
 from core.engine import Engine, RecoveredTurn, ReplyStatus
 from core.ports import Cache
 
@@ -60,4 +61,5 @@ async def keep_recovering(
         try:
             await recover_once(engine, platform, deliver, older_than_s=every)
         except Exception:  # noqa: BLE001 - the database may be away; try again next time
+            raise_if_cancelled()  # unless the "fault" was the stop, turned into an error on its way out
             log.exception("looking for pending %s messages failed", platform)

@@ -17,6 +17,7 @@ import socket
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
+from core.cancelled import raise_if_cancelled
 from core.errors import ConfigurationError
 from core.hot import replica_key
 from core.ports import Cache
@@ -71,6 +72,7 @@ class Lease:
             try:
                 await self.renew()
             except Exception:  # noqa: BLE001 - a cache fault must not end the replica: try again next time
+                raise_if_cancelled()
                 log.exception("renewing the lease %r failed", self.key)
             await asyncio.sleep(self.renew_s)
 
@@ -119,6 +121,7 @@ async def while_elected(
             try:
                 held = await lease.renew()
             except Exception:  # noqa: BLE001 - try again next time
+                raise_if_cancelled()
                 log.exception("renewing the lease %r failed", lease.key)
                 held = lease.held
             if held and not leading:
