@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+
+from redis.asyncio import Redis
 
 from bots.fakes.discord import ALICE, ROLEPLAY, TOKEN as DISCORD_TOKEN, FakeDiscord
 from bots.fakes.telegram import FakeTelegram
@@ -47,6 +50,8 @@ async def test_a_reply_cut_by_sigkill_is_completed_in_place_after_the_restart(tm
             said = await discord_api.say(ROLEPLAY, ALICE, "Who goes there?")
             await tg.wait_for(lambda: tg.texts(GROUP), timeout=30, what="the Telegram reply to start")
             await discord_api.wait_for(lambda: discord_api.bot_messages(ROLEPLAY), timeout=30, what="the Discord reply to start")
+            # Killed before it noted where a reply is shown, the bot could not know: the kill comes after.
+            await half_shown_noted(redis.url, 2)
             first.signal(signal.SIGKILL)
             await first.wait(30)
         finally:
@@ -77,3 +82,14 @@ async def test_a_reply_cut_by_sigkill_is_completed_in_place_after_the_restart(tm
         assert [(r[1], r[2], r[3]) for r in rows if r[0] == platform] == [
             ("user", "Who goes there?", "answered"), ("assistant", REPLY, None)
         ]
+
+
+async def half_shown_noted(url: str, count: int, timeout: float = 30.0) -> None:
+    """Wait until ``count`` replies have their half-shown platform message noted (``core.hot.shown_key``)."""
+    client = Redis.from_url(url)
+    try:
+        async with asyncio.timeout(timeout):
+            while len([key async for key in client.scan_iter(match="personae:w:*")]) < count:
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
