@@ -20,6 +20,7 @@ The pieces, from the bottom:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -131,10 +132,8 @@ class EditBudget:
 
     def restamp(self, stamp: float) -> None:
         """A write granted at ``stamp`` goes out only now (it waited for more text): count it from now."""
-        try:
+        with contextlib.suppress(ValueError):  # gone: it left every window while it waited (it still counts now)
             self._times.remove(stamp)
-        except ValueError:
-            return
         self._times.append(time.monotonic())
 
     def started(self) -> None:

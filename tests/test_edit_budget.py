@@ -246,3 +246,11 @@ async def test_the_platforms_account_of_a_bucket_can_hold_writes_back(clock: lis
     assert budget.free() == 0 and budget.wait_time() == 2.0  # the window would allow 3 more: the platform says no
     platform["remaining"] = 10
     assert budget.free() == 3  # and never more than the window
+
+
+async def test_a_write_that_waited_past_the_window_still_counts_when_it_goes_out(clock: list[float]) -> None:
+    budget = EditBudget(1, 5.0)
+    stamp = await budget.take()  # granted at 100, then it waits for more text
+    clock[0] = 106.0  # its grant has left the window meanwhile
+    budget.restamp(stamp)
+    assert budget.wait_time() == pytest.approx(5.0)  # it went out at 106: the next one waits until 111
