@@ -251,6 +251,7 @@ async def test_the_platforms_account_of_a_bucket_can_hold_writes_back(clock: lis
 async def test_a_write_that_waited_past_the_window_still_counts_when_it_goes_out(clock: list[float]) -> None:
     budget = EditBudget(1, 5.0)
     stamp = await budget.take()  # granted at 100, then it waits for more text
-    clock[0] = 106.0  # its grant has left the window meanwhile
+    clock[0] = 106.0
+    assert budget.wait_time() == 0.0  # another writer looks: the grant has left the window
     budget.restamp(stamp)
     assert budget.wait_time() == pytest.approx(5.0)  # it went out at 106: the next one waits until 111
