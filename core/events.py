@@ -32,6 +32,11 @@ def character_user(character_id: int) -> str:
     return f"{CHARACTER_USER}{character_id}"
 
 
+def is_character_user(user_id: str) -> bool:
+    """Whether ``user_id`` is a character's (``character_user``), not a person's."""
+    return user_id.startswith(CHARACTER_USER)
+
+
 @dataclass(frozen=True, slots=True)
 class ChatEvent:
     """One incoming chat message, as an adapter saw it.

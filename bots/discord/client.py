@@ -43,7 +43,7 @@ from core import observe
 from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import ConfigurationError, PersonaeError
 from core.locks import KeyedLocks
-from core.events import ChatEvent, ConversationKey, Platform, Trigger
+from core.events import ChatEvent, ConversationKey, Platform, Trigger, is_character_user
 from core.state import MessageStatus
 
 log = logging.getLogger(__name__)
@@ -241,9 +241,11 @@ class PersonaeClient(discord.Client):
         )
         reply = turn.reply
         done = asyncio.Event()
+        # A character's answer to another character (trigger conversation) is nobody's to regenerate.
+        offer = not is_character_user(intake.conversation.user_id)
 
         def button() -> discord.ui.View | None:
-            if done.is_set() and reply.conversation is not None and reply.reply_message_id is not None:
+            if offer and done.is_set() and reply.conversation is not None and reply.reply_message_id is not None:
                 return regenerate_view(reply.conversation, reply.reply_message_id)
             return None
 
@@ -262,7 +264,7 @@ class PersonaeClient(discord.Client):
         )
         if reply.reply_message_id is not None and reply.conversation is not None and shown_messages.handles:
             await self._move_button(
-                reply.conversation, reply.reply_message_id, shown_messages.handles, channel, has_button=has_button
+                reply.conversation, reply.reply_message_id, shown_messages.handles, channel, has_button=has_button, offer=offer,
             )
 
     # -- chat ---------------------------------------------------------------------------------

@@ -213,3 +213,27 @@ async def test_forget_takes_the_chains_a_persons_replies_started_out_of_every_pr
     for body in after:
         seen = "\n".join(m["content"] for m in body["messages"])
         assert "Bob" not in seen, seen
+
+
+async def test_a_reply_regenerated_in_a_thread_still_sees_the_threads_scene(stage) -> None:
+    from tests.discord.test_regenerate import press
+
+    bot = await stage(trigger="all")
+    bot.tgi.script(reply="(nods) Follow the ghost.")
+    await bot.say(THREAD, BOB, f"{CHARACTER}, I saw a ghost!")
+    bot.tgi.script(reply="I told him to follow it.")
+    await bot.say(THREAD, ALICE, f"{CHARACTER}, what did you tell Bob?")
+    mine = sorted(bot.fake.webhook_messages(THREAD), key=lambda m: int(m["id"]))[-1]
+    assert mine["components"]
+
+    bot.tgi.script(reply="To follow it, I said.")
+    _, reply = await press(bot, int(mine["id"]), ALICE)
+
+    assert reply is not None and reply.status is ReplyStatus.ANSWERED
+    regenerated = chats(bot)[-1]
+    assert regenerated["messages"][-1]["content"] == "\n".join([
+        f"Bob: {CHARACTER}, I saw a ghost!",
+        f"{CHARACTER} (to Bob): (nods) Follow the ghost.",
+        f"Alice: {CHARACTER}, what did you tell Bob?",
+    ])
+    assert bot.fake.messages[int(mine["id"])]["content"] == "To follow it, I said."
