@@ -459,7 +459,11 @@ class PersonaeClient(discord.Client):
                     getattr(channel, "id", "?"), room.waiting,
                 )
                 return
-            answer = await self.app.engine.follow_up(reply, str(handles[-1].id))
+            try:
+                answer = await self.app.engine.follow_up(reply, str(handles[-1].id))
+            except Exception:  # noqa: BLE001 - the database's own errors: the reply itself was shown
+                log.exception("Discord: could not store a character's answer to another in channel %s", getattr(channel, "id", "?"))
+                return
             if answer is None:
                 return
             reply = answer
