@@ -19,7 +19,7 @@ from core.character import Character, check_name
 from core.emotions import check_level
 from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
 from core.events import ConversationKey, PersonKey, Trigger
-from core.hot import HotState, memory_key, person_prefixes, rate_key
+from core.hot import HotState, character_histories_prefix, memory_key, person_prefixes, rate_key
 from core.profile_notes import derived_note, field_value, missing_derivable, missing_note
 from core.prompt import estimate_tokens
 from core.scene import line_text, scene_around
@@ -705,7 +705,9 @@ class Commands:
     async def forget(self, actor: Actor) -> Outcome:
         """Delete everything stored about the actor on this platform, for every character."""
         counts = await self.store.forget_person(actor.platform, actor.user_id)
-        for prefix in person_prefixes(actor.platform, actor.user_id):
+        # The characters' conversations with each other lose the lines the person's replies started
+        # (core.ports.Store.forget_person): their cached histories go too, to be read again.
+        for prefix in (*person_prefixes(actor.platform, actor.user_id), character_histories_prefix(actor.platform)):
             await self.cache.delete_prefix(prefix)
         await self.cache.delete(rate_key(actor.platform, actor.user_id))
         parts = ", ".join(f"{n} {kind}" for kind, n in counts.items())

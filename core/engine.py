@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
 
 from core import observe
 from core.addressing import Castmate, named, next_speaker, pick
-from core.events import ChatEvent, ConversationKey
+from core.events import ChatEvent, ConversationKey, character_user
 from core.flood import ArrivalWindow, Verdict, WaitingTurns
 from core.hot import HotState, history_key, lock_key
 from core.locks import KeyedLocks
@@ -194,9 +194,12 @@ class Engine:
         """The reply to ``event`` (stored on arrival by ``accept`` if not already); nothing runs until it is iterated."""
         return Reply(lambda reply: self._handle(event, reply))
 
-    def regenerate(self, conversation: ConversationKey, display_name: str, reply_message_id: int) -> Reply:
-        """A new reply in place of the newest one of ``conversation`` (which must be ``reply_message_id``)."""
-        return Reply(lambda reply: self._regenerate(conversation, display_name, reply_message_id, reply))
+    def regenerate(
+        self, conversation: ConversationKey, display_name: str, reply_message_id: int, *, parent_channel_id: str | None = None
+    ) -> Reply:
+        """A new reply in place of the newest one of ``conversation`` (which must be ``reply_message_id``);
+        ``parent_channel_id``: the conversation is in a thread of that channel (its characters play there)."""
+        return Reply(lambda reply: self._regenerate(conversation, display_name, reply_message_id, reply, parent_channel_id))
 
     async def recover(self, platform: str, *, older_than_s: float = 0.0, at_start: bool = False) -> AsyncIterator[RecoveredTurn]:
         """The messages of ``platform`` still pending (stored at least ``older_than_s`` ago), oldest
@@ -207,9 +210,10 @@ class Engine:
         async for turn in pending_turns(self, platform, older_than_s=older_than_s, at_start=at_start):
             yield turn
 
-    def answer(self, intake: Intake) -> Reply:
-        """The answer to a message already stored (a recovered one)."""
-        return Reply(lambda reply: self._answer(intake, reply))
+    def answer(self, intake: Intake, *, parent_channel_id: str | None = None) -> Reply:
+        """The answer to a message already stored (a recovered one); ``parent_channel_id``: the message
+        is in a thread of that channel (its characters play there)."""
+        return Reply(lambda reply: self._answer(intake, reply, parent_channel_id))
 
     def answering(self, intake: Intake) -> bool:
         """Whether this process is answering ``intake`` (or was handed it by an adapter and will)."""
@@ -252,11 +256,8 @@ class Engine:
 
     async def binding_for(self, event: ChatEvent) -> Binding | None:
         """The binding that applies to the event's channel (a thread inherits its parent's)."""
-        channels = [event.channel_id] + ([event.parent_channel_id] if event.parent_channel_id else [])
-        for binding in await self.hot.bindings(event.platform, *channels):
-            if binding is not None:
-                return binding
-        return None
+        cast = await self.cast_for(event)
+        return cast[0] if cast else None
 
     @property
     def turns_waiting(self) -> int:
@@ -352,7 +353,7 @@ class Engine:
             return None
         if reply.status is not ReplyStatus.ANSWERED or reply.chain >= self.config.conversation_turns:
             return None
-        (cast,) = await self.hot.casts(c.platform, c.channel_id)
+        cast = await self._cast_at(c.platform, c.channel_id, reply.parent_channel_id)
         if len(cast) < 2 or cast[0].private:
             return None
         mates = [Castmate(m.id, m.name) for b in cast if (m := await self.hot.character(b.character_id)) is not None]
@@ -362,19 +363,23 @@ class Engine:
         )
         if chosen is None:
             return None
-        conversation = ConversationKey(chosen, c.platform, c.channel_id, f"character:{speaker.id}")
+        conversation = ConversationKey(chosen, c.platform, c.channel_id, character_user(speaker.id))
         text = message_text(reply.text)[: self.config.max_message_chars]
         intake = await self.store.messages.accept(
             conversation, text, estimate_tokens(text), platform_message_id, speaker.name, owner=self.config.replica or None
         )
-        answer = self.answer(intake)
+        answer = self.answer(intake, parent_channel_id=reply.parent_channel_id)
         answer.chain = reply.chain + 1
         return answer
 
     async def cast_for(self, event: ChatEvent) -> list[Binding]:
         """The characters bound to the event's channel (a thread inherits its parent's), first bound first."""
-        channels = [event.channel_id] + ([event.parent_channel_id] if event.parent_channel_id else [])
-        for cast in await self.hot.casts(event.platform, *channels):
+        return await self._cast_at(event.platform, event.channel_id, event.parent_channel_id)
+
+    async def _cast_at(self, platform: str, channel_id: str, parent_channel_id: str | None) -> list[Binding]:
+        """The characters bound to ``channel_id``; when none are, to its parent (a thread's channel)."""
+        channels = [channel_id] + ([parent_channel_id] if parent_channel_id else [])
+        for cast in await self.hot.casts(platform, *channels):
             if cast:
                 return cast
         return []
@@ -483,7 +488,7 @@ class Engine:
                 async for delta in self._rate_notice(reply, verdict):
                     yield delta
                 return
-        async for delta in self._answer(found, reply):
+        async for delta in self._answer(found, reply, event.parent_channel_id):
             yield delta
 
     async def _overflow(self, event: ChatEvent, reply: Reply, person: str, arrived: float) -> AsyncIterator[str]:
@@ -522,15 +527,16 @@ class Engine:
         except Exception:  # noqa: BLE001 - the database's own errors: recovery then sends the late notice
             log.exception("could not settle message %s", intake.id)
 
-    async def _answer(self, intake: Intake, reply: Reply) -> AsyncIterator[str]:
+    async def _answer(self, intake: Intake, reply: Reply, parent_channel_id: str | None = None) -> AsyncIterator[str]:
         """Answer a stored message, unless it was answered already or is being answered here."""
         reply.intake = intake
         reply.conversation = intake.conversation
+        reply.parent_channel_id = parent_channel_id
         if intake.status is not MessageStatus.PENDING or intake.id in self._in_flight:
             reply.status = ReplyStatus.DUPLICATE
             return
         character = await self.hot.character(intake.conversation.character_id)
-        binding = await self._binding_of(intake.conversation)
+        binding = await self._binding_of(intake.conversation, parent_channel_id)
         if character is None or binding is None:
             reply.status = ReplyStatus.IGNORED
             return
@@ -604,12 +610,14 @@ class Engine:
         return True
 
     async def _regenerate(
-        self, conversation: ConversationKey, display_name: str, reply_message_id: int, reply: Reply
+        self, conversation: ConversationKey, display_name: str, reply_message_id: int, reply: Reply,
+        parent_channel_id: str | None = None,
     ) -> AsyncIterator[str]:
         reply.conversation = conversation
+        reply.parent_channel_id = parent_channel_id
         display_name = clean_display_name(display_name)  # as intake cleans a new message's name
         character = await self.hot.character(conversation.character_id)
-        binding = await self._binding_of(conversation)
+        binding = await self._binding_of(conversation, parent_channel_id)
         if character is None or binding is None:
             reply.status = ReplyStatus.NOT_FOUND
             return
@@ -635,13 +643,16 @@ class Engine:
         (cast,) = await self.hot.casts(binding.platform, binding.channel_id)
         return len(cast) > 1
 
-    async def _binding_of(self, conversation: ConversationKey) -> Binding | None:
-        (cast,) = await self.hot.casts(conversation.platform, conversation.channel_id)
+    async def _binding_of(self, conversation: ConversationKey, parent_channel_id: str | None = None) -> Binding | None:
+        """The character's binding where ``conversation`` is: its channel's, or (a thread of a bound
+        channel, ``parent_channel_id``) the parent's, whose scene, trigger and cast apply there."""
+        cast = await self._cast_at(conversation.platform, conversation.channel_id, parent_channel_id)
         for binding in cast:
             if binding.character_id == conversation.character_id:
                 return binding
-        # The channel was rebound or is a thread of a bound channel: use the character's defaults.
-        # Whether it is a scene is then unknown: it is not treated as one (``private``).
+        # The channel was rebound, or is a thread whose parent is not known here (a recovered or
+        # regenerated turn the adapter could not place): use the character's defaults. Whether it is
+        # a scene is then unknown: it is not treated as one (``private``).
         return Binding(conversation.platform, "", conversation.channel_id, conversation.character_id, private=True)
 
 

@@ -22,6 +22,21 @@ class Trigger(StrEnum):
     CONVERSATION = "conversation"
 
 
+# The user id under which a character answers another character's line (trigger ``conversation``):
+# ``character:<id of the speaking character>``; its feelings toward that character are kept there.
+CHARACTER_USER = "character:"
+
+
+def character_user(character_id: int) -> str:
+    """The user id of character ``character_id`` as the one another character answers."""
+    return f"{CHARACTER_USER}{character_id}"
+
+
+def is_character_user(user_id: str) -> bool:
+    """Whether ``user_id`` is a character's (``character_user``), not a person's."""
+    return user_id.startswith(CHARACTER_USER)
+
+
 @dataclass(frozen=True, slots=True)
 class ChatEvent:
     """One incoming chat message, as an adapter saw it.

@@ -11,7 +11,7 @@ import time
 
 from core import observe
 from core.character import Character
-from core.events import ConversationKey, PersonKey, Trigger
+from core.events import CHARACTER_USER, ConversationKey, PersonKey, Trigger
 from core.ports import Cache, Store
 from core.model_input import history_window
 from core.prompt import Turn
@@ -27,6 +27,12 @@ def binding_key(platform: str, channel_id: str) -> str:
 def person_prefixes(platform: str, user_id: str) -> tuple[str, ...]:
     """Key prefixes of everything hot about one person (their keys start with the person)."""
     return f"s:{platform}:{user_id}:", f"h:{platform}:{user_id}:", f"m:{platform}:{user_id}:"
+
+
+def character_histories_prefix(platform: str) -> str:
+    """Key prefix of the histories of the characters' conversations with each other (trigger
+    ``conversation``): forgetting a person deletes the lines their replies started there."""
+    return f"h:{platform}:{CHARACTER_USER}"
 
 
 def rate_key(platform: str, user_id: str) -> str:

@@ -209,7 +209,10 @@ class Store(Protocol):
     memories: MemoryRepository
 
     async def forget_person(self, platform: str, user_id: str) -> dict[str, int]:
-        """Delete a person's messages, states, audit rows and memories for every character; counts per kind."""
+        """Delete a person's messages, states, audit rows and memories for every character; counts per kind.
+
+        Their messages include, with trigger ``conversation``, the characters' answers to each other
+        that the person's replies started (and those answers' own answers), counted as messages."""
 
     async def close(self) -> None: ...
 

@@ -53,6 +53,8 @@ class Reply:
         # Character replies in a row this one ends (0: it answers a person; core.addressing.next_speaker).
         self.chain = 0
         self.conversation: ConversationKey | None = None
+        # The conversation is in a thread of this channel, whose characters play there (None: not a thread, or not known).
+        self.parent_channel_id: str | None = None
         self.intake: Intake | None = None  # the person's message as stored on arrival
         self.user_message_id: int | None = None
         self.reply_message_id: int | None = None

@@ -25,6 +25,7 @@ from storage.repositories import (
     SqlMessageRepository,
     SqlRelationshipRepository,
 )
+from storage.repositories.messages import follow_ups_of
 from storage.sql import Db
 from storage.tables import memories, memory_marks, messages, relationship_states, state_changes
 
@@ -259,6 +260,10 @@ class SqlStore:
     async def forget_person(self, platform: str, user_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
         async with self._db.begin() as conn:
+            # First the character conversations the person's replies started (trigger conversation):
+            # they are found through where those replies were shown, which goes with the replies.
+            chains = sa.delete(messages).where(messages.c.id.in_(follow_ups_of(platform, user_id)))
+            followed = (await conn.execute(chains)).rowcount
             for kind, table in (
                 ("messages", messages), ("states", relationship_states), ("changes", state_changes),
                 ("memories", memories), (None, memory_marks),
@@ -267,6 +272,7 @@ class SqlStore:
                 deleted = (await conn.execute(statement)).rowcount
                 if kind is not None:
                     counts[kind] = deleted
+            counts["messages"] += followed
         return counts
 
     async def close(self) -> None:

@@ -43,7 +43,7 @@ from core import observe
 from core.engine import NOTICE_INTERRUPTED, RecoveredTurn, Reply, ReplyStatus
 from core.errors import ConfigurationError, PersonaeError
 from core.locks import KeyedLocks
-from core.events import ChatEvent, ConversationKey, Platform, Trigger
+from core.events import ChatEvent, ConversationKey, Platform, Trigger, is_character_user
 from core.state import MessageStatus
 
 log = logging.getLogger(__name__)
@@ -241,9 +241,11 @@ class PersonaeClient(discord.Client):
         )
         reply = turn.reply
         done = asyncio.Event()
+        # A character's answer to another character (trigger conversation) is nobody's to regenerate.
+        offer = not is_character_user(intake.conversation.user_id)
 
         def button() -> discord.ui.View | None:
-            if done.is_set() and reply.conversation is not None and reply.reply_message_id is not None:
+            if offer and done.is_set() and reply.conversation is not None and reply.reply_message_id is not None:
                 return regenerate_view(reply.conversation, reply.reply_message_id)
             return None
 
@@ -262,7 +264,7 @@ class PersonaeClient(discord.Client):
         )
         if reply.reply_message_id is not None and reply.conversation is not None and shown_messages.handles:
             await self._move_button(
-                reply.conversation, reply.reply_message_id, shown_messages.handles, channel, has_button=has_button
+                reply.conversation, reply.reply_message_id, shown_messages.handles, channel, has_button=has_button, offer=offer,
             )
 
     # -- chat ---------------------------------------------------------------------------------
@@ -381,20 +383,46 @@ class PersonaeClient(discord.Client):
 
     async def answer(self, message: discord.Message, event: ChatEvent, reply: Reply) -> None:
         """Show the Engine's reply to ``message``: typing until its first text is written, then a send
-        and the edits the channel can spare."""
+        and the edits the channel can spare; then, with trigger ``conversation``, the answers of the
+        characters it names (``_follow_ups``)."""
         channel = message.channel
         finished = asyncio.Event()
-        room = self.room_for(channel)
-        leave = room.enter()
-        stop_typing = self.typing_for(channel).hold() if await self._may_answer(event) else (lambda: None)
-        reference = message.to_reference(fail_if_not_exists=False)
-        place = _LazyPlace(lambda: self._place_for(channel, reply))
 
         def button() -> discord.ui.View | None:
             # Known once the Engine's iteration ended: the stored reply's id goes into the button.
             if finished.is_set() and reply.conversation is not None and reply.reply_message_id is not None:
                 return regenerate_view(reply.conversation, reply.reply_message_id)
             return None
+
+        shown, has_button = await self._show(
+            reply, channel, self._deltas(reply, message, finished), reference=message.to_reference(fail_if_not_exists=False),
+            typing=await self._may_answer(event), button=button,
+        )
+        if reply.status is ReplyStatus.NO_CHARACTER:
+            await message.reply(await no_character_hint(self.app, event), allowed_mentions=NO_MENTIONS)
+        elif reply.reply_message_id is not None and reply.conversation is not None and shown.handles:
+            await self._move_button(
+                reply.conversation, reply.reply_message_id, shown.handles, channel, has_button=has_button,
+            )
+            await self._follow_ups(reply, shown.handles, channel)
+
+    async def _show(
+        self,
+        reply: Reply,
+        channel: discord.abc.Messageable,
+        deltas: AsyncIterable[str],
+        *,
+        reference: discord.MessageReference,
+        typing: bool,
+        button: Callable[[], discord.ui.View | None] = lambda: None,
+    ) -> tuple[StreamedMessage[Handle], int | None]:
+        """Stream a new reply into ``channel`` as its character (``_place_for``), its first message
+        in reply to ``reference``: in the room's line of replies (and with "typing…" if ``typing``)
+        until its first text is written. Returns ``_stream``'s rendering and button message."""
+        room = self.room_for(channel)
+        leave = room.enter()
+        stop_typing = self.typing_for(channel).hold() if typing else (lambda: None)
+        place = _LazyPlace(lambda: self._place_for(channel, reply))
 
         async def send_first(text: str, **kw: Any) -> Handle:
             sent = await place.send(text, reference=reference, **kw)
@@ -409,24 +437,45 @@ class PersonaeClient(discord.Client):
             first_shown(reply, "discord")
 
         try:
-            shown, has_button = await self._stream(
-                self._deltas(reply, message, finished),
-                channel,
-                place,
-                send_first=send_first,
-                button=button,
-                on_first=on_first,
+            return await self._stream(
+                deltas, channel, place, send_first=send_first, button=button, on_first=on_first,
                 halted=lambda: reply.status is ReplyStatus.LOST,
             )
         finally:
             leave()
             stop_typing()
-        if reply.status is ReplyStatus.NO_CHARACTER:
-            await message.reply(await no_character_hint(self.app, event), allowed_mentions=NO_MENTIONS)
-        elif reply.reply_message_id is not None and reply.conversation is not None and shown.handles:
-            await self._move_button(
-                reply.conversation, reply.reply_message_id, shown.handles, channel, has_button=has_button,
+
+    async def _follow_ups(self, reply: Reply, handles: list[Handle], channel: discord.abc.Messageable) -> None:
+        """With trigger ``conversation``: the character a reply names answers it (``Engine.follow_up``),
+        then the one that answer names, at most PERSONAE_CONVERSATION_TURNS in a row. Each answer is
+        written as its character (its webhook; the bot where there is none), in reply to the last
+        message of the line it answers, in the room's line like any reply. None starts while the
+        channel's line of replies waits past PERSONAE_DELIVERY_MAX_WAIT_S (the people come first)."""
+        while handles:
+            room = self.room_for(channel)
+            if room.full():
+                log.info(
+                    "Discord channel %s is busy (%d replies waiting): the characters do not answer each other now",
+                    getattr(channel, "id", "?"), room.waiting,
+                )
+                return
+            try:
+                answer = await self.app.engine.follow_up(reply, str(handles[-1].id))
+            except Exception:  # noqa: BLE001 - the database's own errors: the reply itself was shown
+                log.exception("Discord: could not store a character's answer to another in channel %s", getattr(channel, "id", "?"))
+                return
+            if answer is None:
+                return
+            reply = answer
+            reference = discord.MessageReference(
+                message_id=handles[-1].id, channel_id=channel.id, fail_if_not_exists=False  # type: ignore[attr-defined]
             )
+            shown, _ = await self._show(reply, channel, greeting_first(reply), reference=reference, typing=True)
+            if reply.reply_message_id is None or reply.conversation is None or not shown.handles:
+                return
+            # No Regenerate button: nobody's own exchange (its "person" is the other character).
+            await self._move_button(reply.conversation, reply.reply_message_id, shown.handles, channel, has_button=None, offer=False)
+            handles = shown.handles
 
     async def _may_answer(self, event: ChatEvent) -> bool:
         """Whether the Engine will probably answer (then typing is shown); the Engine still decides."""
@@ -546,17 +595,19 @@ class PersonaeClient(discord.Client):
         channel: discord.abc.Messageable,
         *,
         has_button: int | None,
+        offer: bool = True,
     ) -> None:
         """Remember the reply as the conversation's newest; put the Regenerate button under its last
         message if its final write could not carry it (through the route that message needs: the
         webhook's or the channel's; either counts against the channel's edits). The previous reply
         keeps its button: pressed, it answers that only the newest reply can be regenerated (and
-        loses it then), which costs no write in a busy channel."""
+        loses it then), which costs no write in a busy channel. ``offer=False``: no button (a
+        character's answer to another character, which no person may regenerate)."""
         _remember(self._offers, conversation.cache_key(), (reply_id, list(handles)))
         # A reply to one of these messages goes to this reply's character (a scene may have several).
         await self.app.engine.remember_shown(conversation, reply_id, [str(h.id) for h in handles])
         last = handles[-1]
-        if last.id != has_button:
+        if offer and last.id != has_button:
             edits = self.room_for(channel).edits
             await edits.take(FINAL)
             try:
@@ -568,7 +619,11 @@ class PersonaeClient(discord.Client):
     async def regenerate(self, interaction: discord.Interaction, conversation: ConversationKey, reply_id: int) -> None:
         """The author pressed Regenerate: stream a new reply into the messages that showed the old one."""
         await interaction.response.defer()
-        reply = self.app.engine.regenerate(conversation, interaction.user.display_name, reply_id)
+        thread = interaction.channel if isinstance(interaction.channel, discord.Thread) else None
+        reply = self.app.engine.regenerate(
+            conversation, interaction.user.display_name, reply_id,
+            parent_channel_id=str(thread.parent_id) if thread is not None and thread.parent_id else None,
+        )
         try:
             await self._regenerate(interaction, conversation, reply_id, reply)
         except Exception:

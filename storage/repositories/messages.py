@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from core.errors import NotFound
-from core.events import ConversationKey
+from core.events import CHARACTER_USER, ConversationKey
 from core.state import ChannelLine, Intake, MessageStatus, StoredMessage
 from storage.sql import Db, utcnow
 from storage.tables import messages as t
@@ -428,6 +428,52 @@ class SqlMessageRepository:
         async with self._db.connect() as conn:
             result = await conn.execute(sa.delete(t).where(_in(conversation)))
         return result.rowcount
+
+
+def _answers_line_shown_in(line: sa.Alias, shown_in: sa.Alias) -> sa.ColumnElement[bool]:
+    """``line`` is a character's answer to the line shown in platform message ``shown_in``."""
+    return sa.and_(
+        line.c.platform == shown_in.c.platform, line.c.channel_id == shown_in.c.channel_id,
+        line.c.platform_message_id == shown_in.c.platform_message_id, line.c.role == "user",
+        line.c.user_id.startswith(CHARACTER_USER, autoescape=True),
+    )
+
+
+def _reply_to(user_row: sa.Alias, reply: sa.Alias) -> sa.ColumnElement[bool]:
+    """``reply`` is the stored reply to ``user_row`` (settled with it: the next ``seq`` of its conversation)."""
+    return sa.and_(
+        reply.c.character_id == user_row.c.character_id, reply.c.platform == user_row.c.platform,
+        reply.c.channel_id == user_row.c.channel_id, reply.c.user_id == user_row.c.user_id,
+        reply.c.role == "assistant", reply.c.seq == user_row.c.seq + 1,
+    )
+
+
+def follow_ups_of(platform: str, user_id: str) -> sa.Select:
+    """The ids of the messages of the character conversations a person's replies started (trigger
+    ``conversation``): a character's answer to another's line is a user row of conversation
+    ``character:ID``, stored with the platform message that line was shown in (``reply_messages``),
+    and its reply comes right after it (``seq`` + 1). From the person's replies' messages the chain
+    goes on through each answer's own shown messages, so follow-ups of follow-ups come too."""
+    person_reply, shown, line = t.alias("person_reply"), shown_t.alias("shown"), t.alias("line")
+    chain = (
+        sa.select(line.c.id)
+        .select_from(person_reply.join(shown, shown.c.message_id == person_reply.c.id).join(line, _answers_line_shown_in(line, shown)))
+        .where(person_reply.c.platform == platform, person_reply.c.user_id == user_id, person_reply.c.role == "assistant")
+        # Nested in the statement that reads it: a DELETE starting with WITH gets no row count from SQLite's driver.
+        .cte("chain", recursive=True, nesting=True)
+    )
+    asked, answer, shown_next, next_line = t.alias("asked"), t.alias("answer"), shown_t.alias("shown_next"), t.alias("next_line")
+    chain = chain.union(
+        sa.select(next_line.c.id).select_from(
+            chain.join(asked, asked.c.id == chain.c.id)
+            .join(answer, _reply_to(asked, answer))
+            .join(shown_next, shown_next.c.message_id == answer.c.id)
+            .join(next_line, _answers_line_shown_in(next_line, shown_next))
+        )
+    )
+    asked, answer = t.alias("asked_last"), t.alias("answer_last")
+    replies = sa.select(answer.c.id).select_from(chain.join(asked, asked.c.id == chain.c.id).join(answer, _reply_to(asked, answer)))
+    return sa.select(chain.c.id).union(replies)
 
 
 def _intake(row: sa.Row, *, first: bool) -> Intake:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import sqlalchemy as sa
 
 from core.engine import NOTICE_INTERRUPTED
-from core.events import ConversationKey, Platform
+from core.events import ConversationKey, Platform, character_user
 from storage.tables import messages
 from tests.discord.conftest import CHARACTER, add_character, bind, build_app, discord_settings, start_bot, stop_bot
 from bots.fakes.discord import ALICE, BOT_ID, ROLEPLAY
@@ -92,5 +93,33 @@ async def test_a_half_shown_webhook_reply_is_completed_through_the_webhook(store
         )
         assert fake.bot_messages(ROLEPLAY) == [] and fake.edits(ROLEPLAY) == []  # all through the webhook
         assert [m["id"] for m in fake.webhook_messages(ROLEPLAY)] == [str(partial_id)]
+    finally:
+        await stop_bot(app, task)
+
+
+async def test_a_characters_answer_to_another_left_pending_is_answered_in_reply_to_that_line_without_a_button(
+    store, cache, fake, tgi, caplog
+) -> None:
+    """Trigger conversation: a character's answer to another character's line (stored as a message of
+    user ``character:ID`` with the platform message of that line) that a crash left pending is answered
+    at start-up in reply to the line, with no Regenerate button: no person may regenerate it."""
+    app = build_app(store, cache, discord_settings(fake, tgi))
+    await add_character(store)
+    await bind(app, ROLEPLAY, trigger="conversation")
+    await app.model.close()
+    line = fake._create(ROLEPLAY, {"content": "Hamlet, what say you?"}, author=BOT_ID)
+    character = await store.characters.get_by_name(CHARACTER)
+    conversation = ConversationKey(character.id, Platform.DISCORD, str(ROLEPLAY), character_user(character.id + 1000))
+    await store.messages.accept(conversation, line["content"], 4, line["id"], "Ophelia", owner=app.replica)
+    caplog.set_level(logging.INFO, logger="bots.recovering")
+    app = build_app(store, cache, discord_settings(fake, tgi))
+    _, task = await start_bot(app, fake, tgi)
+    try:
+        # Logged once the delivery ended (its last write done).
+        await fake.wait_for(lambda: any("left pending" in r.getMessage() for r in caplog.records), what="the delivery")
+        (answer,) = [m for m in fake.bot_messages(ROLEPLAY) if m["content"] == tgi.reply]
+        assert str(answer["message_reference"]["message_id"]) == line["id"]
+        assert answer["components"] == []
+        assert not fake.requests("PATCH", rf"/channels/{ROLEPLAY}/messages/{answer['id']}")
     finally:
         await stop_bot(app, task)

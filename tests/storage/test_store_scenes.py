@@ -71,3 +71,44 @@ async def test_where_a_reply_was_shown_leads_to_its_character_until_the_reply_or
     await store.messages.mark_shown(again, "telegram", "-100", ["21"])
     await store.forget_person("telegram", "bob")
     assert await store.messages.reply_author("telegram", "-100", "21") is None
+
+
+async def test_forgetting_a_person_takes_the_character_conversations_their_replies_started(store) -> None:
+    """With trigger conversation, a character's reply to Bob that names another character is answered by
+    that one (a user row of conversation ``character:ID``, stored with the platform message the reply was
+    shown in), and so on. Forgetting Bob deletes those chains, follow-ups of follow-ups included, and
+    leaves the chains another person's replies started."""
+    hamlet = await store.characters.add(card("Hamlet"))
+    ophelia = await store.characters.add(card("Ophelia"))
+
+    def key(character, user: str) -> ConversationKey:
+        return ConversationKey(character.id, "discord", "c", user)
+
+    ophelia_hears_hamlet = key(ophelia, f"character:{hamlet.id}")
+    hamlet_hears_ophelia = key(hamlet, f"character:{ophelia.id}")
+    # Bob's exchange with Hamlet, shown in two messages; Ophelia answers its last one, Hamlet answers hers.
+    _, bobs_reply, _ = await exchange(store, key(hamlet, "bob"), "Hamlet, speak.", "Ophelia, what say you?", "b1", "Bob")
+    await store.messages.mark_shown(bobs_reply, "discord", "c", ["h1", "h2"])
+    _, first, _ = await exchange(store, ophelia_hears_hamlet, "Ophelia, what say you?", "Hamlet, I say yes.", "h2", "Hamlet")
+    await store.messages.mark_shown(first, "discord", "c", ["o1"])
+    _, second, _ = await exchange(store, hamlet_hears_ophelia, "Hamlet, I say yes.", "Then yes it is.", "o1", "Ophelia")
+    await store.messages.mark_shown(second, "discord", "c", ["h3"])
+    # Elena's exchange with Hamlet starts a chain in the same character conversation: it stays.
+    _, elenas_reply, _ = await exchange(store, key(hamlet, "elena"), "Hamlet?", "Ophelia, look.", "e1", "Elena")
+    await store.messages.mark_shown(elenas_reply, "discord", "c", ["h9"])
+    _, kept, _ = await exchange(store, ophelia_hears_hamlet, "Ophelia, look.", "I see it.", "h9", "Hamlet")
+    await store.messages.mark_shown(kept, "discord", "c", ["o9"])
+    # Someone else's thread in another channel with a platform message id like one of Bob's: untouched.
+    await exchange(store, ConversationKey(ophelia.id, "discord", "other", f"character:{hamlet.id}"), "x", "y", "h2", "Hamlet")
+
+    counts = await store.forget_person("discord", "bob")
+
+    assert counts["messages"] == 2 + 4  # Bob's exchange, and the chain's two exchanges
+    lines = await store.messages.channel_lines("discord", "c")
+    assert [line.content for line in lines] == ["Hamlet?", "Ophelia, look.", "Ophelia, look.", "I see it."]
+    assert [m.content for m in await store.messages.recent(ophelia_hears_hamlet, 10)] == ["Ophelia, look.", "I see it."]
+    assert await store.messages.recent(hamlet_hears_ophelia, 10) == []
+    assert await store.messages.reply_author("discord", "c", "o1") is None
+    assert await store.messages.reply_author("discord", "c", "h3") is None
+    assert await store.messages.reply_author("discord", "c", "o9") == ophelia.id
+    assert len(await store.messages.channel_lines("discord", "other")) == 2
