@@ -94,6 +94,9 @@ async def test_overheard_lines_are_the_channels_only_and_it_keeps_the_newest(sto
     assert await store.messages.recent(elena_h, 10) == []
     assert await store.messages.pending("discord") == []
     assert await store.messages.last_partner("discord", "c", "elena") is None
+    # Never condensed into a memory as if said to the character.
+    assert (await store.memories.uncondensed(elena_h, 0, 10))[1] == []
+    assert [line.content for line in (await store.memories.uncondensed(bob_h, 0, 10))[1]] == ["Where is it?", "Behind the door"]
     # The channel keeps its newest ``keep`` overheard lines, whoever said them; other channels are apart.
     for n in range(4):
         await store.messages.overhear(elena_h, f"line {n}", 2, f"o-{n}", "Elena", keep=3)
