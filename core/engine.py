@@ -36,6 +36,7 @@ from core.reply import (  # noqa: F401 - the adapters' names for these live here
     ReplyStatus,
 )
 from core.state import Binding, Exchange, Intake, MessageStatus, RelationshipState
+from core.cancelled import raise_if_cancelled
 from core.character import Character
 from core.text import display_name as clean_display_name
 from core.text import message_text
@@ -149,6 +150,8 @@ class Engine:
         self._arrival_rate = ArrivalWindow(self.config.rate_limit_messages, self.config.rate_limit_window_s)
         # Messages accepted by an adapter and not yet handed to ``handle``, by delivery.
         self._accepted: dict[tuple[str, str, str], Intake] = {}
+        # Messages ``accept`` stored as overheard (for no character), by delivery: their stored id.
+        self._overheard: dict[tuple[str, str, str], int] = {}
         # Stored messages whose turn runs in this process (a redelivery of one is not answered twice).
         self._in_flight: set[int] = set()
         # Stored messages a recovery sweep claimed here and will answer next (not yet in flight).
@@ -171,8 +174,9 @@ class Engine:
 
     async def accept(self, event: ChatEvent) -> Intake | None:
         """Store the event's message as pending if a character will answer it, before the platform is
-        told it was received; None when no character answers it. Raises if the database is away."""
-        found = await self._intake(event)
+        told it was received; None when no character answers it (in a bound channel it is then stored
+        as an overheard line of the scene, if it can be). Raises if the database is away."""
+        found = await self._intake(event, remember=True)
         if isinstance(found, Intake):
             if found.status is not MessageStatus.PENDING:
                 return found  # answered already: nothing for ``handle`` to pick up
@@ -189,6 +193,13 @@ class Engine:
         if accepted is not None:
             self._waiting.dropped += 1
             await self._settle_unanswered(accepted)
+        overheard = self._overheard.pop(_delivery(event), None)
+        if overheard is not None:
+            # Not said after all (a proxy copied it: the copy is the line): out of the scene too.
+            try:
+                await self.store.messages.delete_message(overheard)
+            except Exception:  # noqa: BLE001 - the database's own errors: the line stays until pruned
+                log.warning("could not delete overheard message %s", overheard, exc_info=True)
 
     def handle(self, event: ChatEvent) -> Reply:
         """The reply to ``event`` (stored on arrival by ``accept`` if not already); nothing runs until it is iterated."""
@@ -331,6 +342,11 @@ class Engine:
 
     async def answerable(self, event: ChatEvent) -> tuple[str, Binding] | ReplyStatus:
         """The cleaned text and the binding of the character that answers ``event``; else why none does."""
+        found = await self._addressee(event)
+        return ReplyStatus.IGNORED if isinstance(found, _Unaddressed) else found
+
+    async def _addressee(self, event: ChatEvent) -> tuple[str, Binding] | ReplyStatus | "_Unaddressed":
+        """``answerable``, telling a message for no character in a channel with characters apart."""
         text = message_text(event.text)  # the adapters clean too; nothing unclean reaches storage
         if not text:
             return ReplyStatus.IGNORED
@@ -339,8 +355,37 @@ class Engine:
             return ReplyStatus.NO_CHARACTER if event.private else ReplyStatus.IGNORED
         chosen = await self.who_answers(event, text, cast)
         if chosen is None:
-            return ReplyStatus.IGNORED
+            return _Unaddressed(text, cast[0])
         return text, chosen
+
+    async def _overhear(self, event: ChatEvent, found: "_Unaddressed", *, remember: bool) -> None:
+        """Store a message said in a bound channel to no character as an overheard line of its scene
+        (``MessageStatus.OVERHEARD``): the characters answering others there see it, nothing answers
+        it, no history holds it. Under the channel's first bound character and the person's id (so
+        /forget takes it); the channel keeps its newest ``scene_lines`` (more are never read). A
+        thread of a bound channel is a scene of its own: its lines are kept under the thread. Not in
+        a private chat or with no scene share. A failure is logged, never told: no one asked for anything."""
+        cfg, binding = self.config, found.binding
+        if event.private or binding.private:
+            return
+        if cfg.scene_share <= 0 or cfg.scene_lines <= 0:
+            return
+        text = found.text[: cfg.max_message_chars]
+        conversation = ConversationKey(binding.character_id, event.platform, event.channel_id, event.user_id)
+        try:
+            stored = await self.store.messages.overhear(
+                conversation, text, estimate_tokens(text), event.message_id, clean_display_name(event.display_name),
+                keep=cfg.scene_lines,
+            )
+        except Exception as exc:  # noqa: BLE001 - the database's own errors: the scene misses one line
+            raise_if_cancelled()
+            observe.metrics.error("database", exc)
+            log.warning("could not store overheard message %s of %s", event.message_id, event.platform, exc_info=True)
+            return
+        if stored is not None and remember:
+            if len(self._overheard) > 10_000:
+                self._overheard.clear()
+            self._overheard[_delivery(event)] = stored
 
     async def follow_up(self, reply: Reply, platform_message_id: str) -> Reply | None:
         """With trigger ``conversation``: the answer of the character ``reply`` (shown in platform
@@ -420,10 +465,16 @@ class Engine:
         except Exception:  # noqa: BLE001 - the database's own errors: replies to it then go by name or trigger
             log.warning("could not remember where reply %s was shown", reply_id, exc_info=True)
 
-    async def _intake(self, event: ChatEvent) -> Intake | ReplyStatus | str:
-        """The stored message for ``event``, or why there is none: a status, or a notice to show."""
+    async def _intake(self, event: ChatEvent, *, remember: bool = False) -> Intake | ReplyStatus | str:
+        """The stored message for ``event``, or why there is none: a status, or a notice to show.
+        ``remember`` (``accept``): an overheard message is remembered for ``handle`` and ``discard``."""
         cfg = self.config
-        answerable = await self.answerable(event)
+        if _delivery(event) in self._overheard:
+            return ReplyStatus.IGNORED  # ``accept`` stored it as overheard already
+        answerable = await self._addressee(event)
+        if isinstance(answerable, _Unaddressed):
+            await self._overhear(event, answerable, remember=remember)
+            return ReplyStatus.IGNORED
         if isinstance(answerable, ReplyStatus):
             return answerable
         text, binding = answerable
@@ -459,6 +510,8 @@ class Engine:
     async def _take_in(self, event: ChatEvent, reply: Reply, arrived: float) -> AsyncIterator[str]:
         """Store the message (unless an adapter did), judge its rate, and answer it."""
         found: Intake | ReplyStatus | str | None = self._accepted.pop(_delivery(event), None)
+        if found is None and self._overheard.pop(_delivery(event), None) is not None:
+            found = ReplyStatus.IGNORED  # stored as overheard by ``accept``: for no one
         if found is None:
             try:
                 async with self._turns:  # a burst queues here too, not in the database pool
@@ -495,6 +548,9 @@ class Engine:
         """A message past the bound on waiting turns: one notice to the person, then silence."""
         accepted = self._accepted.pop(_delivery(event), None)
         if accepted is None:
+            if self._overheard.pop(_delivery(event), None) is not None:
+                reply.status = ReplyStatus.IGNORED
+                return
             answerable = await self.answerable(event)
             if isinstance(answerable, ReplyStatus):
                 reply.status = answerable
@@ -654,6 +710,14 @@ class Engine:
         # regenerated turn the adapter could not place): use the character's defaults. Whether it is
         # a scene is then unknown: it is not treated as one (``private``).
         return Binding(conversation.platform, "", conversation.channel_id, conversation.character_id, private=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unaddressed:
+    """A message in a channel with characters that none of them answers: ``binding`` is the first bound."""
+
+    text: str
+    binding: Binding
 
 
 def _delivery(event: ChatEvent) -> tuple[str, str, str]:

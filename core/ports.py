@@ -115,6 +115,14 @@ class MessageRepository(Protocol):
         elsewhere, or deleted): then nothing was stored.
         """
 
+    async def overhear(
+        self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str, keep: int
+    ) -> int | None:
+        """Store a person's message in a bound channel that no character answers as an overheard line
+        (``MessageStatus.OVERHEARD``): part of the channel's scene (``channel_lines``), of no history,
+        never answered nor pending. The channel keeps its newest ``keep`` overheard lines (older ones
+        are deleted in the same transaction). The new line's id; None for a redelivery."""
+
     async def pending(self, platform: str, after_id: int = 0, limit: int = 100) -> list[Intake]:
         """The oldest messages of ``platform`` still waiting for an answer, with ids above ``after_id``."""
 
@@ -151,7 +159,8 @@ class MessageRepository(Protocol):
     ) -> list[ChannelLine]:
         """The newest ``limit`` lines of the channel's history across its conversations (every
         person, every character), oldest first: with ids below ``before_id``, without ``exclude``'s
-        own lines. Only this channel's: a private chat is a channel of its own."""
+        own lines (overheard lines stay, whoever said them). Only this channel's: a private chat is
+        a channel of its own."""
 
     async def last_partner(self, platform: str, channel_id: str, user_id: str) -> int | None:
         """The character the person's newest answered message in the channel went to."""

@@ -125,8 +125,9 @@ async def scene_around(
     limit: int,
 ) -> list[SceneLine]:
     """The scene lines around ``conversation`` (its ``history`` entries, ``(id, role, text, tokens)``,
-    place them): the channel's other conversations' lines from before message ``before_id``, the
-    newest first within ``share`` tokens. None for a private chat (``binding.private``) or a share of 0:
+    place them): the channel's other conversations' lines and its overheard lines (said to no
+    character, the person's own too) from before message ``before_id``, the newest first within
+    ``share`` tokens. None for a private chat (``binding.private``) or a share of 0:
     a private chat's lines are never read for anyone else, and no channel's lines reach it."""
     if binding.private or share <= 0:
         return []

@@ -70,8 +70,9 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True)
 class ChannelLine:
-    """A line of a channel's scene as stored: a person's message or a character's reply, from any
-    conversation of the channel (``display_name`` is the person's, on their own lines)."""
+    """A line of a channel's scene as stored: a person's message (answered, or overheard: said to no
+    character) or a character's reply, from any conversation of the channel (``display_name`` is
+    the person's, on their own lines)."""
 
     id: int
     character_id: int
@@ -90,6 +91,9 @@ class MessageStatus(StrEnum):
     FAILED = "failed"  # the model server gave no reply
     NOTICE = "notice"  # answered with a notice (rate limit, or too late to answer), not by the model
     UNDONE = "undone"  # its reply was taken back (/undo): out of the history, never answered again
+    # Said in a bound channel to no character (trigger ``mention``): a line of the channel's scene
+    # only, out of every history, never answered (docs/scenes.md).
+    OVERHEARD = "overheard"
 
 
 @dataclass(frozen=True, slots=True)

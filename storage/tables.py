@@ -140,7 +140,8 @@ messages = sa.Table(
     sa.Column("tokens", sa.Integer, nullable=False),
     sa.Column("platform_message_id", sa.String(128), nullable=True),
     # A person's message: pending (stored when it arrived, not yet answered), answered, failed (the
-    # model server gave no reply), notice (a notice instead of a model call). NULL on assistant rows.
+    # model server gave no reply), notice (a notice instead of a model call), undone, overheard (said
+    # in a bound channel to no character: a scene line only). NULL on assistant rows.
     sa.Column("status", sa.String(16), nullable=True),
     sa.Column("display_name", sa.String(128), nullable=True),
     # The replica answering a pending message (PERSONAE_REPLICA_ID); another takes it over when it dies.
@@ -161,6 +162,11 @@ messages = sa.Table(
     sa.Index(
         "ix_messages_pending", "platform", "id",
         postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"),
+    ),
+    # A channel's overheard lines, newest first: the channel keeps only its newest (migration 0008).
+    sa.Index(
+        "ix_messages_overheard", "platform", "channel_id", "id",
+        postgresql_where=sa.text("status = 'overheard'"), sqlite_where=sa.text("status = 'overheard'"),
     ),
 )
 

@@ -29,6 +29,8 @@ def _in(conversation: ConversationKey):
 
 # What the model sees as history: not a message still being answered, nor one a notice answered.
 _IN_HISTORY = sa.or_(t.c.status.is_(None), t.c.status.in_((MessageStatus.ANSWERED.value, MessageStatus.FAILED.value)))
+# A line said in a bound channel to no character: in the channel's scene, in no history.
+_OVERHEARD = t.c.status == MessageStatus.OVERHEARD.value
 _INTAKE_COLUMNS = (
     t.c.id, t.c.character_id, t.c.platform, t.c.channel_id, t.c.user_id, t.c.content, t.c.tokens,
     t.c.platform_message_id, t.c.display_name, t.c.created_at, t.c.status, t.c.claimed_by,
@@ -270,6 +272,40 @@ class SqlMessageRepository:
             reply_id = await _insert_reply(conn, intake.conversation, reply) if reply is not None else None
         return intake.id, reply_id, greeting_id
 
+    async def overhear(
+        self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str, keep: int
+    ) -> int | None:
+        c = conversation
+        insert = (
+            self._db.insert(t)
+            .values(
+                character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
+                created_at=utcnow(), role="user", content=text, tokens=tokens, platform_message_id=platform_message_id,
+                display_name=display_name, status=MessageStatus.OVERHEARD.value,
+            )
+            .on_conflict_do_nothing(index_elements=[t.c.platform, t.c.channel_id, t.c.platform_message_id])
+            .returning(t.c.id)
+        )
+        in_channel = (t.c.platform == c.platform, t.c.channel_id == c.channel_id, _OVERHEARD)
+        # The oldest of the channel's newest ``keep`` overheard lines (NULL while there are fewer):
+        # read on the partial index ix_messages_overheard, ``keep`` entries at most.
+        oldest_kept = (
+            sa.select(_m.c.id)
+            .where(_m.c.platform == c.platform, _m.c.channel_id == c.channel_id, _m.c.status == MessageStatus.OVERHEARD.value)
+            .order_by(_m.c.id.desc())
+            .offset(max(keep, 1) - 1)
+            .limit(1)
+            .scalar_subquery()
+        )
+        try:
+            async with self._db.begin() as conn:
+                new_id = (await conn.execute(insert)).scalar()
+                if new_id is not None:
+                    await conn.execute(sa.delete(t).where(*in_channel, t.c.id < oldest_kept))
+        except IntegrityError:
+            raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
+        return new_id
+
     async def pending(self, platform: str, after_id: int = 0, limit: int = 100) -> list[Intake]:
         statement = (
             sa.select(*_INTAKE_COLUMNS)
@@ -366,11 +402,14 @@ class SqlMessageRepository:
     ) -> list[ChannelLine]:
         if limit <= 0:
             return []
-        where = [t.c.platform == platform, t.c.channel_id == channel_id, _IN_HISTORY]
+        where = [t.c.platform == platform, t.c.channel_id == channel_id, sa.or_(_IN_HISTORY, _OVERHEARD)]
         if before_id is not None:
             where.append(t.c.id < before_id)
         if exclude is not None:
-            where.append(sa.not_(sa.and_(t.c.character_id == exclude.character_id, t.c.user_id == exclude.user_id)))
+            # Overheard lines are the room's, whoever's key they are stored under: the person's own too.
+            where.append(
+                sa.or_(_OVERHEARD, sa.not_(sa.and_(t.c.character_id == exclude.character_id, t.c.user_id == exclude.user_id)))
+            )
         statement = (
             sa.select(t.c.id, t.c.character_id, t.c.user_id, t.c.role, t.c.content, t.c.tokens, t.c.display_name)
             .where(*where)
@@ -426,7 +465,8 @@ class SqlMessageRepository:
 
     async def delete_conversation(self, conversation: ConversationKey) -> int:
         async with self._db.connect() as conn:
-            result = await conn.execute(sa.delete(t).where(_in(conversation)))
+            # The person's overheard lines stored under this key are the channel's, not this thread's.
+            result = await conn.execute(sa.delete(t).where(_in(conversation), sa.or_(t.c.status.is_(None), sa.not_(_OVERHEARD))))
         return result.rowcount
 
 

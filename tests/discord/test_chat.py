@@ -85,12 +85,14 @@ async def test_mention_mode_answers_mentions_and_replies_only(bot):
     _, mentioned = await bot.say(TAVERN, ALICE, f"<@{BOT_ID}> what news?", mentions=[BOT_ID])
     assert mentioned is not None and mentioned.status is ReplyStatus.ANSWERED
     assert len(bot.fake.posted(TAVERN)) == 1
-    assert bot.tgi.bodies()[-1]["messages"][-1]["content"] == "what news?"  # the mention itself is not sent
+    # The mention itself is not sent; what Alice said to no one is, as a line of the scene.
+    assert bot.tgi.bodies()[-1]["messages"][-1]["content"] == "Alice: Just talking among ourselves.\nAlice: what news?"
 
     (bot_message,) = bot.fake.bot_messages(TAVERN)
     _, replied = await bot.say(TAVERN, BOB, "And what then?", reply_to=int(bot_message["id"]))
     assert replied is not None and replied.status is ReplyStatus.ANSWERED
     assert len(bot.fake.posted(TAVERN)) == 2
+    assert bot.tgi.bodies()[-1]["messages"][-1]["content"].startswith("Alice: Just talking among ourselves.\n")
 
 
 async def test_messages_from_bots_are_ignored(bot):

@@ -55,11 +55,13 @@ async def test_a_message_is_stored_as_pending_when_accepted_and_marked_answered_
     assert await rows(world) == [("user", "Are you there?", "answered"), ("assistant", "Speak, then.", None)]
 
 
-async def test_a_message_no_character_answers_is_not_stored(store, cache, tgi) -> None:
+async def test_a_message_no_character_answers_is_stored_only_as_an_overheard_line(store, cache, tgi) -> None:
     world = await build_world(store, cache, tgi, trigger="mention")
     assert await world.app.engine.accept(world.event("among ourselves")) is None
     assert await world.app.engine.accept(world.event("elsewhere", channel_id="unbound")) is None
-    assert await rows(world) == []
+    # A line of the bound channel's scene (docs/scenes.md), never pending: nothing answers it.
+    assert await rows(world) == [("user", "among ourselves", "overheard")]
+    assert await recovered(world) == []
 
 
 async def test_a_pending_message_is_answered_once_after_a_crash_and_its_redelivery_is_not_answered_again(world) -> None:

@@ -134,6 +134,45 @@ async def test_the_avatar_columns_come_and_go_with_0002_and_the_characters_stay(
         await engine.dispose()
 
 
+async def index_names(url: str, table: str) -> set[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return {i["name"] for i in await conn.run_sync(lambda c: sa.inspect(c).get_indexes(table))}
+    finally:
+        await engine.dispose()
+
+
+async def test_0008_indexes_overheard_lines_and_its_downgrade_deletes_them_and_nothing_else(empty_url: str) -> None:
+    await migrate.upgrade(empty_url, "0007")
+    assert "ix_messages_overheard" not in await index_names(empty_url, "messages")
+    await migrate.upgrade(empty_url, "0008")
+    assert "ix_messages_overheard" in await index_names(empty_url, "messages")
+    engine = create_engine(empty_url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text("INSERT INTO characters (id, name, name_key, card) VALUES (7, 'Hamlet', 'hamlet', :card)"),
+                {"card": '{"spec": "chara_card_v2", "data": {"name": "Hamlet"}}'},
+            )
+            for n, status in enumerate(["overheard", "answered", None]):
+                await conn.execute(
+                    sa.text("INSERT INTO messages (character_id, platform, channel_id, user_id, role, content, tokens, "
+                            "platform_message_id, status, created_at) VALUES (7, 'discord', 'c', 'elena', 'user', 'x', 1, "
+                            ":pid, :status, CURRENT_TIMESTAMP)"),
+                    {"pid": f"m{n}", "status": status},
+                )
+        await migrate.downgrade(empty_url, "0007")
+        assert "ix_messages_overheard" not in await index_names(empty_url, "messages")
+        async with engine.connect() as conn:
+            kept = (await conn.execute(sa.text("SELECT platform_message_id FROM messages ORDER BY id"))).scalars().all()
+        assert kept == ["m1", "m2"]
+        await migrate.upgrade(empty_url)
+        assert await migrate.current(empty_url) == await migrate.head()
+    finally:
+        await engine.dispose()
+
+
 async def test_an_unreachable_postgres_is_a_clear_error_not_a_traceback() -> None:
     with pytest.raises(DatabaseUnavailable, match=r"cannot reach the database at postgresql\+asyncpg://nobody:\*\*\*@127.0.0.1:1/x"):
         await SqlStore.open("postgresql://nobody:secret@127.0.0.1:1/x")

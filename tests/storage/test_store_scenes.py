@@ -112,3 +112,39 @@ async def test_forgetting_a_person_takes_the_character_conversations_their_repli
     assert await store.messages.reply_author("discord", "c", "h3") is None
     assert await store.messages.reply_author("discord", "c", "o9") == ophelia.id
     assert len(await store.messages.channel_lines("discord", "other")) == 2
+
+
+async def test_overheard_lines_are_the_channels_only_and_it_keeps_the_newest(store) -> None:
+    hamlet = await store.characters.add(card("Hamlet"))
+    ophelia = await store.characters.add(card("Ophelia"))
+    bob_h = ConversationKey(hamlet.id, "discord", "c", "bob")
+    elena_h = ConversationKey(hamlet.id, "discord", "c", "elena")
+    first = await store.messages.overhear(elena_h, "the dragon is behind the door", 6, "o1", "Elena", keep=3)
+    assert first is not None
+    assert await store.messages.overhear(elena_h, "the dragon is behind the door", 6, "o1", "Elena", keep=3) is None  # redelivered
+    await exchange(store, bob_h, "Where is it?", "Behind the door", "m1", "Bob")
+    await store.messages.overhear(bob_h, "I said nothing", 3, "o2", "Bob", keep=3)
+    await store.messages.overhear(ConversationKey(ophelia.id, "discord", "elsewhere", "elena"), "elsewhere", 1, "o3", "Elena", keep=1)
+    # In every conversation's scene, the person's own included; in no history, pending or partner.
+    lines = await store.messages.channel_lines("discord", "c", exclude=bob_h)
+    assert [(line.content, line.display_name) for line in lines] == [
+        ("the dragon is behind the door", "Elena"), ("I said nothing", "Bob"),
+    ]
+    assert len(await store.messages.channel_lines("discord", "c", exclude=elena_h)) == 4
+    assert [m.content for m in await store.messages.recent(bob_h, 10)] == ["Where is it?", "Behind the door"]
+    assert await store.messages.recent(elena_h, 10) == []
+    assert await store.messages.pending("discord") == []
+    assert await store.messages.last_partner("discord", "c", "elena") is None
+    # Never condensed into a memory as if said to the character.
+    assert (await store.memories.uncondensed(elena_h, 0, 10))[1] == []
+    assert [line.content for line in (await store.memories.uncondensed(bob_h, 0, 10))[1]] == ["Where is it?", "Behind the door"]
+    # The channel keeps its newest ``keep`` overheard lines, whoever said them; other channels are apart.
+    for n in range(4):
+        await store.messages.overhear(elena_h, f"line {n}", 2, f"o-{n}", "Elena", keep=3)
+    lines = await store.messages.channel_lines("discord", "c")
+    assert [line.content for line in lines] == ["Where is it?", "Behind the door", "line 1", "line 2", "line 3"]
+    assert [line.content for line in await store.messages.channel_lines("discord", "elsewhere")] == ["elsewhere"]
+    # /reset of a thread leaves the person's overheard lines; /forget takes them.
+    assert await store.messages.delete_conversation(bob_h) == 2
+    assert await store.forget_person("discord", "elena") == {"messages": 4, "states": 0, "changes": 0, "memories": 0}
+    assert await store.messages.channel_lines("discord", "c") == []

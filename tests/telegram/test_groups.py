@@ -85,7 +85,8 @@ async def test_mention_mode_answers_mentions_and_replies_only(bot: Harness) -> N
     mention = tg.say(group, ann, "@persona_bot what do you think?")["message"]
     await bot.idle()
     assert tgi.count("/v1/chat/completions") == 1
-    assert tgi.bodies()[-1]["messages"][-1]["content"] == "what do you think?"
+    # What Ann said to no one is a line of the scene (the room's), not a message to answer.
+    assert tgi.bodies()[-1]["messages"][-1]["content"] == "Ann: just chatting among ourselves\nAnn: what do you think?"
     (answer,) = tg.bot_messages(GROUP)
     assert answer["text"] == tgi.reply
     assert answer["reply_to_message"]["message_id"] == mention["message_id"]
@@ -94,7 +95,7 @@ async def test_mention_mode_answers_mentions_and_replies_only(bot: Harness) -> N
     tg.say(group, ann, "Really?", reply_to=answer["message_id"])
     await bot.idle()
     assert tgi.count("/v1/chat/completions") == 2
-    assert tgi.bodies()[-1]["messages"][-1]["content"] == "Really?"
+    assert tgi.bodies()[-1]["messages"][-1]["content"] == "Ann: and to another person\nAnn: Really?"
     assert tg.texts(GROUP) == [tgi.reply, tgi.reply]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from core.events import PersonKey
+from core.events import ConversationKey, PersonKey
 from tests.telegram.conftest import Harness
 
 GROUP = -100777
@@ -65,3 +65,26 @@ async def test_one_character_in_a_group_speaks_without_a_name_line(bot: Harness)
     tg.say(tg.group(GROUP), tg.user(43, "Ann"), "Hello there.")
     await bot.idle()
     assert tg.texts(GROUP) == [tgi.reply]
+
+
+async def test_in_mention_mode_what_people_say_to_each_other_is_overheard_by_the_character_answering_next(bot: Harness) -> None:
+    tg, tgi = bot.tg, bot.tgi
+    await bot.add_character("Hamlet")
+    await bot.bind(GROUP, "Hamlet", "mention")
+    group, ada, bob = tg.group(GROUP), tg.user(41, "Ada"), tg.user(42, "Bob")
+    tg.say(group, ada, "Bob, the dragon is behind the door.")
+    await bot.idle()
+    assert tg.bot_messages(GROUP) == [] and tgi.count("/v1/chat/completions") == 0  # said to no character
+
+    tgi.script(reply="Behind the door, she says.")
+    tg.say(group, bob, "@persona_bot where is the dragon?")
+    await bot.idle()
+    assert tg.texts(GROUP) == ["Behind the door, she says."]
+    prompt = tgi.bodies()[-1]["messages"]
+    assert [m["role"] for m in prompt] == ["system", "user"]
+    assert prompt[-1]["content"] == "Ada: Bob, the dragon is behind the door.\nBob: where is the dragon?"
+    # Stored once (on arrival, before Telegram was told it came), as the room's line only.
+    hamlet = await bot.app.store.characters.get_by_name("Hamlet")
+    lines = await bot.app.store.messages.channel_lines("telegram", str(GROUP))
+    assert [(line.user_id, line.content) for line in lines][:1] == [("41", "Bob, the dragon is behind the door.")]
+    assert await bot.app.store.messages.recent(ConversationKey(hamlet.id, "telegram", str(GROUP), "41"), 5) == []
