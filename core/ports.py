@@ -64,6 +64,9 @@ class BindingRepository(Protocol):
     async def delete(self, platform: str, channel_id: str) -> bool:
         """Unbind every character of the channel."""
 
+    async def channels(self, platform: str, limit: int) -> list[str]:
+        """Up to ``limit`` of the platform's channels (not private chats) with a character bound, most recently bound first."""
+
 
 class RelationshipRepository(Protocol):
     async def get(self, key: PersonKey) -> RelationshipState | None: ...

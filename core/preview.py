@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from core.engine import Engine
 
 
+_LISTED = 5  # channels named when the one asked for has no character
+
+
 @dataclass(frozen=True, slots=True)
 class Preview:
     """The messages for the model, the character that would answer, and what to tell the reader."""
@@ -38,7 +41,12 @@ async def next_turn(engine: "Engine", event: ChatEvent, *, character_name: str |
     notes: list[str] = []
     cast = await engine.cast_for(event)
     if not cast:
-        raise InvalidInput(f"no character is bound to {event.platform}:{event.channel_id} (see /bind, /scene add)")
+        bound = await engine.store.bindings.channels(event.platform, _LISTED + 1)
+        where = ", ".join(f"{event.platform}:{c}" for c in bound[:_LISTED]) + (", …" if len(bound) > _LISTED else "")
+        raise InvalidInput(
+            f"no character is bound to {event.platform}:{event.channel_id} (see /bind, /scene add); "
+            + (f"channels with characters there: {where}" if bound else f"no {event.platform} channel has one")
+        )
     if character_name:
         wanted = await engine.store.characters.get_by_name(character_name)
         binding = next((b for b in cast if wanted is not None and b.character_id == wanted.id), None)

@@ -86,7 +86,9 @@ async def test_the_printed_messages_are_what_the_engine_sends_next(db: str) -> N
     ("args", "says"),
     [
         (["--channel", "irc:1", "--user", "Bob", "--message", "hi"], "--channel must be PLATFORM:CHANNEL"),
-        (["--channel", "discord:nowhere", "--user", "Bob", "--message", "hi"], "no character is bound to discord:nowhere"),
+        (["--channel", "discord:nowhere", "--user", "Bob", "--message", "hi"],
+         f"no character is bound to discord:nowhere (see /bind, /scene add); channels with characters there: discord:{CHANNEL}"),
+        (["--channel", "telegram:-100", "--user", "Bob", "--message", "hi"], "no telegram channel has one"),
         (["--channel", f"discord:{CHANNEL}", "--user", "Bob"], "--channel needs the next message"),
         (["--channel", f"discord:{CHANNEL}", "--user", "Bob", "--message", "hi", "--character", "Nobody"],
          "no character called 'Nobody' plays in this channel (here: Hamlet, Ophelia)"),

@@ -44,6 +44,17 @@ class SqlBindingRepository:
             rows = (await conn.execute(statement)).all()
         return [_binding(row) for row in rows]
 
+    async def channels(self, platform: str, limit: int) -> list[str]:
+        statement = (
+            sa.select(t.c.channel_id, sa.func.max(t.c.id).label("newest"))
+            .where(t.c.platform == platform, sa.not_(t.c.private))
+            .group_by(t.c.channel_id)
+            .order_by(sa.desc("newest"))
+            .limit(limit)
+        )
+        async with self._db.connect() as conn:
+            return [row.channel_id for row in (await conn.execute(statement)).all()]
+
     async def put(self, binding: Binding) -> None:
         """The channel's one binding becomes ``binding`` (the others go)."""
         async with self._db.begin() as conn:
