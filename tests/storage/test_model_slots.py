@@ -106,7 +106,7 @@ async def test_a_dead_replicas_slots_come_back_after_its_lease(replicas: list[Re
     holder.start(alive, "a1", "c3")
     # While the holder renews, more than a lease passes and the slots stay taken.
     await asyncio.sleep(lease * 1.25)
-    assert holder.admitted == ["d1", "d2"]
+    assert sorted(holder.admitted) == ["d1", "d2"]  # admitted in either order
     dying.stop_renewing()  # the replica dies: its requests never give their slots back
     await holder.until_admitted(3)
     assert holder.admitted[-1] == "a1"
