@@ -221,10 +221,11 @@ class Engine:
         async for turn in pending_turns(self, platform, older_than_s=older_than_s, at_start=at_start):
             yield turn
 
-    def answer(self, intake: Intake, *, parent_channel_id: str | None = None) -> Reply:
+    def answer(self, intake: Intake, *, parent_channel_id: str | None = None, answering: int | None = None) -> Reply:
         """The answer to a message already stored (a recovered one); ``parent_channel_id``: the message
-        is in a thread of that channel (its characters play there)."""
-        return Reply(lambda reply: self._answer(intake, reply, parent_channel_id))
+        is in a thread of that channel (its characters play there); ``answering``: the message is
+        that stored reply of another character (``follow_up``)."""
+        return Reply(lambda reply: self._answer(intake, reply, parent_channel_id, answering))
 
     def answering(self, intake: Intake) -> bool:
         """Whether this process is answering ``intake`` (or was handed it by an adapter and will)."""
@@ -413,7 +414,7 @@ class Engine:
         intake = await self.store.messages.accept(
             conversation, text, estimate_tokens(text), platform_message_id, speaker.name, owner=self.config.replica or None
         )
-        answer = self.answer(intake, parent_channel_id=reply.parent_channel_id)
+        answer = self.answer(intake, parent_channel_id=reply.parent_channel_id, answering=reply.reply_message_id)
         answer.chain = reply.chain + 1
         return answer
 
@@ -583,7 +584,9 @@ class Engine:
         except Exception:  # noqa: BLE001 - the database's own errors: recovery then sends the late notice
             log.exception("could not settle message %s", intake.id)
 
-    async def _answer(self, intake: Intake, reply: Reply, parent_channel_id: str | None = None) -> AsyncIterator[str]:
+    async def _answer(
+        self, intake: Intake, reply: Reply, parent_channel_id: str | None = None, answering: int | None = None
+    ) -> AsyncIterator[str]:
         """Answer a stored message, unless it was answered already or is being answered here."""
         reply.intake = intake
         reply.conversation = intake.conversation
@@ -609,7 +612,8 @@ class Engine:
             async with self._turns, self._running():
                 observe.metrics.queue_wait(observe.since(queued))
                 turn = ChatTurn(
-                    self, reply, character, binding, intake.conversation, intake.display_name, intake.text, intake=intake
+                    self, reply, character, binding, intake.conversation, intake.display_name, intake.text, intake=intake,
+                    answering=answering,
                 )
                 async for delta in turn.run():
                     yield delta

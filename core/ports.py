@@ -174,6 +174,9 @@ class MessageRepository(Protocol):
     async def reply_author(self, platform: str, channel_id: str, platform_message_id: str) -> int | None:
         """The character whose stored reply was shown in that platform message, if any."""
 
+    async def shown_reply(self, platform: str, channel_id: str, platform_message_id: str) -> int | None:
+        """The id of the stored reply shown in that platform message (``mark_shown``), if any."""
+
 
 class EventRepository(Protocol):
     async def mark_processed(self, platform: str, event_id: str) -> bool:

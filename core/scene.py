@@ -123,12 +123,16 @@ async def scene_around(
     before_id: int | None,
     share: int,
     limit: int,
+    answering: int | None = None,
 ) -> list[SceneLine]:
     """The scene lines around ``conversation`` (its ``history`` entries, ``(id, role, text, tokens)``,
     place them): the channel's other conversations' lines and its overheard lines (said to no
     character, the person's own too) from before message ``before_id``, the newest first within
     ``share`` tokens. None for a private chat (``binding.private``) or a share of 0:
-    a private chat's lines are never read for anyone else, and no channel's lines reach it."""
+    a private chat's lines are never read for anyone else, and no channel's lines reach it.
+
+    ``answering``: the stored id of another character's reply this turn answers (trigger
+    ``conversation``): that reply is the turn's own text, so it is not a scene line too."""
     if binding.private or share <= 0:
         return []
     rows = await store.messages.channel_lines(
@@ -139,6 +143,8 @@ async def scene_around(
     person_of: dict[tuple[int, str], str] = {}  # each conversation's person, by their newest line
     ids = [entry[0] for entry in history]  # a greeting not stored yet is 0: before everything
     for row in rows:
+        if answering is not None and row.id == answering:
+            continue
         if row.character_id not in names:
             other = await hot.character(row.character_id)
             names[row.character_id] = other.name if other is not None else "?"

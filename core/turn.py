@@ -18,7 +18,7 @@ from core.card_dialogue import pick_greeting
 from core.cards import examples_switch
 from core.character import Character
 from core.errors import ModelError, PersonaeError
-from core.events import ConversationKey, PersonKey
+from core.events import ConversationKey, PersonKey, is_character_user
 from core.flood import ReplyBudget
 from core.hot import HotState, encode_history, encode_state, history_key, lock_key, memory_key, rate_key, state_key
 from core.ports import AdmitRequest, Held
@@ -41,7 +41,8 @@ T = TypeVar("T")
 
 class ChatTurn:
     """The answer to ``intake`` (a stored message), or with ``replace`` = (message id, reply id) a new
-    reply in place of the newest one."""
+    reply in place of the newest one. ``answering``: the stored id of the character's reply that
+    ``intake`` is (trigger ``conversation``), when the caller knows it."""
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class ChatTurn:
         *,
         intake: Intake | None = None,
         replace: tuple[int, int] | None = None,
+        answering: int | None = None,
     ) -> None:
         self.engine = engine
         self.config = engine.config
@@ -66,6 +68,7 @@ class ChatTurn:
         self.text = text
         self.intake = intake
         self.replace = replace
+        self.answering = answering
         self.person = PersonKey(character.id, conversation.platform, conversation.user_id)
         self.state: RelationshipState | None = None
         self.history: list[Entry] = []
@@ -167,13 +170,27 @@ class ChatTurn:
     async def look_around(self) -> None:
         """In a channel that is a scene: the newest lines of its other conversations (other people,
         other characters, this character's replies to others) from before the message answered,
-        within PERSONAE_SCENE_SHARE of the input budget. Never in a private chat."""
+        within PERSONAE_SCENE_SHARE of the input budget. Never in a private chat. Answering another
+        character's reply, that reply is the turn's text: it is left out of the lines."""
         cfg = self.config
         self.scene_lines = await scene_around(
             self.engine.store, self.engine.hot, self.character, self.binding, self.conversation, self.history,
             before_id=self.intake.id if self.intake is not None else self.replace[0] if self.replace is not None else None,
             share=scene_budget(cfg.scene_share, cfg.max_input_tokens - cfg.max_tokens), limit=cfg.scene_lines,
+            answering=await self._answering(),
         )
+
+    async def _answering(self) -> int | None:
+        """The stored id of the character's reply this turn answers (trigger ``conversation``): given
+        by ``Engine.follow_up``, or (a turn recovered after a crash) found by the platform message
+        the reply was shown in, which the follow-up was stored under. None for a person's message,
+        and when the reply's platform message was not remembered (``Engine.shown`` failed)."""
+        if self.answering is not None or self.intake is None or self.binding.private or self.config.scene_share <= 0:
+            return self.answering
+        if not is_character_user(self.conversation.user_id) or not self.intake.platform_message_id:
+            return None
+        c = self.conversation
+        return await self.engine.store.messages.shown_reply(c.platform, c.channel_id, self.intake.platform_message_id)
 
     async def compose(self) -> list[dict[str, str]]:
         """The model's messages (``core.model_input.model_messages``): the system prompt, the card's

@@ -1,7 +1,8 @@
 """Showing engine replies in Telegram chats: drafts in private chats, send-then-edit in groups.
 
 Model text goes out with no parse mode (it is not Markdown or HTML we checked), cut into messages
-of at most 4,096 characters. The newest reply carries a "regenerate" button for its author.
+of at most 4,096 characters. The newest reply carries a "regenerate" button for its author (a
+character's answer to another character has none: no person owns it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bots.streaming import FINAL, EditBudget, Room, StreamedMessage, Typing, fir
 from bots.telegram.drafts import DraftStream
 from bots.telegram.updates import Recent
 from core.engine import Reply, ReplyStatus
-from core.events import ConversationKey, Platform
+from core.events import ConversationKey, Platform, is_character_user
 from core.text import split_message
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def regenerate_data(reply_message_id: int, conversation: ConversationKey) -> str
 
 
 def parse_regenerate_data(data: str, chat_id: int) -> tuple[int, ConversationKey] | None:
-    """The reply id and conversation a regenerate button stands for, or None if the data is not one."""
+    """The reply id and conversation a regenerate button stands for, or None if the data is not one
+    (an old button of a character's answer to another carried ``regen:ID:CHAR:character:N``)."""
     try:
         kind, reply_id, character_id, user_id = data.split(":")
         if kind != REGENERATE:
@@ -296,7 +298,9 @@ class Replies:
     # -- helpers ---------------------------------------------------------------------------
 
     def _button(self, reply: Reply) -> InlineKeyboardMarkup | None:
-        if reply.reply_message_id is None or reply.conversation is None:
+        """The Regenerate button of a stored reply to a person; none for a character's answer to
+        another (trigger ``conversation``): no person owns that exchange."""
+        if reply.reply_message_id is None or reply.conversation is None or is_character_user(reply.conversation.user_id):
             return None
         data = regenerate_data(reply.reply_message_id, reply.conversation)
         return InlineKeyboardMarkup([[InlineKeyboardButton("↻ Regenerate", callback_data=data)]])

@@ -463,6 +463,14 @@ class SqlMessageRepository:
         async with self._db.connect() as conn:
             return (await conn.execute(statement)).scalar()
 
+    async def shown_reply(self, platform: str, channel_id: str, platform_message_id: str) -> int | None:
+        statement = sa.select(shown_t.c.message_id).where(
+            shown_t.c.platform == platform, shown_t.c.channel_id == channel_id,
+            shown_t.c.platform_message_id == platform_message_id,
+        )
+        async with self._db.connect() as conn:
+            return (await conn.execute(statement)).scalar()
+
     async def delete_conversation(self, conversation: ConversationKey) -> int:
         async with self._db.connect() as conn:
             # The person's overheard lines stored under this key are the channel's, not this thread's.

@@ -248,6 +248,62 @@ async def test_the_conversation_trigger_lets_characters_answer_each_other_a_boun
     await w.app.model.close()
 
 
+async def conversation_world(store, cache, tgi):
+    """Hamlet and Ophelia in one channel with trigger ``conversation``; Hamlet names Ophelia, she him."""
+    w = await build_world(store, cache, tgi, trigger="conversation", appraiser="none", conversation_turns=2)
+    w.ophelia = await add_character(w, f"Ophelia-{uuid.uuid4().hex[:6]}")
+    assert (await w.app.commands.scene_command(w.admin, w.place, f"add {w.ophelia}")).ok
+
+    def each_names_the_other(body: dict) -> str:
+        return f"{w.ophelia}, what say you?" if w.character_name in body["messages"][0]["content"][:200] else f"{w.character_name}, I say yes."
+
+    w.tgi.script(reply=each_names_the_other)
+    return w
+
+
+async def test_the_line_a_character_answers_reaches_its_model_once_as_the_turn_it_answers(store, cache, tgi) -> None:
+    """Hamlet's reply is a line of the scene (to Bob) and the turn Ophelia answers: the model sees
+    it once, as the turn, after the scene's other lines."""
+    w = await conversation_world(store, cache, tgi)
+    reply, _ = await w.say(f"{w.character_name}, speak.", **BOB)
+    await w.app.engine.shown(reply, ["shown-0"])
+
+    answer = await w.app.engine.follow_up(reply, "shown-0")
+    assert answer is not None
+    await answer.collect()
+
+    assert answer.status is ReplyStatus.ANSWERED and answer.character.name == w.ophelia
+    messages = chats(w)[-1]["messages"]
+    assert answered_to(chats(w)[-1]) == w.character_name
+    assert messages[-1] == {
+        "role": "user", "content": f"Bob: {w.character_name}, speak.\n{w.character_name}: {w.ophelia}, what say you?",
+    }
+    await w.app.engine.drain()
+    await w.app.model.close()
+
+
+async def test_a_character_answer_left_pending_by_a_crash_sees_the_line_it_answers_once_too(store, cache, tgi) -> None:
+    """The follow-up stored (pending) and never answered, as a crash leaves it; recovery answers it
+    knowing only the stored message (the platform message it answers): the line still comes once."""
+    w = await conversation_world(store, cache, tgi)
+    reply, _ = await w.say(f"{w.character_name}, speak.", **BOB)
+    await w.app.engine.shown(reply, ["shown-0"])
+    left = await w.app.engine.follow_up(reply, "shown-0")  # stored on accept; never iterated: not answered
+    assert left is not None and len(chats(w)) == 1
+
+    recovered = [turn async for turn in w.app.engine.recover(Platform.DISCORD.value)]
+    (turn,) = [t for t in recovered if t.intake.conversation.channel_id == w.channel]
+    assert turn.intake.platform_message_id == "shown-0" and not turn.late
+    await turn.reply.collect()
+
+    assert turn.reply.status is ReplyStatus.ANSWERED and turn.reply.character.name == w.ophelia
+    assert chats(w)[-1]["messages"][-1] == {
+        "role": "user", "content": f"Bob: {w.character_name}, speak.\n{w.character_name}: {w.ophelia}, what say you?",
+    }
+    await w.app.engine.drain()
+    await w.app.model.close()
+
+
 async def test_with_the_slot_layout_the_lines_go_into_the_scene_slot_and_the_turns_stay_the_persons(store, cache, tgi) -> None:
     w = await build_world(store, cache, tgi, appraiser="none", scene_layout="slot")
     w.tgi.script(reply="Follow it.")

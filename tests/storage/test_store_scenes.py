@@ -62,11 +62,14 @@ async def test_where_a_reply_was_shown_leads_to_its_character_until_the_reply_or
     await store.messages.mark_shown(reply_id, "telegram", "-100", ["11", "12", "11"])
     assert await store.messages.reply_author("telegram", "-100", "12") == hamlet.id
     assert await store.messages.reply_author("telegram", "-999", "12") is None
+    assert await store.messages.shown_reply("telegram", "-100", "11") == reply_id
+    assert await store.messages.shown_reply("telegram", "-999", "11") is None
     await store.messages.mark_shown(reply_id, "telegram", "-100", ["12"])  # again (a regenerate): no error
     await store.messages.mark_shown(10**9, "telegram", "-100", ["13"])  # a reply that is gone: nothing kept
     assert await store.messages.reply_author("telegram", "-100", "13") is None
     assert await store.messages.undo_exchange(bob, reply_id)
     assert await store.messages.reply_author("telegram", "-100", "11") is None
+    assert await store.messages.shown_reply("telegram", "-100", "11") is None
     _, again, _ = await exchange(store, bob, "hi again", "hail again", "2", "Bob")
     await store.messages.mark_shown(again, "telegram", "-100", ["21"])
     await store.forget_person("telegram", "bob")

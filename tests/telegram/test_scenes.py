@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
+from core.commands import Actor, Place
 from core.events import ConversationKey, PersonKey
-from tests.telegram.conftest import Harness
+from tests.telegram.conftest import OWNER_ID, Harness, running_bot
 
 GROUP = -100777
 
@@ -88,3 +89,70 @@ async def test_in_mention_mode_what_people_say_to_each_other_is_overheard_by_the
     lines = await bot.app.store.messages.channel_lines("telegram", str(GROUP))
     assert [(line.user_id, line.content) for line in lines][:1] == [("41", "Bob, the dragon is behind the door.")]
     assert await bot.app.store.messages.recent(ConversationKey(hamlet.id, "telegram", str(GROUP), "41"), 5) == []
+
+
+def chats(tgi) -> list[dict]:
+    return [b for b in tgi.bodies() if b.get("stream")]
+
+
+def speaker_of(body: dict) -> str:
+    return "Ophelia" if "as if you are Ophelia" in body["messages"][0]["content"] else "Hamlet"
+
+
+def answered_to(body: dict) -> str:
+    return body["messages"][0]["content"].split("reply with a brief sentence to ", 1)[1].split(".", 1)[0]
+
+
+def each_names_the_other(body: dict) -> str:
+    """Hamlet names Ophelia in every reply, and Ophelia Hamlet; each says whom it answers."""
+    other = "Ophelia" if speaker_of(body) == "Hamlet" else "Hamlet"
+    return f"{other}, {answered_to(body)} asks after you."
+
+
+async def test_with_trigger_conversation_characters_answer_each_other_in_a_group_with_no_regenerate_button(
+    store, cache, tg, tgi
+) -> None:
+    """Trigger ``conversation`` on Telegram: the character a reply names answers it (its name first,
+    as several characters behind one bot write), in reply to the message it answers, at most
+    PERSONAE_CONVERSATION_TURNS in a row. Only the person's reply has a Regenerate button: nobody
+    owns the characters' exchange; an old button of such a reply answers with one line."""
+    async with running_bot(store, cache, tg, tgi, conversation_turns=2, appraiser="none") as bot:
+        await bot.add_character("Hamlet")
+        await bot.add_character("Ophelia")
+        await bot.bind(GROUP, "Hamlet", "conversation")
+        owner = Actor("telegram", str(OWNER_ID), "Owner", is_owner=True)
+        outcome = await bot.app.commands.scene_command(owner, Place("telegram", str(GROUP), str(GROUP)), "add Ophelia")
+        assert outcome.ok, outcome.message
+        group, ada = tg.group(GROUP), tg.user(41, "Ada")
+        tgi.script(reply=each_names_the_other)
+
+        said = tg.say(group, ada, "Hamlet, speak.")
+        await bot.idle()
+
+        shown = tg.bot_messages(GROUP)
+        assert [m["text"] for m in shown] == [
+            "Hamlet\nOphelia, Ada asks after you.",
+            "Ophelia\nHamlet, Hamlet asks after you.",
+            "Hamlet\nOphelia, Ophelia asks after you.",  # and no more: two character replies in a row at most
+        ]
+        assert len(chats(tgi)) == 3
+        sends = tg.calls_of("sendMessage", GROUP)
+        replied_to = [c.params["reply_parameters"]["message_id"] for c in sends]
+        assert replied_to == [said["message"]["message_id"], shown[0]["message_id"], shown[1]["message_id"]]
+        # Ophelia answered Hamlet's line as a person named Hamlet, the line once: as the turn she answers.
+        ophelias = chats(tgi)[1]
+        assert speaker_of(ophelias) == "Ophelia" and answered_to(ophelias) == "Hamlet"
+        assert ophelias["messages"][-1]["content"] == "Ada: Hamlet, speak.\nHamlet: Ophelia, Ada asks after you."
+        # Only the person's reply has a Regenerate button.
+        assert [bool(m.get("reply_markup")) for m in shown] == [True, False, False]
+        assert shown[0]["reply_markup"]["inline_keyboard"][0][0]["callback_data"].startswith("regen:")
+
+        # A button such a reply carried before (five parts: its person is a character): one clear line.
+        hamlet = await bot.app.store.characters.get_by_name("Hamlet")
+        ophelia = await bot.app.store.characters.get_by_name("Ophelia")
+        old = f"regen:999:{ophelia.id}:character:{hamlet.id}"
+        tg.press(ada, GROUP, shown[1]["message_id"], old)
+        await bot.idle()
+        (alert,) = tg.calls_of("answerCallbackQuery")
+        assert alert.params["show_alert"] is True and alert.params["text"] == "This button no longer works."
+        assert len(chats(tgi)) == 3 and [m["text"] for m in tg.bot_messages(GROUP)] == [m["text"] for m in shown]
