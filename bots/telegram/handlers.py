@@ -103,10 +103,25 @@ class Handlers:
             await self._offer_characters(update, context, PICK_FIRST)
 
     async def _follow_ups(self, reply: Reply, ids: list[int], message: Message) -> None:
-        """With trigger ``conversation``: the characters a reply names answer it, a few in a row."""
+        """With trigger ``conversation``: the character a reply names answers it, then the one that
+        answer names, at most PERSONAE_CONVERSATION_TURNS in a row. None starts while the chat's line
+        of replies waits past PERSONAE_DELIVERY_MAX_WAIT_S (the people come first)."""
         thread_id = message.message_thread_id if message.is_topic_message else None
-        while ids and (reply := await self.app.engine.follow_up(reply, str(ids[-1]))) is not None:
-            ids = await self.replies.answer(reply, message.chat.id, message.chat.type, reply_to=ids[-1], thread_id=thread_id)
+        chat_id = message.chat.id
+        while ids:
+            room = self.replies.room(chat_id, private=False)
+            if room.full():
+                log.info("Telegram chat %s is busy (%d replies waiting): the characters do not answer each other now", chat_id, room.waiting)
+                return
+            try:
+                answer = await self.app.engine.follow_up(reply, str(ids[-1]))
+            except Exception:  # noqa: BLE001 - the database's own errors: the reply itself was shown
+                log.exception("Telegram: could not store a character's answer to another in chat %s", chat_id)
+                return
+            if answer is None:
+                return
+            reply = answer
+            ids = await self.replies.answer(reply, chat_id, message.chat.type, reply_to=ids[-1], thread_id=thread_id)
             await self.app.engine.shown(reply, [str(i) for i in ids])
 
     async def _too_busy(self, event: ChatEvent) -> None:

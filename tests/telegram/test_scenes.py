@@ -3,11 +3,13 @@ character they address, the name first in the reply."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 
 from core.commands import Actor, Place
 from core.events import ConversationKey, PersonKey
-from tests.telegram.conftest import OWNER_ID, Harness, running_bot
+from tests.telegram.conftest import FAST, OWNER_ID, Harness, running_bot
 
 GROUP = -100777
 
@@ -156,3 +158,22 @@ async def test_with_trigger_conversation_characters_answer_each_other_in_a_group
         (alert,) = tg.calls_of("answerCallbackQuery")
         assert alert.params["show_alert"] is True and alert.params["text"] == "This button no longer works."
         assert len(chats(tgi)) == 3 and [m["text"] for m in tg.bot_messages(GROUP)] == [m["text"] for m in shown]
+
+
+async def test_in_a_busy_group_the_characters_do_not_answer_each_other(store, cache, tg, tgi, caplog) -> None:
+    """With one write a minute in the group, a character's answer to another would wait past
+    PERSONAE_DELIVERY_MAX_WAIT_S: none is started (the model is not asked), and that is logged."""
+    caplog.set_level(logging.INFO, logger="bots.telegram.handlers")
+    tuning = dataclasses.replace(FAST, group_messages_per_minute=1)
+    async with running_bot(store, cache, tg, tgi, tuning=tuning, conversation_turns=2, appraiser="none", delivery_max_wait_s=5.0) as bot:
+        await bot.add_character("Hamlet")
+        await bot.add_character("Ophelia")
+        await bot.bind(GROUP, "Hamlet", "conversation")
+        owner = Actor("telegram", str(OWNER_ID), "Owner", is_owner=True)
+        assert (await bot.app.commands.scene_command(owner, Place("telegram", str(GROUP), str(GROUP)), "add Ophelia")).ok
+        tgi.script(reply=each_names_the_other)
+        tg.say(tg.group(GROUP), tg.user(41, "Ada"), "Hamlet, speak.")
+        await bot.idle()
+        assert [m["text"] for m in tg.bot_messages(GROUP)] == ["Hamlet\nOphelia, Ada asks after you."]
+        assert len(chats(tgi)) == 1
+        assert any("do not answer each other now" in r.getMessage() for r in caplog.records)
