@@ -27,6 +27,15 @@ from core.memory import STOPWORDS
 
 _ACTION = r"(?:\([^)]*\)\s*|（[^）]*）\s*)?"  # a leading stage action, "(bows) Ophelia."
 _OPENERS = r"(?:(?:hey|hi|hello|oh|ok|okay|so|and|but|dear|well|嘿|喂)[\s,，!！]+)?"
+# Words people say to anyone ("Yes, sir.", "Thanks, captain"): a character called by one of them is
+# addressed only with "@Name", as the common words are.
+TERMS_OF_ADDRESS = frozenset({
+    "sir", "madam", "ma'am", "miss", "mister", "mistress", "master", "lord", "lady", "my lord", "my lady",
+    "captain", "doctor", "doc", "boss", "chief", "friend", "buddy", "dude", "mate", "love", "dear",
+    "darling", "honey", "sweetie", "king", "queen", "prince", "princess", "majesty", "your majesty",
+    "highness", "your highness", "sire", "father", "mother", "mom", "dad", "brother", "sister",
+    "teacher", "sensei", "senpai", "bro", "sis", "kid", "man", "guys", "everyone", "all",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +60,7 @@ def named(text: str, cast: Sequence[Castmate]) -> int | None:
             continue
         name = _name_pattern(mate.name)
         at_sign = re.search(r"@" + re.escape(mate.name.strip()) + r"(?!\w)", body, re.IGNORECASE)
-        if mate.name.strip().lower() in STOPWORDS:  # "The", "Will": only "@The" addresses them
+        if (key := mate.name.strip().lower()) in STOPWORDS or key in TERMS_OF_ADDRESS:  # "Will", "Sir": only "@Will"
             opens = closes = None
         else:
             opens = re.match(r"^" + _ACTION + r"\W*" + _OPENERS + name, body, re.IGNORECASE)

@@ -67,3 +67,13 @@ def test_a_character_named_with_a_common_word_is_addressed_only_with_an_at_sign(
     assert pick(cast, text="The sword!", trigger=Trigger.ALL, last_partner=1) == 1
     assert pick(cast, text="The weather is fine today, Hamlet.", trigger=Trigger.ALL, last_partner=2) == 1
     assert pick(cast, text="@The, are you there?", trigger=Trigger.ALL, last_partner=1) == 2
+
+
+def test_a_character_named_with_a_term_of_address_is_addressed_only_with_an_at_sign() -> None:
+    """ "Yes, sir." closes with a name-like word: it is not for a character called Sir (nor does a
+    reply saying it make Sir answer)."""
+    cast = [Castmate(1, "Hamlet"), Castmate(2, "Sir"), Castmate(3, "Captain")]
+    assert pick(cast, text="Thanks, sir.", trigger=Trigger.MENTION) is None
+    assert pick(cast, text="Captain, the ship!", trigger=Trigger.ALL, last_partner=1) == 1
+    assert pick(cast, text="@Sir, a word.", trigger=Trigger.MENTION) == 2
+    assert next_speaker(cast, speaker=1, reply_text="Yes, sir.", trigger=Trigger.CONVERSATION, turns_in_a_row=0, limit=2) is None
