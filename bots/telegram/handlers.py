@@ -121,7 +121,10 @@ class Handlers:
             if answer is None:
                 return
             reply = answer
-            ids = await self.replies.answer(reply, chat_id, message.chat.type, reply_to=ids[-1], thread_id=thread_id)
+            ids = await self.replies.answer(
+                reply, chat_id, message.chat.type, reply_to=ids[-1], thread_id=thread_id,
+                shown=lambda message_id, shown_reply=reply: self._showing(shown_reply, message_id),
+            )
             await self.app.engine.shown(reply, [str(i) for i in ids])
 
     async def _too_busy(self, event: ChatEvent) -> None:

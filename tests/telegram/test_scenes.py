@@ -177,3 +177,29 @@ async def test_in_a_busy_group_the_characters_do_not_answer_each_other(store, ca
         assert [m["text"] for m in tg.bot_messages(GROUP)] == ["Hamlet\nOphelia, Ada asks after you."]
         assert len(chats(tgi)) == 1
         assert any("do not answer each other now" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_characters_answer_to_another_notes_where_it_is_half_shown(store, cache, tg, tgi) -> None:
+    """As a person's reply does: a crash mid-answer leaves recovery a message to complete, not a
+    second copy of the answer."""
+    async with running_bot(store, cache, tg, tgi, conversation_turns=1, appraiser="none") as bot:
+        await bot.add_character("Hamlet")
+        await bot.add_character("Ophelia")
+        await bot.bind(GROUP, "Hamlet", "conversation")
+        owner = Actor("telegram", str(OWNER_ID), "Owner", is_owner=True)
+        assert (await bot.app.commands.scene_command(owner, Place("telegram", str(GROUP), str(GROUP)), "add Ophelia")).ok
+        noted: list[tuple[str, str]] = []
+        showing = bot.app.engine.showing
+
+        async def noting(intake, platform_message_id: str) -> None:
+            noted.append((intake.conversation.user_id, platform_message_id))
+            await showing(intake, platform_message_id)
+
+        bot.app.engine.showing = noting  # type: ignore[method-assign]
+        tgi.script(reply=each_names_the_other, chunks=8, token_delay=0.15)
+        tg.say(tg.group(GROUP), tg.user(41, "Ada"), "Hamlet, speak.")
+        await bot.idle()
+        shown = tg.bot_messages(GROUP)
+        assert len(shown) == 2
+        hamlet = await bot.app.store.characters.get_by_name("Hamlet")
+        assert noted == [("41", str(shown[0]["message_id"])), (f"character:{hamlet.id}", str(shown[1]["message_id"]))]
