@@ -19,6 +19,8 @@ from sqlalchemy.pool import NullPool
 
 from tests.llama_fixture import llama_server  # noqa: F401  (llama.cpp with the bundled model, one per run)
 
+pytest_plugins = ["tests.hang_report"]
+
 # CREATE and DROP DATABASE wait on each other (and on a checkpoint) across the test workers and the
 # throwaway servers' tests: on a loaded machine one may take longer than the product's 30 s statement
 # bound, which is for personae's own short queries, not for these.
