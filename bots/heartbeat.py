@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 from typing import Callable
+from core.cancelled import pause
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ async def _beat_forever(path: Path, interval_s: float) -> None:
         if was_down is not None and down != was_down:
             log.info("heartbeat: %s", "all adapters connected" if not down else f"not connected: {', '.join(down)}")
         was_down = down
-        await asyncio.sleep(interval_s)
+        await pause(interval_s)
 
 
 def _forget(path: Path) -> None:

@@ -7,7 +7,7 @@ import logging
 from typing import Awaitable, Callable
 
 from bots.settings import Settings
-from core.cancelled import raise_if_cancelled
+from core.cancelled import pause, raise_if_cancelled
 from core.engine import Engine, RecoveredTurn, ReplyStatus
 from core.ports import Cache
 
@@ -26,6 +26,7 @@ async def recover_once(
             await deliver(turn)
             delivered += 1
         except Exception:  # noqa: BLE001 - one chat that cannot be reached must not stop the rest
+            raise_if_cancelled()  # unless the "fault" was the stop, turned into an error on its way out
             log.exception("could not deliver the answer to stored message %s", turn.intake.id)
             if turn.late and turn.reply.status is ReplyStatus.PENDING:
                 # Never shown and too old to answer: settle it, or every sweep would try again.
@@ -57,7 +58,7 @@ async def keep_recovering(
     shared = getattr(engine.cache, "shared", False)
     await recover_once(engine, platform, deliver, older_than_s=every if shared else 0.0, at_start=True)
     while True:
-        await asyncio.sleep(sweep_s)
+        await pause(sweep_s)
         try:
             await recover_once(engine, platform, deliver, older_than_s=every)
         except Exception:  # noqa: BLE001 - the database may be away; try again next time

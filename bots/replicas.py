@@ -17,7 +17,7 @@ import socket
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
-from core.cancelled import raise_if_cancelled
+from core.cancelled import pause, raise_if_cancelled
 from core.errors import ConfigurationError
 from core.hot import replica_key
 from core.ports import Cache
@@ -74,7 +74,7 @@ class Lease:
             except Exception:  # noqa: BLE001 - a cache fault must not end the replica: try again next time
                 raise_if_cancelled()
                 log.exception("renewing the lease %r failed", self.key)
-            await asyncio.sleep(self.renew_s)
+            await pause(self.renew_s)
 
     async def release(self) -> None:
         if self.held:
@@ -132,7 +132,7 @@ async def while_elected(
                 log.warning("this replica (%s) lost the lease and no longer %s", lease.owner, what)
                 leading = False
                 await stop()
-            await asyncio.sleep(lease.renew_s)
+            await pause(lease.renew_s)
     finally:
         if leading:
             await stop()

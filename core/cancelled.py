@@ -15,3 +15,10 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def pause(seconds: float) -> None:
+    """``asyncio.sleep`` for a loop that runs until cancelled: a cancellation something inside the
+    loop swallowed (the task still cancelling) ends the loop here instead of sleeping through it."""
+    raise_if_cancelled()
+    await asyncio.sleep(seconds)

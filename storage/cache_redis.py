@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from core import observe
+from core.cancelled import pause
 from core.ports import Admission, AdmitRequest
 from storage.connect_errors import cache_failure
 from storage.held import StagedWrites
@@ -423,7 +424,7 @@ class _Renewal:
     async def _run(self) -> None:
         while self.until > time.monotonic() and not self.lost:
             await self._renew_once()
-            await asyncio.sleep(self.lease / 3)
+            await pause(self.lease / 3)
 
     async def still_held(self) -> bool:
         """Whether the lock is still ours: known while the lease is fresh, else asked of Redis now."""

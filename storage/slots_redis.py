@@ -22,6 +22,7 @@ from typing import AsyncIterator
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from core.cancelled import pause
 from core.slots import channel_cap
 from storage.cache_redis import RedisCache
 
@@ -175,7 +176,7 @@ class RedisSlots:
     async def _renew(self) -> None:
         """Every third of a lease, extend the lease of every slot this process holds (one pipeline)."""
         while self._held:
-            await asyncio.sleep(self.lease_ms / 3000)
+            await pause(self.lease_ms / 3000)
             held = list(self._held.items())
             if not held:
                 return

@@ -27,6 +27,7 @@ from telegram.ext import Application
 
 from bots.compose import App
 from bots.telegram.handlers import CHAT_TEXT, chat_event
+from core.cancelled import pause
 from core.reply import NOTICE_STORAGE_HELD
 
 if TYPE_CHECKING:
@@ -131,14 +132,14 @@ class Poller:
                 self.conflicts += 1
                 if self.conflicts == CONFLICTS_REPORTED:
                     log.error("Telegram answers 409 Conflict to getUpdates: %s", CONFLICT)
-                await asyncio.sleep(delay)
+                await pause(delay)
                 delay = min(delay * 2, 30.0)
                 continue
             except TelegramError as exc:
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                 log.warning("fetching Telegram updates failed (%s); trying again in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
+                await pause(delay)
                 delay = min(delay * 2, 30.0)
                 continue
             delay = 1.0
@@ -147,7 +148,7 @@ class Poller:
             for update in updates:
                 if not await record(self.app, self.application, update):
                     # Not stored: leave it (and what follows) unconfirmed; fetch it again in a while.
-                    await asyncio.sleep(self.held_back_s)
+                    await pause(self.held_back_s)
                     break
                 await self.application.update_queue.put(update)
                 # Only now may the next getUpdates confirm it.
