@@ -18,13 +18,22 @@ from storage.tables import reply_messages as shown_t
 _COLUMNS = (t.c.id, t.c.role, t.c.content, t.c.tokens, t.c.created_at, t.c.platform_message_id)
 
 
-def _in(conversation: ConversationKey):
+def _in(conversation: ConversationKey, table: sa.TableClause | sa.Alias = t):
     return sa.and_(
-        t.c.character_id == conversation.character_id,
-        t.c.platform == conversation.platform,
-        t.c.channel_id == conversation.channel_id,
-        t.c.user_id == conversation.user_id,
+        table.c.character_id == conversation.character_id,
+        table.c.platform == conversation.platform,
+        table.c.channel_id == conversation.channel_id,
+        table.c.user_id == conversation.user_id,
     )
+
+
+# The replies a chain starts from (``chains_from``), on an alias of their own: the statements they
+# are nested in read ``messages`` too, which must not correlate with them.
+_started = t.alias("started")
+
+
+def _replies(where: sa.ColumnElement[bool]) -> sa.Select:
+    return sa.select(_started.c.id).where(where, _started.c.role == "assistant")
 
 
 # What the model sees as history: not a message still being answered, nor one a notice answered.
@@ -387,7 +396,7 @@ class SqlMessageRepository:
 
     async def undo_exchange(self, conversation: ConversationKey, reply_message_id: int) -> bool:
         async with self._db.begin() as conn:
-            this_reply = sa.select(t.c.id).where(t.c.id == reply_message_id, t.c.role == "assistant", _in(conversation))
+            this_reply = _replies(sa.and_(_started.c.id == reply_message_id, _in(conversation, _started)))
             await delete_chains(conn, this_reply, postgres=self._db.postgres)
             gone = (
                 await conn.execute(
@@ -424,7 +433,7 @@ class SqlMessageRepository:
         )
         async with self._db.begin() as conn:
             # The answers the old text got (trigger conversation) answered words no longer said.
-            this_reply = sa.select(t.c.id).where(t.c.id == message_id, t.c.role == "assistant")
+            this_reply = _replies(_started.c.id == message_id)
             await delete_chains(conn, this_reply, postgres=self._db.postgres)
             result = await conn.execute(statement)
         return result.rowcount > 0
@@ -519,7 +528,7 @@ class SqlMessageRepository:
         async with self._db.begin() as conn:
             # First the characters' answers to each other its replies started (found through where
             # those replies were shown, which goes with them).
-            its_replies = sa.select(t.c.id).where(_in(conversation), t.c.role == "assistant")
+            its_replies = _replies(_in(conversation, _started))
             followed = await delete_chains(conn, its_replies, postgres=self._db.postgres)
             # The person's overheard lines stored under this key are the channel's, not this thread's.
             result = await conn.execute(sa.delete(t).where(_in(conversation), sa.or_(t.c.status.is_(None), sa.not_(_OVERHEARD))))
