@@ -653,6 +653,9 @@ class Commands:
         deleted = await self.store.messages.delete_conversation(conversation)
         await self.store.memories.reset(conversation)  # the new history is condensed from its start
         await self.hot.forget_conversation(conversation)
+        # The characters' answers to each other its replies started went with it (trigger
+        # conversation): their conversations' cached histories go too, to be read again.
+        await self.cache.delete_prefix(character_histories_prefix(actor.platform))
         return Outcome(True, f"Started over with {character.name} ({deleted} message{'' if deleted == 1 else 's'} forgotten).", character=character, counts={"messages": deleted})
 
     async def memory(self, actor: Actor, place: Place) -> Outcome:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
 
 from core import observe
 from core.addressing import Castmate, named, next_speaker, pick
-from core.events import ChatEvent, ConversationKey, character_user
+from core.events import ChatEvent, ConversationKey, character_user, is_character_user
 from core.flood import ArrivalWindow, Verdict, WaitingTurns
-from core.hot import HotState, history_key, lock_key
+from core.hot import HotState, character_histories_prefix, history_key, lock_key
 from core.locks import KeyedLocks
 from core.lorebook import LoreSettings
 from core.ports import Cache, ChatModel, StateUpdater, Store
@@ -263,6 +263,9 @@ class Engine:
             if not await self.store.messages.undo_exchange(conversation, reply_message_id):
                 return False
             held.stage(history_key(conversation), None, self.config.cache_ttl_s)
+        # The characters' answers to each other the reply started went with it: their conversations'
+        # cached histories go too, to be read again.
+        await self.cache.delete_prefix(character_histories_prefix(conversation.platform))
         await self.state_updater.reply_deleted(conversation, reply_message_id)
         return True
 
@@ -411,9 +414,14 @@ class Engine:
             return None
         conversation = ConversationKey(chosen, c.platform, c.channel_id, character_user(speaker.id))
         text = message_text(reply.text)[: self.config.max_message_chars]
+        # Stored only while the line answered is (a /forget, /reset, Regenerate or deleted reply may
+        # have taken it, with the chain it started, since it was shown): no copy outlives it.
         intake = await self.store.messages.accept(
-            conversation, text, estimate_tokens(text), platform_message_id, speaker.name, owner=self.config.replica or None
+            conversation, text, estimate_tokens(text), platform_message_id, speaker.name, owner=self.config.replica or None,
+            answering=reply.reply_message_id,
         )
+        if intake is None:
+            return None
         answer = self.answer(intake, parent_channel_id=reply.parent_channel_id, answering=reply.reply_message_id)
         answer.chain = reply.chain + 1
         return answer
@@ -599,6 +607,16 @@ class Engine:
         if character is None or binding is None:
             reply.status = ReplyStatus.IGNORED
             return
+        if (answering is not None or is_character_user(intake.conversation.user_id)) and binding.private:
+            # A character's answer to another (trigger conversation) whose character is no longer in
+            # the channel's cast (removed, unbound meanwhile; or a thread's, recovered without its
+            # parent): it says nothing, and its copy of the line goes.
+            reply.status = ReplyStatus.IGNORED
+            try:
+                await self.store.messages.delete_message(intake.id)
+            except Exception:  # noqa: BLE001 - the database's own errors: a restart's recovery ignores it again
+                log.warning("could not delete follow-up %s of a character no longer in the channel", intake.id, exc_info=True)
+            return
         if self.closing:
             reply.status = ReplyStatus.DEFERRED
             return
@@ -694,6 +712,10 @@ class Engine:
             )
             async for delta in turn.run():
                 yield delta
+        if not binding.private and reply.status in (ReplyStatus.ANSWERED, ReplyStatus.PARTIAL):
+            # The characters' answers to each other the old text started were deleted with it
+            # (``replace_reply``): their conversations' cached histories go too, to be read again.
+            await self.cache.delete_prefix(character_histories_prefix(conversation.platform))
 
     async def _ensemble(self, binding: Binding) -> bool:
         """Whether several characters play in the binding's channel (one bot speaking for all then

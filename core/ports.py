@@ -96,10 +96,16 @@ class MessageRepository(Protocol):
 
     async def accept(
         self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str,
-        owner: str | None = None,
-    ) -> Intake:
+        owner: str | None = None, *, answering: int | None = None,
+    ) -> Intake | None:
         """Store a person's message as pending, claimed by replica ``owner``, in one round trip; for a
-        redelivery (same platform, channel and platform message id) the stored one, with ``first`` False."""
+        redelivery (same platform, channel and platform message id) the stored one, with ``first`` False.
+
+        ``answering``: the message is a character's answer to the stored reply of that id (trigger
+        ``conversation``): it is stored only if that reply is still there, checked in the same
+        statement, so that nothing that deletes the reply together with the chains it started
+        (``undo_exchange``, ``replace_reply``, ``delete_conversation``, ``Store.forget_person``) can
+        leave a copy behind; None when it is gone (always a stored Intake without ``answering``)."""
 
     async def pending_before(self, conversation: ConversationKey, message_id: int, limit: int = 20) -> list[Intake]:
         """The messages of ``conversation`` older than ``message_id`` still pending, oldest first."""
@@ -147,14 +153,18 @@ class MessageRepository(Protocol):
         """Delete one stored message (the newest reply, taken back)."""
 
     async def undo_exchange(self, conversation: ConversationKey, reply_message_id: int) -> bool:
-        """Take back one exchange at once: delete the reply and mark the person's messages it answered
-        (those after the reply before it) UNDONE, so that neither the history nor recovery has them.
+        """Take back one exchange at once: delete the reply (with the characters' answers to each other
+        it started, trigger ``conversation``) and mark the person's messages it answered (those after
+        the reply before it) UNDONE, so that neither the history nor recovery has them.
         False when ``reply_message_id`` is not a reply of ``conversation``."""
 
     async def replace_reply(self, message_id: int, content: str, tokens: int) -> bool:
-        """Replace the text of a stored reply (regenerate)."""
+        """Replace the text of a stored reply (regenerate); the characters' answers to each other the
+        old text started (trigger ``conversation``) are deleted in the same transaction."""
 
-    async def delete_conversation(self, conversation: ConversationKey) -> int: ...
+    async def delete_conversation(self, conversation: ConversationKey) -> int:
+        """Delete the conversation's history (/reset; the person's overheard lines stay), and the
+        characters' answers to each other its replies started; how many messages were deleted."""
 
     async def channel_lines(
         self, platform: str, channel_id: str, *, before_id: int | None = None, exclude: ConversationKey | None = None,
@@ -163,7 +173,9 @@ class MessageRepository(Protocol):
         """The newest ``limit`` lines of the channel's history across its conversations (every
         person, every character), oldest first: with ids below ``before_id``, without ``exclude``'s
         own lines (overheard lines stay, whoever said them). Only this channel's: a private chat is
-        a channel of its own."""
+        a channel of its own. A character's copy of another's line it answered (a user row of a
+        ``character:ID`` conversation) is left out while that line's reply is stored and recorded as
+        shown there: the reply is the line, said once."""
 
     async def last_partner(self, platform: str, channel_id: str, user_id: str) -> int | None:
         """The character the person's newest answered message in the channel went to."""

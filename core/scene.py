@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from core.events import CHARACTER_USER, is_character_user
 from core.prompt import Turn, estimate_tokens
 from core.text import one_line, one_line_name
 
@@ -155,5 +156,20 @@ async def scene_around(
             lines.append(SceneLine(speaker, row.content, after, tokens=row.tokens))
         else:
             to = person_of.get((row.character_id, row.user_id))
+            if to is None and is_character_user(row.user_id):
+                # A character's answer to another: its copy of the line it answered is left out of
+                # the scene (``channel_lines``: the line is there as that one's reply).
+                to = await _character_name(hot, names, row.user_id[len(CHARACTER_USER):])
             lines.append(SceneLine(names[row.character_id], row.content, after, to=to, tokens=row.tokens))
     return newest_within(lines, share, estimate_tokens)
+
+
+async def _character_name(hot: "HotState", names: dict[int, str], character_id: str) -> str | None:
+    try:
+        key = int(character_id)
+    except ValueError:
+        return None
+    if key not in names:
+        other = await hot.character(key)
+        names[key] = other.name if other is not None else "?"
+    return names[key]

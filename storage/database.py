@@ -25,7 +25,7 @@ from storage.repositories import (
     SqlMessageRepository,
     SqlRelationshipRepository,
 )
-from storage.repositories.messages import follow_ups_of
+from storage.repositories.messages import delete_chains, replies_of_person
 from storage.sql import Db
 from storage.tables import memories, memory_marks, messages, relationship_states, state_changes
 
@@ -262,8 +262,7 @@ class SqlStore:
         async with self._db.begin() as conn:
             # First the character conversations the person's replies started (trigger conversation):
             # they are found through where those replies were shown, which goes with the replies.
-            chains = sa.delete(messages).where(messages.c.id.in_(follow_ups_of(platform, user_id)))
-            followed = (await conn.execute(chains)).rowcount
+            followed = await delete_chains(conn, replies_of_person(platform, user_id), postgres=self._db.postgres)
             for kind, table in (
                 ("messages", messages), ("states", relationship_states), ("changes", state_changes),
                 ("memories", memories), (None, memory_marks),

@@ -18,13 +18,22 @@ from storage.tables import reply_messages as shown_t
 _COLUMNS = (t.c.id, t.c.role, t.c.content, t.c.tokens, t.c.created_at, t.c.platform_message_id)
 
 
-def _in(conversation: ConversationKey):
+def _in(conversation: ConversationKey, table: sa.TableClause | sa.Alias = t):
     return sa.and_(
-        t.c.character_id == conversation.character_id,
-        t.c.platform == conversation.platform,
-        t.c.channel_id == conversation.channel_id,
-        t.c.user_id == conversation.user_id,
+        table.c.character_id == conversation.character_id,
+        table.c.platform == conversation.platform,
+        table.c.channel_id == conversation.channel_id,
+        table.c.user_id == conversation.user_id,
     )
+
+
+# The replies a chain starts from (``chains_from``), on an alias of their own: the statements they
+# are nested in read ``messages`` too, which must not correlate with them.
+_started = t.alias("started")
+
+
+def _replies(where: sa.ColumnElement[bool]) -> sa.Select:
+    return sa.select(_started.c.id).where(where, _started.c.role == "assistant")
 
 
 # What the model sees as history: not a message still being answered, nor one a notice answered.
@@ -82,6 +91,23 @@ _ACCEPT_PG = (
     "SELECT true AS first, * FROM new UNION ALL "
     "SELECT false, id, character_id, user_id, content, tokens, display_name, created_at, status, claimed_by FROM messages "
     "WHERE platform = $2 AND channel_id = $3 AND platform_message_id = $8 AND NOT EXISTS (SELECT 1 FROM new)"
+)
+# ``_ACCEPT_PG`` for a character's answer to another's line (trigger ``conversation``): stored only
+# while that line (the stored reply $11) is there, locked FOR SHARE until the statement commits, so
+# that a /forget, /reset, Regenerate or deleted reply, which lock it FOR UPDATE before deleting the
+# chains it started (``delete_chains``), either finds the copy or makes this store nothing.
+_ACCEPT_ANSWERING_PG = (
+    "WITH line AS (SELECT id FROM messages WHERE id = $11::bigint AND role = 'assistant' FOR SHARE), "
+    "new AS (INSERT INTO messages (character_id, platform, channel_id, user_id, created_at, role, content, "
+    "tokens, platform_message_id, display_name, status, claimed_by) SELECT $1::integer, $2::varchar, $3::varchar, "
+    "$4::varchar, $5::timestamptz, 'user', $6::text, $7::integer, $8::varchar, $9::varchar, 'pending', $10::varchar "
+    "FROM line "
+    "ON CONFLICT (platform, channel_id, platform_message_id) DO NOTHING RETURNING id, character_id, user_id, content, "
+    "tokens, display_name, created_at, status, claimed_by) "
+    "SELECT true AS first, * FROM new UNION ALL "
+    "SELECT false, id, character_id, user_id, content, tokens, display_name, created_at, status, claimed_by FROM messages "
+    "WHERE platform = $2 AND channel_id = $3 AND platform_message_id = $8 AND NOT EXISTS (SELECT 1 FROM new) "
+    "AND EXISTS (SELECT 1 FROM line)"
 )
 # Settle a pending message and store its reply: one statement, so both happen or neither does, and
 # only while the message is still pending (a second answer stores nothing). The message joins the
@@ -190,18 +216,21 @@ class SqlMessageRepository:
 
     async def accept(
         self, conversation: ConversationKey, text: str, tokens: int, platform_message_id: str, display_name: str,
-        owner: str | None = None,
-    ) -> Intake:
+        owner: str | None = None, *, answering: int | None = None,
+    ) -> Intake | None:
         c = conversation
         now = utcnow()
         if self._db.postgres:
+            args = [c.character_id, c.platform, c.channel_id, c.user_id, now, text, tokens, platform_message_id, display_name, owner]
             try:
-                rows = await self._db.pg_fetch(
-                    _ACCEPT_PG, c.character_id, c.platform, c.channel_id, c.user_id, now, text, tokens,
-                    platform_message_id, display_name, owner,
-                )
+                if answering is None:
+                    rows = await self._db.pg_fetch(_ACCEPT_PG, *args)
+                else:
+                    rows = await self._db.pg_fetch(_ACCEPT_ANSWERING_PG, *args, answering)
             except asyncpg.ForeignKeyViolationError:
                 raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
+            if not rows:
+                return None  # the line answered is gone
             row = rows[0]
             return Intake(
                 id=row["id"],
@@ -211,16 +240,22 @@ class SqlMessageRepository:
                 status=MessageStatus(row["status"] or MessageStatus.ANSWERED), first=row["first"],
                 owner=row["claimed_by"],
             )
-        insert = (
-            self._db.insert(t)
-            .values(
-                character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
-                created_at=now, role="user", content=text, tokens=tokens, platform_message_id=platform_message_id,
-                display_name=display_name, status=MessageStatus.PENDING.value, claimed_by=owner,
-            )
-            .on_conflict_do_nothing(index_elements=[t.c.platform, t.c.channel_id, t.c.platform_message_id])
-            .returning(t.c.id)
+        values = dict(
+            character_id=c.character_id, platform=c.platform, channel_id=c.channel_id, user_id=c.user_id,
+            created_at=now, role="user", content=text, tokens=tokens, platform_message_id=platform_message_id,
+            display_name=display_name, status=MessageStatus.PENDING.value, claimed_by=owner,
         )
+        if answering is None:
+            insert = self._db.insert(t).values(**values)
+        else:
+            # Only while the line answered is there, in the same statement (SQLite: one writer at a time).
+            line = sa.select(*(sa.literal(v, t.c[k].type).label(k) for k, v in values.items())).where(
+                sa.exists().where(_m.c.id == answering, _m.c.role == "assistant")
+            )
+            insert = self._db.insert(t).from_select(list(values), line)
+        insert = insert.on_conflict_do_nothing(
+            index_elements=[t.c.platform, t.c.channel_id, t.c.platform_message_id]
+        ).returning(t.c.id)
         try:
             async with self._db.connect() as conn:
                 new_id = (await conn.execute(insert)).scalar()
@@ -234,9 +269,11 @@ class SqlMessageRepository:
                             t.c.platform_message_id == platform_message_id,
                         )
                     )
-                ).one()
+                ).one_or_none()
         except IntegrityError:
             raise NotFound(f"character {c.character_id} does not exist (was it deleted?)") from None
+        if found is None:
+            return None  # the line answered is gone
         return _intake(found, first=False)
 
     async def finish(
@@ -359,6 +396,8 @@ class SqlMessageRepository:
 
     async def undo_exchange(self, conversation: ConversationKey, reply_message_id: int) -> bool:
         async with self._db.begin() as conn:
+            this_reply = _replies(sa.and_(_started.c.id == reply_message_id, _in(conversation, _started)))
+            await delete_chains(conn, this_reply, postgres=self._db.postgres)
             gone = (
                 await conn.execute(
                     sa.delete(t)
@@ -392,7 +431,10 @@ class SqlMessageRepository:
             .where(t.c.id == message_id, t.c.role == "assistant")
             .values(content=content, tokens=tokens)
         )
-        async with self._db.connect() as conn:
+        async with self._db.begin() as conn:
+            # The answers the old text got (trigger conversation) answered words no longer said.
+            this_reply = _replies(_started.c.id == message_id)
+            await delete_chains(conn, this_reply, postgres=self._db.postgres)
             result = await conn.execute(statement)
         return result.rowcount > 0
 
@@ -403,6 +445,17 @@ class SqlMessageRepository:
         if limit <= 0:
             return []
         where = [t.c.platform == platform, t.c.channel_id == channel_id, sa.or_(_IN_HISTORY, _OVERHEARD)]
+        # A character's copy of the line it answered is that line's reply (it is one line of the room,
+        # read once): left out while the reply is recorded as shown in the platform message the copy
+        # was stored under (a lookup on reply_messages' key, only for the characters' own rows).
+        shown = shown_t.alias("copied")
+        where.append(sa.not_(sa.and_(
+            t.c.role == "user", t.c.user_id.startswith(CHARACTER_USER, autoescape=True),
+            sa.exists().where(
+                shown.c.platform == t.c.platform, shown.c.channel_id == t.c.channel_id,
+                shown.c.platform_message_id == t.c.platform_message_id,
+            ),
+        )))
         if before_id is not None:
             where.append(t.c.id < before_id)
         if exclude is not None:
@@ -472,10 +525,14 @@ class SqlMessageRepository:
             return (await conn.execute(statement)).scalar()
 
     async def delete_conversation(self, conversation: ConversationKey) -> int:
-        async with self._db.connect() as conn:
+        async with self._db.begin() as conn:
+            # First the characters' answers to each other its replies started (found through where
+            # those replies were shown, which goes with them).
+            its_replies = _replies(_in(conversation, _started))
+            followed = await delete_chains(conn, its_replies, postgres=self._db.postgres)
             # The person's overheard lines stored under this key are the channel's, not this thread's.
             result = await conn.execute(sa.delete(t).where(_in(conversation), sa.or_(t.c.status.is_(None), sa.not_(_OVERHEARD))))
-        return result.rowcount
+        return result.rowcount + followed
 
 
 def _answers_line_shown_in(line: sa.Alias, shown_in: sa.Alias) -> sa.ColumnElement[bool]:
@@ -498,15 +555,29 @@ def _reply_to(user_row: sa.Alias, reply: sa.Alias) -> sa.ColumnElement[bool]:
 
 def follow_ups_of(platform: str, user_id: str) -> sa.Select:
     """The ids of the messages of the character conversations a person's replies started (trigger
-    ``conversation``): a character's answer to another's line is a user row of conversation
-    ``character:ID``, stored with the platform message that line was shown in (``reply_messages``),
-    and its reply comes right after it (``seq`` + 1). From the person's replies' messages the chain
-    goes on through each answer's own shown messages, so follow-ups of follow-ups come too."""
-    person_reply, shown, line = t.alias("person_reply"), shown_t.alias("shown"), t.alias("line")
+    ``conversation``): ``chains_from`` the person's replies."""
+    return chains_from(replies_of_person(platform, user_id))
+
+
+def replies_of_person(platform: str, user_id: str) -> sa.Select:
+    person_reply = t.alias("person_reply")
+    return sa.select(person_reply.c.id).where(
+        person_reply.c.platform == platform, person_reply.c.user_id == user_id, person_reply.c.role == "assistant"
+    )
+
+
+def chains_from(replies: sa.Select) -> sa.Select:
+    """The ids of the messages of the character conversations the replies ``replies`` (a SELECT of
+    message ids) started (trigger ``conversation``): a character's answer to another's line is a user
+    row of conversation ``character:ID``, stored with the platform message that line was shown in
+    (``reply_messages``), and its reply comes right after it (``seq`` + 1). From the replies' shown
+    messages the chain goes on through each answer's own shown messages, so follow-ups of follow-ups
+    come too."""
+    shown, line = shown_t.alias("shown"), t.alias("line")
     chain = (
         sa.select(line.c.id)
-        .select_from(person_reply.join(shown, shown.c.message_id == person_reply.c.id).join(line, _answers_line_shown_in(line, shown)))
-        .where(person_reply.c.platform == platform, person_reply.c.user_id == user_id, person_reply.c.role == "assistant")
+        .select_from(shown.join(line, _answers_line_shown_in(line, shown)))
+        .where(shown.c.message_id.in_(replies))
         # Nested in the statement that reads it: a DELETE starting with WITH gets no row count from SQLite's driver.
         .cte("chain", recursive=True, nesting=True)
     )
@@ -520,8 +591,30 @@ def follow_ups_of(platform: str, user_id: str) -> sa.Select:
         )
     )
     asked, answer = t.alias("asked_last"), t.alias("answer_last")
-    replies = sa.select(answer.c.id).select_from(chain.join(asked, asked.c.id == chain.c.id).join(answer, _reply_to(asked, answer)))
-    return sa.select(chain.c.id).union(replies)
+    replies_found = sa.select(answer.c.id).select_from(chain.join(asked, asked.c.id == chain.c.id).join(answer, _reply_to(asked, answer)))
+    return sa.select(chain.c.id).union(replies_found)
+
+
+async def delete_chains(conn: sa.ext.asyncio.AsyncConnection, replies: sa.Select, *, postgres: bool) -> int:
+    """Delete the chains the replies ``replies`` started (``chains_from``), in the caller's
+    transaction, before the replies themselves go (the chain is found through where they were shown,
+    which goes with them); the number of messages deleted.
+
+    On PostgreSQL the replies and every message of their chains are locked first (FOR UPDATE), a
+    new answer's copy being stored only while the line it answers can be locked FOR SHARE
+    (``accept``'s ``answering``): no copy of a line can be stored from then until the transaction
+    ends, so none outlives it. SQLite runs one writer at a time."""
+    if postgres:
+        await conn.execute(sa.select(t.c.id).where(t.c.id.in_(replies)).with_for_update())
+        locked: set[int] = set()
+        while True:  # a copy committed before a line was locked is found by the next round
+            found = set((await conn.execute(
+                sa.select(t.c.id).where(t.c.id.in_(chains_from(replies))).with_for_update()
+            )).scalars())
+            if found <= locked:
+                break
+            locked |= found
+    return (await conn.execute(sa.delete(t).where(t.c.id.in_(chains_from(replies))))).rowcount
 
 
 def _intake(row: sa.Row, *, first: bool) -> Intake:

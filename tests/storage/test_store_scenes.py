@@ -108,7 +108,8 @@ async def test_forgetting_a_person_takes_the_character_conversations_their_repli
 
     assert counts["messages"] == 2 + 4  # Bob's exchange, and the chain's two exchanges
     lines = await store.messages.channel_lines("discord", "c")
-    assert [line.content for line in lines] == ["Hamlet?", "Ophelia, look.", "Ophelia, look.", "I see it."]
+    # Ophelia's copy of Hamlet's "Ophelia, look." is his reply to Elena, a line of its own: read once.
+    assert [line.content for line in lines] == ["Hamlet?", "Ophelia, look.", "I see it."]
     assert [m.content for m in await store.messages.recent(ophelia_hears_hamlet, 10)] == ["Ophelia, look.", "I see it."]
     assert await store.messages.recent(hamlet_hears_ophelia, 10) == []
     assert await store.messages.reply_author("discord", "c", "o1") is None
@@ -150,4 +151,104 @@ async def test_overheard_lines_are_the_channels_only_and_it_keeps_the_newest(sto
     # /reset of a thread leaves the person's overheard lines; /forget takes them.
     assert await store.messages.delete_conversation(bob_h) == 2
     assert await store.forget_person("discord", "elena") == {"messages": 4, "states": 0, "changes": 0, "memories": 0}
+    assert await store.messages.channel_lines("discord", "c") == []
+
+
+async def chain_in(store):
+    """Bob's exchange with Hamlet, whose reply (shown in b-shown) Ophelia answered, and Hamlet her
+    answer (shown in o-shown): the conversation, Hamlet's reply's id, and the two character conversations."""
+    hamlet = await store.characters.add(card("Hamlet"))
+    ophelia = await store.characters.add(card("Ophelia"))
+    bob = ConversationKey(hamlet.id, "discord", "c", "bob")
+    ophelia_hears_hamlet = ConversationKey(ophelia.id, "discord", "c", f"character:{hamlet.id}")
+    hamlet_hears_ophelia = ConversationKey(hamlet.id, "discord", "c", f"character:{ophelia.id}")
+    _, reply, _ = await exchange(store, bob, "Hamlet, speak.", "Ophelia, what say you?", "b1", "Bob")
+    await store.messages.mark_shown(reply, "discord", "c", ["b-shown"])
+    copy = await store.messages.accept(ophelia_hears_hamlet, "Ophelia, what say you?", 3, "b-shown", "Hamlet", answering=reply)
+    _, answer, _ = await store.messages.finish(copy, MessageStatus.ANSWERED, ("Hamlet, I say yes.", 3))
+    await store.messages.mark_shown(answer, "discord", "c", ["o-shown"])
+    copy = await store.messages.accept(hamlet_hears_ophelia, "Hamlet, I say yes.", 3, "o-shown", "Ophelia", answering=answer)
+    await store.messages.finish(copy, MessageStatus.ANSWERED, ("So be it.", 3))
+    return bob, reply, (ophelia_hears_hamlet, hamlet_hears_ophelia)
+
+
+async def test_a_characters_copy_of_the_line_it_answered_is_not_a_second_scene_line(store) -> None:
+    await chain_in(store)
+    lines = await store.messages.channel_lines("discord", "c")
+    assert [(line.role, line.content) for line in lines] == [
+        ("user", "Hamlet, speak."), ("assistant", "Ophelia, what say you?"),
+        ("assistant", "Hamlet, I say yes."), ("assistant", "So be it."),
+    ]
+
+
+async def test_a_reset_thread_takes_the_chains_its_replies_started(store) -> None:
+    bob, _, chats = await chain_in(store)
+    assert await store.messages.delete_conversation(bob) == 2 + 4
+    assert await store.messages.channel_lines("discord", "c") == []
+    for chat in chats:
+        assert await store.messages.recent(chat, 10) == []
+
+
+async def test_an_undone_reply_takes_the_chain_it_started(store) -> None:
+    bob, reply, chats = await chain_in(store)
+    assert await store.messages.undo_exchange(bob, reply)
+    assert await store.messages.channel_lines("discord", "c") == []
+    for chat in chats:
+        assert await store.messages.recent(chat, 10) == []
+
+
+async def test_a_replaced_reply_takes_the_chain_its_old_text_started(store) -> None:
+    bob, reply, chats = await chain_in(store)
+    assert await store.messages.replace_reply(reply, "I keep silent.", 3)
+    assert [line.content for line in await store.messages.channel_lines("discord", "c")] == ["Hamlet, speak.", "I keep silent."]
+    for chat in chats:
+        assert await store.messages.recent(chat, 10) == []
+    assert await store.messages.reply_author("discord", "c", "b-shown") is not None  # still shown there
+
+
+async def test_a_copy_of_a_line_no_longer_stored_is_not_stored(store) -> None:
+    bob, reply, (ophelia_hears_hamlet, _) = await chain_in(store)
+    await store.forget_person("discord", "bob")
+    assert await store.messages.accept(ophelia_hears_hamlet, "late", 3, "b-shown", "Hamlet", answering=reply) is None
+    assert await store.messages.accept(ophelia_hears_hamlet, "late", 3, "b-late", "Hamlet", answering=reply) is None
+    assert await store.messages.channel_lines("discord", "c") == []
+    assert await store.messages.pending("discord") == []
+
+
+async def test_a_copy_stored_while_its_line_is_being_forgotten_waits_and_is_not_stored(postgresql_store) -> None:
+    """PostgreSQL, two connections: a /forget has locked Bob's reply and deleted it (not committed yet)
+    when Ophelia's copy of it is stored: the copy waits for the /forget and then stores nothing."""
+    import asyncio
+
+    import asyncpg
+    import sqlalchemy as sa
+
+    from storage.repositories.messages import delete_chains, replies_of_person
+    from storage.tables import messages
+    from tests.conftest import empty_tables
+
+    store = postgresql_store
+    await empty_tables(store)
+    hamlet = await store.characters.add(card("Hamlet"))
+    ophelia = await store.characters.add(card("Ophelia"))
+    _, reply, _ = await exchange(store, ConversationKey(hamlet.id, "discord", "c", "bob"), "Hamlet?", "Ophelia, speak.", "b1", "Bob")
+    await store.messages.mark_shown(reply, "discord", "c", ["b-shown"])
+    ophelia_hears_hamlet = ConversationKey(ophelia.id, "discord", "c", f"character:{hamlet.id}")
+
+    async with store.engine.begin() as conn:  # Store.forget_person's steps, held open
+        await delete_chains(conn, replies_of_person("discord", "bob"), postgres=True)
+        await conn.execute(sa.delete(messages).where(messages.c.platform == "discord", messages.c.user_id == "bob"))
+        copy = asyncio.create_task(
+            store.messages.accept(ophelia_hears_hamlet, "Ophelia, speak.", 3, "b-shown", "Hamlet", answering=reply)
+        )
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH line AS%'"
+        url = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        watch = await asyncpg.connect(url, timeout=10)  # not from the store's pool: it may be all in use here
+        try:
+            while not await watch.fetchval(waiting):  # the copy's statement waits on the reply's lock
+                assert not copy.done(), copy
+                await asyncio.sleep(0.01)
+        finally:
+            await watch.close()
+    assert await asyncio.wait_for(copy, 10) is None
     assert await store.messages.channel_lines("discord", "c") == []
