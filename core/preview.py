@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from core.card_dialogue import greeting_options
 from core.errors import InvalidInput
-from core.events import ChatEvent, ConversationKey, PersonKey
+from core.events import ChatEvent, ConversationKey, PersonKey, Platform
 from core.prompt import estimate_tokens
 from core.reply import Reply, ReplyStatus
 from core.state import RelationshipState
@@ -40,6 +40,12 @@ async def next_turn(engine: "Engine", event: ChatEvent, *, character_name: str |
 
     notes: list[str] = []
     cast = await engine.cast_for(event)
+    if not cast and event.platform == Platform.CONSOLE:
+        raise InvalidInput(
+            f"no character plays in console:{event.channel_id}: a console chat is one person's, "
+            "console:console-NAME once `personae chat --user NAME` has chosen a character there "
+            "(channels with several characters are Discord's and Telegram's: /bind, /scene add)"
+        )
     if not cast:
         bound = await engine.store.bindings.channels(event.platform, _LISTED + 1)
         where = ", ".join(f"{event.platform}:{c}" for c in bound[:_LISTED]) + (", …" if len(bound) > _LISTED else "")

@@ -89,6 +89,7 @@ async def test_the_printed_messages_are_what_the_engine_sends_next(db: str) -> N
         (["--channel", "discord:nowhere", "--user", "Bob", "--message", "hi"],
          f"no character is bound to discord:nowhere (see /bind, /scene add); channels with characters there: discord:{CHANNEL}"),
         (["--channel", "telegram:-100", "--user", "Bob", "--message", "hi"], "no telegram channel has one"),
+        (["--channel", "console:x", "--user", "Bob", "--message", "hi"], "console:console-NAME once `personae chat --user NAME`"),
         (["--channel", f"discord:{CHANNEL}", "--user", "Bob"], "--channel needs the next message"),
         (["--channel", f"discord:{CHANNEL}", "--user", "Bob", "--message", "hi", "--character", "Nobody"],
          "no character called 'Nobody' plays in this channel (here: Hamlet, Ophelia)"),
