@@ -26,7 +26,7 @@ URL_SCHEMES: dict[str, tuple[str, ...]] = {
     "telegram_webhook_url": ("http", "https"),
 }
 URL_EXAMPLES = {
-    "database_url": "postgresql://user:password@host:5432/personae or sqlite:///path/to/personae.db",
+    "database_url": "postgresql://user:password@host:5432/personae or sqlite:////absolute/path/personae.db",
     "redis_url": "redis://host:6379/0",
     "llm_url": "http://gpu-host:8080",
     "appraiser_url": "http://gpu-host:8080",

@@ -43,7 +43,7 @@ def database_url(url: str | sa.URL) -> sa.URL:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
         raise InvalidDatabaseURL(
-            f"{url!r} is not a database URL; use postgresql://user@host/db or sqlite:///path/to/file.db"
+            f"{url!r} is not a database URL; use postgresql://user@host/db or sqlite:////absolute/path/file.db (four slashes; three: relative to the current directory)"
         ) from None
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
