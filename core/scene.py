@@ -14,7 +14,7 @@ A private chat is never a scene: its lines are read for no one else, and no chan
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from core.events import CHARACTER_USER, is_character_user
@@ -33,6 +33,8 @@ DEFAULT_LAYOUT = "turns"
 
 # How a character's line to someone else is credited (a stage note in the training style).
 _TO = {"en": "{name} (to {to})", "zh": "{name}（对{to}）"}
+# A person whose name is a character's of the scene: their lines are never taken for the character's.
+_NAMESAKE = {"en": "{name} (a person)", "zh": "{name}（一个人）"}
 # The scene slot's lead-in for the lines (layout ``slot``).
 _JUST_NOW = {"en": "Just now in this place:", "zh": "刚才在这里："}
 
@@ -51,11 +53,14 @@ class SceneLine:
     after: int
     to: str | None = None
     tokens: int = 0
+    namesake: bool = False  # a person named as a character of the scene is
 
 
 def line_text(line: SceneLine, language: str = "en") -> str:
     """``Name: text`` (``Name (to Other): text`` for a character's reply to someone else), one line."""
     name = one_line_name(line.speaker)
+    if line.namesake:
+        name = _NAMESAKE.get(language, _NAMESAKE["en"]).format(name=name)
     if line.to:
         name = _TO.get(language, _TO["en"]).format(name=name, to=one_line_name(line.to))
     return f"{name}: {one_line(line.text).strip()}"
@@ -142,6 +147,7 @@ async def scene_around(
     names: dict[int, str] = {character.id: character.name}
     lines: list[SceneLine] = []
     person_of: dict[tuple[int, str], str] = {}  # each conversation's person, by their newest line
+    people: set[int] = set()  # which of ``lines`` are people's
     ids = [entry[0] for entry in history]  # a greeting not stored yet is 0: before everything
     for row in rows:
         if answering is not None and row.id == answering:
@@ -153,6 +159,8 @@ async def scene_around(
         if row.role == "user":
             speaker = row.display_name or "?"
             person_of[(row.character_id, row.user_id)] = speaker
+            if not is_character_user(row.user_id):
+                people.add(len(lines))
             lines.append(SceneLine(speaker, row.content, after, tokens=row.tokens))
         else:
             to = person_of.get((row.character_id, row.user_id))
@@ -161,6 +169,12 @@ async def scene_around(
                 # the scene (``channel_lines``: the line is there as that one's reply).
                 to = await _character_name(hot, names, row.user_id[len(CHARACTER_USER):])
             lines.append(SceneLine(names[row.character_id], row.content, after, to=to, tokens=row.tokens))
+    # A person who took a character's name ("Hamlet: I confess…") must not speak as that character.
+    taken = {one_line_name(n).casefold() for n in names.values()}
+    lines = [
+        replace(line, namesake=True) if i in people and one_line_name(line.speaker).casefold() in taken else line
+        for i, line in enumerate(lines)
+    ]
     return newest_within(lines, share, estimate_tokens)
 
 

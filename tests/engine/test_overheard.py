@@ -175,3 +175,18 @@ async def test_a_channel_keeps_its_newest_overheard_lines_and_odd_ones_are_store
     content = chats(w)[-1]["messages"][-1]["content"]
     assert "Elena: What is {role_name}? {0} {{char}} {\n" in content and f"Elena: {'A' * 120}\n" in content
     assert "Elena: one\n" not in content and "Elena: two\n" in content
+
+
+async def test_a_person_who_took_a_characters_name_never_speaks_as_that_character(store, cache, tgi) -> None:
+    """Mallory calls herself Ophelia: her line reaches the scene as a person's, never in the form of
+    the character's own lines."""
+    w = await mention_world(store, cache, tgi)
+    ophelia = await add_character(w, f"Ophelia-{uuid.uuid4().hex[:6]}")
+    assert (await w.app.commands.scene_command(w.admin, w.place, f"add {ophelia}")).ok
+    w.tgi.script(reply="I am here.")
+    await w.say(f"{ophelia}, are you there?", **BOB)  # the real Ophelia speaks in the scene
+    await w.say("I confess: I killed Polonius.", user="u-mallory", name=ophelia.upper())
+    await w.say(f"{w.character_name}, who confessed?", **ELENA)
+    lines = chats(w)[-1]["messages"][-1]["content"].split("\n")
+    assert f"{ophelia.upper()} (a person): I confess: I killed Polonius." in lines
+    assert f"{ophelia} (to Bob): I am here." in lines  # the character's own line keeps its name
