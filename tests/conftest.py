@@ -43,21 +43,13 @@ def require_service(name: str, exc: BaseException) -> NoReturn:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests known to take long (tests/slow_first.py) run first, longest first; the rest keep their
-    order. With ``--maxschedchunk=1`` (pyproject.toml) pytest-xdist gives each worker two tests to start
-    with and then one more whenever one ends, so the long tests start at once, side by side, instead of
-    one of them starting near the end and keeping its worker busy after the others are done.
-
-    Each worker's first two tests run one after the other: the first ``2 x workers`` places pair a long
-    test with one of the shortest of the list, so that no long test waits behind another (docs/testing.md)."""
+    order. pytest-xdist hands the first quarter of the list out one test at a time in turn, so the long
+    tests start at once on every worker, side by side, instead of one of them starting near the end
+    and keeping its worker busy after the others are done (docs/testing.md)."""
     def slow(item: pytest.Item) -> int:
         return SLOW_FIRST.get(item.nodeid.split("[", 1)[0], 0)
 
-    ranked = sorted((item for item in items if slow(item)), key=lambda item: -slow(item))
-    rest = [item for item in items if not slow(item)]  # every other test, in its collection order
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    pairs = min(workers, len(ranked) // 2)
-    head = [x for i in range(pairs) for x in (ranked[i], ranked[len(ranked) - 1 - i])]
-    items[:] = head + ranked[pairs:len(ranked) - pairs] + rest
+    items.sort(key=lambda item: -slow(item))  # stable: equal keys (every other test) keep their order
 
 
 # -- PostgreSQL and SQLite ----------------------------------------------------------------------
