@@ -18,7 +18,6 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from tests.llama_fixture import llama_server  # noqa: F401  (llama.cpp with the bundled model, one per run)
-from tests.slow_first import SLOW_FIRST
 
 # CREATE and DROP DATABASE wait on each other (and on a checkpoint) across the test workers and the
 # throwaway servers' tests: on a loaded machine one may take longer than the product's 30 s statement
@@ -39,17 +38,6 @@ def require_service(name: str, exc: BaseException) -> NoReturn:
     if in_ci():
         pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
     pytest.skip(message)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests known to take long (tests/slow_first.py) run first, longest first; the rest keep their
-    order. pytest-xdist hands the first quarter of the list out one test at a time in turn, so the long
-    tests start at once on every worker, side by side, instead of one of them starting near the end
-    and keeping its worker busy after the others are done (docs/testing.md)."""
-    def slow(item: pytest.Item) -> int:
-        return SLOW_FIRST.get(item.nodeid.split("[", 1)[0], 0)
-
-    items.sort(key=lambda item: -slow(item))  # stable: equal keys (every other test) keep their order
 
 
 # -- PostgreSQL and SQLite ----------------------------------------------------------------------
