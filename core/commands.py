@@ -628,6 +628,8 @@ class Commands:
             found = await self.store.characters.get_by_name(name)
             if found is None or not any(b.character_id == found.id for b in cast):
                 names = ", ".join([await self._name(b.character_id) for b in cast])
+                if place.private:  # the /use choice is the one character here
+                    return f"Here you talk to {names}, not {name!r}: leave the name out, or /use NAME to switch."
                 return f"No character called {name!r} plays here (here: {names})."
             chosen = found.id
         elif len(cast) > 1 and actor is not None:
