@@ -248,10 +248,10 @@ async def test_the_conversation_trigger_lets_characters_answer_each_other_a_boun
     await w.app.model.close()
 
 
-async def conversation_world(store, cache, tgi):
+async def conversation_world(store, cache, tgi, **ophelia):
     """Hamlet and Ophelia in one channel with trigger ``conversation``; Hamlet names Ophelia, she him."""
     w = await build_world(store, cache, tgi, trigger="conversation", appraiser="none", conversation_turns=2)
-    w.ophelia = await add_character(w, f"Ophelia-{uuid.uuid4().hex[:6]}")
+    w.ophelia = await add_character(w, f"Ophelia-{uuid.uuid4().hex[:6]}", **ophelia)
     assert (await w.app.commands.scene_command(w.admin, w.place, f"add {w.ophelia}")).ok
 
     def each_names_the_other(body: dict) -> str:
@@ -300,6 +300,27 @@ async def test_a_character_answer_left_pending_by_a_crash_sees_the_line_it_answe
     assert chats(w)[-1]["messages"][-1] == {
         "role": "user", "content": f"Bob: {w.character_name}, speak.\n{w.character_name}: {w.ophelia}, what say you?",
     }
+    await w.app.engine.drain()
+    await w.app.model.close()
+
+
+async def test_a_character_answering_another_gets_no_greeting_meant_for_a_person(store, cache, tgi) -> None:
+    """The card's greeting opens a person's first conversation; Ophelia answering Hamlet's line is
+    no first contact with a person: her conversation with ``character:ID`` starts with the line."""
+    w = await conversation_world(store, cache, tgi, greeting="(curtsies) Welcome, {{user}}.")
+    reply, _ = await w.say(f"{w.character_name}, speak.", **BOB)
+    await w.app.engine.shown(reply, ["shown-0"])
+    answer = await w.app.engine.follow_up(reply, "shown-0")
+    assert answer is not None
+    await answer.collect()
+
+    assert answer.status is ReplyStatus.ANSWERED and answer.character.name == w.ophelia
+    assert answer.greeting is None
+    messages = chats(w)[-1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert not any("Welcome" in m["content"] for m in messages)
+    stored = await w.app.store.messages.recent(answer.conversation, 10)
+    assert [m.role for m in stored] == ["user", "assistant"]
     await w.app.engine.drain()
     await w.app.model.close()
 
