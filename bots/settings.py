@@ -129,8 +129,9 @@ class Settings(BaseSettings):
     # examples=on|off themselves; off by default: BeyondDialogue was never trained on such turns.
     card_examples: bool = False
     # A channel is a scene: the share of the input budget the others' lines there may take (0: each
-    # person's thread alone, as in a private chat); PERSONAE_CONVERSATION_TURNS: character replies in
-    # a row the ``conversation`` trigger allows before a person must speak again.
+    # person's thread alone, as in a private chat); PERSONAE_CONVERSATION_TURNS: the answers of
+    # characters to each other the ``conversation`` trigger allows after the reply to a person's
+    # message, before a person must speak again (0: none).
     scene_share: float = Field(default=0.25, ge=0, le=0.9)
     # How the others' lines reach the model: folded into the person's turns, or in the scene slot (docs/scenes.md).
     scene_layout: Literal["turns", "slot"] = "turns"

@@ -21,9 +21,9 @@ from core.errors import Conflict, InvalidInput, NotFound, PersonaeError
 from core.events import ConversationKey, PersonKey, Trigger
 from core.hot import HotState, character_histories_prefix, memory_key, person_prefixes, rate_key
 from core.profile_notes import derived_note, field_value, missing_derivable, missing_note
-from core.prompt import estimate_tokens
+from core.prompt import estimate_tokens, fill_placeholders
 from core.scene import line_text, scene_around
-from core.text import clean_text, clean_value, one_line
+from core.text import clean_text, clean_value, one_line, one_line_name
 from core.ports import Cache, ChatModel, StateUpdater, Store
 from core.state import Binding, RelationshipState
 
@@ -447,7 +447,7 @@ class Commands:
             return refused(f"{character.name} already plays here.")
         if len(cast) >= MAX_CAST and not any(b.character_id == character.id for b in cast):
             return refused(f"A channel holds at most {MAX_CAST} characters; take one out first with /scene remove NAME.")
-        mode = mode or (cast[0].trigger if cast else Trigger.ALL)
+        mode = mode or (cast[0].trigger if cast else Trigger.MENTION)  # an empty channel: the default, as /bind
         scene = cast[0].scene if cast else None
         binding = Binding(place.platform, place.chat_id, place.channel_id, character.id, mode, scene)
         for other in cast:
@@ -507,11 +507,12 @@ class Commands:
 
     async def scene_command(self, actor: Actor, place: Place, text: str | None) -> Outcome:
         """``/scene`` and its words: nothing or ``show [NAME]`` shows the scene; ``add NAME [trigger]``
-        and ``remove NAME`` change who plays here; ``set TEXT`` (or any other text) sets the scene
-        text, ``reset`` gives back the character's own."""
+        and ``remove NAME`` change who plays here; ``set TEXT`` sets the scene text, ``reset`` gives
+        back the character's own. Any other first word changes nothing and lists the forms (a
+        mistyped ``rmove Hamlet`` must not become the scene)."""
         words = clean_text(text or "").strip()
-        verb, _, rest = words.partition(" ")
-        verb, rest = verb.casefold(), rest.strip()
+        said, _, rest = words.partition(" ")
+        verb, rest = said.casefold(), rest.strip()
         if not words or verb == "show":
             return await self.scene(actor, place, rest or None)
         if verb == "add":
@@ -519,8 +520,15 @@ class Commands:
                 return refused("Say which character: /scene add NAME [all|mention|conversation].")
             name, trigger = rest, None
             head, _, last = rest.rpartition(" ")
+            head = head.strip()
             if head and last.casefold() in {t.value for t in Trigger}:
-                name, trigger = head.strip(), last.casefold()
+                name, trigger = head, last.casefold()
+            elif head and actor.privileged and not place.private and await self.store.characters.get_by_name(rest) is None:
+                # No character is called all of it: the last word was meant as the trigger.
+                why = TRIGGER_CHOICES.format(trigger=last)
+                if await self.store.characters.get_by_name(head) is None:
+                    why = f"{why[:-1]}; and there is no character called {head!r}."
+                return refused(why)
             return await self.join(actor, place, name, trigger)
         if verb == "remove":
             if not rest:
@@ -532,7 +540,7 @@ class Commands:
             if not rest:
                 return refused("Say the scene: /scene set TEXT (or /scene reset for the character's own).")
             return await self.set_scene(actor, place, rest)
-        return await self.set_scene(actor, place, words)
+        return refused(f"Unknown /scene word {said[:40]!r}: {SCENE_FORMS}.")
 
     async def scene(self, actor: Actor, place: Place, name: str | None = None) -> Outcome:
         """Who is in this channel's scene, and what the character (named, or the one the actor talks
@@ -543,6 +551,8 @@ class Commands:
         cast = await self._cast_here(place)
         binding = next((b for b in cast if b.character_id == character.id), cast[0])
         text = binding.scene if binding.scene is not None else character.profile.scene
+        # As the system prompt has it for this person (core.prompt.render_system_prompt).
+        text = fill_placeholders(text, char=character.name, user=one_line_name(actor.display_name))
         lines = [f"Scene: {text[:300]}{'…' if len(text) > 300 else ''}" if text else "Scene: (none set; /scene set TEXT)"]
         if binding.private:
             lines.append(
@@ -618,6 +628,8 @@ class Commands:
             found = await self.store.characters.get_by_name(name)
             if found is None or not any(b.character_id == found.id for b in cast):
                 names = ", ".join([await self._name(b.character_id) for b in cast])
+                if place.private:  # the /use choice is the one character here
+                    return f"Here you talk to {names}, not {name!r}: leave the name out, or /use NAME to switch."
                 return f"No character called {name!r} plays here (here: {names})."
             chosen = found.id
         elif len(cast) > 1 and actor is not None:
@@ -719,6 +731,9 @@ class Commands:
 
 NO_CHARACTER_HERE = "No character plays in this channel."
 TRIGGER_CHOICES = "Trigger must be 'all', 'mention' or 'conversation', not {trigger!r}."
+SCENE_FORMS = (
+    "/scene (shows the scene), /scene set TEXT, /scene reset, /scene add NAME [mention|all|conversation], /scene remove NAME"
+)
 MAX_CAST = 8  # characters in one channel
 SCENE_SHOWN = 10  # lines /scene quotes
 _HOW = {

@@ -157,8 +157,11 @@ class ChatTurn:
                 reply.status = ReplyStatus.NOT_FOUND
                 return False
             history = history[:-2]
-        elif not history and (greeting := pick_greeting(self.character, self.display_name)):
-            # First contact: the character's greeting opens the conversation (stored with the reply).
+        elif not history and not is_character_user(self.conversation.user_id) and (
+            greeting := pick_greeting(self.character, self.display_name)
+        ):
+            # First contact with a person: the character's greeting opens the conversation (stored
+            # with the reply). An answer to another character's line (user ``character:ID``) has none.
             self.greeting = greeting
             history = [(0, "assistant", greeting, estimate_tokens(greeting))]
             reply.greeting = greeting

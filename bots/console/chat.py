@@ -111,7 +111,7 @@ class ConsoleChat:
                 await self.use(arg)
         elif name == "mood":
             await self.app.engine.drain()  # the last reply's appraisal runs in the background: show its result
-            self.write((await commands.mood(self.actor, self.place)).message + "\n")
+            self.write((await commands.mood(self.actor, self.place, arg or None)).message + "\n")
         elif name == "undo":
             last = self.last
             if last is None or last.conversation is None or last.reply_message_id is None:
@@ -124,7 +124,7 @@ class ConsoleChat:
         elif name == "lore":
             self.write((await commands.lore(self.actor, self.place, arg)).message + "\n")
         elif name == "reset":
-            self.write((await commands.reset(self.actor, self.place)).message + "\n")
+            self.write((await commands.reset(self.actor, self.place, arg or None)).message + "\n")
         elif name == "memory":
             await self.app.engine.drain()  # condensing runs in the background: show what it kept
             sub, _, rest = arg.partition(" ")

@@ -151,9 +151,9 @@ async def test_an_admin_creates_edits_shows_lists_and_deletes_a_character(bot):
 async def test_scene_and_unbind_need_an_admin_in_a_server(bot):
     await bot.bind(ROLEPLAY)
 
-    refused = await bot.fake.slash("scene", {"text": "A storm."}, user=ALICE)
+    refused = await bot.fake.slash("scene", {"text": "set A storm."}, user=ALICE)
     assert await bot.fake.answer_to(refused) == ADMIN_ONLY
-    scene = await bot.fake.slash("scene", {"text": "A storm over the battlements."}, user=BOB, permissions=MANAGE_GUILD)
+    scene = await bot.fake.slash("scene", {"text": "set A storm over the battlements."}, user=BOB, permissions=MANAGE_GUILD)
     assert await bot.fake.answer_to(scene) == "Scene set."
     assert (await binding(bot, ROLEPLAY)).scene == "A storm over the battlements."
 

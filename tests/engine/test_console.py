@@ -161,3 +161,37 @@ async def test_memory_in_the_terminal_lists_and_forgets(store, cache, tgi) -> No
     assert f"{world.character_name} remembers about you here:\n1. Elena keeps a blue lantern. (fact, " in text
     assert f"{world.character_name} forgot: Elena keeps a blue lantern." in text
     assert f"{world.character_name} remembers nothing about you here yet." in text
+
+
+async def test_mood_and_reset_with_a_name_act_on_that_character_or_on_none(store, cache, tgi) -> None:
+    # `/mood Mira` while talking to Hamlet used to show Hamlet's mood, and `/reset Mira` reset Hamlet.
+    world = await build_world(store, cache, tgi)
+    mira = await add_console_character(store, "Mira")
+    tgi.script(reply="Speak, then.")
+    try:
+        text = await run_console(
+            world.app, f"/use {world.character_name}", "May I sit?", f"/mood {mira}", f"/reset {mira}", "/quit"
+        )
+        character = await store.characters.get_by_name(world.character_name)
+        from core.events import ConversationKey, Platform
+
+        conversation = ConversationKey(character.id, Platform.CONSOLE, "console-Elena", "Elena")
+        kept = len(await store.messages.recent(conversation, 10))
+        named = await run_console(world.app, f"/mood {world.character_name}", f"/reset {world.character_name}", "/quit")
+    finally:
+        await world.app.engine.drain()
+        await world.app.model.close()
+    assert f"{world.character_name} toward" not in text and "Started over" not in text
+    assert f"Here you talk to {world.character_name}, not '{mira}': leave the name out, or /use NAME to switch.\n" in text
+    assert kept == 2  # Hamlet's conversation is untouched
+    assert f"{world.character_name} toward Elena:" in named and "Started over" in named
+
+
+async def add_console_character(store, prefix: str) -> str:
+    import uuid
+
+    from core.cards import new_card
+
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    await store.characters.add(new_card(name=name, world="A harbour town", traits=["warm"], mbti="ESFP", style=["bright"]))
+    return name

@@ -248,10 +248,10 @@ async def test_the_conversation_trigger_lets_characters_answer_each_other_a_boun
     await w.app.model.close()
 
 
-async def conversation_world(store, cache, tgi):
+async def conversation_world(store, cache, tgi, **ophelia):
     """Hamlet and Ophelia in one channel with trigger ``conversation``; Hamlet names Ophelia, she him."""
     w = await build_world(store, cache, tgi, trigger="conversation", appraiser="none", conversation_turns=2)
-    w.ophelia = await add_character(w, f"Ophelia-{uuid.uuid4().hex[:6]}")
+    w.ophelia = await add_character(w, f"Ophelia-{uuid.uuid4().hex[:6]}", **ophelia)
     assert (await w.app.commands.scene_command(w.admin, w.place, f"add {w.ophelia}")).ok
 
     def each_names_the_other(body: dict) -> str:
@@ -304,6 +304,27 @@ async def test_a_character_answer_left_pending_by_a_crash_sees_the_line_it_answe
     await w.app.model.close()
 
 
+async def test_a_character_answering_another_gets_no_greeting_meant_for_a_person(store, cache, tgi) -> None:
+    """The card's greeting opens a person's first conversation; Ophelia answering Hamlet's line is
+    no first contact with a person: her conversation with ``character:ID`` starts with the line."""
+    w = await conversation_world(store, cache, tgi, greeting="(curtsies) Welcome, {{user}}.")
+    reply, _ = await w.say(f"{w.character_name}, speak.", **BOB)
+    await w.app.engine.shown(reply, ["shown-0"])
+    answer = await w.app.engine.follow_up(reply, "shown-0")
+    assert answer is not None
+    await answer.collect()
+
+    assert answer.status is ReplyStatus.ANSWERED and answer.character.name == w.ophelia
+    assert answer.greeting is None
+    messages = chats(w)[-1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert not any("Welcome" in m["content"] for m in messages)
+    stored = await w.app.store.messages.recent(answer.conversation, 10)
+    assert [m.role for m in stored] == ["user", "assistant"]
+    await w.app.engine.drain()
+    await w.app.model.close()
+
+
 async def test_with_the_slot_layout_the_lines_go_into_the_scene_slot_and_the_turns_stay_the_persons(store, cache, tgi) -> None:
     w = await build_world(store, cache, tgi, appraiser="none", scene_layout="slot")
     w.tgi.script(reply="Follow it.")
@@ -314,3 +335,65 @@ async def test_with_the_slot_layout_the_lines_go_into_the_scene_slot_and_the_tur
     assert messages[-1]["content"] == "What did you tell her?"
     await w.app.engine.drain()
     await w.app.model.close()
+
+
+SCENE_FORMS = (
+    "/scene (shows the scene), /scene set TEXT, /scene reset, /scene add NAME [mention|all|conversation], /scene remove NAME"
+)
+
+
+async def test_an_unknown_scene_word_changes_nothing_and_lists_the_forms(scene) -> None:
+    w = scene
+    commands, admin, place = w.app.commands, w.admin, w.place
+    assert (await commands.scene_command(admin, place, "set A storm at sea.")).ok
+    before = await w.app.store.bindings.list(Platform.DISCORD, w.channel)
+    for words in (f"rmove {w.ophelia}", "frobnicate", "A cold night on the battlements."):
+        outcome = await commands.scene_command(admin, place, words)
+        assert not outcome.ok, words
+        assert "\n" not in outcome.message and SCENE_FORMS in outcome.message, outcome.message
+        assert outcome.message.startswith(f"Unknown /scene word {words.split()[0]!r}"), outcome.message
+    assert await w.app.store.bindings.list(Platform.DISCORD, w.channel) == before
+    # The documented forms still work.
+    assert (await commands.scene_command(admin, place, "show")).ok
+    assert (await commands.scene_command(admin, place, "")).ok
+    assert (await commands.scene_command(admin, place, "reset")).message == "Scene reset to the character's own."
+    assert (await commands.scene_command(admin, place, f"remove {w.ophelia}")).ok
+
+
+async def test_scene_add_on_an_empty_channel_binds_with_the_default_trigger_mention(scene) -> None:
+    w = scene
+    commands, admin = w.app.commands, w.admin
+    fresh = Place(Platform.DISCORD, w.chat, f"chan-{uuid.uuid4().hex[:8]}")
+    assert (await commands.scene_command(admin, fresh, f"add {w.ophelia}")).ok
+    assert [b.trigger.value for b in await w.app.store.bindings.list(Platform.DISCORD, fresh.channel_id)] == ["mention"]
+    # Every character taken out of a channel bound with `all`: the next one starts from the default.
+    assert (await commands.scene_command(admin, w.place, f"remove {w.ophelia}")).ok
+    assert (await commands.scene_command(admin, w.place, f"remove {w.character_name}")).ok
+    assert (await commands.scene_command(admin, w.place, f"add {w.ophelia}")).ok
+    assert [b.trigger.value for b in await w.app.store.bindings.list(Platform.DISCORD, w.channel)] == ["mention"]
+
+
+async def test_scene_add_with_a_word_that_is_no_trigger_says_so(scene) -> None:
+    w = scene
+    commands, admin, place = w.app.commands, w.admin, w.place
+    before = await w.app.store.bindings.list(Platform.DISCORD, w.channel)
+    outcome = await commands.scene_command(admin, place, f"add {w.character_name} sometimes")
+    assert not outcome.ok
+    assert outcome.message == "Trigger must be 'all', 'mention' or 'conversation', not 'sometimes'."
+    outcome = await commands.scene_command(admin, place, "add Nobody sometimes")
+    assert not outcome.ok
+    assert outcome.message == (
+        "Trigger must be 'all', 'mention' or 'conversation', not 'sometimes'; and there is no character called 'Nobody'."
+    )
+    assert await w.app.store.bindings.list(Platform.DISCORD, w.channel) == before
+
+
+async def test_scene_shows_its_text_with_the_names_filled_in_as_the_prompt_has_them(scene) -> None:
+    w = scene
+    assert (await w.app.commands.scene_command(w.admin, w.place, "set {{char}} waits for {{User}} at the gate.")).ok
+    outcome = await w.app.commands.scene_command(Actor(Platform.DISCORD, "u-bob", "Bob"), w.place, "")
+    assert outcome.ok
+    assert outcome.message.splitlines()[0] == f"Scene: {w.character_name} waits for Bob at the gate."
+    w.tgi.script(reply="Well met.")
+    await w.say("Hello.", **BOB)
+    assert f"{w.character_name} waits for Bob at the gate." in chats(w)[-1]["messages"][0]["content"]

@@ -65,7 +65,7 @@ async def test_admin_commands_are_refused_to_others(bot: Harness) -> None:
     await bot.add_character("Hamlet")
     await bot.bind(GROUP, "Hamlet")
     group, mia = tg.group(GROUP), tg.user(52, "Mia")
-    for command in ("/unbind", "/scene A storm.", "/character delete Hamlet"):
+    for command in ("/unbind", "/scene set A storm.", "/character delete Hamlet"):
         tg.say(group, mia, command)
     await bot.idle()
     assert tg.texts(GROUP) == [ADMIN_ONLY] * 3

@@ -47,7 +47,7 @@ async def test_a_chat_admin_binds_a_character_in_mention_mode_by_default(bot: Ha
     assert binding is not None and binding.trigger == "mention"
     assert [c.params for c in tg.calls_of("getChatMember")] == [{"chat_id": GROUP, "user_id": 32}]
 
-    tg.say(group, ada, "/scene A cold night on the battlements.")
+    tg.say(group, ada, "/scene set A cold night on the battlements.")
     await bot.idle()
     assert tg.texts(GROUP)[-1] == "Scene set."
     assert len(tg.calls_of("getChatMember")) == 1, "the admin check is cached"
@@ -69,7 +69,7 @@ async def test_admin_status_is_per_chat_and_the_cached_answer_stays_in_its_chat(
     assert tg.texts(other_id) == [ADMIN_ONLY]
     assert await bot.app.store.bindings.get("telegram", str(other_id)) is None
     # And the other way round: a cached "no" in the other chat does not refuse her in GROUP.
-    tg.say(group, ada, "/scene A cold night on the battlements.")
+    tg.say(group, ada, "/scene set A cold night on the battlements.")
     await bot.idle()
     assert tg.texts(GROUP)[-1] == "Scene set."
     assert sorted(c.params["chat_id"] for c in tg.calls_of("getChatMember")) == [other_id, GROUP]
