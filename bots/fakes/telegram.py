@@ -106,6 +106,8 @@ class FakeTelegram:
     files: ``{file_id: bytes}`` served by getFile and the file download route.
     failures: ``fail(method, status, description, times)`` scripts errors for the next calls.
     limits: a ``FloodLimits`` to enforce Telegram's flood limits (None: none).
+    hang(): from now on every request is taken and never answered (a Bot API that hangs); ``unanswered``
+    counts them. ``stop()`` lets them go (closed without an answer).
     """
 
     def __init__(self, *, token: str = TOKEN, bot_id: int = 4242, username: str = "persona_bot") -> None:
@@ -137,6 +139,9 @@ class FakeTelegram:
         self._held_request: web.Request | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.hanging = False
+        self.unanswered = 0  # requests taken while hanging, never answered
+        self._released = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -149,6 +154,7 @@ class FakeTelegram:
 
     async def stop(self) -> None:
         self._arrived.set()  # release a held getUpdates
+        self._released.set()  # and the requests a hanging server took
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -248,6 +254,11 @@ class FakeTelegram:
         self._updates.append(dict(update, _again=True))
         self._arrived.set()
 
+    def hang(self) -> None:
+        """Take every request from now on and never answer it (connections stay open), as a Bot API
+        that stopped answering does. A getUpdates already held goes on waiting."""
+        self.hanging = True
+
     def fail(self, method: str, status: int, description: str, times: int = 1) -> None:
         for _ in range(times):
             self.failures[method].append((status, description))
@@ -307,6 +318,10 @@ class FakeTelegram:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        if self.hanging:
+            self.unanswered += 1
+            await self._released.wait()
+            raise web.HTTPServiceUnavailable()  # only when the fake stops: the client has long given up
         if request.match_info["token"] != self.token:
             self.rejected.append(method)
             return _error(401, "Unauthorized")
