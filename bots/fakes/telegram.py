@@ -107,7 +107,7 @@ class FakeTelegram:
     failures: ``fail(method, status, description, times)`` scripts errors for the next calls.
     limits: a ``FloodLimits`` to enforce Telegram's flood limits (None: none).
     hang(): from now on every request is taken and never answered (a Bot API that hangs); ``unanswered``
-    counts them. ``stop()`` lets them go (closed without an answer).
+    lists those calls. ``stop()`` lets them go (closed without an answer).
     """
 
     def __init__(self, *, token: str = TOKEN, bot_id: int = 4242, username: str = "persona_bot") -> None:
@@ -140,7 +140,7 @@ class FakeTelegram:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.hanging = False
-        self.unanswered = 0  # requests taken while hanging, never answered
+        self.unanswered: list[Call] = []  # the calls taken while hanging, never answered
         self._released = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -318,14 +318,14 @@ class FakeTelegram:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
-        if self.hanging:
-            self.unanswered += 1
-            await self._released.wait()
-            raise web.HTTPServiceUnavailable()  # only when the fake stops: the client has long given up
         if request.match_info["token"] != self.token:
             self.rejected.append(method)
             return _error(401, "Unauthorized")
         params = await self._params(request)
+        if self.hanging:
+            self.unanswered.append(Call(method, params))
+            await self._released.wait()
+            raise web.HTTPServiceUnavailable()  # only when the fake stops: the client has long given up
         if method != "getUpdates":
             self.calls.append(Call(method, params))
         if self.failures.get(method):
