@@ -106,7 +106,7 @@ class FakeTelegram:
     files: ``{file_id: bytes}`` served by getFile and the file download route.
     failures: ``fail(method, status, description, times)`` scripts errors for the next calls.
     limits: a ``FloodLimits`` to enforce Telegram's flood limits (None: none).
-    hang(): from now on every request is taken and never answered (a Bot API that hangs); ``unanswered``
+    hang(*methods): from now on every request (or those methods') is taken and never answered (a Bot API that hangs); ``unanswered``
     lists those calls. ``stop()`` lets them go (closed without an answer).
     """
 
@@ -139,7 +139,7 @@ class FakeTelegram:
         self._held_request: web.Request | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
-        self.hanging = False
+        self.hanging: bool | set[str] = False  # True: every method hangs; a set: those
         self.unanswered: list[Call] = []  # the calls taken while hanging, never answered
         self._released = asyncio.Event()
 
@@ -254,10 +254,11 @@ class FakeTelegram:
         self._updates.append(dict(update, _again=True))
         self._arrived.set()
 
-    def hang(self) -> None:
-        """Take every request from now on and never answer it (connections stay open), as a Bot API
-        that stopped answering does. A getUpdates already held goes on waiting."""
-        self.hanging = True
+    def hang(self, *methods: str) -> None:
+        """Take every request (or every call of ``methods``) from now on and never answer it
+        (connections stay open), as a Bot API that stopped answering does. A getUpdates already held
+        goes on waiting."""
+        self.hanging = set(methods) or True
 
     def fail(self, method: str, status: int, description: str, times: int = 1) -> None:
         for _ in range(times):
@@ -322,7 +323,7 @@ class FakeTelegram:
             self.rejected.append(method)
             return _error(401, "Unauthorized")
         params = await self._params(request)
-        if self.hanging:
+        if self.hanging is True or (self.hanging and method in self.hanging):
             self.unanswered.append(Call(method, params))
             await self._released.wait()
             raise web.HTTPServiceUnavailable()  # only when the fake stops: the client has long given up

@@ -310,8 +310,7 @@ async def stop_serving(application: Application, recovery: asyncio.Task[None], i
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError):
             left = left or f"{doing}, cut off when the close time ran out"
-        if application.running:
-            await _abandon(application)
+        await _abandon(application)
         raise
     finally:
         if left:
@@ -321,14 +320,20 @@ async def stop_serving(application: Application, recovery: asyncio.Task[None], i
 async def _abandon(application: Application) -> None:
     """Stop ``application`` when there is no time left. ``Application.stop`` marks it stopped as soon as
     it runs; the updates being handled (waiting for Telegram) get ``ABANDON_S`` more, then they are
-    cancelled (their messages stay pending) and the stop gets ``ABANDON_S`` to see them end."""
-    stopping = asyncio.create_task(application.stop(), name="telegram-stop")
-    await asyncio.wait([stopping], timeout=ABANDON_S)
-    processor = application.update_processor
-    if not stopping.done() and isinstance(processor, OrderedUpdates) and processor.cancel_all():
+    cancelled (their messages stay pending) and get ``ABANDON_S`` to end, and so does the stop."""
+    stopping = asyncio.create_task(application.stop(), name="telegram-stop") if application.running else None
+    if stopping is not None:
         await asyncio.wait([stopping], timeout=ABANDON_S)
-    stopping.cancel()
-    await asyncio.gather(stopping, return_exceptions=True)
+    processor = application.update_processor
+    # Left running, they would fail once the Bot API's client is closed, each with an error line.
+    handling = processor.cancel_all() if isinstance(processor, OrderedUpdates) else []
+    if handling:
+        await asyncio.wait(handling, timeout=ABANDON_S)
+    if stopping is not None:
+        if handling:
+            await asyncio.wait([stopping], timeout=ABANDON_S)
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
 
 
 async def _settle_dropped(app: App, application: Application, update: object) -> None:

@@ -76,11 +76,12 @@ class OrderedUpdates(BaseUpdateProcessor):
         self._queues: dict[tuple[int, int], tuple[asyncio.Lock, list[int]]] = {}
         self._handling: set[asyncio.Task[Any]] = set()  # the tasks handling an update now
 
-    def cancel_all(self) -> int:
-        """Cancel every update being handled (a stop that cannot wait any longer); how many."""
-        for task in self._handling:
+    def cancel_all(self) -> list[asyncio.Task[Any]]:
+        """Cancel every update being handled (a stop that cannot wait any longer); their tasks."""
+        tasks = list(self._handling)
+        for task in tasks:
             task.cancel()
-        return len(self._handling)
+        return tasks
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         task = asyncio.current_task()
