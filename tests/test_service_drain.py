@@ -90,3 +90,48 @@ async def test_a_stop_signal_lets_the_replies_in_flight_finish_stores_them_and_e
         assert [(r[1], r[2], r[3]) for r in rows if r[0] == platform] == [
             ("user", "Who goes there?", "answered"), ("assistant", REPLY, None)
         ]
+
+
+async def test_a_stop_while_telegram_does_not_answer_ends_in_bounded_time_and_exits_0(tmp_path) -> None:
+    """The Bot API hangs (takes requests, answers none) while a reply is being shown, then SIGTERM:
+    python-telegram-bot's stop waits for Telegram, the close time runs out, and the Application must
+    still be stopped and shut down: one line says what was left, and the process exits 0."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'personae.db'}"
+    await prepared_database(url)
+    async with FakeTelegram() as tg, TGIServer(reply=REPLY, chunks=12, token_delay=0.4) as tgi:
+        env = {
+            "PERSONAE_DATABASE_URL": url,
+            "PERSONAE_LLM_URL": tgi.base_url,
+            "PERSONAE_APPRAISER": "none",
+            "PERSONAE_SHUTDOWN_GRACE_S": "2",
+            "PERSONAE_TELEGRAM_TOKEN": tg.token,
+            "PERSONAE_TELEGRAM_API_BASE": tg.base_url,
+            "PERSONAE_TELEGRAM_FILE_BASE": tg.file_base_url,
+            "PERSONAE_DISCORD_TOKEN": "",
+            "PERSONAE_REDIS_URL": "",
+            "PERSONAE_TELEGRAM_WEBHOOK_URL": "",
+        }
+        service = PersonaeProcess(env)
+        await service.start()
+        try:
+            await tg.wait_for(lambda: tg.holding, timeout=60, what="the Telegram poller to wait for updates")
+            ann = tg.user(61, "Ann")
+            tg.push({"message": tg.message(tg.group(GROUP), ann, "Who goes there?")})
+            await tg.wait_for(lambda: tg.texts(GROUP), timeout=30, what="the Telegram reply to start")
+            tg.hang()
+            await tg.wait_for(lambda: tg.unanswered, timeout=30, what="the bot to call the hanging Bot API")
+            service.signal(signal.SIGTERM)
+            # Generous: the shutdown grace, the close time and the request timeouts are far below it.
+            status = await service.wait(120)
+            log = service.log
+        finally:
+            await service.close()
+        assert status == 0, log[-3000:]
+        assert "unexpected" not in log, log[-3000:]
+        assert "Telegram did not answer while stopping" in log, log[-3000:]
+        # That one line is all: no update handler left to fail once the Bot API's client is closed.
+        assert " ERROR " not in log, log[-3000:]
+        assert tg.unanswered, "the Bot API was never called while it hung"
+    rows = await stored(url)
+    # The message is kept: answered with the cut reply, or pending and answered after the restart.
+    assert [(r[1], r[2]) for r in rows][:1] == [("user", "Who goes there?")], rows

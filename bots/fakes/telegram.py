@@ -106,6 +106,8 @@ class FakeTelegram:
     files: ``{file_id: bytes}`` served by getFile and the file download route.
     failures: ``fail(method, status, description, times)`` scripts errors for the next calls.
     limits: a ``FloodLimits`` to enforce Telegram's flood limits (None: none).
+    hang(*methods): from now on every request (or those methods') is taken and never answered (a Bot API that hangs); ``unanswered``
+    lists those calls. ``stop()`` lets them go (closed without an answer).
     """
 
     def __init__(self, *, token: str = TOKEN, bot_id: int = 4242, username: str = "persona_bot") -> None:
@@ -137,6 +139,9 @@ class FakeTelegram:
         self._held_request: web.Request | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.hanging: bool | set[str] = False  # True: every method hangs; a set: those
+        self.unanswered: list[Call] = []  # the calls taken while hanging, never answered
+        self._released = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -149,6 +154,7 @@ class FakeTelegram:
 
     async def stop(self) -> None:
         self._arrived.set()  # release a held getUpdates
+        self._released.set()  # and the requests a hanging server took
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -248,6 +254,12 @@ class FakeTelegram:
         self._updates.append(dict(update, _again=True))
         self._arrived.set()
 
+    def hang(self, *methods: str) -> None:
+        """Take every request (or every call of ``methods``) from now on and never answer it
+        (connections stay open), as a Bot API that stopped answering does. A getUpdates already held
+        goes on waiting."""
+        self.hanging = set(methods) or True
+
     def fail(self, method: str, status: int, description: str, times: int = 1) -> None:
         for _ in range(times):
             self.failures[method].append((status, description))
@@ -311,6 +323,10 @@ class FakeTelegram:
             self.rejected.append(method)
             return _error(401, "Unauthorized")
         params = await self._params(request)
+        if self.hanging is True or (self.hanging and method in self.hanging):
+            self.unanswered.append(Call(method, params))
+            await self._released.wait()
+            raise web.HTTPServiceUnavailable()  # only when the fake stops: the client has long given up
         if method != "getUpdates":
             self.calls.append(Call(method, params))
         if self.failures.get(method):

@@ -279,15 +279,61 @@ async def serving(
             yield application
         finally:
             application.bot_data.pop(INTAKE, None)
-            recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await recovery
-            if intake is not None:
-                await intake.stop()
-            if application.running:
-                await application.stop()
+            await stop_serving(application, recovery, intake)
     finally:
         await application.shutdown()
+
+
+# After the service's close time ran out (the adapter is cancelled): how long the updates being
+# handled get to end before they are cancelled (each leaves its message pending, answered after the
+# restart), and how long they then get to end cancelled.
+ABANDON_S = 1.0
+UNANSWERED = "Telegram did not answer while stopping (%s); pending messages are answered after the restart"
+
+
+async def stop_serving(application: Application, recovery: asyncio.Task[None], intake: Any) -> None:
+    """Stop taking updates, confirm those taken (``intake.stop``), and let the updates being handled
+    finish (``Application.stop``). Telegram's answers are waited for until the service's close time
+    runs out and cancels this; the Application is then stopped without them (python-telegram-bot's
+    ``shutdown`` refuses an Application still running), and one line says what was left."""
+    recovery.cancel()
+    left = ""
+    doing = "confirming the updates taken"
+    try:
+        await asyncio.gather(recovery, return_exceptions=True)
+        if intake is not None:
+            await intake.stop()
+            left = getattr(intake, "unconfirmed", None) or ""
+        doing = "the updates being handled"
+        if application.running:
+            await application.stop()
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            left = left or f"{doing}, cut off when the close time ran out"
+        await _abandon(application)
+        raise
+    finally:
+        if left:
+            log.warning(UNANSWERED, left)
+
+
+async def _abandon(application: Application) -> None:
+    """Stop ``application`` when there is no time left. ``Application.stop`` marks it stopped as soon as
+    it runs; the updates being handled (waiting for Telegram) get ``ABANDON_S`` more, then they are
+    cancelled (their messages stay pending) and get ``ABANDON_S`` to end, and so does the stop."""
+    stopping = asyncio.create_task(application.stop(), name="telegram-stop") if application.running else None
+    if stopping is not None:
+        await asyncio.wait([stopping], timeout=ABANDON_S)
+    processor = application.update_processor
+    # Left running, they would fail once the Bot API's client is closed, each with an error line.
+    handling = processor.cancel_all() if isinstance(processor, OrderedUpdates) else []
+    if handling:
+        await asyncio.wait(handling, timeout=ABANDON_S)
+    if stopping is not None:
+        if handling:
+            await asyncio.wait([stopping], timeout=ABANDON_S)
+        stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
 
 
 async def _settle_dropped(app: App, application: Application, update: object) -> None:

@@ -87,6 +87,7 @@ class Poller:
         self.failing_since: float | None = None
         self.held_back_s = 2.0  # between fetches while the database cannot store what comes
         self.conflicts = 0  # 409 Conflicts in a row (another getUpdates caller)
+        self.unconfirmed: str | None = None  # why the updates taken could not be confirmed at stop
 
     @property
     def conflicted(self) -> str | None:
@@ -107,6 +108,7 @@ class Poller:
         return f"{type(error).__name__}: {error}" if error is not None else "it returned"
 
     async def start(self) -> None:
+        self.unconfirmed = None
         self._task = asyncio.create_task(self._run(), name="telegram-poller")
 
     async def _run(self) -> None:
@@ -158,12 +160,14 @@ class Poller:
         """Stop fetching, then confirm what was recorded so that it is not fetched again."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)  # the caller's own cancellation goes on
         if self.offset is not None:
-            with contextlib.suppress(TelegramError):
+            try:
                 # limit=1, no wait: an update this fetches stays unconfirmed and comes again next time.
                 await self.application.bot.get_updates(offset=self.offset, timeout=0, limit=1)
+            except TelegramError as exc:
+                # Telegram sends them again at the next start; stored already, they are answered once.
+                self.unconfirmed = f"confirming the updates taken: {_short(exc)}"
 
 
 class ElectedPoller:
@@ -204,11 +208,16 @@ class ElectedPoller:
             while_elected(self.lease, self.poller.start, self.poller.stop, what="polls Telegram"), name="telegram-election"
         )
 
+    @property
+    def unconfirmed(self) -> str | None:
+        return self.poller.unconfirmed
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            # gather, not a suppressed await: a cancellation of the caller (its close time ran out)
+            # goes on to it instead of being taken for the election task's own.
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 class WebhookServer:

@@ -74,8 +74,27 @@ class OrderedUpdates(BaseUpdateProcessor):
         # Told of each update dropped from a flooded line (the adapter settles its stored message).
         self.on_drop: Callable[[object], Awaitable[None]] | None = None
         self._queues: dict[tuple[int, int], tuple[asyncio.Lock, list[int]]] = {}
+        self._handling: set[asyncio.Task[Any]] = set()  # the tasks handling an update now
+
+    def cancel_all(self) -> list[asyncio.Task[Any]]:
+        """Cancel every update being handled (a stop that cannot wait any longer); their tasks."""
+        tasks = list(self._handling)
+        for task in tasks:
+            task.cancel()
+        return tasks
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            await self._process(update, coroutine)
+            return
+        self._handling.add(task)
+        try:
+            await self._process(update, coroutine)
+        finally:
+            self._handling.discard(task)
+
+    async def _process(self, update: object, coroutine: Awaitable[Any]) -> None:
         if isinstance(update, Update) and not self.seen.first_time(update.update_id):
             log.info("dropped update %s: already handled", update.update_id)
             _discard(coroutine)
