@@ -230,7 +230,8 @@ def test_docker_stop_lets_personae_finish_before_the_shell_exits(tmp_path: Path)
         "#!/bin/sh\n"
         f"trap 'echo stopped > {tmp_path}/stopped; exit 130' INT\n"
         f"echo > {tmp_path}/ready\n"
-        "while :; do sleep 0.05; done\n"
+        # A trapped signal ends the wait builtin at once (POSIX); no process started every few ms.
+        "while :; do sleep 60 & wait $!; done\n"
     )
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
