@@ -219,6 +219,29 @@ def _run_bots_command(tmp_path: Path, exit_status: int) -> int:
     return subprocess.run(["sh", "-c", script], env=env, timeout=30).returncode
 
 
+def _as_a_container_starts() -> None:
+    """A container's processes start with SIGINT and SIGTERM at their defaults and unblocked; a test
+    runner's worker may not (and sh cannot trap a signal that was ignored when it started)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _signal_state(group: int) -> str:
+    """Each process of ``group``: its command and its ignored, blocked and caught signal masks."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            if os.getpgid(int(status.parent.name)) != group:
+                continue
+        except (OSError, ValueError):
+            continue
+        found.append(f"{fields.get('Name', '?').strip()} ign={fields.get('SigIgn', '?').strip()} "
+                     f"blk={fields.get('SigBlk', '?').strip()} cgt={fields.get('SigCgt', '?').strip()}")
+    return "; ".join(found) or "none left"
+
+
 def test_docker_stop_lets_personae_finish_before_the_shell_exits(tmp_path: Path) -> None:
     """``docker stop`` sends SIGINT to the whole group (tini -g): sh must wait for personae's own exit."""
     command = compose()["services"]["bots"]["command"]
@@ -235,14 +258,20 @@ def test_docker_stop_lets_personae_finish_before_the_shell_exits(tmp_path: Path)
     )
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    shell = subprocess.Popen(["sh", "-c", command[2].replace("$$", "$")], env=env, start_new_session=True)
+    shell = subprocess.Popen(
+        ["sh", "-c", command[2].replace("$$", "$")], env=env, start_new_session=True, preexec_fn=_as_a_container_starts
+    )
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "ready").exists():
             assert time.monotonic() < deadline and shell.poll() is None, "the stand-in never started"
             time.sleep(0.02)
         os.killpg(shell.pid, signal.SIGINT)
-        assert shell.wait(timeout=30) == 1, "sh was killed by the signal instead of waiting for personae"
+        try:
+            status = shell.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"sh did not end after SIGINT; the group: {_signal_state(shell.pid)}")
+        assert status == 1, "sh was killed by the signal instead of waiting for personae"
     finally:
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGKILL)
