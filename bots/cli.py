@@ -482,14 +482,12 @@ def prompt(
         fail("give a character card file, or --channel PLATFORM:CHANNEL for a stored channel")
     if character is not None:
         fail("--character goes with --channel; a card file is the character")
-    from bots.llm import dialects
-    from bots.llm.client import chat_payload
     from core.card_dialogue import greeting_options
     from core.card_files import MAX_FILE_BYTES, read_card_file
     from core.cards import examples_switch, profile_from_card
     from core.emotions import check_level, parse_emotion_pairs
     from bots.compose import lore_settings
-    from core.model_input import history_window, model_messages, render_mistral_raw
+    from core.model_input import history_window, model_messages
     from core.prompt import Turn, estimate_tokens
     from core.text import display_name, message_text
 
@@ -538,24 +536,7 @@ def prompt(
         fail(str(exc))
     if profile.missing:
         notes.append(_missing_note(profile.missing))
-    if s.prompt_layout == "auto" and not s.llm_model:
-        notes.append("layout: auto: training (--raw) if the server's model names BD-RP, chat (--json) otherwise; the server is not asked here")
-    else:
-        layout, why = dialects.choose_layout(s.prompt_layout, None, s.llm_model)
-        notes.append(f"layout: {layout} ({why})")
-        if (layout == "training") != raw:
-            notes.append(_LAYOUT_MISMATCH[layout])
-    for note in notes:
-        typer.echo(note, err=True)
-    if raw:
-        text = render_mistral_raw(messages, bos="")
-        typer.echo(json.dumps({"prompt": text}, ensure_ascii=False) if as_json else text, nl=as_json)
-    elif as_json:
-        # Exactly as the chat request carries them (control strings neutralised, as the engine sends them).
-        typer.echo(json.dumps({"messages": chat_payload(messages)}, ensure_ascii=False))
-    else:
-        for m in chat_payload(messages):
-            typer.echo(f"--- {m['role']} ---\n{m['content']}")
+    _print_prompt(s, messages, notes, as_json, raw)
 
 
 def _channel_prompt(
@@ -635,6 +616,7 @@ def _print_prompt(s, messages, notes: list[str], as_json: bool, raw: bool) -> No
         text = render_mistral_raw(messages, bos="")
         typer.echo(json.dumps({"prompt": text}, ensure_ascii=False) if as_json else text, nl=as_json)
     elif as_json:
+        # Exactly as the chat request carries them (control strings neutralised, as the engine sends them).
         typer.echo(json.dumps({"messages": chat_payload(messages)}, ensure_ascii=False))
     else:
         for m in chat_payload(messages):
