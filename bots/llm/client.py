@@ -30,10 +30,12 @@ import asyncio
 import contextlib
 import email.utils
 import errno
+import functools
 import json
 import logging
 import math
 import random
+import ssl
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -59,6 +61,38 @@ except ImportError:  # pragma: no cover - older huggingface_hub
     hub_httpx = httpx
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def tls_context(library: Any) -> ssl.SSLContext:
+    """``library``'s default TLS context (httpx or httpx2), built once per process: loading the
+    certificates costs tens of milliseconds of CPU, which every new client paid again (and a hub
+    client built on the event loop, at every rotation, paid there)."""
+    return library.create_ssl_context()
+
+
+def _hub_session() -> Any:
+    """huggingface_hub's own async client, with the shared TLS context."""
+    from huggingface_hub.utils import _http as hub_http
+
+    return hub_httpx.AsyncClient(
+        event_hooks={"request": [hub_http.async_hf_request_event_hook], "response": [hub_http.async_hf_response_event_hook]},
+        follow_redirects=True,
+        timeout=None,
+        verify=tls_context(hub_httpx),
+    )
+
+
+try:  # the hooks are huggingface_hub's internals: a release without them keeps its own factory
+    from huggingface_hub.utils import _http as _hub_http_internals
+    from huggingface_hub.utils import set_async_client_factory
+
+    if callable(getattr(_hub_http_internals, "async_hf_request_event_hook", None)) and callable(
+        getattr(_hub_http_internals, "async_hf_response_event_hook", None)
+    ):
+        set_async_client_factory(_hub_session)
+except ImportError:  # pragma: no cover
+    pass
 
 # huggingface_hub builds a user-agent for every request, and unless telemetry is off that asks the
 # Hub (huggingface.co/api/agent-harnesses, synchronously, on the event loop) which AI agents exist.
@@ -914,13 +948,14 @@ class ModelClient:
                 if self._http is None:
                     headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
                     limits = httpx.Limits(max_connections=self.concurrency + 8, max_keepalive_connections=self.concurrency + 8)
-                    # Building a client loads TLS certificates (tens of ms): not on the event loop.
-                    self._http = await asyncio.to_thread(
-                        httpx.AsyncClient,
+                    # The TLS certificates are loaded once per process (tens of ms): not on the event loop.
+                    verify = await asyncio.to_thread(tls_context, httpx)
+                    self._http = httpx.AsyncClient(
                         base_url=self.base_url,
                         headers=headers,
                         timeout=self._network_timeout(httpx),
                         limits=limits,
+                        verify=verify,
                     )
         return self._http
 

@@ -562,3 +562,30 @@ async def test_closed_client_refuses_work(make_client, tgi: TGIServer) -> None:
     await client.close()
     with pytest.raises(ModelError, match="closed"):
         await collect(client)
+
+
+async def test_every_client_shares_one_tls_context_per_library() -> None:
+    """Loading the certificates costs tens of milliseconds of CPU: a process does it once per HTTP
+    library, not once per client (huggingface_hub's sessions included, built on the event loop)."""
+    from huggingface_hub.utils import get_async_session
+
+    from bots.llm.client import hub_httpx, tls_context
+
+    first, second = get_async_session(), get_async_session()
+    try:
+        shared = tls_context(hub_httpx)
+        assert first._transport._pool._ssl_context is shared
+        assert second._transport._pool._ssl_context is shared
+    finally:
+        await first.aclose()
+        await second.aclose()
+    async with TGIServer() as server:
+        clients = [ModelClient(server.base_url, timeout_s=5, concurrency=2, retries=0) for _ in range(2)]
+        try:
+            import httpx
+
+            https = [await c._http_client() for c in clients]
+            assert all(h._transport._pool._ssl_context is tls_context(httpx) for h in https)
+        finally:
+            for c in clients:
+                await c.close()
