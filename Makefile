@@ -28,10 +28,11 @@ chat: $(STAMP)
 
 # Four workers (pytest-xdist): most of the suite waits on servers, child processes and outages held
 # on purpose, not the CPU, so four quarters side by side take less time even on two cores. Each worker has its own test database,
-# Redis key prefix, throwaway servers and llama.cpp server (docs/testing.md).
+# Redis key prefix, throwaway servers and llama.cpp server (docs/testing.md). Work stealing: a worker
+# that runs out takes half of the longest queue left, so no worker is left alone with a long tail.
 TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Figures for docs/performance.md: PERSONAE_DATABASE_URL / PERSONAE_REDIS_URL choose the backends.
 bench: $(STAMP)

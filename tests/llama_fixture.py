@@ -39,7 +39,11 @@ async def llama_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     require_llama()
     server = _shared["server"]
     if server is None:
-        server = EmbeddedModelServer(log_path=tmp_path_factory.mktemp("llama") / "llama-server.log")
+        # One thread each: the suite's workers already keep every core busy, and a second prompt
+        # thread only waits at llama.cpp's barriers for a core the other workers hold.
+        server = EmbeddedModelServer(
+            log_path=tmp_path_factory.mktemp("llama") / "llama-server.log", n_threads=1, n_threads_batch=1
+        )
         await server.start()
         _shared["server"] = server
     _shared["users"] = int(_shared["users"]) + 1  # type: ignore[call-overload]
