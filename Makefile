@@ -31,6 +31,9 @@ chat: $(STAMP)
 # Redis key prefix, throwaway servers and llama.cpp server (docs/testing.md). Work stealing: a worker
 # that runs out takes half of the longest queue left, so no worker is left alone with a long tail.
 TEST_WORKERS ?= 4
+# The suite starts a few hundred Python processes (`personae` itself, fault and replica runs): each
+# compiles the project's modules again unless their bytecode may be written (__pycache__, ignored by git).
+test: export PYTHONDONTWRITEBYTECODE :=
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
