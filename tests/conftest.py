@@ -198,7 +198,8 @@ def cache_backend(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture
 async def cache(cache_backend: str | None):
     """A ``RedisCache`` (with a prefix of the test's own) or a ``MemoryCache``."""
-    from storage.cache import MemoryCache, RedisCache
+    from storage.cache import MemoryCache
+    from storage.cache_redis import RedisCache
 
     instance = MemoryCache() if cache_backend is None else RedisCache(TEST_REDIS_URL, f"{cache_backend}{secrets.token_hex(4)}:")
     yield instance
