@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from storage.connect_errors import database_errors
-from storage.database import create_engine, safe_url
+from storage.engine import create_engine, safe_url
 from storage.errors import SchemaNotReady
 
 if TYPE_CHECKING:

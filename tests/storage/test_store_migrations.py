@@ -11,7 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.pool import NullPool
 
 from storage import migrate
-from storage.database import SqlStore, create_engine
+from storage.database import SqlStore
+from storage.engine import create_engine
 from storage.errors import DatabaseUnavailable, SchemaNotReady
 from storage.tables import TABLES, metadata
 from tests.conftest import throwaway_postgres
