@@ -600,8 +600,7 @@ async def _channel_messages(s, platform, channel_id: str, user: str, character: 
 def _print_prompt(s, messages, notes: list[str], as_json: bool, raw: bool) -> None:
     """Print messages as ``personae prompt`` does (notes on standard error)."""
     from bots.llm import dialects
-    from bots.llm.client import chat_payload
-    from core.model_input import render_mistral_raw
+    from core.model_input import chat_payload, render_mistral_raw
 
     if s.prompt_layout == "auto" and not s.llm_model:
         notes.append("layout: auto: training (--raw) if the server's model names BD-RP, chat (--json) otherwise; the server is not asked here")
