@@ -1,8 +1,8 @@
 """Schema migrations (Alembic), driven from code: no alembic.ini on disk.
 
-Alembic is imported only to migrate, or when the scripts are not a single line of revisions: it
-costs about a third of a second of CPU, and every command that opens the database checks the
-schema revision (``current_revision`` and ``revisions`` read it without Alembic).
+Alembic is imported only to migrate, or when the scripts or the database hold more than one line of
+revisions: it costs about a third of a second of CPU, and every command that opens the database
+checks the schema revision (``current_revision`` and ``revisions`` read it without Alembic).
 """
 
 from __future__ import annotations
