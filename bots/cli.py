@@ -600,8 +600,7 @@ async def _channel_messages(s, platform, channel_id: str, user: str, character: 
 def _print_prompt(s, messages, notes: list[str], as_json: bool, raw: bool) -> None:
     """Print messages as ``personae prompt`` does (notes on standard error)."""
     from bots.llm import dialects
-    from bots.llm.client import chat_payload
-    from core.model_input import render_mistral_raw
+    from core.model_input import chat_payload, render_mistral_raw
 
     if s.prompt_layout == "auto" and not s.llm_model:
         notes.append("layout: auto: training (--raw) if the server's model names BD-RP, chat (--json) otherwise; the server is not asked here")
@@ -776,11 +775,12 @@ def chat(
     debug: bool = typer.Option(False, "--debug", help="Show everything at DEBUG."),
 ) -> None:
     """Role-play in the terminal (the embedded model when PERSONAE_LLM_URL is unset)."""
-    from bots.console.chat import run_console
-
     # Warnings would land in the middle of the story; what the person must know is said in the chat.
     setup_logging(verbose, debug, default=logging.ERROR)
-    run(lambda: run_console(settings(), character=character, user=user))
+    s = settings()  # a bad setting is said before the chat's modules are imported
+    from bots.console.chat import run_console
+
+    run(lambda: run_console(s, character=character, user=user))
 
 
 @app.command("run")
@@ -789,11 +789,11 @@ def run_bots(
     debug: bool = typer.Option(False, "--debug", help="Show everything at DEBUG."),
 ) -> None:
     """Run the Discord and/or Telegram bots (whichever tokens are set)."""
+    # A service says what it connected to and when it is up: personae's INFO lines show by default.
+    s = settings()  # a bad setting is said before the service's modules are imported
+    setup_logging(verbose, debug, default=logging.INFO, log_format=s.log_format, message_text=s.log_message_text)
     from bots.service import run_service
 
-    # A service says what it connected to and when it is up: personae's INFO lines show by default.
-    s = settings()
-    setup_logging(verbose, debug, default=logging.INFO, log_format=s.log_format, message_text=s.log_message_text)
     run(lambda: run_service(s))
 
 
@@ -876,9 +876,10 @@ def appraisal_check(n: int = typer.Option(120, "--n", min=2, help="Exchanges to 
 @app.command("doctor")
 def doctor() -> None:
     """Check the configuration end to end (database, cache, model server) and print a table; exit 1 if a line fails."""
+    s = settings()
     from bots.doctor import run_doctor
 
-    if not run(lambda: run_doctor(settings(), echo=typer.echo)):
+    if not run(lambda: run_doctor(s, echo=typer.echo)):
         raise typer.Exit(1)
 @app.command("eval")
 def evaluate(

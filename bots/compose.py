@@ -214,7 +214,7 @@ async def open_store(settings: Settings) -> Store:
 
 
 def describe_database(settings: Settings) -> str:
-    from storage.database import safe_url
+    from storage.engine import safe_url
 
     return safe_url(settings.database_url)
 

@@ -13,10 +13,11 @@ by ``bots.compose``.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
-from core.character import Character
-from core.state import Exchange
+if TYPE_CHECKING:
+    from core.character import Character
+    from core.state import Exchange
 
 EVERY = "every"
 MOVED = "moved"

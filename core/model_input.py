@@ -122,6 +122,12 @@ def lore_texts(profile: CharacterProfile, *, user: str, turns: Sequence[str], se
     return [e.content for e in entries]
 
 
+def chat_payload(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The messages as the chat API gets them: the server's chat template puts them into one string
+    that its tokenizer reads, so control strings inside them are neutralised here too."""
+    return [{**m, "content": neutralise_controls(m["content"])} for m in messages]
+
+
 def render_mistral_raw(messages: Sequence[Mapping[str, str]], *, bos: str = "<s>", eos: str = "</s>") -> str:
     """Render a conversation in LLaMA-Factory's ``mistral`` template (the layout BD-RP was most likely
     trained in): ``<s>{system}[INST] {user1} [/INST]{assistant1}</s>[INST] {user2} [/INST]``.

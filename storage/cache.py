@@ -1,23 +1,35 @@
-"""The cache behind ``core.ports.Cache``: Redis when configured, else an in-process one."""
+"""The cache behind ``core.ports.Cache``: Redis when configured, else an in-process one.
+
+``storage.cache_redis`` (and redis-py, a tenth of a second to import) is imported only for a Redis URL."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from storage.cache_memory import MemoryCache
-from storage.cache_redis import RedisCache
 from storage.errors import CacheUnavailable
 
-__all__ = ["MemoryCache", "RedisCache", "connect_cache", "open_cache"]
+if TYPE_CHECKING:
+    from storage.cache_redis import RedisCache
+
+__all__ = ["MemoryCache", "connect_cache", "open_cache"]
 
 
 def open_cache(redis_url: str | None, prefix: str = "personae:") -> RedisCache | MemoryCache:
     """RedisCache for a URL, MemoryCache for None (one bot process, nothing to share)."""
-    return RedisCache(redis_url, prefix) if redis_url else MemoryCache()
+    if not redis_url:
+        return MemoryCache()
+    from storage.cache_redis import RedisCache
+
+    return RedisCache(redis_url, prefix)
 
 
 async def connect_cache(redis_url: str | None, prefix: str = "personae:") -> RedisCache | MemoryCache:
     """``open_cache``, and for Redis a first PING: CacheUnavailable says in one line why it cannot be used."""
     if not redis_url:
         return MemoryCache()
+    from storage.cache_redis import RedisCache
+
     try:
         cache = RedisCache(redis_url, prefix)
     except ValueError as exc:  # redis-py's word for a URL it cannot read

@@ -8,7 +8,6 @@ import socket
 from typing import Iterator
 
 import sqlalchemy as sa
-from redis.exceptions import ResponseError
 
 from storage.errors import CacheUnavailable, DatabaseRefused, DatabaseUnavailable, StorageError
 
@@ -35,6 +34,8 @@ def database_failure(exc: BaseException, where: str) -> StorageError:
 
 def cache_failure(exc: BaseException, where: str) -> CacheUnavailable:
     """The CacheUnavailable for an exception raised while reaching Redis at ``where`` (a safe URL)."""
+    from redis.exceptions import ResponseError  # here: a command without Redis never imports it
+
     text = _first_line(exc)
     lowered = text.lower()
     if "auth" in lowered or "password" in lowered or "noperm" in lowered:

@@ -51,7 +51,7 @@ DUPLICATE_DATABASE = "42P04"
 
 async def create_database(server_url: str) -> None:
     """Create the database ``server_url`` names, through the server's ``postgres`` maintenance database."""
-    from storage.database import create_engine
+    from storage.engine import create_engine
 
     url = sa.make_url(server_url)
     maintenance = create_engine(
@@ -74,7 +74,7 @@ async def create_database(server_url: str) -> None:
 @asynccontextmanager
 async def throwaway_postgres(server_url: str = TEST_DATABASE_URL) -> AsyncIterator[str]:
     """Create an empty database ``personae_test_<random>`` on the server, yield its URL, drop it after."""
-    from storage.database import create_engine
+    from storage.engine import create_engine
 
     name = f"personae_test_{secrets.token_hex(6)}"
     admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=ADMIN_CONNECT_ARGS)
@@ -198,7 +198,8 @@ def cache_backend(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture
 async def cache(cache_backend: str | None):
     """A ``RedisCache`` (with a prefix of the test's own) or a ``MemoryCache``."""
-    from storage.cache import MemoryCache, RedisCache
+    from storage.cache import MemoryCache
+    from storage.cache_redis import RedisCache
 
     instance = MemoryCache() if cache_backend is None else RedisCache(TEST_REDIS_URL, f"{cache_backend}{secrets.token_hex(4)}:")
     yield instance

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import signal
+import sys
 from pathlib import Path
 
 from bots.discord.client import invite_url
@@ -97,3 +98,25 @@ async def test_run_and_chat_still_take_the_logging_options_after_their_name(tmp_
         result = await personae(*args, home=tmp_path, PERSONAE_MAX_TOKENS="abc")
         assert result.code == 78 and "PERSONAE_MAX_TOKENS" in result.output, result.output
         assert "No such option" not in result.output
+
+
+async def imported_modules(home: Path, *args: str) -> set[str]:
+    """The modules ``personae ARGS`` imports (``python -X importtime`` names each on stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-X", "importtime", *command(*args)[1:],
+        env=cli_env(home), cwd=home, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), GUARD_S)
+    assert proc.returncode == 0, err.decode()
+    return {line.rpartition("|")[2].strip() for line in err.decode().splitlines() if line.startswith("import time:")}
+
+
+async def test_a_command_imports_no_alembic_redis_or_asyncpg_it_does_not_need(tmp_path: Path) -> None:
+    """Each `personae` command pays for what it imports: a migrated database is checked without
+    Alembic (storage.migrate), redis-py waits for a PERSONAE_REDIS_URL (storage.cache) and asyncpg
+    for a PostgreSQL database."""
+    assert (await personae("db", "upgrade", home=tmp_path)).code == 0
+    modules = await imported_modules(tmp_path, "characters", "list")
+    assert "storage.database" in modules
+    assert not {m for m in modules if m.split(".")[0] in ("alembic", "redis", "asyncpg")}

@@ -49,11 +49,10 @@ from bots.llm import dialects
 from bots.llm.dialects import Dialect
 from core import observe
 from core.errors import ModelError
-from core.model_input import render_mistral_raw
+from core.model_input import chat_payload, render_mistral_raw
 from core.ports import ModelSlots
 from core.slots import MODEL_CHANNEL, SLOT_CLOCK
 from core.prompt import estimate_tokens
-from core.text import neutralise_controls
 
 try:  # The HTTP library huggingface_hub itself uses (httpx2 since 2.0), exported for this purpose.
     from huggingface_hub.utils import httpx as hub_httpx
@@ -174,15 +173,6 @@ def may_resend(error: ModelError) -> bool:
     return isinstance(error, (ServerNotReached, ServerBusy))
 _TRANSPORT_ERRORS = (httpx.TransportError, hub_httpx.TransportError)
 _HTTP_ERRORS = (httpx.HTTPError, hub_httpx.HTTPError)
-
-
-# ---- the chat layout's payload (the training layout: ``core.model_input.render_mistral_raw``) ----
-
-
-def chat_payload(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    """The messages as the chat API gets them: the server's chat template puts them into one string
-    that its tokenizer reads, so control strings inside them are neutralised here too."""
-    return [{**m, "content": neutralise_controls(m["content"])} for m in messages]
 
 
 # ---- error mapping ------------------------------------------------------------------------------

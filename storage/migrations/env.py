@@ -28,7 +28,7 @@ def run_on(connection: Connection) -> None:
 
 async def run_with_own_engine() -> None:
     """Run the migrations for the ``alembic`` command line, which passes only a URL."""
-    from storage.database import create_engine
+    from storage.engine import create_engine
 
     engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=NullPool, sqlite_foreign_keys=False)
     try:

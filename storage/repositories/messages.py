@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -204,6 +203,8 @@ class SqlMessageRepository:
     async def _add_exchange_pg(
         self, c: ConversationKey, user: tuple[str, int, str | None], reply: tuple[str, int] | None, now: dt.datetime
     ) -> tuple[int, int | None]:
+        import asyncpg  # PostgreSQL only: a SQLite database never loads the driver
+
         args: list[object] = [c.character_id, c.platform, c.channel_id, c.user_id, now, *user]
         if reply is not None:
             args += reply
@@ -221,6 +222,8 @@ class SqlMessageRepository:
         c = conversation
         now = utcnow()
         if self._db.postgres:
+            import asyncpg
+
             args = [c.character_id, c.platform, c.channel_id, c.user_id, now, text, tokens, platform_message_id, display_name, owner]
             try:
                 if answering is None:

@@ -16,8 +16,8 @@ from bots.compose import wire
 from bots.llm.client import ModelClient
 from core.commands import Place
 from core.events import Platform
-from storage.cache import RedisCache
-from storage.slots import RedisSlots
+from storage.cache_redis import RedisCache
+from storage.slots_redis import RedisSlots
 from tests.conftest import TEST_REDIS_URL
 from tests.engine.conftest import World, build_world, built_apps, make_settings
 from tests.tgi_server import TGIServer

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from storage.cache import MemoryCache, RedisCache
+from storage.cache import MemoryCache
+from storage.cache_redis import RedisCache
 from tests.conftest import TEST_REDIS_URL
 
 

@@ -9,7 +9,7 @@ import secrets
 import pytest
 
 from core.ports import AdmitRequest
-from storage.cache import RedisCache
+from storage.cache_redis import RedisCache
 from tests.conftest import TEST_REDIS_URL
 from tests.storage.conftest import through
 from tests.storage.helpers import TcpProxy

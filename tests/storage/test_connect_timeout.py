@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from storage.database import CONNECT_TIMEOUT_S, create_engine
+from storage.engine import CONNECT_TIMEOUT_S, create_engine
 from storage.errors import InvalidDatabaseURL
 
 

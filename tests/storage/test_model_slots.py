@@ -13,8 +13,9 @@ from typing import AsyncIterator
 
 import pytest
 
-from storage.cache import RedisCache
-from storage.slots import LocalSlots, RedisSlots
+from storage.cache_redis import RedisCache
+from storage.slots import LocalSlots
+from storage.slots_redis import RedisSlots
 from tests.conftest import TEST_REDIS_URL
 
 SERVER = "http://gpu:8080"

@@ -11,7 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.pool import NullPool
 
 from storage import migrate
-from storage.database import SqlStore, create_engine
+from storage.database import SqlStore
+from storage.engine import create_engine
 from storage.errors import DatabaseUnavailable, SchemaNotReady
 from storage.tables import TABLES, metadata
 from tests.conftest import throwaway_postgres
@@ -190,3 +191,45 @@ async def test_an_in_memory_sqlite_database_is_migrated_when_opened() -> None:
         assert await store.characters.list() == []
     finally:
         await store.close()
+
+
+def test_the_scripts_read_without_alembic_give_alembics_order() -> None:
+    from alembic.script import ScriptDirectory
+
+    alembic_order = [r.revision for r in ScriptDirectory.from_config(migrate.config()).walk_revisions()]
+    assert migrate.script_revisions() == alembic_order
+
+
+def test_scripts_that_are_not_one_line_of_revisions_are_left_to_alembic(tmp_path, monkeypatch) -> None:
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    monkeypatch.setattr(migrate, "MIGRATIONS", tmp_path)
+    (versions / "0001_a.py").write_text('revision = "0001"\ndown_revision = None\n')
+    (versions / "0002_b.py").write_text('revision: str = "0002"\ndown_revision: str | None = "0001"\n')
+    assert migrate.script_revisions() == ["0002", "0001"]
+    (versions / "0003_c.py").write_text('revision = "0003"\ndown_revision = "0001"\n')  # a branch
+    assert migrate.script_revisions() is None
+    (versions / "0003_c.py").write_text('revision = "0003"\ndown_revision = ("0001", "0002")\n')  # a merge
+    assert migrate.script_revisions() is None
+    (versions / "0003_c.py").write_text('revision = "0003"\ndown_revision = "0002"\ndepends_on = "0001"\n')
+    assert migrate.script_revisions() is None
+    (versions / "0003_c.py").write_text('revision = make_id()\ndown_revision = "0002"\n')
+    assert migrate.script_revisions() is None
+
+
+async def test_the_current_revision_read_without_alembic_is_alembics(empty_url: str) -> None:
+    async def both() -> tuple[str | None, str | None]:
+        engine = create_engine(empty_url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                ours = await conn.run_sync(migrate.current_revision)
+                theirs = await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+                return ours, theirs
+        finally:
+            await engine.dispose()
+
+    assert await both() == (None, None)
+    await migrate.upgrade(empty_url, "0001")
+    assert await both() == ("0001", "0001")
+    await migrate.upgrade(empty_url)
+    assert await both() == (await migrate.head(),) * 2
