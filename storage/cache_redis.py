@@ -101,6 +101,9 @@ class RedisCache:
         self._locks = KeyedLocks()
         self._down_until = 0.0
         self._outage = False
+        # How many outages began so far: a held lock whose key went missing across one was lost with
+        # Redis's data (a restart that kept nothing), not to another holder, and is taken back.
+        self.outages = 0
         self._script_loaded = False
         self._dirty: set[str] = set()
         self._dirty_overflow = False
@@ -183,6 +186,7 @@ class RedisCache:
         self._down_until = time.monotonic() + self._retry_after
         if not self._outage:
             self._outage = True
+            self.outages += 1
             log.warning(
                 "Redis (%s) is unavailable (%s: %s); carrying on without it, with local locks, until it is back",
                 self._where,
@@ -392,13 +396,17 @@ class _Renewal:
     overruns it loses the lock, as before leases). Most turns end before the first renewal, so only
     a timer is armed until then (no task per turn). A renewal that finds the lock no longer ours
     (its lease ran out while the process was paused, and it expired or another took it) marks it
-    lost: ``still_held`` says so, and the holder stops."""
+    lost: ``still_held`` says so, and the holder stops. Unless Redis was away since the lease was
+    last renewed and the key is simply gone (a Redis restarted empty, or a lease that ran out while
+    it could not be renewed): nobody else holds it then, and it is taken back (as others, meanwhile,
+    fell back to local locks and left this replica's turns alone)."""
 
     def __init__(self, cache: RedisCache, key: str, token: str, lease: float, until: float) -> None:
         self.cache, self.key, self.token, self.lease, self.until = cache, key, token, lease, until
         self.lost = False
         # Monotonic time up to which the lease surely holds: taken just before this.
         self.valid_until = time.monotonic() + lease * 0.9
+        self._outages = cache.outages  # the cache's outage count when the lease was last confirmed
         self._task: asyncio.Task[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(lease / 3, self._start)
 
@@ -415,8 +423,16 @@ class _Renewal:
         results = await asyncio.shield(self.cache._send(lambda p: p.eval(_RENEW, 1, self.key, self.token, _ms(lease))))
         if results is None:
             return  # Redis is away: the cache cannot tell (others fall back to local locks too)
+        if not results[0] and self.cache.outages != self._outages:
+            # Redis was away since the lease was last renewed: a missing key was lost with it.
+            results = await asyncio.shield(self.cache._send(lambda p: p.eval(_LEASE, 1, self.key, self.token, _ms(lease))))
+            if results is None:
+                return
+            if results[0]:
+                log.warning("the lock %r was gone after a Redis outage and is taken back", self.key)
         if results[0]:
             self.valid_until = max(self.valid_until, asked + lease * 0.9)
+            self._outages = self.cache.outages
         elif not self.lost:
             self.lost = True
             log.warning("the lock %r was lost (its lease ran out, e.g. the process was paused); its turn stops", self.key)

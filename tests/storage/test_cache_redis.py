@@ -282,6 +282,50 @@ async def test_a_lock_is_held_on_a_short_lease_that_its_live_holder_renews(prefi
         await b.close()
 
 
+async def test_a_lock_that_redis_lost_in_an_outage_is_taken_back_by_its_holder(redis_proxy: TcpProxy, prefix: str) -> None:
+    # Redis restarted empty while a turn held its conversation's lock: nobody else holds the lock,
+    # so the holder takes it back and goes on, instead of stopping a half-shown reply that no
+    # other replica takes over (the sweep presumes a live owner's message is being answered).
+    a = RedisCache(through(redis_proxy), prefix, lock_lease=0.3, retry_after=0.05)
+    b = RedisCache(TEST_REDIS_URL, prefix, lock_lease=0.3)
+    try:
+        async with a.hold("conv", ttl=95) as held:
+            await redis_proxy.stop()
+            await a.get_many(["anything"])  # the outage is noticed
+            assert not a.available
+            await b._redis.unlink(f"{prefix}conv")  # what a Redis that kept nothing comes back without
+            await redis_proxy.start()
+            await asyncio.sleep(0.1)
+            await a.get_many(["anything"])  # the recovery is noticed
+            assert a.available
+            # The next renewal takes the lock back (a harness bound on waiting for it, not a timing assertion).
+            deadline = asyncio.get_running_loop().time() + 10
+            while await b._redis.get(f"{prefix}conv") is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            assert await b._redis.get(f"{prefix}conv") is not None  # held again: others stay out
+            assert await held.still_held()
+        assert await b._redis.get(f"{prefix}conv") is None  # released on the way out
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_lock_whose_lease_ran_out_without_an_outage_stays_lost(prefix: str) -> None:
+    # A paused holder (no outage: Redis kept its keys, the lease simply ran out) does not take the
+    # lock back: a replica that took the message over may be answering it.
+    a = RedisCache(TEST_REDIS_URL, prefix, lock_lease=0.3)
+    try:
+        async with a.hold("conv", ttl=95) as held:
+            await a._redis.unlink(f"{prefix}conv")
+            deadline = asyncio.get_running_loop().time() + 10
+            while await held.still_held() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            assert not await held.still_held()
+            assert await a._redis.get(f"{prefix}conv") is None
+    finally:
+        await a.close()
+
+
 async def test_a_task_cancelled_mid_call_stops_whatever_step_of_the_call_the_cancellation_meets(redis_cache: RedisCache) -> None:
     # redis-py's pipeline can swallow a cancellation that arrives while it reads an answer: a lease's
     # renewal loop cancelled there ran on, and stopping it waited forever.
