@@ -82,7 +82,8 @@ class RedisCache:
             timeout=read_timeout + connect_timeout,
             socket_connect_timeout=connect_timeout,
             socket_timeout=read_timeout,
-            socket_keepalive=True,
+            # TCP only: a unix:// URL's connection class takes no socket_keepalive and raises TypeError.
+            **({} if url.startswith("unix://") else {"socket_keepalive": True}),
             # No retries: the default (10 with backoff) would stall every call for seconds in an outage.
             # A pooled connection the server closed is noticed and replaced when it is checked out.
             retry=Retry(NoBackoff(), 0),

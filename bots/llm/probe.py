@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+
 import httpx
 
 from core.errors import ModelError
@@ -17,10 +20,20 @@ async def served_model(base_url: str, *, api_key: str | None = None, timeout_s: 
     """
     url = base_url.rstrip("/") + "/v1/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    from bots.llm.client import tls_context
+
+    # The model clients' TLS context: a certificate they trust (SSL_CERT_FILE, say) passes here too.
+    verify = await asyncio.to_thread(tls_context, httpx)
     try:
-        async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=timeout_s, trust_env=False, verify=verify) as client:
             response = await client.get(url, headers=headers)
-    except httpx.ConnectError:
+    except httpx.ConnectError as exc:
+        if _untrusted_certificate(exc):
+            raise ModelError(
+                f"the model server at {base_url} has a certificate this machine does not trust; "
+                "name its CA in SSL_CERT_FILE (or fix PERSONAE_LLM_URL)",
+                retryable=False,
+            ) from None
         raise ModelError(
             f"the model server at {base_url} refused the connection; is it running (PERSONAE_LLM_URL)?", retryable=True
         ) from None
@@ -42,3 +55,14 @@ async def served_model(base_url: str, *, api_key: str | None = None, timeout_s: 
         return str(models[0]["id"]) if response.is_success and models else None
     except (ValueError, AttributeError, KeyError, IndexError, TypeError):
         return None
+
+
+def _untrusted_certificate(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx's error wraps httpcore's, which wraps ssl's
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

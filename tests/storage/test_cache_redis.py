@@ -347,3 +347,14 @@ async def test_a_task_cancelled_mid_call_stops_whatever_step_of_the_call_the_can
                 await asyncio.wait({task}, timeout=1)
         assert task.cancelled() or not done
     assert ran_on == [], f"cancelled after {ran_on} loop steps, the task went on"
+
+
+async def test_a_unix_socket_url_that_is_not_there_is_an_outage(tmp_path) -> None:
+    from storage.errors import CacheUnavailable
+
+    cache = RedisCache(f"unix://{tmp_path}/redis.sock", "personae:")
+    try:
+        with pytest.raises(CacheUnavailable):
+            await cache.check()
+    finally:
+        await cache.close()
