@@ -53,16 +53,31 @@ async def pending_turns(
             i for i in candidates
             if i.owner in gone or (at_start and _previous_life(engine, i)) or (now - i.created_at).total_seconds() >= older_than_s
         ]
-        due = [i for i in due if await _taken_over(engine, i)]
+        # Marked before the claim is written: a newer message of its conversation, arriving here
+        # meanwhile, finds it ours in the database and must already see that it is answered here next.
         for intake in due:
-            engine.claimed(intake)  # answered here next: a newer message of its conversation waits for it
-        if not due:
-            continue
-        shown = await engine.cache.get_many([shown_key(i.id) for i in due])
-        for intake, raw in zip(due, shown):
-            late = (now - intake.created_at).total_seconds() > engine.config.pending_answer_within_s
-            reply = Reply(lambda r, i=intake: _too_late(engine, i, r)) if late else engine.answer(intake)
-            yield RecoveredTurn(intake, reply, raw.decode() if raw is not None else None, late)
+            engine.claimed(intake)
+        handed: set[int] = set()  # yielded: the caller lets go of each when it has delivered it
+        try:
+            taken = []
+            for intake in due:
+                if await _taken_over(engine, intake):
+                    taken.append(intake)
+                else:
+                    engine.claimed(intake, mine=False)  # another replica won it
+            due = taken
+            if not due:
+                continue
+            shown = await engine.cache.get_many([shown_key(i.id) for i in due])
+            for intake, raw in zip(due, shown):
+                late = (now - intake.created_at).total_seconds() > engine.config.pending_answer_within_s
+                reply = Reply(lambda r, i=intake: _too_late(engine, i, r)) if late else engine.answer(intake)
+                handed.add(intake.id)
+                yield RecoveredTurn(intake, reply, raw.decode() if raw is not None else None, late)
+        finally:
+            for intake in due:  # a failed claim or cache read, or a caller that stopped early
+                if intake.id not in handed:
+                    engine.claimed(intake, mine=False)
 
 
 async def owners_gone(engine: "Engine", intakes: list[Intake]) -> set[str | None]:
