@@ -223,7 +223,7 @@ async def open_cache(settings: Settings) -> Cache:
     """Redis (checked with a PING) when PERSONAE_REDIS_URL is set, else the in-process cache."""
     from storage.cache import connect_cache
 
-    return await connect_cache(settings.redis_url, settings.redis_prefix)
+    return await connect_cache(settings.redis_url, settings.redis_prefix, lock_lease=settings.lock_lease_s)
 
 
 def describe_cache(cache: Cache) -> str:

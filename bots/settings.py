@@ -264,6 +264,13 @@ class Settings(BaseSettings):
         return self.llm_url.split(",") if self.llm_url else []
 
     @property
+    def lock_lease_s(self) -> float:
+        """How long a conversation lock outlasts its holder's last renewal: a dead replica's turns are
+        taken over once its liveness lease has run out and a sweep (every third of it) has claimed
+        them, so its locks are let go half a lease after that (15 s at the default 10)."""
+        return 1.5 * self.replica_lease_s
+
+    @property
     def appraiser_urls(self) -> list[str]:
         return self.appraiser_url.split(",") if self.appraiser_url else []
 

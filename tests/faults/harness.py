@@ -41,6 +41,10 @@ TELEGRAM_GROUPS = [-1000000000 - i for i in range(1, 41)]
 TELEGRAM_PRIVATE = [900 + i for i in range(10)]
 DISCORD_CHANNELS = [fd.ROLEPLAY, fd.LOBBY, fd.TAVERN]
 DISCORD_PEOPLE = [fd.ALICE, fd.BOB]
+# PERSONAE_REPLICA_LEASE_S for the bot (None: the product's default, as `make faults` reports it).
+# The test suite shortens it, and with it a dead process's conversation locks (1.5 times it): what
+# a restart waits out before it may answer what the dead one was answering.
+REPLICA_LEASE_S: str | None = None
 
 
 def model_reply(body: Mapping[str, Any]) -> str:
@@ -175,6 +179,8 @@ class FaultRun:
             PERSONAE_LLM_URL=self.tgi.base_url,
             PERSONAE_APPRAISER="lexicon",  # appraisals would be model requests of their own
         )
+        if REPLICA_LEASE_S is not None:
+            env.update(PERSONAE_REPLICA_LEASE_S=REPLICA_LEASE_S)
         if self.tg is not None:
             env.update(PERSONAE_TELEGRAM_TOKEN=self.tg.token, PERSONAE_TELEGRAM_API_BASE=self.tg.base_url,
                        PERSONAE_TELEGRAM_FILE_BASE=self.tg.file_base_url)

@@ -26,7 +26,7 @@ from tests.faults.harness import TELEGRAM_GROUPS, FaultRun, Sent
 from tests.throwaway import PersonaeProcess, ThrowawayError, ThrowawayPostgres, free_port
 
 SECRET = "replica-secret"
-LEASE_S = "2"  # short leases, so that takeovers come within seconds
+LEASE_S = "3"  # short leases (and conversation locks of 4.5 s), so that takeovers come within seconds
 
 
 @pytest.fixture(scope="module")

@@ -358,3 +358,20 @@ async def test_a_unix_socket_url_that_is_not_there_is_an_outage(tmp_path) -> Non
             await cache.check()
     finally:
         await cache.close()
+
+
+@pytest.mark.parametrize(("replica_lease_s", "longest_ms", "shortest_ms"), [(2.0, 3000, 0), (10.0, 15000, 3000)])
+async def test_the_service_s_conversation_locks_last_one_and_a_half_replica_leases(
+    prefix: str, replica_lease_s: float, longest_ms: int, shortest_ms: int
+) -> None:
+    """A dead replica's locks go within 1.5 × PERSONAE_REPLICA_LEASE_S of its last renewal, not a fixed 15 s."""
+    from bots.compose import open_cache
+    from bots.settings import Settings
+
+    settings = Settings(_env_file=None, redis_url=TEST_REDIS_URL, redis_prefix=prefix, replica_lease_s=replica_lease_s)
+    cache = await open_cache(settings)
+    try:
+        async with cache.hold("conv", ttl=95):
+            assert shortest_ms < await cache._redis.pttl(f"{prefix}conv") <= longest_ms
+    finally:
+        await cache.close()
