@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Awaitable, Callable
 
@@ -14,14 +15,24 @@ from core.ports import Cache
 log = logging.getLogger(__name__)
 
 
+# Conversations whose recovered messages are answered at once (each conversation's in order): a
+# restart after a crash with many chats half answered does not answer them one after another.
+RECOVERED_AT_ONCE = 8
+
+
 async def recover_once(
     engine: Engine, platform: str, deliver: Callable[[RecoveredTurn], Awaitable[None]], *, older_than_s: float = 0.0,
     at_start: bool = False,
 ) -> int:
     """Deliver the answer of every pending message of ``platform``; returns how many were delivered
-    (``at_start``: with those this replica's name left in a previous life, at once)."""
+    (``at_start``: with those this replica's name left in a previous life, at once). Up to
+    ``RECOVERED_AT_ONCE`` conversations are answered at once, each one's messages in their order."""
     delivered = 0
-    async for turn in engine.recover(platform, older_than_s=older_than_s, at_start=at_start):
+    lines: dict[str, collections.deque[RecoveredTurn]] = {}
+    gate = asyncio.Semaphore(RECOVERED_AT_ONCE)
+
+    async def one(turn: RecoveredTurn) -> None:
+        nonlocal delivered
         try:
             await deliver(turn)
             delivered += 1
@@ -33,6 +44,36 @@ async def recover_once(
                 await turn.reply.collect()
         finally:
             engine.claimed(turn.intake, mine=False)
+
+    async def line(key: str) -> None:
+        waiting = lines[key]
+        try:
+            async with gate:
+                while waiting:
+                    await one(waiting.popleft())
+        finally:
+            del lines[key]
+            for turn in waiting:  # stopped: left to the next sweep
+                engine.claimed(turn.intake, mine=False)
+
+    running: set[asyncio.Task[None]] = set()
+    try:
+        async for turn in engine.recover(platform, older_than_s=older_than_s, at_start=at_start):
+            key = turn.intake.conversation.cache_key()
+            if key in lines:
+                lines[key].append(turn)
+            else:
+                lines[key] = collections.deque([turn])
+                running.add(asyncio.create_task(line(key)))
+    except Exception:
+        await asyncio.gather(*running, return_exceptions=True)  # the answers begun are finished first
+        raise
+    except BaseException:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
+    await asyncio.gather(*running)
     if delivered:
         log.info("answered %d %s message%s left pending", delivered, platform, "" if delivered == 1 else "s")
     return delivered
