@@ -206,6 +206,29 @@ async def cache(cache_backend: str | None):
     await instance.close()
 
 
+# SQLite with Redis is no deployment: Redis is there for several replicas, which SQLite cannot
+# serve. A test that takes both a store and a cache runs on the other three pairs; each backend's
+# own behaviour is the storage suite's, where the store and the cache are tested on their own.
+BACKEND_PAIRS = [("sqlite", "memory"), ("postgresql", "memory"), ("postgresql", "redis")]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Pair ``database_backend`` and ``cache_backend`` (BACKEND_PAIRS) where a test takes both from
+    here, instead of pytest's every combination of their params. Added as a mark, so that pytest's
+    own parametrization of the two fixtures steps aside for it."""
+    names = ("database_backend", "cache_backend")
+    if not all(n in metafunc.fixturenames for n in names):
+        return
+    if any(n in mark.args[0] for mark in metafunc.definition.iter_markers("parametrize") for n in names):
+        return  # the test names its own
+    definitions = [metafunc._arg2fixturedefs.get(n, ()) for n in names]
+    if not all(d and d[-1].params is not None for d in definitions):
+        return  # overridden (the adapter suites take theirs from ``backends``)
+    ids = [f"{database}-{cache}" for database, cache in BACKEND_PAIRS]
+    metafunc.definition.add_marker(pytest.mark.parametrize(names, BACKEND_PAIRS, indirect=True, ids=ids))
+
+
 # -- Backend pairs (the adapter suites) ---------------------------------------------------------
 
 

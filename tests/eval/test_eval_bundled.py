@@ -1,5 +1,7 @@
 """`personae eval` end to end on the bundled model: SmolLM2 plays the role, the partner and the judge,
-and appraises; a tiny run (one dialogue of two exchanges, short answers) that must finish and report."""
+and appraises; a tiny run (one dialogue of two exchanges, short answers) that must finish and report.
+How cadences compare on the same answers is tests/eval/test_eval_cadence.py's (on the double): here
+one cadence, so that the real model answers only what the harness needs (16 requests, not 18)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ async def test_one_dialogue_is_played_judged_appraised_and_reported_on_the_bundl
         # about the harness, not the speed, so it waits as long as a slow GPU deployment would.
         llm_first_token_timeout_s=600, llm_timeout_s=300,
     )
-    config = EvalConfig(turns=2, samples=1, max_tokens=24, partner_max_tokens=24, judge_max_tokens=32, cadences=("every", "every:2"))
+    config = EvalConfig(turns=2, samples=1, max_tokens=24, partner_max_tokens=24, judge_max_tokens=32, cadences=("every",))
     hamlet = next(p for p in bundled_role_files() if p.stem == "Hamlet")
     lines: list[str] = []
     table = await run_eval(settings, EvalRequest(role_files=(hamlet,), out=tmp_path, chats=1, config=config), lines.append)
@@ -46,10 +48,11 @@ async def test_one_dialogue_is_played_judged_appraised_and_reported_on_the_bundl
     appraiser = summary["appraiser"]
     assert appraiser["kind"] == "model" and appraiser["exchanges"] == 2
     assert 0 <= appraiser["emotion_parsed"] <= 100 and 0 <= appraiser["relationship_parsed"] <= 100
-    # The two cadences on the same answers: every:2 appraised the second exchange only, two requests.
-    every, second = appraiser["cadences"]["every"], appraiser["cadences"]["every:2"]
-    assert (every["appraised"], every["calls"], second["appraised"], second["calls"]) == (2, 4, 1, 2)
-    assert second["answer_tokens"] <= every["answer_tokens"]
+    # Each exchange appraised once: emotion and relationship, two requests each.
+    assert sorted(appraiser["cadences"]) == ["every", "start"]  # "start": the card's state, never appraised
+    every = appraiser["cadences"]["every"]
+    assert (every["appraised"], every["calls"]) == (2, 4)
+    assert every["answer_tokens"] > 0
     with Image.open(tmp_path / CHART) as image:
         assert image.format == "PNG"
     assert "Character" in table and "dialogues: 1" in table
