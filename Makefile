@@ -26,11 +26,12 @@ chat: $(STAMP)
 	@$(VENV)/bin/personae db upgrade >/dev/null
 	$(VENV)/bin/personae chat --character Hamlet --user Elena
 
-# Four workers (pytest-xdist): most of the suite waits on servers, child processes and outages held
-# on purpose, not the CPU, so four quarters side by side take less time even on two cores. Each worker has its own test database,
+# Six workers (pytest-xdist): much of the suite waits on servers, child processes and outages held
+# on purpose, not the CPU, so six shares side by side take less time even on two cores (317 s
+# against 355 s for four, back to back on one tree: docs/testing.md). Each worker has its own test database,
 # Redis key prefix, throwaway servers and llama.cpp server (docs/testing.md). Work stealing: a worker
 # that runs out takes half of the longest queue left, so no worker is left alone with a long tail.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 # The suite starts a few hundred Python processes (`personae` itself, fault and replica runs): each
 # compiles the project's modules again unless their bytecode may be written (__pycache__, ignored by git).
 test: export PYTHONDONTWRITEBYTECODE :=
