@@ -541,6 +541,11 @@ class Engine:
             reply.status, reply.text = ReplyStatus.NOTICE, found
             yield found
             return
+        if found.status is MessageStatus.PENDING and found.id in self._claimed and found.id not in self._in_flight:
+            # A redelivery of a message a recovery sweep claimed here and answers in its conversation's
+            # order: answered now, it would go ahead of the older messages queued before it.
+            reply.status = ReplyStatus.DUPLICATE
+            return
         if found.status is MessageStatus.PENDING and found.id not in self._in_flight:
             # The person's earlier messages were judged before this one (arrival order), by when they arrived.
             verdict = self._arrival_rate.judge(f"{event.platform}:{event.user_id}", arrived)

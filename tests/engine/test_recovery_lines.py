@@ -78,3 +78,30 @@ async def test_recovery_stopped_midway_leaves_what_it_had_not_answered_to_the_ne
 
     assert await recovering.recover_once(after.app.engine, Platform.DISCORD, deliver) == 2
     assert delivered == ["one", "two"]
+
+
+async def test_a_redelivery_of_a_message_queued_for_recovery_does_not_go_ahead_of_an_older_one(world) -> None:
+    engine = world.app.engine
+    events = [world.event(text) for text in ("one", "two")]
+    for event in events:
+        assert await engine.accept(event) is not None
+    after = restarted(world)
+    inside, go_on = asyncio.Event(), asyncio.Event()
+    order: list[tuple[str, ReplyStatus]] = []
+
+    async def deliver(turn: RecoveredTurn) -> None:
+        if turn.intake.text == "one":
+            inside.set()
+            await go_on.wait()
+        await turn.reply.collect()
+        order.append((turn.intake.text, turn.reply.status))
+
+    task = asyncio.create_task(recovering.recover_once(after.app.engine, Platform.DISCORD, deliver))
+    async with asyncio.timeout(30):
+        await inside.wait()  # "one" is being delivered, "two" waits behind it in its line
+        again = after.app.engine.handle(events[1])  # the platform delivers "two" again meanwhile
+        await again.collect()  # settled at once: the recovery's line answers it, after "one"
+        order.append(("two again", again.status))
+        go_on.set()
+        await task
+    assert [text for text, status in order if status is ReplyStatus.ANSWERED][0] == "one", order
