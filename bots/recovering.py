@@ -72,10 +72,17 @@ async def recover_once(
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        for waiting in lines.values():  # a line cancelled before it began: its turns are left to the next sweep
+            for turn in waiting:
+                engine.claimed(turn.intake, mine=False)
         raise
-    await asyncio.gather(*running)
+    # Every line ends before this returns, even when one failed: none goes on answering unwatched.
+    ended = await asyncio.gather(*running, return_exceptions=True)
     if delivered:
         log.info("answered %d %s message%s left pending", delivered, platform, "" if delivered == 1 else "s")
+    for outcome in ended:
+        if isinstance(outcome, BaseException):
+            raise outcome
     return delivered
 
 

@@ -56,7 +56,9 @@ def default_heartbeat_file() -> Path:
 class Settings(BaseSettings):
     """Configuration read from ``PERSONAE_*`` variables (and a ``.env`` file if present)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    # allow_inf_nan=False: "inf" or "nan" in a number setting is refused here, not found out later
+    # as an unexpected error (a lease of "inf" seconds cannot be sent to Redis).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", allow_inf_nan=False)
 
     database_url: str = Field(default_factory=default_database_url)
     redis_url: str | None = None

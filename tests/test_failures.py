@@ -24,6 +24,15 @@ def test_a_bad_number_is_named_by_its_environment_variable_not_its_field() -> No
     assert failure.message == "invalid setting: PERSONAE_MAX_TOKENS='abc' must be a whole number"
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("field", ["replica_lease_s", "cache_ttl_s", "turn_deadline_s", "llm_slot_lease_s"])
+def test_an_endless_number_is_a_bad_setting_not_a_later_surprise(field: str, value: str) -> None:
+    # Accepted, "inf" went on to Redis as a lease and came back as an unexpected OverflowError.
+    failure = explain(settings_error(**{field: value}))
+    assert failure.exit_code == EX_CONFIG
+    assert failure.message == f"invalid setting: PERSONAE_{field.upper()}={value!r} must be a finite number"
+
+
 def test_every_bad_setting_is_named_on_one_line() -> None:
     failure = explain(settings_error(max_tokens="abc", telegram_webhook_port="99999", prompt_layout="sideways"))
     assert len(failure.message.splitlines()) == 1
