@@ -91,6 +91,23 @@ class Tuning:
     admin_ttl: float = 60.0  # how long a getChatMember answer is trusted
 
 
+def bot_api_client(timeout_s: float, *, updates: bool = False) -> HTTPXRequest:
+    """python-telegram-bot's HTTP client, as its builder makes it (256 connections, or one for
+    ``getUpdates`` with its own default timeouts but the read), with the process's TLS context:
+    each client would load the certificates again, tens of milliseconds of CPU."""
+    import httpx
+
+    from bots.llm.client import tls_context
+
+    verify = {"verify": tls_context(httpx)}
+    if updates:
+        return HTTPXRequest(connection_pool_size=1, read_timeout=timeout_s, httpx_kwargs=verify)
+    return HTTPXRequest(
+        connection_pool_size=256, connect_timeout=timeout_s, read_timeout=timeout_s, write_timeout=timeout_s,
+        pool_timeout=timeout_s, httpx_kwargs=verify,
+    )
+
+
 def build_application(app: App, tuning: Tuning | None = None) -> Application:
     """The python-telegram-bot Application for ``app``'s token and Bot API address, handlers registered."""
     tuning = tuning or Tuning()
@@ -106,11 +123,8 @@ def build_application(app: App, tuning: Tuning | None = None) -> Application:
         .base_file_url(settings.telegram_file_base)
         .concurrent_updates(updates)
         .rate_limiter(WritesRateLimiter(max_retries=tuning.rate_limit_retries, group_max_rate=0))
-        .connect_timeout(tuning.request_timeout)
-        .read_timeout(tuning.request_timeout)
-        .write_timeout(tuning.request_timeout)
-        .pool_timeout(tuning.request_timeout)
-        .get_updates_read_timeout(tuning.request_timeout)
+        .request(bot_api_client(tuning.request_timeout))
+        .get_updates_request(bot_api_client(tuning.request_timeout, updates=True))
         .updater(None)  # updates come in through bots.telegram.intake, stored before they are confirmed
         .build()
     )

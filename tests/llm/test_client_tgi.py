@@ -589,3 +589,4 @@ async def test_every_client_shares_one_tls_context_per_library() -> None:
         finally:
             for c in clients:
                 await c.close()
+
