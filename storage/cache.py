@@ -15,18 +15,18 @@ if TYPE_CHECKING:
 __all__ = ["MemoryCache", "connect_cache", "open_cache"]
 
 
-def open_cache(redis_url: str | None, prefix: str = "personae:", *, lock_lease: float = 15.0) -> RedisCache | MemoryCache:
-    """RedisCache for a URL, MemoryCache for None (one bot process, nothing to share). ``lock_lease``:
-    how long a conversation lock outlasts its holder's last renewal (a dead process's, at most)."""
+def open_cache(redis_url: str | None, prefix: str = "personae:") -> RedisCache | MemoryCache:
+    """RedisCache for a URL, MemoryCache for None (one bot process, nothing to share)."""
     if not redis_url:
         return MemoryCache()
     from storage.cache_redis import RedisCache
 
-    return RedisCache(redis_url, prefix, lock_lease=lock_lease)
+    return RedisCache(redis_url, prefix)
 
 
 async def connect_cache(redis_url: str | None, prefix: str = "personae:", *, lock_lease: float = 15.0) -> RedisCache | MemoryCache:
-    """``open_cache``, and for Redis a first PING: CacheUnavailable says in one line why it cannot be used."""
+    """``open_cache``, and for Redis a first PING: CacheUnavailable says in one line why it cannot be used.
+    ``lock_lease``: how long a conversation lock outlasts its holder's last renewal (a dead process's, at most)."""
     if not redis_url:
         return MemoryCache()
     from storage.cache_redis import RedisCache
